@@ -121,6 +121,8 @@ def top_strength_segments(norm_strength, tau: float = 0.7) -> list[int]:
         raise ValueError("norm_strength is empty")
     if np.any(strength < 0):
         raise ValueError("norm_strength must be non-negative")
+    if not strength.sum() > 0:
+        raise ValueError("norm_strength is all zero: there is no attribution to rank (Eq. 6 is undefined)")
     order = np.argsort(-strength, kind="stable")
     cumulative = np.cumsum(strength[order]) / strength.sum()
     # A tolerance so that tau = 1 selects every segment despite rounding in the cumulative sum.

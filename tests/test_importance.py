@@ -322,12 +322,6 @@ def test_negative_or_2d_norm_strength_raises():
         top_strength_segments([[0.5, 0.5]], 0.7)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: top_strength_segments/select_important accept all-zero norm_strength: 0/0 gives a NaN "
-    "cumulative sum (RuntimeWarning) and segment 0 is returned instead of a ValueError",
-)
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_all_zero_norm_strength_raises():
     with pytest.raises(ValueError, match="zero"):
         top_strength_segments([0.0, 0.0, 0.0], 0.7)

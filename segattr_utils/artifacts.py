@@ -1,0 +1,164 @@
+"""Artifacts under ``results/<profile>/``: atomic writes and resumable per-record stores.
+
+Data flows one way: each stage (notebook) writes into its own folder ``results/<profile>/<NN_name>/``
+and reads only earlier stages' folders. Every file is written to a temporary name and renamed, so an
+interrupted run never leaves a half-written table. Per-record work (one generation, one attribution)
+goes to a :class:`RecordStore`, a JSONL file whose records are appended whole and keyed, so a
+resumed run skips what is done and never duplicates a record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import pandas as pd
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def write_table(path: str | Path, frame: pd.DataFrame) -> Path:
+    """Write a DataFrame atomically as Parquet (``.parquet``), CSV (``.csv``) or Markdown (``.md``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        elif path.suffix == ".csv":
+            frame.to_csv(tmp, index=False)
+        elif path.suffix == ".md":
+            Path(tmp).write_text(frame.to_markdown(index=False) + "\n", encoding="utf-8")
+        else:
+            raise ValueError(f"unsupported table format {path.suffix!r}")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the notebook that produces it first")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def save_figure(fig, directory: str | Path, name: str, formats: Iterable[str] = ("png", "pdf")) -> list[Path]:
+    """Save a matplotlib figure as ``<name>.png`` and ``<name>.pdf`` atomically (deterministic metadata)."""
+    import io
+
+    paths = []
+    for fmt in formats:
+        buffer = io.BytesIO()
+        metadata = {"Software": None} if fmt == "png" else {"Creator": None, "Producer": None, "CreationDate": None}
+        fig.savefig(buffer, format=fmt, bbox_inches="tight", dpi=120, metadata=metadata)
+        paths.append(atomic_write_bytes(Path(directory) / f"{name}.{fmt}", buffer.getvalue()))
+    return paths
+
+
+class RecordStore:
+    """An append-only JSONL file of keyed records, safe to interrupt and resume.
+
+    Each record is one line written with a single ``write`` and flushed to disk. On open, a trailing
+    line cut by an interruption (no newline or invalid JSON) is truncated away. Records are unique
+    by ``key_fn(record)``: appending a key that exists raises ``ValueError``.
+    """
+
+    def __init__(self, path: str | Path, key_fn: Callable[[dict], Any] = lambda r: r["key"]):
+        self.path = Path(path)
+        self.key_fn = key_fn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._repair()
+        self._keys = {self._freeze(key_fn(r)) for r in self._read()}
+
+    @staticmethod
+    def _freeze(key: Any) -> Any:
+        return tuple(key) if isinstance(key, list) else key
+
+    def _repair(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        good = 0
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                json.loads(line)
+            except json.JSONDecodeError:
+                break
+            good += len(line)
+        if good != len(data):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(good)
+
+    def _read(self) -> Iterator[dict]:
+        if not self.path.exists():
+            return
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                yield json.loads(line)
+
+    def __contains__(self, key: Any) -> bool:
+        return self._freeze(key) in self._keys
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def append(self, records: Iterable[dict]) -> None:
+        records = list(records)
+        lines = []
+        for record in records:
+            key = self._freeze(self.key_fn(record))
+            if key in self._keys:
+                raise ValueError(f"record {key!r} is already in {self.path}")
+            lines.append(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+        with open(self.path, "a", encoding="utf-8") as handle:
+            for record, line in zip(records, lines):
+                handle.write(line)
+                self._keys.add(self._freeze(self.key_fn(record)))
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def records(self) -> list[dict]:
+        return list(self._read())

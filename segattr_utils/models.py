@@ -1,0 +1,90 @@
+"""Loading causal LMs and tokenizers: hub ids (paper profile) and local folders (tiny world) through
+one loader.
+
+Nothing is downloaded at run time unless the caller allows it: with ``HF_HUB_OFFLINE=1`` (or
+``allow_download=False``) a hub id that is not in the local cache raises :class:`ModelUnavailableError`
+saying what to download and where to put it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+class ModelUnavailableError(RuntimeError):
+    """A configured model or dataset is not available locally and may not be downloaded."""
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+def resolve_model_path(model_id: str, local_path: Optional[str] = None) -> str:
+    """A local folder if ``local_path`` (or ``model_id`` itself) is one, else the hub id."""
+    for candidate in (local_path, model_id):
+        if candidate and Path(candidate).expanduser().is_dir():
+            return str(Path(candidate).expanduser())
+    if local_path:
+        raise ModelUnavailableError(
+            f"local_path {local_path!r} for {model_id!r} does not exist. Download the model there with\n"
+            f"    huggingface-cli download {model_id} --local-dir {local_path}\n"
+            "or clear local_path in the profile to use the Hugging Face cache."
+        )
+    return model_id
+
+
+def _unavailable(model_id: str, error: Exception) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"model {model_id!r} is not available locally and downloads are disabled ({type(error).__name__}: {error}).\n"
+        f"On a machine with network access run\n    huggingface-cli download {model_id} --local-dir models/{model_id.split('/')[-1]}\n"
+        "then set models.<role>.local_path in the profile YAML to that folder (or unset HF_HUB_OFFLINE to "
+        "let transformers download it into its cache)."
+    )
+
+
+def load_tokenizer(path_or_id: str, allow_download: Optional[bool] = None):
+    """Load a tokenizer; a folder saved from a locally built ``PreTrainedTokenizerFast`` is loaded with
+    that class explicitly (``AutoTokenizer`` would swap in Qwen's class next to a Qwen2 config)."""
+    allow_download = (not offline()) if allow_download is None else allow_download
+    folder = Path(path_or_id)
+    config_file = folder / "tokenizer_config.json"
+    if config_file.is_file():
+        tokenizer_class = json.loads(config_file.read_text()).get("tokenizer_class")
+        if tokenizer_class in (None, "PreTrainedTokenizerFast", "TokenizersBackend"):
+            return PreTrainedTokenizerFast.from_pretrained(str(folder))
+    try:
+        return AutoTokenizer.from_pretrained(path_or_id, local_files_only=not allow_download)
+    except (OSError, ValueError) as error:
+        raise _unavailable(path_or_id, error) from error
+
+
+def load_causal_lm(
+    model_id: str,
+    local_path: Optional[str] = None,
+    dtype: str = "float32",
+    device: Optional[str] = None,
+    allow_download: Optional[bool] = None,
+):
+    """(model, tokenizer) for a hub id or local folder, in eval mode on ``device`` (default: CUDA if
+    available, else CPU)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    path = resolve_model_path(model_id, local_path)
+    allow_download = (not offline()) if allow_download is None else allow_download
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=not allow_download)
+    except OSError as error:
+        raise _unavailable(model_id, error) from error
+    tokenizer = load_tokenizer(path, allow_download=allow_download)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    return model, tokenizer

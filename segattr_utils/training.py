@@ -1,0 +1,154 @@
+"""Supervised fine-tuning with TRL's SFTTrainer on pre-tokenised ``input_ids`` + ``labels`` (Sec. 2.3).
+
+Every variant (full-CoT SFT, segment-selective SFT, the baselines of Tables 2-4) differs only in its
+labels: the sequence, the schedule and the cost per step are identical. Prompt tokens are never
+trained; the answer part after ``</think>`` (and the EOS token) always is.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .masking import selective_labels
+from .token_spans import char_spans_to_token_spans, tokenize_with_offsets
+
+DONE_MARKER = "TRAINING_COMPLETE"
+
+
+@dataclass
+class TrainingExample:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for label in self.labels if label != -100)
+
+
+def build_training_example(
+    tokenizer,
+    prompt: str,
+    segments: Sequence[str],
+    answer_part: str,
+    selected: Optional[Sequence[int]] = None,
+    append_eos: bool = True,
+) -> TrainingExample:
+    """One SFT example: ``prompt + "".join(segments) + answer_part (+ EOS)``, tokenised once.
+
+    Labels follow Eq. 9: tokens of the ``selected`` segments and of the answer part are trained,
+    everything else (the prompt, unselected segments) is ``-100``. ``selected=None`` trains every
+    segment (full-CoT SFT, Eq. 8). Token spans use the first-character boundary rule of
+    :mod:`segattr_utils.token_spans`.
+    """
+    if not segments:
+        raise ValueError("a training example needs at least one segment")
+    text = prompt + "".join(segments) + answer_part
+    input_ids, offsets = tokenize_with_offsets(tokenizer, text)
+    char_spans, cursor = [], len(prompt)
+    for seg in list(segments) + [answer_part]:
+        char_spans.append((cursor, cursor + len(seg)))
+        cursor += len(seg)
+    spans = char_spans_to_token_spans(offsets, char_spans)
+    if append_eos:
+        input_ids = input_ids + [tokenizer.eos_token_id]
+        spans[-1] = (spans[-1][0], spans[-1][1] + 1)
+    chosen = list(range(len(segments))) if selected is None else list(selected)
+    labels = selective_labels(input_ids, spans, chosen + [len(segments)])
+    return TrainingExample(input_ids=input_ids, labels=labels.tolist())
+
+
+@dataclass
+class TrainSettings:
+    """The schedule shared by every variant (App. C.3)."""
+
+    epochs: float = 3.0
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float = 0.05
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 1024
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    optim: str = "adamw_torch"
+    save_steps: int = 200
+    logging_steps: int = 20
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainSettings":
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        return cls(**values)
+
+
+def _latest_checkpoint(output_dir: Path) -> Optional[str]:
+    checkpoints = sorted(glob.glob(str(output_dir / "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[-1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def is_trained(output_dir: str | Path) -> bool:
+    return (Path(output_dir) / DONE_MARKER).exists()
+
+
+def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: TrainSettings,
+              output_dir: str | Path, seed: int, deepspeed: Optional[str] = None) -> dict:
+    """Train ``model`` in place on ``examples`` with TRL's SFTTrainer; resumable from checkpoints.
+
+    The final model and tokenizer are saved to ``output_dir/final`` and a completion marker is
+    written last, so an interrupted run resumes from its latest checkpoint and a finished one is
+    never retrained. Returns the training log history summary.
+    """
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    output_dir = Path(output_dir)
+    if is_trained(output_dir):
+        raise FileExistsError(f"{output_dir} already holds a finished run; load {output_dir / 'final'} instead")
+    if not examples:
+        raise ValueError("no training examples")
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    config = SFTConfig(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        warmup_steps=settings.warmup_ratio,  # a float in [0, 1) is a ratio of total steps
+        lr_scheduler_type=settings.lr_scheduler_type,
+        weight_decay=settings.weight_decay,
+        max_grad_norm=settings.max_grad_norm,
+        max_length=settings.max_length,
+        bf16=settings.bf16,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        optim=settings.optim,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=1,
+        logging_steps=settings.logging_steps,
+        report_to="none",
+        dataloader_num_workers=0,
+        deepspeed=deepspeed,
+        disable_tqdm=False,
+    )
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+    trainer.train(resume_from_checkpoint=_latest_checkpoint(output_dir))
+    final = output_dir / "final"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    summary = {"steps": trainer.state.global_step, "final_loss": history[-1]["loss"] if history else math.nan,
+               "settings": asdict(settings), "seed": seed, "n_examples": len(examples)}
+    (output_dir / DONE_MARKER).write_text("done\n")
+    return summary

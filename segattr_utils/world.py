@@ -1,0 +1,316 @@
+"""The tiny reasoning world: arithmetic-chain problems with R1-style teacher traces.
+
+A problem starts from a number and applies a chain of operations ("add 5", "subtract 3",
+"multiply by 2"); every intermediate value stays in [0, 99] and the answer is exact. Teacher traces
+look like R1 outputs: the reasoning is a sequence of segments joined by the paper's transition
+keywords ("\\n\\nWait", "\\n\\nAlternatively", ...), closed by ``</think>`` and a ``\\boxed{}`` answer.
+
+Each teacher segment carries a ground-truth kind:
+
+- ``productive``: states at least one new, correct step of the chain (the first segment also sets up
+  the problem);
+- ``wrong_exploration``: states a wrong equation (later corrected by a productive segment);
+- ``repetition``: restates an earlier equation before the answer is reached;
+- ``truncated``: a thought cut off mid-sentence;
+- ``superficial``: a clarification of a self-evident fact, no equation;
+- ``verification``: re-checks an earlier equation after the answer has been reached.
+
+:func:`classify_segments` assigns the same kinds to *any* segmented trace of a problem (teacher or
+model-generated) from the text alone, so generated traces get ground-truth labels too. The teacher's
+intended kinds and the classifier agree by construction (a test checks it).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+OPERATIONS = ("add", "subtract", "multiply")
+OP_SYMBOL = {"add": "+", "subtract": "-", "multiply": "*"}
+SYMBOL_OP = {v: k for k, v in OP_SYMBOL.items()}
+REDUNDANT_KINDS: tuple[str, ...] = ("repetition", "truncated", "superficial")
+SEGMENT_KINDS: tuple[str, ...] = ("productive", "wrong_exploration", "repetition", "truncated", "superficial", "verification")
+PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+MAX_VALUE = 99
+
+
+def apply_op(value: int, op: str, operand: int) -> int:
+    if op == "add":
+        return value + operand
+    if op == "subtract":
+        return value - operand
+    if op == "multiply":
+        return value * operand
+    raise ValueError(f"unknown operation {op!r}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A chain problem: ``start`` followed by ``ops`` = ((operation, operand), ...)."""
+
+    id: str
+    start: int
+    ops: tuple[tuple[str, int], ...]
+    suite: str = "train"
+
+    @property
+    def values(self) -> list[int]:
+        values = [self.start]
+        for op, operand in self.ops:
+            values.append(apply_op(values[-1], op, operand))
+        return values
+
+    @property
+    def answer(self) -> str:
+        return str(self.values[-1])
+
+    @property
+    def steps(self) -> list[tuple[int, str, int, int]]:
+        """(left, symbol, operand, result) for every step of the chain."""
+        values = self.values
+        return [(values[i], OP_SYMBOL[op], k, values[i + 1]) for i, (op, k) in enumerate(self.ops)]
+
+    @property
+    def question(self) -> str:
+        phrases = [_op_phrase(op, k) for op, k in self.ops]
+        chain = phrases[0] if len(phrases) == 1 else ", then ".join(phrases)
+        return f"Start with {self.start}. {chain[0].upper() + chain[1:]}. What is the result?"
+
+    def to_record(self) -> dict:
+        return {"id": self.id, "suite": self.suite, "start": self.start,
+                "ops": [[op, k] for op, k in self.ops], "question": self.question, "answer": self.answer}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Problem":
+        return cls(id=record["id"], start=int(record["start"]),
+                   ops=tuple((op, int(k)) for op, k in record["ops"]), suite=record.get("suite", "train"))
+
+
+def _op_phrase(op: str, operand: int) -> str:
+    return {"add": f"add {operand}", "subtract": f"subtract {operand}", "multiply": f"multiply by {operand}"}[op]
+
+
+def equation(left: int, symbol: str, operand: int, result: int) -> str:
+    return f"{left} {symbol} {operand} = {result}"
+
+
+def random_problem(rng: random.Random, n_ops: int, problem_id: str, suite: str) -> Problem:
+    """A chain of ``n_ops`` operations whose values all stay in [0, 99]."""
+    if n_ops < 1:
+        raise ValueError("a problem needs at least one operation")
+    value = rng.randint(2, 30)
+    start, ops = value, []
+    for _ in range(n_ops):
+        choices = []
+        if value <= MAX_VALUE - 2:
+            choices.append(("add", rng.randint(2, min(20, MAX_VALUE - value))))
+        if value >= 4:
+            choices.append(("subtract", rng.randint(2, min(20, value - 2))))
+        if 2 <= value <= MAX_VALUE // 2:
+            choices.append(("multiply", rng.randint(2, min(4, MAX_VALUE // value))))
+        op, operand = rng.choice(choices)
+        ops.append((op, operand))
+        value = apply_op(value, op, operand)
+    return Problem(id=problem_id, start=start, ops=tuple(ops), suite=suite)
+
+
+def make_problems(n: int, n_ops: Sequence[int], seed: int, suite: str, exclude: Iterable[Problem] = ()) -> list[Problem]:
+    """``n`` distinct problems with chain lengths drawn from ``n_ops``, none equal to one in ``exclude``."""
+    rng = random.Random(f"{suite}:{seed}")
+    seen = {(p.start, p.ops) for p in exclude}
+    problems = []
+    attempts = 0
+    while len(problems) < n:
+        attempts += 1
+        if attempts > 100 * n + 1000:
+            raise RuntimeError(f"could not draw {n} distinct problems for suite {suite!r}")
+        problem = random_problem(rng, rng.choice(list(n_ops)), f"{suite}-{len(problems):05d}", suite)
+        key = (problem.start, problem.ops)
+        # A chain that repeats a step (e.g. "- 2" twice from the same value) would make a restated
+        # equation ambiguous between progress and repetition.
+        if key not in seen and len(set(problem.steps)) == len(problem.steps):
+            seen.add(key)
+            problems.append(problem)
+    return problems
+
+
+def user_prompt(problem: Problem) -> str:
+    """The user message: question + the R1 instruction (App. C of the reference setting)."""
+    return problem.question + PROMPT_SUFFIX
+
+
+# ----------------------------------------------------------------------------------------------
+# Teacher traces
+
+_INTRO = [
+    "Okay, so I start with {start} and apply {n} operations in order.",
+    "Alright, let me work through this. The starting number is {start} and there are {n} operations.",
+    "Okay, let's see. I begin with {start} and need to apply the operations one by one.",
+]
+_PLAIN_STEP = ["Next, {eq}.", "Then {eq}.", "So {eq}.", "Now {eq}."]
+_FIRST_STEP = ["First, {eq}.", "The first operation gives {eq}."]
+_SEGMENT_STEP = [
+    "\n\nAnother step: {phrase}, so {eq}.",
+    "\n\nGoing back to the list, the next operation is {phrase}: {eq}.",
+    "\n\nAlternatively, I can just continue: {eq}.",
+]
+_CORRECTION = [
+    "\n\nWait, that is not right. Actually {eq}.",
+    "\n\nWait, no. Let me redo it: {eq}.",
+    "\n\nBut wait, I made a mistake. It should be {eq}.",
+]
+_WRONG = [
+    "\n\nAlternatively, maybe {eq}.",
+    "\n\nWait, so {eq}.",
+    "\n\nHowever, I think {eq}.",
+]
+_REPETITION = [
+    "\n\nWait, let me check that again: {eq}.",
+    "\n\nWait, so {eq}.",
+    "\n\nGoing back, {eq}.",
+]
+_VERIFY = [
+    "\n\nBut just to be sure, let me verify: {eq}. Yes, the result is {answer}.",
+    "\n\nWait, let me double check the last step: {eq}. So it is {answer}.",
+    "\n\nAnother check: {eq}. Correct.",
+]
+_TRUNCATED = [
+    "\n\nAlternatively, maybe I should",
+    "\n\nWait, what if I",
+    "\n\nNot sure if the",
+    "\n\nAlternatively, I could try to",
+    "\n\nWait, maybe the next",
+]
+_SUPERFICIAL = {
+    "add": ["\n\nHowever, adding {k} just means the number gets bigger by {k}.",
+            "\n\nNot sure it matters, but addition is the easy part."],
+    "subtract": ["\n\nHowever, subtracting {k} means taking {k} away.",
+                 "\n\nNot sure it matters, but subtraction makes the number smaller."],
+    "multiply": ["\n\nHowever, multiplying by {k} means adding the number {k} times.",
+                 "\n\nNot sure it matters, but multiplication scales the number."],
+}
+_CONCLUDE = ["So the result is {answer}.", "That gives {answer}."]
+
+
+@dataclass
+class TeacherTrace:
+    """A teacher completion: ``segments`` (concatenated = the reasoning), their ``kinds``, and the
+    answer text after ``</think>``."""
+
+    problem_id: str
+    segments: list[str]
+    kinds: list[str]
+    answer_text: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.segments)
+
+    @property
+    def completion(self) -> str:
+        return format_completion(self.reasoning, self.answer_text)
+
+
+def format_completion(reasoning: str, answer: str) -> str:
+    """R1 output layout: reasoning, ``</think>``, then a short answer with ``\\boxed{}``."""
+    return f"{reasoning}\n</think>\n\nThe final answer is \\boxed{{{answer}}}."
+
+
+def _wrong_result(rng: random.Random, result: int) -> int:
+    wrong = result + rng.choice([-10, -2, -1, 1, 2, 10])
+    return wrong if wrong >= 0 and wrong != result else result + 1
+
+
+def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherTrace:
+    """An R1-style trace for ``problem`` with redundant segments mixed in at ``rates``.
+
+    ``rates`` holds per-step probabilities ``repetition``, ``truncated``, ``superficial``,
+    ``wrong_exploration``, ``segment_step`` (a step opens a new segment instead of continuing the
+    current paragraph) and ``verification`` (per trace).
+    """
+    steps = problem.steps
+    segments: list[str] = []
+    kinds: list[str] = []
+    first_eq = equation(*steps[0])
+    segments.append(rng.choice(_INTRO).format(start=problem.start, n=len(steps)) + "\n\n" + rng.choice(_FIRST_STEP).format(eq=first_eq))
+    kinds.append("productive")
+    stated = [first_eq]
+    for index in range(1, len(steps)):
+        left, symbol, operand, result = steps[index]
+        op = SYMBOL_OP[symbol]
+        if rng.random() < rates["repetition"]:
+            segments.append(rng.choice(_REPETITION).format(eq=rng.choice(stated)))
+            kinds.append("repetition")
+        if rng.random() < rates["superficial"]:
+            segments.append(rng.choice(_SUPERFICIAL[op]).format(k=operand))
+            kinds.append("superficial")
+        if rng.random() < rates["truncated"]:
+            segments.append(rng.choice(_TRUNCATED))
+            kinds.append("truncated")
+        eq = equation(left, symbol, operand, result)
+        if rng.random() < rates["wrong_exploration"]:
+            segments.append(rng.choice(_WRONG).format(eq=equation(left, symbol, operand, _wrong_result(rng, result))))
+            kinds.append("wrong_exploration")
+            segments.append(rng.choice(_CORRECTION).format(eq=eq))
+            kinds.append("productive")
+        elif kinds[-1] != "productive" or rng.random() < rates["segment_step"]:
+            # After a redundant segment the step opens a segment of its own, so redundancy stays
+            # separable from real work.
+            segments.append(rng.choice(_SEGMENT_STEP).format(phrase=_op_phrase(op, operand), eq=eq))
+            kinds.append("productive")
+        else:
+            segments[-1] += "\n\n" + rng.choice(_PLAIN_STEP).format(eq=eq)
+        stated.append(eq)
+    segments[-1] += " " + rng.choice(_CONCLUDE).format(answer=problem.answer)
+    if rng.random() < rates["verification"]:
+        segments.append(rng.choice(_VERIFY).format(eq=equation(*steps[-1]), answer=problem.answer))
+        kinds.append("verification")
+    trace = TeacherTrace(problem.id, segments, kinds, problem.answer)
+    return trace
+
+
+# ----------------------------------------------------------------------------------------------
+# Ground-truth kinds of any segmented trace
+
+_EQUATION = re.compile(r"(\d+)\s*([+\-*])\s*(\d+)\s*=\s*(\d+)")
+_ANSWER_STATEMENT = re.compile(r"(?:result is|gives|it is)\s+(\d+)")
+
+
+def parse_equations(text: str) -> list[tuple[int, str, int, int]]:
+    return [(int(a), s, int(b), int(c)) for a, s, b, c in _EQUATION.findall(text)]
+
+
+def classify_segments(problem: Problem, segments: Sequence[str]) -> list[str]:
+    """Ground-truth kind of every segment of a trace of ``problem`` (see the module docstring).
+
+    Rules, in order: a segment with an equation that is not a step of this problem's chain is
+    ``wrong_exploration``; one stating a chain step not stated before is ``productive``; one that only
+    restates equations is ``verification`` once the answer has been reached, else ``repetition``; a
+    segment without equations is ``truncated`` if it stops mid-sentence, else ``superficial``. The
+    first segment is ``productive`` unless it is wrong.
+    """
+    chain = set(problem.steps)
+    final_step = problem.steps[-1]
+    stated: set[tuple[int, str, int, int]] = set()
+    answer_reached = False
+    kinds = []
+    for index, text in enumerate(segments):
+        equations = parse_equations(text)
+        if any(eq not in chain for eq in equations):
+            kind = "wrong_exploration"
+        elif any(eq not in stated for eq in equations) or (index == 0 and not equations):
+            kind = "productive"
+        elif equations:
+            kind = "verification" if answer_reached else "repetition"
+        elif text.rstrip() and text.rstrip()[-1] in ".!?":
+            kind = "superficial"
+        else:
+            kind = "truncated"
+        stated.update(eq for eq in equations if eq in chain)
+        if final_step in stated:
+            answer_reached = True
+        kinds.append(kind)
+    return kinds
