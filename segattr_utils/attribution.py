@@ -289,7 +289,7 @@ def token_attributions(
             n_steps=len(alphas), method=captum_method,
         )
     values = per_dim.detach().float().sum(-1).squeeze(0).cpu()
-    values = torch.where(mask, values, torch.zeros_like(values))
+    values = torch.where(mask.cpu(), values, torch.zeros_like(values))  # values live on the CPU
     if not torch.isfinite(values).all() or not math.isfinite(f_input) or not math.isfinite(f_baseline):
         raise FloatingPointError(
             "integrated gradients produced non-finite values (NaN/inf); check the model dtype and inputs"
