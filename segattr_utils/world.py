@@ -1,7 +1,7 @@
 """The tiny reasoning world: arithmetic-chain problems with R1-style teacher traces.
 
 A problem starts from a number and applies a chain of operations ("add 5", "subtract 3",
-"multiply by 2"); every intermediate value stays in [0, 99] and the answer is exact. Teacher traces
+"multiply by 2"); every intermediate value stays in [0, 60] and the answer is exact. Teacher traces
 look like R1 outputs: the reasoning is a sequence of segments joined by the paper's transition
 keywords ("\\n\\nWait", "\\n\\nAlternatively", ...), closed by ``</think>`` and a ``\\boxed{}`` answer.
 
@@ -33,7 +33,7 @@ SYMBOL_OP = {v: k for k, v in OP_SYMBOL.items()}
 REDUNDANT_KINDS: tuple[str, ...] = ("repetition", "truncated", "superficial")
 SEGMENT_KINDS: tuple[str, ...] = ("productive", "wrong_exploration", "repetition", "truncated", "superficial", "verification")
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-MAX_VALUE = 99
+MAX_VALUE = 60
 
 
 def apply_op(value: int, op: str, operand: int) -> int:
@@ -74,18 +74,18 @@ class Problem:
 
     @property
     def question(self) -> str:
-        phrases = [_op_phrase(op, k) for op, k in self.ops]
-        chain = phrases[0] if len(phrases) == 1 else ", then ".join(phrases)
-        return f"Start with {self.start}. {chain[0].upper() + chain[1:]}. What is the result?"
+        steps = " ".join(f"Step {i + 1}: {_op_phrase(op, k)}." for i, (op, k) in enumerate(self.ops))
+        return f"Start with {self.start}. {steps} What is the result?"
 
     def to_record(self) -> dict:
         return {"id": self.id, "suite": self.suite, "start": self.start,
-                "ops": [[op, k] for op, k in self.ops], "question": self.question, "answer": self.answer}
+                "ops": [f"{op}:{k}" for op, k in self.ops], "question": self.question, "answer": self.answer}
 
     @classmethod
     def from_record(cls, record: dict) -> "Problem":
+        ops = [op.split(":") if isinstance(op, str) else op for op in record["ops"]]
         return cls(id=record["id"], start=int(record["start"]),
-                   ops=tuple((op, int(k)) for op, k in record["ops"]), suite=record.get("suite", "train"))
+                   ops=tuple((op, int(k)) for op, k in ops), suite=record.get("suite", "train"))
 
 
 def _op_phrase(op: str, operand: int) -> str:
@@ -97,19 +97,19 @@ def equation(left: int, symbol: str, operand: int, result: int) -> str:
 
 
 def random_problem(rng: random.Random, n_ops: int, problem_id: str, suite: str) -> Problem:
-    """A chain of ``n_ops`` operations whose values all stay in [0, 99]."""
+    """A chain of ``n_ops`` operations with small operands whose values all stay in [0, MAX_VALUE]."""
     if n_ops < 1:
         raise ValueError("a problem needs at least one operation")
-    value = rng.randint(2, 30)
+    value = rng.randint(2, 20)
     start, ops = value, []
     for _ in range(n_ops):
         choices = []
-        if value <= MAX_VALUE - 2:
-            choices.append(("add", rng.randint(2, min(20, MAX_VALUE - value))))
-        if value >= 4:
-            choices.append(("subtract", rng.randint(2, min(20, value - 2))))
+        if value <= MAX_VALUE - 1:
+            choices.append(("add", rng.randint(1, min(9, MAX_VALUE - value))))
+        if value >= 2:
+            choices.append(("subtract", rng.randint(1, min(9, value - 1))))
         if 2 <= value <= MAX_VALUE // 2:
-            choices.append(("multiply", rng.randint(2, min(4, MAX_VALUE // value))))
+            choices.append(("multiply", rng.randint(2, min(3, MAX_VALUE // value))))
         op, operand = rng.choice(choices)
         ops.append((op, operand))
         value = apply_op(value, op, operand)
@@ -145,36 +145,36 @@ def user_prompt(problem: Problem) -> str:
 # Teacher traces
 
 _INTRO = [
-    "Okay, so I start with {start} and apply {n} operations in order.",
-    "Alright, let me work through this. The starting number is {start} and there are {n} operations.",
-    "Okay, let's see. I begin with {start} and need to apply the operations one by one.",
+    "Okay, so I start with {start} and apply {n} steps in order.",
+    "Alright, let me work through this. The starting number is {start} and there are {n} steps.",
+    "Okay, let's see. I begin with {start} and apply the steps one by one.",
 ]
-_PLAIN_STEP = ["Next, {eq}.", "Then {eq}.", "So {eq}.", "Now {eq}."]
-_FIRST_STEP = ["First, {eq}.", "The first operation gives {eq}."]
+_PLAIN_STEP = ["Step {i}: {eq}.", "Then step {i}: {eq}.", "Now step {i}: {eq}."]
+_FIRST_STEP = ["Step 1: {eq}.", "First, step 1: {eq}."]
 _SEGMENT_STEP = [
-    "\n\nAnother step: {phrase}, so {eq}.",
-    "\n\nGoing back to the list, the next operation is {phrase}: {eq}.",
-    "\n\nAlternatively, I can just continue: {eq}.",
+    "\n\nAnother step, step {i} is {phrase}: {eq}.",
+    "\n\nGoing back to the list, step {i} is {phrase}: {eq}.",
+    "\n\nAlternatively, I can just continue. Step {i}: {eq}.",
 ]
 _CORRECTION = [
-    "\n\nWait, that is not right. Actually {eq}.",
-    "\n\nWait, no. Let me redo it: {eq}.",
-    "\n\nBut wait, I made a mistake. It should be {eq}.",
+    "\n\nWait, that is not right. Step {i}: {eq}.",
+    "\n\nWait, no. Let me redo step {i}: {eq}.",
+    "\n\nBut wait, I made a mistake. Step {i} should be {eq}.",
 ]
 _WRONG = [
-    "\n\nAlternatively, maybe {eq}.",
-    "\n\nWait, so {eq}.",
-    "\n\nHowever, I think {eq}.",
+    "\n\nAlternatively, maybe step {i} is {eq}.",
+    "\n\nWait, so step {i}: {eq}.",
+    "\n\nHowever, I think step {i} gives {eq}.",
 ]
 _REPETITION = [
-    "\n\nWait, let me check that again: {eq}.",
-    "\n\nWait, so {eq}.",
-    "\n\nGoing back, {eq}.",
+    "\n\nWait, let me check step {i} again: {eq}.",
+    "\n\nWait, so step {i}: {eq}.",
+    "\n\nGoing back, step {i}: {eq}.",
 ]
 _VERIFY = [
-    "\n\nBut just to be sure, let me verify: {eq}. Yes, the result is {answer}.",
-    "\n\nWait, let me double check the last step: {eq}. So it is {answer}.",
-    "\n\nAnother check: {eq}. Correct.",
+    "\n\nBut just to be sure, let me verify step {i}: {eq}. Yes, the result is {answer}.",
+    "\n\nWait, let me double check step {i}: {eq}. So it is {answer}.",
+    "\n\nAnother check of step {i}: {eq}. Correct.",
 ]
 _TRUNCATED = [
     "\n\nAlternatively, maybe I should",
@@ -237,12 +237,13 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherT
     first_eq = equation(*steps[0])
     segments.append(rng.choice(_INTRO).format(start=problem.start, n=len(steps)) + "\n\n" + rng.choice(_FIRST_STEP).format(eq=first_eq))
     kinds.append("productive")
-    stated = [first_eq]
+    stated = [(1, first_eq)]
     for index in range(1, len(steps)):
         left, symbol, operand, result = steps[index]
-        op = SYMBOL_OP[symbol]
+        op, number = SYMBOL_OP[symbol], index + 1
         if rng.random() < rates["repetition"]:
-            segments.append(rng.choice(_REPETITION).format(eq=rng.choice(stated)))
+            earlier, earlier_eq = rng.choice(stated)
+            segments.append(rng.choice(_REPETITION).format(i=earlier, eq=earlier_eq))
             kinds.append("repetition")
         if rng.random() < rates["superficial"]:
             segments.append(rng.choice(_SUPERFICIAL[op]).format(k=operand))
@@ -252,21 +253,22 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherT
             kinds.append("truncated")
         eq = equation(left, symbol, operand, result)
         if rng.random() < rates["wrong_exploration"]:
-            segments.append(rng.choice(_WRONG).format(eq=equation(left, symbol, operand, _wrong_result(rng, result))))
+            wrong = equation(left, symbol, operand, _wrong_result(rng, result))
+            segments.append(rng.choice(_WRONG).format(i=number, eq=wrong))
             kinds.append("wrong_exploration")
-            segments.append(rng.choice(_CORRECTION).format(eq=eq))
+            segments.append(rng.choice(_CORRECTION).format(i=number, eq=eq))
             kinds.append("productive")
         elif kinds[-1] != "productive" or rng.random() < rates["segment_step"]:
             # After a redundant segment the step opens a segment of its own, so redundancy stays
             # separable from real work.
-            segments.append(rng.choice(_SEGMENT_STEP).format(phrase=_op_phrase(op, operand), eq=eq))
+            segments.append(rng.choice(_SEGMENT_STEP).format(i=number, phrase=_op_phrase(op, operand), eq=eq))
             kinds.append("productive")
         else:
-            segments[-1] += "\n\n" + rng.choice(_PLAIN_STEP).format(eq=eq)
-        stated.append(eq)
+            segments[-1] += "\n\n" + rng.choice(_PLAIN_STEP).format(i=number, eq=eq)
+        stated.append((number, eq))
     segments[-1] += " " + rng.choice(_CONCLUDE).format(answer=problem.answer)
     if rng.random() < rates["verification"]:
-        segments.append(rng.choice(_VERIFY).format(eq=equation(*steps[-1]), answer=problem.answer))
+        segments.append(rng.choice(_VERIFY).format(i=len(steps), eq=equation(*steps[-1]), answer=problem.answer))
         kinds.append("verification")
     trace = TeacherTrace(problem.id, segments, kinds, problem.answer)
     return trace

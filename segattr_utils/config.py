@@ -1,0 +1,113 @@
+"""Profiles: one YAML file per scale (``smoke``, ``tiny``, ``paper``), the same code for all.
+
+A profile names the models, data, sampling, attribution and selection settings of a run. Notebooks
+select one in their ``parameters`` cell; everything else reads its settings from the profile, never
+from constants in code. ``load_profile("tiny")`` reads the packaged file; ``load_profile(path)`` reads
+a user's own YAML (copy ``paper.yaml`` to run on other models or traces). A profile may name a
+``base`` profile whose values it overrides.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROFILE_DIR = Path(__file__).with_name("profiles")
+REQUIRED_SECTIONS = ("name", "seed", "kind", "world", "models", "generation", "segmentation", "attribution", "selection")
+
+
+class Profile(dict):
+    """A nested dict with dotted access: ``profile.get_path("attribution.n_steps")``."""
+
+    @property
+    def name(self) -> str:
+        return self["name"]
+
+    def get_path(self, dotted: str, default: Any = KeyError) -> Any:
+        node: Any = self
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                if default is KeyError:
+                    raise KeyError(f"profile {self.get('name')!r} has no setting {dotted!r}")
+                return default
+            node = node[part]
+        return node
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def available_profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+def _read_profile_file(name_or_path: str | os.PathLike) -> tuple[dict, Path]:
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = PROFILE_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no profile {str(name_or_path)!r}: use one of {', '.join(available_profiles())} or a path to a YAML file"
+        )
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"profile file {path} must hold a mapping")
+    return data, path
+
+
+def _resolve(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -> tuple[dict, Path]:
+    data, path = _read_profile_file(name_or_path)
+    if path.resolve() in seen:
+        raise ValueError(f"profile {path} has a cyclic 'base' chain")
+    base = data.pop("base", None)
+    if base is None:
+        return data, path
+    base_data, _ = _resolve(base, seen + (path.resolve(),))
+    return _merge(base_data, data), path
+
+
+def load_profile(name_or_path: str | os.PathLike) -> Profile:
+    """Load a profile by name (``smoke``, ``tiny``, ``paper``) or from a YAML path, resolving ``base``."""
+    data, path = _resolve(name_or_path)
+    missing = [key for key in REQUIRED_SECTIONS if key not in data]
+    if missing:
+        raise ValueError(f"profile {path} lacks required settings: {', '.join(missing)}")
+    if data["kind"] not in ("world", "hub"):
+        raise ValueError(f"profile {path}: kind must be 'world' (tiny synthetic world) or 'hub' (real models), got {data['kind']!r}")
+    return Profile(data)
+
+
+def find_project_root(start: str | os.PathLike | None = None) -> Path:
+    """The folder holding ``pyproject.toml`` above ``start`` (default: cwd), or ``$SEGATTR_ROOT``."""
+    if os.environ.get("SEGATTR_ROOT"):
+        return Path(os.environ["SEGATTR_ROOT"]).resolve()
+    here = Path(start or os.getcwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "pyproject.toml").is_file() and (folder / "segattr_utils").is_dir():
+            return folder
+    raise FileNotFoundError("cannot find the segattr project root (pyproject.toml); set SEGATTR_ROOT")
+
+
+def results_dir(profile: Profile, root: str | os.PathLike | None = None) -> Path:
+    """``results/<profile>/`` under the project root (``results_root`` in the profile overrides)."""
+    base = profile.get("results_root")
+    root_path = Path(base) if base else find_project_root(root) / "results"
+    return root_path / profile.name
+
+
+def stage_dir(profile: Profile, stage: str, root: str | os.PathLike | None = None) -> Path:
+    """The artifact folder of one stage, e.g. ``results/tiny/01_generation``; created if needed."""
+    path = results_dir(profile, root) / stage
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,98 @@
+"""Question sets: the training questions (LIMO's role) and test suites, for either scale.
+
+Every question is a dict ``{"id", "suite", "question", "answer"}`` (plus ``"solution"`` where a
+reference CoT exists). The tiny world makes its own; the paper profile reads LIMO from the hub or a
+local file and fails with a clear message when that is impossible offline.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from .models import ModelUnavailableError, offline
+from .world import Problem, make_problems
+
+
+def world_suites(world: dict, seed: int) -> dict[str, list[Problem]]:
+    """The tiny world's problem sets: ``pretrain``, ``train``, ``test_id``, ``test_ood`` (disjoint)."""
+    pretrain = make_problems(world["n_pretrain"], world["pretrain_ops"], seed, "pretrain")
+    if world.get("train_from_pretrain", False):
+        # Smoke profile only: the training questions are pretraining questions, so a model trained for
+        # seconds has memorised some answers and every later stage sees correct and incorrect traces.
+        train = [replace(p, id=f"train-{i:05d}", suite="train") for i, p in enumerate(pretrain[: world["n_train"]])]
+    else:
+        train = make_problems(world["n_train"], world["train_ops"], seed, "train", exclude=pretrain)
+    test_id = make_problems(world["n_test_id"], world["test_id_ops"], seed, "test_id", exclude=pretrain + train)
+    test_ood = make_problems(world["n_test_ood"], world["test_ood_ops"], seed, "test_ood", exclude=pretrain + train + test_id)
+    return {"pretrain": pretrain, "train": train, "test_id": test_id, "test_ood": test_ood}
+
+
+def _read_local_rows(path: Path) -> list[dict]:
+    if path.is_dir():
+        from datasets import load_from_disk
+
+        dataset = load_from_disk(str(path))
+        if hasattr(dataset, "keys"):
+            dataset = dataset[list(dataset.keys())[0]]
+        return [dict(row) for row in dataset]
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, list) else data["data"]
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        return pd.read_parquet(path).to_dict("records")
+    raise ValueError(f"unsupported local data file {path} (use .jsonl, .json, .parquet or a saved dataset folder)")
+
+
+def load_hub_questions(spec: dict, suite: str, limit: Optional[int] = None) -> list[dict]:
+    """Questions from a hub dataset (``spec["hub_id"]``) or its local copy (``spec["local_path"]``).
+
+    ``spec["fields"]`` maps ``question``/``answer`` (and optionally ``solution``) to the dataset's
+    column names. Offline without a local copy raises :class:`ModelUnavailableError`.
+    """
+    fields = spec.get("fields", {"question": "question", "answer": "answer"})
+    local = spec.get("local_path")
+    if local:
+        path = Path(local).expanduser()
+        if not path.exists():
+            raise ModelUnavailableError(
+                f"local data {str(path)!r} for {spec.get('hub_id')!r} does not exist; download it with\n"
+                f"    huggingface-cli download --repo-type dataset {spec.get('hub_id')} --local-dir {path}"
+            )
+        rows = _read_local_rows(path)
+    else:
+        from datasets import load_dataset
+
+        try:
+            rows = [dict(r) for r in load_dataset(spec["hub_id"], split=spec.get("split", "train"))]
+        except Exception as error:  # datasets raises several types when the hub is unreachable
+            hint = " (HF_HUB_OFFLINE is set)" if offline() else ""
+            raise ModelUnavailableError(
+                f"dataset {spec['hub_id']!r} could not be loaded{hint}: {type(error).__name__}: {error}\n"
+                f"Download it on a machine with network access:\n"
+                f"    huggingface-cli download --repo-type dataset {spec['hub_id']} --local-dir data/external/{spec['hub_id'].split('/')[-1]}\n"
+                "and set local_path in the profile to the downloaded file or folder."
+            ) from error
+    questions = []
+    for index, row in enumerate(rows[:limit] if limit else rows):
+        missing = [name for key, name in fields.items() if name not in row]
+        if missing:
+            raise ValueError(f"row {index} of {spec.get('hub_id') or local} lacks fields {missing}")
+        record = {"id": f"{suite}-{index:05d}", "suite": suite,
+                  "question": str(row[fields["question"]]), "answer": str(row[fields["answer"]]).strip()}
+        if "solution" in fields and fields["solution"] in row:
+            record["solution"] = row[fields["solution"]]
+        questions.append(record)
+    return questions
+
+
+def chat_prompt(tokenizer, user_message: str) -> str:
+    """The user message wrapped in the model's chat template with the generation prompt (R1 format)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": user_message}], tokenize=False,
+                                         add_generation_prompt=True)
