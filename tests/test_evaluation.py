@@ -1,0 +1,137 @@
+"""Tests for segattr_utils.evaluation: the unbiased pass@k estimator and the output summary."""
+
+from __future__ import annotations
+
+import itertools
+from fractions import Fraction
+
+import pandas as pd
+import pytest
+
+from segattr_utils.evaluation import pass_at_k, summarise_outputs
+
+
+def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
+    """Fraction of the k-subsets of n samples (the first c correct) holding at least one correct one."""
+    samples = [True] * c + [False] * (n - c)
+    subsets = list(itertools.combinations(range(n), k))
+    hits = sum(1 for subset in subsets if any(samples[i] for i in subset))
+    return float(Fraction(hits, len(subsets)))
+
+
+@pytest.mark.parametrize("n, c, k", [
+    (1, 0, 1), (1, 1, 1), (2, 1, 1), (2, 1, 2), (4, 1, 2), (5, 2, 3), (6, 3, 2), (8, 1, 4),
+    (8, 5, 4), (10, 3, 1), (10, 3, 5), (10, 7, 4), (12, 2, 6), (12, 11, 1), (7, 0, 3), (7, 7, 3),
+])
+def test_pass_at_k_matches_brute_force(n, c, k):
+    assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
+
+
+def test_pass_at_1_is_the_fraction_correct():
+    for n in range(1, 9):
+        for c in range(n + 1):
+            assert pass_at_k(n, c, 1) == pytest.approx(c / n)
+
+
+def test_pass_at_k_edge_cases():
+    assert pass_at_k(10, 0, 1) == 0.0
+    assert pass_at_k(10, 0, 10) == 0.0
+    assert pass_at_k(10, 10, 1) == 1.0
+    assert pass_at_k(10, 10, 10) == 1.0
+    # fewer incorrect samples than k: every k-subset holds a correct one
+    assert pass_at_k(10, 8, 3) == 1.0
+    assert pass_at_k(5, 1, 5) == 1.0
+    # hand value: n=4, c=1, k=2 -> 1 - C(3,2)/C(4,2) = 1 - 3/6
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("n, c, k", [
+    (5, 6, 1),    # c > n
+    (5, -1, 1),   # c < 0
+    (5, 2, 0),    # k < 1
+    (5, 2, 6),    # k > n
+    (0, 0, 1),    # no samples
+])
+def test_pass_at_k_invalid(n, c, k):
+    with pytest.raises(ValueError):
+        pass_at_k(n, c, k)
+
+
+def _graded():
+    # q1: 2 of 4 correct; q2: 0 of 4; q3: 4 of 4
+    rows = []
+    correct = {"q1": [True, False, True, False], "q2": [False] * 4, "q3": [True] * 4}
+    tokens = {"q1": [10, 20, 30, 40], "q2": [100, 100, 100, 100], "q3": [1, 2, 3, 6]}
+    finished = {"q1": [True, True, True, False], "q2": [False] * 4, "q3": [True] * 4}
+    for qid in ("q1", "q2", "q3"):
+        for s in range(4):
+            rows.append({"question_id": qid, "sample": s, "correct": correct[qid][s],
+                         "n_tokens": tokens[qid][s], "finished": finished[qid][s]})
+    return pd.DataFrame(rows)
+
+
+def test_summarise_outputs_hand_values():
+    summary = summarise_outputs(_graded(), ks=(1, 2, 4))
+    assert summary["questions"] == 3
+    assert summary["accuracy"] == pytest.approx(6 / 12)
+    assert summary["mean_tokens"] == pytest.approx((100 + 400 + 12) / 12)
+    assert summary["finished"] == pytest.approx(7 / 12)
+    # pass@1 per question: 0.5, 0, 1
+    assert summary["pass@1"] == pytest.approx((0.5 + 0 + 1) / 3)
+    # pass@2: q1 = 1 - C(2,2)/C(4,2) = 5/6, q2 = 0, q3 = 1
+    assert summary["pass@2"] == pytest.approx((5 / 6 + 0 + 1) / 3)
+    # pass@4: q1 = 1, q2 = 0, q3 = 1
+    assert summary["pass@4"] == pytest.approx(2 / 3)
+
+
+def test_summarise_outputs_skips_k_above_samples():
+    frame = _graded()
+    # q2 has only 2 samples: pass@4 cannot be estimated for it, so it is left out altogether
+    frame = frame[~((frame["question_id"] == "q2") & (frame["sample"] >= 2))]
+    summary = summarise_outputs(frame, ks=(1, 2, 4))
+    assert "pass@4" not in summary
+    assert summary["pass@2"] == pytest.approx((5 / 6 + 0 + 1) / 3)
+    assert summary["accuracy"] == pytest.approx(6 / 10)
+
+
+def test_summarise_outputs_default_ks_and_unequal_samples():
+    frame = pd.DataFrame({"question_id": ["a", "a", "a", "b"], "correct": [True, False, False, True],
+                          "n_tokens": [3, 5, 7, 9], "finished": [True, True, True, True]})
+    summary = summarise_outputs(frame)
+    # accuracy is over outputs, pass@1 is averaged over questions
+    assert summary["accuracy"] == pytest.approx(2 / 4)
+    assert summary["pass@1"] == pytest.approx((1 / 3 + 1) / 2)
+    assert summary["mean_tokens"] == pytest.approx(6.0)
+    assert summary["questions"] == 2
+
+
+class _BoxedStub:
+    """Answers question q<i> with \\boxed{i} on even samples' batches and \\boxed{-1} otherwise."""
+
+    def generate(self, prompts, settings, seed):
+        out = []
+        for position, prompt in enumerate(prompts):
+            value = prompt.split()[-1] if position % 2 == 0 else "-1"
+            out.append({"text": f"Think.\n</think>\n\nThe final answer is \\boxed{{{value}}}.",
+                        "n_tokens": 5 + position, "finished": True})
+        return out
+
+
+def test_generate_and_grade_with_stub(tmp_path):
+    from segattr_utils.artifacts import RecordStore
+    from segattr_utils.evaluation import generate_and_grade
+    from segattr_utils.generation import SamplingSettings
+
+    prompts = {"q1": "Say 1", "q2": "Say 2"}
+    answers = {"q1": "1", "q2": "2.0"}
+    store = RecordStore(tmp_path / "eval.jsonl")
+    graded = generate_and_grade(_BoxedStub(), prompts, answers, n_samples=2, settings=SamplingSettings(temperature=0),
+                                store=store, batch_size=4, seed=0, tag="greedy")
+    # one batch of 4 jobs: (q1,0) (q1,1) (q2,0) (q2,1) at positions 0..3
+    assert graded[["question_id", "sample"]].values.tolist() == [["q1", 0], ["q1", 1], ["q2", 0], ["q2", 1]]
+    assert graded["correct"].tolist() == [True, False, True, False]
+    assert graded["pred"].tolist() == ["1", "-1", "2", "-1"]
+    assert graded["n_tokens"].tolist() == [5, 6, 7, 8]
+    assert set(graded["tag"]) == {"greedy"}
+    summary = summarise_outputs(graded, ks=(1, 2))
+    assert summary["accuracy"] == 0.5 and summary["pass@2"] == 1.0 and summary["mean_tokens"] == 6.5

@@ -1,0 +1,170 @@
+"""Tests for segattr_utils.grading: last-\\boxed{} extraction, reasoning/answer split and grading.
+
+The outputs below are short hand-written R1-style completions (reasoning, ``</think>``, answer).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from segattr_utils.grading import grade, is_equivalent, last_boxed, split_reasoning
+
+R1_CORRECT = (
+    "Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"
+    "Wait, let me double check: 10 + 15 = 25, plus 2 is 27. So it is 27.\n"
+    "</think>\n\n"
+    "The sum is $12 + 15 = 27$.\n\nThe final answer is \\boxed{27}."
+)
+R1_WRONG = (
+    "Okay, 12 + 15. Hmm, 12 + 15 = 26.\n\nWait, maybe \\boxed{27}? No, I'll go with 26.\n"
+    "</think>\n\n"
+    "The final answer is \\boxed{26}."
+)
+R1_FRACTION = (
+    "Half of one is one half.\n</think>\n\n"
+    "Therefore the probability is \\boxed{\\frac{1}{2}}."
+)
+R1_UNFINISHED = "Okay, so I need to compute 12 + 15. Let me think about 12 +"
+R1_NO_BOX = "Easy.\n</think>\n\nThe answer is 27."
+R1_CHOICE = "Option B fits, the others do not.\n</think>\n\nThe answer is \\boxed{B}."
+R1_CHOICE_TEXT = "Comparing the options, (C) is right.\n</think>\n\n**Answer:** \\boxed{\\text{(C)}}"
+
+
+# ----------------------------------------------------------------------------------------------
+# last_boxed
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("The answer is \\boxed{27}.", "27"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("so \\boxed{\\sqrt{\\frac{a}{b}} + {c}} done", "\\sqrt{\\frac{a}{b}} + {c}"),
+    ("First \\boxed{1}, then \\boxed{2}, finally \\boxed{3}.", "3"),
+    ("\\fbox{7}", "7"),
+    ("\\boxed{5} but actually \\fbox{6}", "6"),
+    ("\\boxed{ 42 }", "42"),
+    ("x \\boxed {42} y", "42"),
+    ("no box here", None),
+    ("", None),
+    ("\\boxed{", None),
+    ("\\boxed{12", None),
+    ("\\boxed{1} and then \\boxed{2", "1"),             # unbalanced last box: the earlier one wins
+    ("\\boxed{\\frac{1}{2} and \\boxed{3}", "3"),       # the inner box is balanced
+])
+def test_last_boxed(text, expected):
+    assert last_boxed(text) == expected
+
+
+def test_last_boxed_on_r1_outputs():
+    assert last_boxed(R1_CORRECT) == "27"
+    assert last_boxed(R1_WRONG) == "26"       # the box inside the reasoning is not the last
+    assert last_boxed(R1_FRACTION) == "\\frac{1}{2}"
+    assert last_boxed(R1_UNFINISHED) is None
+    assert last_boxed(R1_NO_BOX) is None
+
+
+def test_last_boxed_rejects_non_str():
+    with pytest.raises(TypeError):
+        last_boxed(None)
+    with pytest.raises(TypeError):
+        last_boxed(b"\\boxed{1}")
+
+
+# ----------------------------------------------------------------------------------------------
+# split_reasoning
+
+
+def test_split_reasoning_with_think_tags():
+    assert split_reasoning("<think>abc</think>answer") == ("abc", "answer")
+    assert split_reasoning("<think>a\n\nb\n\n</think>\n\nThe answer") == ("a\n\nb", "\n\nThe answer")
+
+
+def test_split_reasoning_r1_output():
+    reasoning, answer = split_reasoning(R1_CORRECT)
+    assert reasoning == ("Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"
+                         "Wait, let me double check: 10 + 15 = 25, plus 2 is 27. So it is 27.")
+    assert answer == "\n\nThe sum is $12 + 15 = 27$.\n\nThe final answer is \\boxed{27}."
+    # the reasoning is a prefix of the output (as the pipeline relies on)
+    assert R1_CORRECT.startswith(reasoning)
+
+
+def test_split_reasoning_without_close_tag():
+    assert split_reasoning(R1_UNFINISHED) == (R1_UNFINISHED, None)
+    assert split_reasoning("<think>abc") == ("<think>abc", None)
+
+
+def test_split_reasoning_only_first_close_tag():
+    reasoning, answer = split_reasoning("r</think>a</think>b")
+    assert reasoning == "r" and answer == "a</think>b"
+
+
+# ----------------------------------------------------------------------------------------------
+# grade / is_equivalent
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("1/2", "\\frac{1}{2}"),
+    ("\\frac{1}{2}", "1/2"),
+    ("0.5", "\\frac12"),
+    ("\\frac12", "0.5"),
+    ("27", "27.0"),
+    ("27.0", "27"),
+    ("27", "27"),
+    ("\\dfrac{1}{2}", "0.5"),
+    ("\\frac{2}{4}", "\\frac{1}{2}"),
+])
+def test_equivalent_answers(pred, gold):
+    assert is_equivalent(pred, gold)
+    assert grade(f"Reasoning.\n</think>\n\nSo \\boxed{{{pred}}}.", gold)["correct"] is True
+
+
+@pytest.mark.parametrize("pred, gold", [
+    ("28", "27"),
+    ("\\frac{1}{3}", "0.5"),
+    ("-27", "27"),
+    ("2", "\\frac{1}{2}"),
+])
+def test_wrong_answers(pred, gold):
+    assert not is_equivalent(pred, gold)
+    assert grade(f"\\boxed{{{pred}}}", gold)["correct"] is False
+
+
+def test_is_equivalent_missing_prediction():
+    assert is_equivalent(None, "27") is False
+    assert is_equivalent("", "27") is False
+
+
+def test_grade_r1_outputs():
+    assert grade(R1_CORRECT, "27") == {"pred": "27", "correct": True}
+    assert grade(R1_WRONG, "27") == {"pred": "26", "correct": False}
+    assert grade(R1_FRACTION, "0.5") == {"pred": "\\frac{1}{2}", "correct": True}
+    assert grade(R1_FRACTION, "1/2")["correct"] is True
+
+
+def test_grade_missing_box_is_wrong():
+    assert grade(R1_NO_BOX, "27") == {"pred": None, "correct": False}
+    assert grade(R1_UNFINISHED, "27") == {"pred": None, "correct": False}
+    assert grade("\\boxed{}", "0")["correct"] is False
+
+
+@pytest.mark.parametrize("gold", ["", "   ", None])
+def test_grade_empty_gold_raises(gold):
+    with pytest.raises(ValueError):
+        grade(R1_CORRECT, gold)
+
+
+def test_multiple_choice():
+    assert grade(R1_CHOICE, "B", choices="ABCD") == {"pred": "B", "correct": True}
+    assert grade(R1_CHOICE, "C", choices="ABCD") == {"pred": "B", "correct": False}
+    assert grade(R1_CHOICE_TEXT, "C", choices="ABCD") == {"pred": "C", "correct": True}
+    assert grade("\\boxed{(A)}", "A", choices="ABCD")["correct"] is True
+    assert grade("\\boxed{d}", "D", choices="ABCD") == {"pred": "D", "correct": True}
+    assert grade("\\boxed{B}", " b ", choices="ABCD")["correct"] is True
+    assert grade("\\boxed{\\textbf{D}}", "D", choices="ABCD")["pred"] == "D"
+
+
+def test_multiple_choice_no_letter():
+    assert grade(R1_NO_BOX, "B", choices="ABCD") == {"pred": None, "correct": False}
+    assert grade("\\boxed{42}", "B", choices="ABCD") == {"pred": None, "correct": False}
+    # a letter that is not among the choices, or a letter inside a word, is not an answer
+    assert grade("\\boxed{E}", "B", choices="ABCD") == {"pred": None, "correct": False}
+    assert grade("\\boxed{\\text{BAD}}", "B", choices="ABCD") == {"pred": None, "correct": False}
