@@ -47,10 +47,10 @@ def read_json(path: str | Path) -> Any:
 
 
 def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy arrays/scalars and tensors; .item() fails on arrays of size > 1
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
@@ -147,11 +147,12 @@ class RecordStore:
 
     def append(self, records: Iterable[dict]) -> None:
         records = list(records)
-        lines = []
+        lines, batch_keys = [], set()
         for record in records:
             key = self._freeze(self.key_fn(record))
-            if key in self._keys:
-                raise ValueError(f"record {key!r} is already in {self.path}")
+            if key in self._keys or key in batch_keys:
+                raise ValueError(f"record {key!r} is already in {self.path} or twice in this batch")
+            batch_keys.add(key)
             lines.append(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
         with open(self.path, "a", encoding="utf-8") as handle:
             for record, line in zip(records, lines):

@@ -73,6 +73,9 @@ def _resolve(name_or_path: str | os.PathLike, seen: tuple[Path, ...] = ()) -> tu
     base = data.pop("base", None)
     if base is None:
         return data, path
+    base_path = Path(base)
+    if base_path.suffix in (".yaml", ".yml") and not base_path.is_absolute():
+        base = path.parent / base_path  # a relative base is relative to the profile that names it
     base_data, _ = _resolve(base, seen + (path.resolve(),))
     return _merge(base_data, data), path
 

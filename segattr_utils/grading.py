@@ -29,6 +29,24 @@ def last_boxed(text: str) -> Optional[str]:
     return None
 
 
+def split_output(output: str) -> tuple[str, str, str]:
+    """(prefix, reasoning, answer part) with ``prefix + reasoning + answer_part == output``.
+
+    ``prefix`` is a leading ``<think>`` line (absent when the chat template opened it), the reasoning ends
+    before the newlines preceding ``</think>``, and the answer part starts there. Raises ``ValueError``
+    without ``</think>``.
+    """
+    if THINK_CLOSE not in output:
+        raise ValueError("output has no </think>: there is no finished reasoning trace")
+    prefix = ""
+    match = re.match(r"<think>\n*", output)
+    if match:
+        prefix = match.group(0)
+    head = output[len(prefix):output.index(THINK_CLOSE)]
+    reasoning = head.rstrip("\n")
+    return prefix, reasoning, output[len(prefix) + len(reasoning):]
+
+
 def split_reasoning(output: str) -> tuple[str, Optional[str]]:
     """(reasoning, answer part) of an R1-style output; the answer part is None without ``</think>``.
 

@@ -24,8 +24,9 @@ class ModelUnavailableError(RuntimeError):
 
 
 def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"} or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    truthy = {"1", "true", "yes", "on"}
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in truthy or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in truthy
 
 
 def resolve_model_path(model_id: str, local_path: Optional[str] = None) -> str:

@@ -31,7 +31,7 @@ from .artifacts import RecordStore, read_json, read_table, write_json, write_tab
 from .attribution import token_attributions
 from .config import Profile, stage_dir
 from .generation import SamplingSettings, make_generator, run_generation
-from .grading import grade, split_reasoning
+from .grading import grade, split_output
 from .importance import always_keep_indices, segment_scores, select_important, top_strength_segments
 from .models import ModelUnavailableError, load_causal_lm, load_tokenizer, resolve_model_path
 from .questions import chat_prompt, load_hub_questions, world_suites
@@ -224,11 +224,11 @@ def keep_shortest_traces(samples: pd.DataFrame, questions: pd.DataFrame) -> pd.D
     kept = []
     for (qid, correct), group in sampled.groupby(["question_id", "correct"], sort=True):
         best = group.sort_values(["n_tokens", "sample"]).iloc[0]
-        reasoning, _ = split_reasoning(best["text"])
+        _, reasoning, answer_part = split_output(best["text"])
         kept.append({"trace_id": f"{qid}:{'correct' if correct else 'incorrect'}", "question_id": qid,
                      "question": texts[qid], "answer": answers[qid], "correct": bool(correct),
                      "sample": int(best["sample"]), "n_tokens": int(best["n_tokens"]), "text": best["text"],
-                     "reasoning": reasoning, "answer_part": best["text"][len(reasoning):], "pred": best["pred"]})
+                     "reasoning": reasoning, "answer_part": answer_part, "pred": best["pred"]})
     return pd.DataFrame(kept)
 
 

@@ -80,7 +80,7 @@ def load_hub_questions(spec: dict, suite: str, limit: Optional[int] = None) -> l
                 "and set local_path in the profile to the downloaded file or folder."
             ) from error
     questions = []
-    for index, row in enumerate(rows[:limit] if limit else rows):
+    for index, row in enumerate(rows[:limit] if limit is not None else rows):
         missing = [name for key, name in fields.items() if name not in row]
         if missing:
             raise ValueError(f"row {index} of {spec.get('hub_id') or local} lacks fields {missing}")

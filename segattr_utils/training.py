@@ -59,7 +59,9 @@ def build_training_example(
     if append_eos:
         input_ids = input_ids + [tokenizer.eos_token_id]
         spans[-1] = (spans[-1][0], spans[-1][1] + 1)
-    chosen = list(range(len(segments))) if selected is None else list(selected)
+    chosen = list(range(len(segments))) if selected is None else [int(i) for i in selected]
+    if any(not 0 <= i < len(segments) for i in chosen):
+        raise ValueError(f"selected segments {chosen} out of range for {len(segments)} segments")
     labels = selective_labels(input_ids, spans, chosen + [len(segments)])
     return TrainingExample(input_ids=input_ids, labels=labels.tolist())
 

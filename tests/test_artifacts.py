@@ -66,9 +66,6 @@ def test_store_duplicate_key_raises_and_writes_nothing(tmp_path):
         RecordStore(path).append([{"key": "a"}])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: RecordStore.append checks keys only against records already "
-                                       "in the store, so two records with the same key in ONE append call "
-                                       "are both written (the store then holds a duplicate key)")
 def test_store_duplicate_key_within_one_batch_raises(tmp_path):
     path = tmp_path / "s.jsonl"
     store = RecordStore(path)
@@ -151,13 +148,6 @@ def test_store_serialises_numpy_scalars(tmp_path):
     assert store.records() == [{"key": "a", "x": 0.5, "n": 4, "b": True}]
 
 
-NUMPY_ARRAY_BUG = ("BUG: artifacts._json_default tries obj.item() before obj.tolist(); numpy arrays (and "
-                   "torch tensors) with more than one element have .item(), which raises ValueError "
-                   "('can only convert an array of size 1'), so the tolist() branch is unreachable and "
-                   "write_json / RecordStore.append fail on arrays")
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=NUMPY_ARRAY_BUG)
 def test_store_serialises_numpy_arrays(tmp_path):
     import numpy as np
 
@@ -235,7 +225,6 @@ def test_json_round_trip(tmp_path):
     assert _temp_files(path.parent) == []
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=NUMPY_ARRAY_BUG)
 def test_write_json_numpy_array(tmp_path):
     import numpy as np
 

@@ -350,10 +350,6 @@ def test_offline_switch(monkeypatch, value, expected):
     assert offline() is expected
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor): models.offline() accepts only 1/true/yes, but "
-                                       "huggingface_hub treats HF_HUB_OFFLINE=ON as offline too "
-                                       "(ENV_VARS_TRUE_VALUES = 1/ON/YES/TRUE), so with HF_HUB_OFFLINE=on the "
-                                       "loaders believe downloads are allowed and omit the offline hint")
 def test_offline_switch_on(monkeypatch):
     from segattr_utils.models import offline
 
