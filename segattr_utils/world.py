@@ -149,32 +149,34 @@ _INTRO = [
     "Alright, let me work through this. The starting number is {start} and there are {n} steps.",
     "Okay, let's see. I begin with {start} and apply the steps one by one.",
 ]
-_PLAIN_STEP = ["Step {i}: {eq}.", "Then step {i}: {eq}.", "Now step {i}: {eq}."]
-_FIRST_STEP = ["Step 1: {eq}.", "First, step 1: {eq}."]
+# Every statement of a step restates the operation from the question ("step 2: multiply by 3, so
+# 12 * 3 = 36"): the model can copy it by the step number, as a real model re-reads the problem.
+_PLAIN_STEP = ["{Step}.", "Then {step}.", "Now {step}."]
+_FIRST_STEP = ["{Step}.", "First, {step}."]
 _SEGMENT_STEP = [
-    "\n\nAnother step, step {i} is {phrase}: {eq}.",
-    "\n\nGoing back to the list, step {i} is {phrase}: {eq}.",
-    "\n\nAlternatively, I can just continue. Step {i}: {eq}.",
+    "\n\nAnother step, {step}.",
+    "\n\nGoing back to the list, {step}.",
+    "\n\nAlternatively, I can just continue. {Step}.",
 ]
 _CORRECTION = [
-    "\n\nWait, that is not right. Step {i}: {eq}.",
-    "\n\nWait, no. Let me redo step {i}: {eq}.",
-    "\n\nBut wait, I made a mistake. Step {i} should be {eq}.",
+    "\n\nWait, that is not right. {Step}.",
+    "\n\nWait, no. Let me redo {step}.",
+    "\n\nBut wait, I made a mistake. {Step}.",
 ]
 _WRONG = [
-    "\n\nAlternatively, maybe step {i} is {eq}.",
-    "\n\nWait, so step {i}: {eq}.",
-    "\n\nHowever, I think step {i} gives {eq}.",
+    "\n\nAlternatively, maybe {step}.",
+    "\n\nWait, so {step}.",
+    "\n\nHowever, I think {step}.",
 ]
 _REPETITION = [
-    "\n\nWait, let me check step {i} again: {eq}.",
-    "\n\nWait, so step {i}: {eq}.",
-    "\n\nGoing back, step {i}: {eq}.",
+    "\n\nWait, let me check {step} again.",
+    "\n\nWait, so {step}.",
+    "\n\nGoing back, {step}.",
 ]
 _VERIFY = [
-    "\n\nBut just to be sure, let me verify step {i}: {eq}. Yes, the result is {answer}.",
-    "\n\nWait, let me double check step {i}: {eq}. So it is {answer}.",
-    "\n\nAnother check of step {i}: {eq}. Correct.",
+    "\n\nBut just to be sure, let me verify {step}. Yes, the result is {answer}.",
+    "\n\nWait, let me double check {step}. So it is {answer}.",
+    "\n\nAnother check of {step}. Correct.",
 ]
 _TRUNCATED = [
     "\n\nAlternatively, maybe I should",
@@ -234,16 +236,21 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherT
     steps = problem.steps
     segments: list[str] = []
     kinds: list[str] = []
+    def statement(number: int, eq: str) -> dict:
+        op, operand = problem.ops[number - 1]
+        text = f"step {number}: {_op_phrase(op, operand)}, so {eq}"
+        return {"step": text, "Step": text[0].upper() + text[1:]}
+
     first_eq = equation(*steps[0])
-    segments.append(rng.choice(_INTRO).format(start=problem.start, n=len(steps)) + "\n\n" + rng.choice(_FIRST_STEP).format(eq=first_eq))
+    segments.append(rng.choice(_INTRO).format(start=problem.start, n=len(steps)) + "\n\n"
+                    + rng.choice(_FIRST_STEP).format(**statement(1, first_eq)))
     kinds.append("productive")
     stated = [(1, first_eq)]
     for index in range(1, len(steps)):
         left, symbol, operand, result = steps[index]
         op, number = SYMBOL_OP[symbol], index + 1
         if rng.random() < rates["repetition"]:
-            earlier, earlier_eq = rng.choice(stated)
-            segments.append(rng.choice(_REPETITION).format(i=earlier, eq=earlier_eq))
+            segments.append(rng.choice(_REPETITION).format(**statement(*rng.choice(stated))))
             kinds.append("repetition")
         if rng.random() < rates["superficial"]:
             segments.append(rng.choice(_SUPERFICIAL[op]).format(k=operand))
@@ -254,21 +261,21 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherT
         eq = equation(left, symbol, operand, result)
         if rng.random() < rates["wrong_exploration"]:
             wrong = equation(left, symbol, operand, _wrong_result(rng, result))
-            segments.append(rng.choice(_WRONG).format(i=number, eq=wrong))
+            segments.append(rng.choice(_WRONG).format(**statement(number, wrong)))
             kinds.append("wrong_exploration")
-            segments.append(rng.choice(_CORRECTION).format(i=number, eq=eq))
+            segments.append(rng.choice(_CORRECTION).format(**statement(number, eq)))
             kinds.append("productive")
         elif kinds[-1] != "productive" or rng.random() < rates["segment_step"]:
             # After a redundant segment the step opens a segment of its own, so redundancy stays
             # separable from real work.
-            segments.append(rng.choice(_SEGMENT_STEP).format(i=number, phrase=_op_phrase(op, operand), eq=eq))
+            segments.append(rng.choice(_SEGMENT_STEP).format(**statement(number, eq)))
             kinds.append("productive")
         else:
-            segments[-1] += "\n\n" + rng.choice(_PLAIN_STEP).format(i=number, eq=eq)
+            segments[-1] += "\n\n" + rng.choice(_PLAIN_STEP).format(**statement(number, eq))
         stated.append((number, eq))
     segments[-1] += " " + rng.choice(_CONCLUDE).format(answer=problem.answer)
     if rng.random() < rates["verification"]:
-        segments.append(rng.choice(_VERIFY).format(i=len(steps), eq=equation(*steps[-1]), answer=problem.answer))
+        segments.append(rng.choice(_VERIFY).format(answer=problem.answer, **statement(len(steps), equation(*steps[-1]))))
         kinds.append("verification")
     trace = TeacherTrace(problem.id, segments, kinds, problem.answer)
     return trace
