@@ -1,7 +1,7 @@
 """The tiny reasoning world: arithmetic-chain problems with R1-style teacher traces.
 
 A problem starts from a number and applies a chain of operations ("add 5", "subtract 3",
-"multiply by 2"); every intermediate value stays in [0, 60] and the answer is exact. Teacher traces
+"multiply by 2"); every intermediate value stays in [1, 9] (single digits) and the answer is exact. Teacher traces
 look like R1 outputs: the reasoning is a sequence of segments joined by the paper's transition
 keywords ("\\n\\nWait", "\\n\\nAlternatively", ...), closed by ``</think>`` and a ``\\boxed{}`` answer.
 
@@ -33,7 +33,8 @@ SYMBOL_OP = {v: k for k, v in OP_SYMBOL.items()}
 REDUNDANT_KINDS: tuple[str, ...] = ("repetition", "truncated", "superficial")
 SEGMENT_KINDS: tuple[str, ...] = ("productive", "wrong_exploration", "repetition", "truncated", "superficial", "verification")
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-MAX_VALUE = 60
+MAX_VALUE = 9
+MAX_OPERAND = 3
 
 
 def apply_op(value: int, op: str, operand: int) -> int:
@@ -74,7 +75,7 @@ class Problem:
 
     @property
     def question(self) -> str:
-        steps = " ".join(f"Step {i + 1}: {_op_phrase(op, k)}." for i, (op, k) in enumerate(self.ops))
+        steps = " ".join(f"The {step_name(i + 1)} step: {_op_phrase(op, k)}." for i, (op, k) in enumerate(self.ops))
         return f"Start with {self.start}. {steps} What is the result?"
 
     def to_record(self) -> dict:
@@ -88,6 +89,16 @@ class Problem:
                    ops=tuple((op, int(k)) for op, k in ops), suite=record.get("suite", "train"))
 
 
+ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
+
+
+def step_name(number: int) -> str:
+    """Steps are named by ordinal words: one token each, so a step is found in the question by one match."""
+    if not 1 <= number <= len(ORDINALS):
+        raise ValueError(f"step {number} has no name (1-{len(ORDINALS)})")
+    return ORDINALS[number - 1]
+
+
 def _op_phrase(op: str, operand: int) -> str:
     return {"add": f"add {operand}", "subtract": f"subtract {operand}", "multiply": f"multiply by {operand}"}[op]
 
@@ -97,19 +108,23 @@ def equation(left: int, symbol: str, operand: int, result: int) -> str:
 
 
 def random_problem(rng: random.Random, n_ops: int, problem_id: str, suite: str) -> Problem:
-    """A chain of ``n_ops`` operations with small operands whose values all stay in [0, MAX_VALUE]."""
+    """A chain of ``n_ops`` operations with operands 1-3 (multiply: 2) and values in [1, MAX_VALUE].
+
+    The numbers are small on purpose: a 1M-parameter model trained for minutes learns most of this
+    arithmetic, so its errors come as much from long chains and distraction as from sums.
+    """
     if n_ops < 1:
         raise ValueError("a problem needs at least one operation")
-    value = rng.randint(2, 20)
+    value = rng.randint(2, 6)
     start, ops = value, []
     for _ in range(n_ops):
         choices = []
-        if value <= MAX_VALUE - 1:
-            choices.append(("add", rng.randint(1, min(9, MAX_VALUE - value))))
+        if value < MAX_VALUE:
+            choices.append(("add", rng.randint(1, min(MAX_OPERAND, MAX_VALUE - value))))
         if value >= 2:
-            choices.append(("subtract", rng.randint(1, min(9, value - 1))))
+            choices.append(("subtract", rng.randint(1, min(MAX_OPERAND, value - 1))))
         if 2 <= value <= MAX_VALUE // 2:
-            choices.append(("multiply", rng.randint(2, min(3, MAX_VALUE // value))))
+            choices.append(("multiply", 2))
         op, operand = rng.choice(choices)
         ops.append((op, operand))
         value = apply_op(value, op, operand)
@@ -145,8 +160,8 @@ def user_prompt(problem: Problem) -> str:
 # Teacher traces
 
 _INTRO = [
-    "Okay, so I start with {start} and apply {n} steps in order.",
-    "Alright, let me work through this. The starting number is {start} and there are {n} steps.",
+    "Okay, so I start with {start} and apply the steps in order.",
+    "Alright, let me work through this. The starting number is {start}.",
     "Okay, let's see. I begin with {start} and apply the steps one by one.",
 ]
 # Every statement of a step restates the operation from the question ("step 2: multiply by 3, so
@@ -163,9 +178,10 @@ _CORRECTION = [
     "\n\nWait, no. Let me redo {step}.",
     "\n\nBut wait, I made a mistake. {Step}.",
 ]
+# Wrong explorations have openings of their own ("maybe", "I think"): a restatement never shares its
+# prefix with a wrong equation, so the model is not taught to emit wrong sums after a neutral opening.
 _WRONG = [
     "\n\nAlternatively, maybe {step}.",
-    "\n\nWait, so {step}.",
     "\n\nHowever, I think {step}.",
 ]
 _REPETITION = [
@@ -222,7 +238,7 @@ def format_completion(reasoning: str, answer: str) -> str:
 
 
 def _wrong_result(rng: random.Random, result: int) -> int:
-    wrong = result + rng.choice([-10, -2, -1, 1, 2, 10])
+    wrong = result + rng.choice([-2, -1, 1, 2])
     return wrong if wrong >= 0 and wrong != result else result + 1
 
 
@@ -238,7 +254,7 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherT
     kinds: list[str] = []
     def statement(number: int, eq: str) -> dict:
         op, operand = problem.ops[number - 1]
-        text = f"step {number}: {_op_phrase(op, operand)}, so {eq}"
+        text = f"the {step_name(number)} step: {_op_phrase(op, operand)}, so {eq}"
         return {"step": text, "Step": text[0].upper() + text[1:]}
 
     first_eq = equation(*steps[0])
