@@ -75,8 +75,8 @@ class Problem:
 
     @property
     def question(self) -> str:
-        steps = " ".join(f"The {step_name(i + 1)} step: {_op_phrase(op, k)}." for i, (op, k) in enumerate(self.ops))
-        return f"Start with {self.start}. {steps} What is the result?"
+        steps = ", ".join(f"{step_name(i + 1)} {_op_phrase(op, k)}" for i, (op, k) in enumerate(self.ops))
+        return f"Start with {self.start}, then {steps}. What is the result?"
 
     def to_record(self) -> dict:
         return {"id": self.id, "suite": self.suite, "start": self.start,
@@ -166,17 +166,17 @@ _INTRO = [
 ]
 # Every statement of a step restates the operation from the question ("step 2: multiply by 3, so
 # 12 * 3 = 36"): the model can copy it by the step number, as a real model re-reads the problem.
-_PLAIN_STEP = ["{Step}.", "Then {step}.", "Now {step}."]
-_FIRST_STEP = ["{Step}.", "First, {step}."]
+_PLAIN_STEP = ["Next, {step}.", "Then {step}.", "Now {step}."]
+_FIRST_STEP = ["So {step}.", "Now {step}."]
 _SEGMENT_STEP = [
     "\n\nAnother step, {step}.",
     "\n\nGoing back to the list, {step}.",
-    "\n\nAlternatively, I can just continue. {Step}.",
+    "\n\nAlternatively, I can just continue with {step}.",
 ]
 _CORRECTION = [
-    "\n\nWait, that is not right. {Step}.",
+    "\n\nWait, that is not right, {step}.",
     "\n\nWait, no. Let me redo {step}.",
-    "\n\nBut wait, I made a mistake. {Step}.",
+    "\n\nBut wait, I made a mistake, {step}.",
 ]
 # Wrong explorations have openings of their own ("maybe", "I think"): a restatement never shares its
 # prefix with a wrong equation, so the model is not taught to emit wrong sums after a neutral opening.
@@ -254,7 +254,9 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherT
     kinds: list[str] = []
     def statement(number: int, eq: str) -> dict:
         op, operand = problem.ops[number - 1]
-        text = f"the {step_name(number)} step: {_op_phrase(op, operand)}, so {eq}"
+        # "<ordinal> <operation>" exactly as in the question: the ordinal token alone locates the
+        # operation to copy (a one-token induction match).
+        text = f"{step_name(number)} {_op_phrase(op, operand)}, so {eq}"
         return {"step": text, "Step": text[0].upper() + text[1:]}
 
     first_eq = equation(*steps[0])

@@ -71,8 +71,8 @@ def test_equation_text():
 
 def test_question_contains_every_step_in_order():
     q = HAND.question
-    assert q.startswith("Start with 7.")
-    expected = ["Step 1: add 5.", "Step 2: multiply by 3.", "Step 3: subtract 4."]
+    assert q.startswith("Start with 7, then ")
+    expected = ["first add 5", "second multiply by 3", "third subtract 4"]
     positions = [q.index(s) for s in expected]
     assert positions == sorted(positions)
     assert q.endswith("What is the result?")
