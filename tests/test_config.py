@@ -54,9 +54,12 @@ def test_smoke_inherits_from_tiny():
     assert raw["base"] == "tiny"
     assert smoke["kind"] == "world"
     # overridden values
-    assert smoke.get_path("world.n_train") == 8
-    assert smoke.get_path("generation.n_samples") == 6
-    assert smoke.get_path("models.architecture.hidden_size") == 64
+    for key in ("world.n_train", "generation.n_samples", "models.architecture.hidden_size"):
+        section, name = key.rsplit(".", 1)
+        node = raw
+        for part in section.split("."):
+            node = node[part]
+        assert smoke.get_path(key) == node[name] != tiny.get_path(key)
     # keys smoke does not set are tiny's, also inside partially overridden sections
     assert "rates" not in raw["world"]
     assert smoke.get_path("world.rates") == tiny.get_path("world.rates")
