@@ -213,12 +213,14 @@ def generate_training_traces(profile: Profile) -> pd.DataFrame:
 def keep_shortest_traces(samples: pd.DataFrame, questions: pd.DataFrame) -> pd.DataFrame:
     """The shortest correct and the shortest incorrect sampled trace per question (Sec. 3 setup).
 
-    Only finished outputs with a ``</think>`` are eligible (an unfinished trace has no answer to
-    attribute). Ties in length go to the lower sample index.
+    Only finished outputs with a ``</think>`` and a non-empty reasoning are eligible (an unfinished
+    trace has no answer to attribute). Ties in length go to the lower sample index.
     """
     sampled = samples[(samples["tag"] == "sample") & samples["finished"]].copy()
     sampled["has_think"] = sampled["text"].str.contains("</think>", regex=False)
     sampled = sampled[sampled["has_think"]]
+    # An output that closes </think> at once has no reasoning to segment or attribute.
+    sampled = sampled[sampled["text"].map(lambda text: split_output(text)[1].strip() != "")]
     answers = dict(zip(questions["id"], questions["answer"]))
     texts = dict(zip(questions["id"], questions["question"]))
     kept = []

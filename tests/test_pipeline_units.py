@@ -25,6 +25,7 @@ def test_keeps_shortest_correct_and_incorrect_per_question(questions):
         _sample("q1", 3, "x</think>\\boxed{4}", 50, False),
         _sample("q1", 4, "y</think>\\boxed{4}", 10, False, finished=False),   # unfinished: not eligible
         _sample("q1", 5, "no think at all", 5, False),                        # no </think>: not eligible
+        _sample("q1", 6, "\n</think>\n\n\\boxed{9}", 3, False),             # empty reasoning: not eligible
         _sample("q1", 0, ok, 1, True, tag="greedy"),                          # greedy: not a sample
         _sample("q2", 0, ok.replace("3", "5"), 40, True),
     ])
