@@ -16,10 +16,8 @@ inputs changed.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -33,7 +31,7 @@ from .config import Profile, stage_dir
 from .generation import SamplingSettings, make_generator, run_generation
 from .grading import grade, split_output
 from .importance import always_keep_indices, segment_scores, select_important, top_strength_segments
-from .models import ModelUnavailableError, load_causal_lm, load_tokenizer, resolve_model_path
+from .models import load_causal_lm, resolve_model_path
 from .questions import chat_prompt, load_hub_questions, world_suites
 from .segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
 from .token_spans import build_attribution_sequence
@@ -121,7 +119,7 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
         try:
             load_hub_questions(spec, name, limit=1)
             rows.append({"what": f"data:{name}", "id": spec["hub_id"], "available": True, "how_to_get": ""})
-        except (ModelUnavailableError, Exception) as error:
+        except Exception as error:  # ModelUnavailableError, or whatever the datasets library raises
             rows.append({"what": f"data:{name}", "id": spec["hub_id"], "available": False,
                          "how_to_get": str(error).splitlines()[-1] if str(error) else type(error).__name__})
     report = pd.DataFrame(rows)

@@ -5,7 +5,6 @@ architecture) built from a config and trained from scratch on teacher traces wit
 from __future__ import annotations
 
 import random
-from pathlib import Path
 from typing import Sequence
 
 import torch

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 
 from .masking import selective_labels
 from .token_spans import char_spans_to_token_spans, tokenize_with_offsets
