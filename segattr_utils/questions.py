@@ -13,20 +13,23 @@ from pathlib import Path
 from typing import Optional
 
 from .models import ModelUnavailableError, offline
-from .world import Problem, make_problems
+from .world import Arithmetic, Problem, make_problems
 
 
 def world_suites(world: dict, seed: int) -> dict[str, list[Problem]]:
     """The tiny world's problem sets: ``pretrain``, ``train``, ``test_id``, ``test_ood`` (disjoint)."""
-    pretrain = make_problems(world["n_pretrain"], world["pretrain_ops"], seed, "pretrain")
+    arithmetic = Arithmetic.from_dict(world.get("arithmetic"))
+    pretrain = make_problems(world["n_pretrain"], world["pretrain_ops"], seed, "pretrain", arithmetic=arithmetic)
     if world.get("train_from_pretrain", False):
         # Smoke profile only: the training questions are pretraining questions, so a model trained for
         # seconds has memorised some answers and every later stage sees correct and incorrect traces.
         train = [replace(p, id=f"train-{i:05d}", suite="train") for i, p in enumerate(pretrain[: world["n_train"]])]
     else:
-        train = make_problems(world["n_train"], world["train_ops"], seed, "train", exclude=pretrain)
-    test_id = make_problems(world["n_test_id"], world["test_id_ops"], seed, "test_id", exclude=pretrain + train)
-    test_ood = make_problems(world["n_test_ood"], world["test_ood_ops"], seed, "test_ood", exclude=pretrain + train + test_id)
+        train = make_problems(world["n_train"], world["train_ops"], seed, "train", exclude=pretrain, arithmetic=arithmetic)
+    test_id = make_problems(world["n_test_id"], world["test_id_ops"], seed, "test_id", exclude=pretrain + train,
+                            arithmetic=arithmetic)
+    test_ood = make_problems(world["n_test_ood"], world["test_ood_ops"], seed, "test_ood",
+                             exclude=pretrain + train + test_id, arithmetic=arithmetic)
     return {"pretrain": pretrain, "train": train, "test_id": test_id, "test_ood": test_ood}
 
 

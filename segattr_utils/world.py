@@ -1,7 +1,8 @@
 """The tiny reasoning world: arithmetic-chain problems with R1-style teacher traces.
 
 A problem starts from a number and applies a chain of operations ("add 5", "subtract 3",
-"multiply by 2"); every intermediate value stays in [1, 9] (single digits) and the answer is exact. Teacher traces
+"multiply by 2"); every intermediate value stays inside the range the profile's ``world.arithmetic``
+sets (:class:`Arithmetic`) and the answer is exact. Teacher traces
 look like R1 outputs: the reasoning is a sequence of segments joined by the paper's transition
 keywords ("\\n\\nWait", "\\n\\nAlternatively", ...), closed by ``</think>`` and a ``\\boxed{}`` answer.
 
@@ -33,8 +34,43 @@ SYMBOL_OP = {v: k for k, v in OP_SYMBOL.items()}
 REDUNDANT_KINDS: tuple[str, ...] = ("repetition", "truncated", "superficial")
 SEGMENT_KINDS: tuple[str, ...] = ("productive", "wrong_exploration", "repetition", "truncated", "superficial", "verification")
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-MAX_VALUE = 9
-MAX_OPERAND = 3
+
+
+@dataclass(frozen=True)
+class Arithmetic:
+    """The number ranges of a world (profile ``world.arithmetic``).
+
+    Starts are drawn from ``[start_min, start_max]``, add/subtract operands from ``[1, max_operand]``
+    and multipliers from ``multipliers``; every intermediate value stays in ``[1, max_value]``. The
+    ranges set how hard the arithmetic is for a small model: with two-digit values a tiny model learns
+    the carries only partly, so its errors come from the sums themselves and not only from long chains.
+    """
+
+    max_value: int = 9
+    max_operand: int = 3
+    start_min: int = 2
+    start_max: int = 6
+    multipliers: tuple[int, ...] = (2,)
+
+    def __post_init__(self):
+        object.__setattr__(self, "multipliers", tuple(int(m) for m in self.multipliers))
+        if not 1 <= self.start_min <= self.start_max <= self.max_value:
+            raise ValueError(f"need 1 <= start_min <= start_max <= max_value, got {self}")
+        if self.max_operand < 1:
+            raise ValueError(f"max_operand must be at least 1, got {self.max_operand}")
+        if any(m < 2 for m in self.multipliers):
+            raise ValueError(f"multipliers must be at least 2, got {self.multipliers}")
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Arithmetic":
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown world.arithmetic settings: {sorted(unknown)}")
+        return cls(**values)
+
+
+SINGLE_DIGIT = Arithmetic()
 
 
 def apply_op(value: int, op: str, operand: int) -> int:
@@ -107,31 +143,31 @@ def equation(left: int, symbol: str, operand: int, result: int) -> str:
     return f"{left} {symbol} {operand} = {result}"
 
 
-def random_problem(rng: random.Random, n_ops: int, problem_id: str, suite: str) -> Problem:
-    """A chain of ``n_ops`` operations with operands 1-3 (multiply: 2) and values in [1, MAX_VALUE].
-
-    The numbers are small on purpose: a 1M-parameter model trained for minutes learns most of this
-    arithmetic, so its errors come as much from long chains and distraction as from sums.
-    """
+def random_problem(rng: random.Random, n_ops: int, problem_id: str, suite: str,
+                   arithmetic: Arithmetic = SINGLE_DIGIT) -> Problem:
+    """A chain of ``n_ops`` operations whose values all stay inside ``arithmetic``'s range."""
     if n_ops < 1:
         raise ValueError("a problem needs at least one operation")
-    value = rng.randint(2, 6)
+    a = arithmetic
+    value = rng.randint(a.start_min, a.start_max)
     start, ops = value, []
     for _ in range(n_ops):
         choices = []
-        if value < MAX_VALUE:
-            choices.append(("add", rng.randint(1, min(MAX_OPERAND, MAX_VALUE - value))))
+        if value < a.max_value:
+            choices.append(("add", rng.randint(1, min(a.max_operand, a.max_value - value))))
         if value >= 2:
-            choices.append(("subtract", rng.randint(1, min(MAX_OPERAND, value - 1))))
-        if 2 <= value <= MAX_VALUE // 2:
-            choices.append(("multiply", 2))
+            choices.append(("subtract", rng.randint(1, min(a.max_operand, value - 1))))
+        multipliers = [m for m in a.multipliers if value * m <= a.max_value]
+        if multipliers and value >= 2:
+            choices.append(("multiply", rng.choice(multipliers)))
         op, operand = rng.choice(choices)
         ops.append((op, operand))
         value = apply_op(value, op, operand)
     return Problem(id=problem_id, start=start, ops=tuple(ops), suite=suite)
 
 
-def make_problems(n: int, n_ops: Sequence[int], seed: int, suite: str, exclude: Iterable[Problem] = ()) -> list[Problem]:
+def make_problems(n: int, n_ops: Sequence[int], seed: int, suite: str, exclude: Iterable[Problem] = (),
+                  arithmetic: Arithmetic = SINGLE_DIGIT) -> list[Problem]:
     """``n`` distinct problems with chain lengths drawn from ``n_ops``, none equal to one in ``exclude``."""
     rng = random.Random(f"{suite}:{seed}")
     seen = {(p.start, p.ops) for p in exclude}
@@ -141,7 +177,7 @@ def make_problems(n: int, n_ops: Sequence[int], seed: int, suite: str, exclude: 
         attempts += 1
         if attempts > 100 * n + 1000:
             raise RuntimeError(f"could not draw {n} distinct problems for suite {suite!r}")
-        problem = random_problem(rng, rng.choice(list(n_ops)), f"{suite}-{len(problems):05d}", suite)
+        problem = random_problem(rng, rng.choice(list(n_ops)), f"{suite}-{len(problems):05d}", suite, arithmetic)
         key = (problem.start, problem.ops)
         # A chain that repeats a step (e.g. "- 2" twice from the same value) would make a restated
         # equation ambiguous between progress and repetition.

@@ -16,8 +16,9 @@ import pytest
 
 from segattr_utils import segment
 from segattr_utils.world import (
-    MAX_VALUE,
     SEGMENT_KINDS,
+    SINGLE_DIGIT,
+    Arithmetic,
     Problem,
     apply_op,
     classify_segments,
@@ -108,7 +109,7 @@ def test_generated_values_and_operands_in_range(n_ops):
         assert len(p.ops) == n_ops
         assert 2 <= p.start <= 20
         values = p.values
-        assert all(0 <= v <= MAX_VALUE for v in values), (p, values)
+        assert all(1 <= v <= SINGLE_DIGIT.max_value for v in values), (p, values)
         for (op, k), before in zip(p.ops, values):
             if op == "add":
                 assert 1 <= k <= 9
@@ -121,6 +122,40 @@ def test_generated_values_and_operands_in_range(n_ops):
         for op, k in p.ops:
             v = {"add": v + k, "subtract": v - k, "multiply": v * k}[op]
         assert p.answer == str(v)
+
+
+TWO_DIGIT = Arithmetic(max_value=99, max_operand=19, start_min=10, start_max=60, multipliers=(2, 3))
+
+
+@pytest.mark.parametrize("n_ops", [1, 4, 9])
+def test_two_digit_arithmetic_stays_in_range(n_ops):
+    rng = random.Random(100 + n_ops)
+    multiplied = False
+    for i in range(300):
+        p = random_problem(rng, n_ops, f"q{i}", "train", TWO_DIGIT)
+        assert 10 <= p.start <= 60
+        assert all(1 <= v <= 99 for v in p.values), p
+        for (op, k), before in zip(p.ops, p.values):
+            if op == "multiply":
+                multiplied = True
+                assert k in (2, 3) and before * k <= 99
+            else:
+                assert 1 <= k <= 19
+    assert multiplied
+
+
+@pytest.mark.parametrize("bad", [dict(start_min=0), dict(start_min=7, start_max=5), dict(start_max=12),
+                                 dict(max_operand=0), dict(multipliers=(1,))])
+def test_arithmetic_rejects_bad_ranges(bad):
+    with pytest.raises(ValueError):
+        Arithmetic(**bad)
+
+
+def test_arithmetic_from_dict_names_unknown_keys():
+    assert Arithmetic.from_dict(None) == SINGLE_DIGIT
+    assert Arithmetic.from_dict({"max_value": 50, "multipliers": [2]}).multipliers == (2,)
+    with pytest.raises(ValueError, match="max_valu"):
+        Arithmetic.from_dict({"max_valu": 50})
 
 
 def test_make_problems_distinct_deterministic_no_repeated_steps():

@@ -1,0 +1,60 @@
+"""The paper-vs-run table: each of the paper's reported statistics next to this run's value.
+
+Every notebook that measures something the paper reports writes its rows to
+``results/<profile>/<NN_stage>/paper_vs_run.csv`` with :func:`write_stage_comparison`, then
+:func:`assemble_paper_vs_run` rebuilds ``results/<profile>/paper_vs_run.md`` from the rows of every
+stage that has run, in stage order. Data still flows one way: a stage writes only its own rows, and
+the assembled table is a view over them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .artifacts import atomic_write_text, read_table, write_table
+from .config import Profile, results_dir, stage_dir
+
+COLUMNS = ("section", "statistic", "paper", "run", "note")
+FILENAME = "paper_vs_run.csv"
+
+
+def comparison_row(section: str, statistic: str, paper: str, run, note: str = "", fmt: str = "{:.3g}") -> dict:
+    """One row. ``run`` may be a number (formatted with ``fmt``; NaN reads "n/a") or text."""
+    if isinstance(run, float) and run != run:
+        run_text = "n/a"
+    elif isinstance(run, (int, float)) and not isinstance(run, bool):
+        run_text = fmt.format(run)
+    else:
+        run_text = str(run)
+    return {"section": section, "statistic": statistic, "paper": str(paper), "run": run_text, "note": note}
+
+
+def write_stage_comparison(profile: Profile, stage: str, rows: Iterable[dict]) -> Path:
+    """Replace ``stage``'s rows of the comparison and return the path of its CSV."""
+    rows = list(rows)
+    for row in rows:
+        missing = [c for c in COLUMNS if c not in row]
+        if missing:
+            raise ValueError(f"comparison row {row!r} lacks {missing}")
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    return write_table(stage_dir(profile, stage) / FILENAME, frame)
+
+
+def assemble_paper_vs_run(profile: Profile) -> pd.DataFrame:
+    """Gather every stage's rows (stage order) into ``results/<profile>/paper_vs_run.md``; return them."""
+    root = results_dir(profile)
+    parts = []
+    for path in sorted(root.glob(f"[0-9][0-9]_*/{FILENAME}")):
+        frame = read_table(path).fillna("")
+        frame.insert(0, "notebook", path.parent.name)
+        parts.append(frame)
+    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["notebook", *COLUMNS])
+    header = (f"# Paper vs this run ({profile.name} profile)\n\n"
+              "Each statistic the paper reports, next to the value this run measured. Written by the notebooks "
+              "(each notebook replaces its own rows); regenerate with `make reproduce`.\n\n")
+    body = table.to_markdown(index=False) if len(table) else "_No notebook has written a comparison yet._"
+    atomic_write_text(root / "paper_vs_run.md", header + body + "\n")
+    return table
