@@ -21,7 +21,13 @@ REQUIRED_SECTIONS = ("name", "seed", "kind", "world", "models", "generation", "s
 
 
 class Profile(dict):
-    """A nested dict with dotted access: ``profile.get_path("attribution.n_steps")``."""
+    """A nested dict with dotted access: ``profile.get_path("attribution.n_steps")``.
+
+    ``source_path`` is the YAML file it was read from (None for a profile built in code), so that a
+    subprocess (``accelerate launch``) can load the same profile.
+    """
+
+    source_path: Path | None = None
 
     @property
     def name(self) -> str:
@@ -88,7 +94,9 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
         raise ValueError(f"profile {path} lacks required settings: {', '.join(missing)}")
     if data["kind"] not in ("world", "hub"):
         raise ValueError(f"profile {path}: kind must be 'world' (tiny synthetic world) or 'hub' (real models), got {data['kind']!r}")
-    return Profile(data)
+    profile = Profile(data)
+    profile.source_path = path.resolve()
+    return profile
 
 
 def find_project_root(start: str | os.PathLike | None = None) -> Path:

@@ -14,7 +14,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .artifacts import atomic_write_text, read_table, write_table
+from .artifacts import atomic_write_text, write_table
 from .config import Profile, results_dir, stage_dir
 
 COLUMNS = ("section", "statistic", "paper", "run", "note")
@@ -48,7 +48,7 @@ def assemble_paper_vs_run(profile: Profile) -> pd.DataFrame:
     root = results_dir(profile)
     parts = []
     for path in sorted(root.glob(f"[0-9][0-9]_*/{FILENAME}")):
-        frame = read_table(path).fillna("")
+        frame = pd.read_csv(path, keep_default_na=False, dtype=str)  # "n/a" stays text
         frame.insert(0, "notebook", path.parent.name)
         parts.append(frame)
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["notebook", *COLUMNS])

@@ -71,12 +71,18 @@ def build_world(profile: Profile) -> dict:
     questions = pd.DataFrame([p.to_record() for suite in suites.values() for p in suite])
     write_table(out / "questions.parquet", questions)
 
-    traces = {name: teacher_traces(suites[name], world["rates"], seed + i) for i, name in enumerate(("pretrain", "train"))}
+    # The pretraining traces come from a weak teacher (world.pretrain_misconception); the reference
+    # traces of the training questions (LIMO's role) from the correct one.
+    misconception = world_lib.Misconception.from_dict(world.get("pretrain_misconception"))
+    max_value = world_lib.Arithmetic.from_dict(world.get("arithmetic")).max_value
+    traces = {"pretrain": teacher_traces(suites["pretrain"], world["rates"], seed, misconception, max_value),
+              "train": teacher_traces(suites["train"], world["rates"], seed + 1, None, max_value)}
     trace_rows = []
     for name, problems in (("pretrain", suites["pretrain"]), ("train", suites["train"])):
         for problem, trace in zip(problems, traces[name]):
             trace_rows.append({"question_id": problem.id, "suite": name, "completion": trace.completion,
-                               "segments": trace.segments, "kinds": trace.kinds})
+                               "segments": trace.segments, "kinds": trace.kinds,
+                               "correct": trace.answer_text == problem.answer})
     write_table(out / "teacher_traces.parquet", pd.DataFrame(trace_rows))
 
     model_dir = Path(generator_path(profile))
@@ -312,23 +318,16 @@ def _baseline_token(profile: Profile, tokenizer) -> int:
     return int(tokenizer.convert_tokens_to_ids(choice))
 
 
-def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
-    """Stage 03: token IG of the correct answer for every kept trace (resumable, one record per trace),
-    then segment scores and the important set. Returns the per-segment table."""
-    out = stage_dir(profile, "03_ig_attribution")
+def attribute_traces(profile: Profile, traces: list[dict], store: RecordStore, desc: str) -> list[dict]:
+    """Token IG of the correct answer for every trace (``trace_id``, ``question``, ``answer``,
+    ``segments``) not yet in ``store``; one record per trace, appended as soon as it is done."""
     settings = profile["attribution"]
-    kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
-    if not settings.get("attribute_incorrect", True):
-        kept = kept[kept["correct"]]
-    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
-    by_trace = {tid: group.sort_values("segment")["text"].tolist() for tid, group in segments.groupby("trace_id")}
     model, tokenizer = load_generator(profile)
     baseline = _baseline_token(profile, tokenizer)
-    store = RecordStore(out / "attributions.jsonl", key_fn=lambda r: r["trace_id"])
-    todo = [t for t in kept.to_dict("records") if t["trace_id"] not in store]
-    for trace in tqdm(todo, desc="integrated gradients", unit="trace"):
+    todo = [t for t in traces if t["trace_id"] not in store]
+    for trace in tqdm(todo, desc=desc, unit="trace"):
         prompt = chat_prompt(tokenizer, user_message(trace["question"]))
-        sequence = build_attribution_sequence(tokenizer, prompt, by_trace[trace["trace_id"]], trace["answer"],
+        sequence = build_attribution_sequence(tokenizer, prompt, list(trace["segments"]), trace["answer"],
                                               suffix_template=settings["answer_suffix"])
         record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
         if len(sequence) > settings["max_length"]:
@@ -347,10 +346,71 @@ def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
                 "segment_values": [values[s:e] for s, e in sequence.segment_spans],
             })
         store.append([record])
-    return score_segments(profile, kept, segments, store.records())
+    return store.records()
 
 
-def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
+    """Stage 03: token IG of the correct answer for every kept trace (resumable, one record per trace),
+    then segment scores and the important set. Returns the per-segment table.
+
+    With ``attribution.attribute_reference`` the reference traces of the training questions (the
+    world's teacher traces; LIMO's provided CoTs on the paper profile) are attributed too, into
+    ``reference_attributions.jsonl`` and ``reference_segment_scores.parquet``: the SFT notebook trains
+    on them as well (Sec. 4.1: "both provided and self-generated CoT supervision").
+    """
+    out = stage_dir(profile, "03_ig_attribution")
+    settings = profile["attribution"]
+    kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
+    if not settings.get("attribute_incorrect", True):
+        kept = kept[kept["correct"]]
+    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
+    by_trace = {tid: group.sort_values("segment")["text"].tolist() for tid, group in segments.groupby("trace_id")}
+    traces = [dict(t, segments=by_trace[t["trace_id"]]) for t in kept.to_dict("records")]
+    store = RecordStore(out / "attributions.jsonl", key_fn=lambda r: r["trace_id"])
+    records = attribute_traces(profile, traces, store, "integrated gradients")
+    if settings.get("attribute_reference", False):
+        reference = reference_traces(profile)
+        ref_store = RecordStore(out / "reference_attributions.jsonl", key_fn=lambda r: r["trace_id"])
+        ref_records = attribute_traces(profile, reference.to_dict("records"), ref_store, "integrated gradients (reference)")
+        ref_segments = reference.explode(["segments", "kinds"]).rename(columns={"segments": "text", "kinds": "kind"})
+        ref_segments["segment"] = ref_segments.groupby("trace_id").cumcount()
+        score_segments(profile, reference.assign(correct=True), ref_segments, ref_records, prefix="reference_")
+    return score_segments(profile, kept, segments, records)
+
+
+def reference_traces(profile: Profile) -> pd.DataFrame:
+    """The reference CoT of every training question, segmented with the profile's keywords: the world's
+    teacher traces (tiny/smoke) or the ``solution`` field of the training data (LIMO, paper profile).
+
+    Columns: trace_id ("<qid>:reference"), question_id, question, answer, segments, kinds, answer_part.
+    """
+    from .tiny_model import answer_part as world_answer_part
+
+    questions = load_questions(profile, "train")
+    keywords = keywords_for(profile)
+    rows = []
+    if profile["kind"] == "world":
+        teacher = read_table(stage_dir(profile, "00_world") / "teacher_traces.parquet")
+        teacher = teacher[teacher["suite"] == "train"].set_index("question_id")
+        problems = {r["id"]: world_lib.Problem.from_record(r) for r in questions.to_dict("records")}
+    for question in questions.to_dict("records"):
+        qid = question["id"]
+        if profile["kind"] == "world":
+            reasoning = "".join(teacher.loc[qid, "segments"])
+        else:
+            if "solution" not in question or not str(question["solution"]).strip():
+                raise ValueError(f"training question {qid} has no reference solution (data.train.fields.solution)")
+            reasoning = str(question["solution"]).strip()
+        segments = segment(reasoning, keywords)
+        kinds = world_lib.classify_segments(problems[qid], segments) if profile["kind"] == "world" else [None] * len(segments)
+        rows.append({"trace_id": f"{qid}:reference", "question_id": qid, "question": question["question"],
+                     "answer": question["answer"], "segments": segments, "kinds": kinds,
+                     "answer_part": world_answer_part(question["answer"])})
+    return pd.DataFrame(rows)
+
+
+def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame, records: list[dict],
+                   prefix: str = "") -> pd.DataFrame:
     """Segment strength, consistency and normalised strength (Eq. 3-4) and the important set
     (Eq. 5-7 with the always-kept segments of App. C.4) for every attributed trace."""
     out = stage_dir(profile, "03_ig_attribution")
@@ -382,8 +442,8 @@ def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame,
                              "flagged": record["relative_delta"] > profile.get_path("attribution.flag_relative_delta"),
                              "seconds": record["seconds"], "n_tokens": record["n_tokens"]})
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    write_table(out / "segment_scores.parquet", table)
-    write_table(out / "completeness.parquet", pd.DataFrame(completeness))
+    write_table(out / f"{prefix}segment_scores.parquet", table)
+    write_table(out / f"{prefix}completeness.parquet", pd.DataFrame(completeness))
     return table
 
 

@@ -55,3 +55,151 @@ def correct_per_question(samples: pd.DataFrame):
     ax.set_ylabel("questions")
     fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Notebooks 04-06: Sec. 3 and App. A
+
+IMPORTANCE_COLORS = {"important": "#2a9d8f", "unimportant": "#9e9e9e"}
+GROUP_COLORS = ("#2a9d8f", "#8ab17d", "#e9c46a", "#9e9e9e")
+
+
+def _bars(ax, labels, means, sems, counts, colors):
+    """Bars of group means with SEM error bars; an empty group gets no bar and an "n = 0" label."""
+    x = np.arange(len(labels))
+    heights = [m if m is not None else 0.0 for m in means]
+    errors = [s if s is not None else 0.0 for s in sems]
+    ax.bar(x, heights, yerr=errors, color=colors, capsize=4)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(x, labels, fontsize=8)
+    for xi, mean, count in zip(x, means, counts):
+        text = f"n = {count}" if mean is not None else "n = 0\n(empty)"
+        ax.annotate(text, (xi, 0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+
+
+def fig2_confidence_delta(groups: pd.DataFrame, p_value_text: str, tau: float, beta: float):
+    """Fig. 2: mean Δ in correct-answer confidence (± SEM) of important vs unimportant segments and of
+    the four strength × consistency groups. ``groups`` is :func:`segattr_utils.confidence.group_summary`."""
+    by_name = groups.set_index("group")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    pair = ["important", "unimportant"]
+    _bars(axes[0], pair, [by_name.loc[g, "mean"] for g in pair], [by_name.loc[g, "sem"] for g in pair],
+          [int(by_name.loc[g, "n"]) for g in pair], [IMPORTANCE_COLORS[g] for g in pair])
+    axes[0].set_ylabel("Δ correct-answer confidence")
+    axes[0].set_title(f"τ = {tau:g}, β = {beta:g} ({p_value_text})", fontsize=9)
+    four = [g for g in by_name.index if g not in pair]
+    _bars(axes[1], [g.replace(", ", "\n") for g in four], [by_name.loc[g, "mean"] for g in four],
+          [by_name.loc[g, "sem"] for g in four], [int(by_name.loc[g, "n"]) for g in four], list(GROUP_COLORS))
+    axes[1].set_title("strength (top-τ) × consistency (≤ β)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fig4_tau_search(search: pd.DataFrame, ablation: pd.DataFrame):
+    """Fig. 4: mean Δ of important and unimportant segments (and the four groups) over the τ grid with
+    τ* starred (left), and over the β grid under τ* (right)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, table, column in ((axes[0], search, "tau"), (axes[1], ablation, "beta")):
+        x = table[column].to_numpy(dtype=float)
+        for key, label, color, style in (("delta_important", "important", IMPORTANCE_COLORS["important"], "-o"),
+                                         ("delta_unimportant", "unimportant", IMPORTANCE_COLORS["unimportant"], "-o")):
+            y = pd.to_numeric(table[key], errors="coerce").to_numpy(dtype=float)
+            ax.plot(x, y, style, color=color, label=label, linewidth=2)
+        group_columns = [c for c in table.columns if c.startswith("delta[")]
+        for c, color in zip(group_columns, GROUP_COLORS):
+            y = pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float)
+            ax.plot(x, y, ":", color=color, linewidth=1, label=c[len("delta["):-1])
+        chosen = table[table["selected"].astype(bool)]
+        if len(chosen):
+            ax.plot(chosen[column], pd.to_numeric(chosen["delta_important"]), "*", color="red", markersize=16,
+                    label=f"{'τ' if column == 'tau' else 'β'}* = {float(chosen[column].iloc[0]):g}", zorder=5)
+        else:
+            ax.text(0.5, 0.95, "no admissible value (see table)", transform=ax.transAxes, ha="center", va="top", fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.8)
+        fixed = table["beta" if column == "tau" else "tau"].iloc[0] if len(table) else float("nan")
+        ax.set_xlabel(column.replace("tau", "τ").replace("beta", "β") +
+                      (f"  (β = {fixed:g})" if column == "tau" else f"  (τ = {fixed:g})"))
+    axes[0].set_ylabel("mean Δ correct-answer confidence")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for handle, label in zip(*axes[1].get_legend_handles_labels()):
+        if label.startswith("β*"):
+            handles.append(handle)
+            labels.append(label)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=4)
+    return fig
+
+
+def fig3_linguistics(table: pd.DataFrame, comparisons: dict, bleu_threshold: float):
+    """Fig. 3: log-perplexity, entropy and BLEU against preceding segments for important vs unimportant
+    segments (box plots; p-values of ``comparisons`` {column: text} in the titles)."""
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    titles = {"log_ppl": "log perplexity", "entropy": "entropy (nats)", "bleu": "BLEU vs preceding segments"}
+    for ax, column in zip(axes, ("log_ppl", "entropy", "bleu")):
+        groups = [table.loc[table["important"] == flag, column].to_numpy(dtype=float) for flag in (True, False)]
+        present = [i for i, values in enumerate(groups) if values.size]
+        if present:
+            parts = ax.boxplot([groups[i] for i in present], positions=[i + 1 for i in present], widths=0.6,
+                               patch_artist=True, showfliers=False)
+            for patch, i in zip(parts["boxes"], present):
+                patch.set_facecolor(IMPORTANCE_COLORS["important" if i == 0 else "unimportant"])
+        ax.set_xticks([1, 2], [f"important\nn = {groups[0].size}", f"unimportant\nn = {groups[1].size}"], fontsize=8)
+        ax.set_xlim(0.4, 2.6)
+        ax.set_title(f"{titles[column]}\n{comparisons.get(column, '')}", fontsize=9)
+        if column == "bleu":
+            ax.axhline(bleu_threshold, color="red", linestyle="--", linewidth=1, label=f"BLEU > {bleu_threshold:g}")
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def fig1_right_bottom_cdf(grid, curves: dict, mass: float, shares: dict):
+    """Fig. 1 right-bottom: the averaged CDF of normalised strength over segments ranked by strength,
+    one curve per label of ``curves`` ({label: curve}); ``shares`` {label: share holding ``mass``}."""
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    colors = {"correct": CORRECT_COLORS[True], "incorrect": CORRECT_COLORS[False]}
+    for label, curve in curves.items():
+        share = shares.get(label)
+        suffix = f" ({share:.0%} of segments hold {mass:.0%})" if share is not None else ""
+        ax.plot(np.asarray(grid) * 100, curve, color=colors.get(label), linewidth=2, label=f"{label}{suffix}")
+    ax.axhline(mass, color="black", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("top segments by strength (% of the trace's segments)")
+    ax.set_ylabel("cumulative normalised strength")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 1.02)
+    if curves:
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no attributed traces", transform=ax.transAxes, ha="center")
+    fig.tight_layout()
+    return fig
+
+
+def app_a_positions(shares: pd.DataFrame):
+    """App. A: share of each segment set before, at and after the decision segment (stacked bars)."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    labels = [f"{row['set']}\n(n = {row['n']})" for _, row in shares.iterrows()]
+    left = np.zeros(len(shares))
+    for where, color in (("before", "#457b9d"), ("at", "#e9c46a"), ("after", "#e76f51")):
+        values = pd.to_numeric(shares[f"share_{where}"], errors="coerce").fillna(0.0).to_numpy()
+        ax.barh(labels, values, left=left, color=color, label=f"{where} the decision segment")
+        left += values
+    ax.set_xlim(0, 1)
+    ax.invert_yaxis()
+    ax.set_xlabel("share of the set's segments")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
+    fig.tight_layout()
+    return fig
+
+
+def save_and_show(fig, directory, name: str):
+    """Save ``fig`` as ``<directory>/<name>.png`` and ``.pdf`` (:func:`segattr_utils.artifacts.save_figure`),
+    close it, and display the PNG in the notebook (figures are drawn with the Agg backend)."""
+    from IPython.display import Image, display
+
+    from .artifacts import save_figure
+
+    png = save_figure(fig, directory, name)[0]
+    plt.close(fig)
+    display(Image(filename=str(png)))
+    return png

@@ -73,7 +73,7 @@ def load_hub_questions(spec: dict, suite: str, limit: Optional[int] = None) -> l
         from datasets import load_dataset
 
         try:
-            rows = [dict(r) for r in load_dataset(spec["hub_id"], split=spec.get("split", "train"))]
+            rows = [dict(r) for r in load_dataset(spec["hub_id"], spec.get("config"), split=spec.get("split", "train"))]
         except Exception as error:  # datasets raises several types when the hub is unreachable
             hint = " (HF_HUB_OFFLINE is set)" if offline() else ""
             raise ModelUnavailableError(
@@ -84,15 +84,51 @@ def load_hub_questions(spec: dict, suite: str, limit: Optional[int] = None) -> l
             ) from error
     questions = []
     for index, row in enumerate(rows[:limit] if limit is not None else rows):
+        if "choices" in spec:
+            row = multiple_choice_row(row, spec["choices"], seed=f"{spec.get('hub_id')}:{index}")
+            fields = {**fields, "question": "question", "answer": "answer"}
         missing = [name for key, name in fields.items() if name not in row]
         if missing:
             raise ValueError(f"row {index} of {spec.get('hub_id') or local} lacks fields {missing}")
         record = {"id": f"{suite}-{index:05d}", "suite": suite,
-                  "question": str(row[fields["question"]]), "answer": str(row[fields["answer"]]).strip()}
+                  "question": str(row[fields["question"]]), "answer": answer_text(row[fields["answer"]])}
         if "solution" in fields and fields["solution"] in row:
             record["solution"] = row[fields["solution"]]
         questions.append(record)
     return questions
+
+
+def answer_text(value) -> str:
+    """A reference answer as text; list-valued answers (OlympiadBench's ``final_answer``) use their first
+    element, with surrounding ``$`` removed."""
+    if isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)):
+        items = list(value.tolist() if hasattr(value, "tolist") else value)
+        if not items:
+            raise ValueError("reference answer list is empty")
+        value = items[0]
+    text = str(value).strip()
+    return text[1:-1].strip() if len(text) > 1 and text.startswith("$") and text.endswith("$") else text
+
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def multiple_choice_row(row: dict, choices: dict, seed: str) -> dict:
+    """A multiple-choice question with its options shuffled by a fixed seed (GPQA-Diamond).
+
+    ``choices`` names the dataset columns: ``question``, ``correct`` and ``incorrect`` (a list). One
+    public GPQA copy leaves the correct option first, so every answer would be "A"; the options are
+    shuffled with ``random.Random(seed)`` and the answer is the correct option's letter.
+    """
+    import random
+
+    options = [str(row[choices["correct"]]).strip()] + [str(row[c]).strip() for c in choices["incorrect"]]
+    order = list(range(len(options)))
+    random.Random(seed).shuffle(order)
+    lines = [f"({LETTERS[i]}) {options[j]}" for i, j in enumerate(order)]
+    question = str(row[choices["question"]]).strip() + "\n\n" + "\n".join(lines) + \
+        "\n\nAnswer with the letter of the correct option."
+    return {"question": question, "answer": LETTERS[order.index(0)]}
 
 
 def chat_prompt(tokenizer, user_message: str) -> str:

@@ -5,7 +5,7 @@ architecture) built from a config and trained from scratch on teacher traces wit
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -13,7 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from .questions import chat_prompt
 from .tokenizer import build_bpe_tokenizer
 from .training import TrainingExample, build_training_example
-from .world import Problem, TeacherTrace, format_completion, teacher_trace, user_prompt
+from .world import Misconception, Problem, TeacherTrace, format_completion, teacher_trace, user_prompt
 
 
 def answer_part(answer: str) -> str:
@@ -21,9 +21,11 @@ def answer_part(answer: str) -> str:
     return format_completion("", answer)
 
 
-def teacher_traces(problems: Sequence[Problem], rates: dict, seed: int) -> list[TeacherTrace]:
+def teacher_traces(problems: Sequence[Problem], rates: dict, seed: int, misconception: Optional[Misconception] = None,
+                   max_value: int = 9) -> list[TeacherTrace]:
+    """Teacher traces of ``problems``; with ``misconception`` they are the weak pretraining teacher's."""
     rng = random.Random(f"teacher:{seed}")
-    return [teacher_trace(p, rng, rates) for p in problems]
+    return [teacher_trace(p, rng, rates, misconception, max_value) for p in problems]
 
 
 def build_world_tokenizer(problems: Sequence[Problem], traces: Sequence[TeacherTrace], vocab_size: int):

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 
+import numpy as np
+
 from .masking import selective_labels
 from .token_spans import char_spans_to_token_spans, tokenize_with_offsets
 
@@ -64,6 +66,44 @@ def build_training_example(
     return TrainingExample(input_ids=input_ids, labels=labels.tolist())
 
 
+def build_char_masked_example(
+    tokenizer,
+    prompt: str,
+    trace: str,
+    answer_part: str,
+    learned_chars: Sequence[tuple[int, int]],
+    append_eos: bool = True,
+) -> TrainingExample:
+    """One SFT example whose learned trace tokens are given as character spans of the trace.
+
+    ``prompt + trace + answer_part (+ EOS)`` is tokenised once; a trace token is trained when its first
+    character lies inside one of ``learned_chars`` (half-open spans relative to the start of the
+    trace), the answer part and EOS are always trained, the prompt never is. Token-level selections
+    (Table 2: the top-|IG| tokens) become character spans of the tokens they chose, so they carry over
+    to this tokenisation even where it differs from the attributed sequence's at the end of the trace.
+    """
+    learned = np.zeros(len(trace), dtype=bool)
+    for start, end in learned_chars:
+        if not 0 <= start <= end <= len(trace):
+            raise ValueError(f"learned span ({start}, {end}) falls outside the trace of {len(trace)} characters")
+        learned[start:end] = True
+    text = prompt + trace + answer_part
+    input_ids, offsets = tokenize_with_offsets(tokenizer, text)
+    trace_start, answer_start = len(prompt), len(prompt) + len(trace)
+    labels = []
+    for token, (start, _) in zip(input_ids, offsets):
+        if start >= answer_start:
+            labels.append(token)
+        elif start >= trace_start and learned[start - trace_start]:
+            labels.append(token)
+        else:
+            labels.append(-100)
+    if append_eos:
+        input_ids = input_ids + [tokenizer.eos_token_id]
+        labels = labels + [tokenizer.eos_token_id]
+    return TrainingExample(input_ids=input_ids, labels=labels)
+
+
 @dataclass
 class TrainSettings:
     """The schedule shared by every variant (App. C.3)."""
@@ -82,6 +122,7 @@ class TrainSettings:
     optim: str = "adamw_torch"
     save_steps: int = 200
     logging_steps: int = 20
+    stop_after_epoch: Optional[float] = None  # the authors' callback stops 10-epoch runs after epoch 9
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainSettings":
@@ -89,6 +130,20 @@ class TrainSettings:
         if unknown:
             raise ValueError(f"unknown training settings: {sorted(unknown)}")
         return cls(**values)
+
+
+def StopAfterEpoch(epoch: float):
+    """A TrainerCallback that ends training once ``epoch`` epochs are done (the schedule still spans
+    ``num_train_epochs``, as in the authors' runs)."""
+    from transformers import TrainerCallback
+
+    class _Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.epoch is not None and state.epoch >= epoch - 1e-9:
+                control.should_training_stop = True
+            return control
+
+    return _Stop()
 
 
 def _latest_checkpoint(output_dir: Path) -> Optional[str]:
@@ -142,13 +197,21 @@ def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: T
         deepspeed=deepspeed,
         disable_tqdm=False,
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-    trainer.train(resume_from_checkpoint=_latest_checkpoint(output_dir))
+    callbacks = [StopAfterEpoch(settings.stop_after_epoch)] if settings.stop_after_epoch else None
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    resumed_from = _latest_checkpoint(output_dir)
+    started_step = int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0
+    result = trainer.train(resume_from_checkpoint=resumed_from)
     final = output_dir / "final"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {"steps": trainer.state.global_step, "final_loss": history[-1]["loss"] if history else math.nan,
-               "settings": asdict(settings), "seed": seed, "n_examples": len(examples)}
+               "mean_train_loss": float(result.metrics.get("train_loss", math.nan)),
+               "settings": asdict(settings), "seed": seed, "n_examples": len(examples),
+               "n_trained_tokens": int(sum(e.n_trained for e in examples)),
+               "n_tokens": int(sum(len(e.input_ids) for e in examples)),
+               "train_runtime": float(result.metrics.get("train_runtime", math.nan)),
+               "steps_this_session": trainer.state.global_step - started_step}
     (output_dir / DONE_MARKER).write_text("done\n")
     return summary

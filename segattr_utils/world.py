@@ -26,7 +26,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 OPERATIONS = ("add", "subtract", "multiply")
 OP_SYMBOL = {"add": "+", "subtract": "-", "multiply": "*"}
@@ -71,6 +71,62 @@ class Arithmetic:
 
 
 SINGLE_DIGIT = Arithmetic()
+
+
+@dataclass(frozen=True)
+class Misconception:
+    """A systematic slip of the teacher that wrote the *pretraining* traces (profile
+    ``world.pretrain_misconception``).
+
+    On a step with operation ``op`` (and, if given, operand ``operand``) the weak teacher writes the true
+    result plus ``offset`` with probability ``rate`` (the tiny profile: "subtract 3" takes away only two,
+    7 - 3 = 5), then carries on from its wrong value, so the trace ends in a wrong answer. A base model
+    trained on these traces inherits the slip as its most likely continuation: greedy decoding fails
+    on such steps while sampling sometimes gets them right. This is the world's stand-in for a skill the
+    base reasoning model has only partly acquired, and what fine-tuning on verified-correct traces can
+    repair. The reference traces of the training questions (LIMO's role) come from the correct teacher.
+    """
+
+    op: str = "subtract"
+    operand: Optional[int] = 3
+    rate: float = 0.7
+    offset: int = 1
+
+    def __post_init__(self):
+        if self.op not in OPERATIONS:
+            raise ValueError(f"misconception op must be one of {OPERATIONS}, got {self.op!r}")
+        if not 0 <= self.rate <= 1:
+            raise ValueError(f"misconception rate must lie in [0, 1], got {self.rate}")
+        if self.offset == 0:
+            raise ValueError("misconception offset must not be 0 (that would be no slip at all)")
+
+    def applies(self, op: str, operand: int) -> bool:
+        return op == self.op and (self.operand is None or operand == self.operand)
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> "Misconception | None":
+        if not values:
+            return None
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown world.pretrain_misconception settings: {sorted(unknown)}")
+        return cls(**values)
+
+    def believed_steps(self, problem: "Problem", rng: random.Random, max_value: int) -> list[tuple[int, str, int, int]]:
+        """The chain as the weak teacher computes it: (left, symbol, operand, result) per step.
+
+        Falls back to the true chain when the believed values would leave ``[1, max_value]``.
+        """
+        value, steps = problem.start, []
+        for op, operand in problem.ops:
+            result = apply_op(value, op, operand)
+            if self.applies(op, operand) and rng.random() < self.rate:
+                result += self.offset
+            steps.append((value, OP_SYMBOL[op], operand, result))
+            value = result
+        if any(not 1 <= step[3] <= max_value for step in steps):
+            return problem.steps
+        return steps
 
 
 def apply_op(value: int, op: str, operand: int) -> int:
@@ -278,14 +334,18 @@ def _wrong_result(rng: random.Random, result: int) -> int:
     return wrong if wrong >= 0 and wrong != result else result + 1
 
 
-def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherTrace:
+def teacher_trace(problem: Problem, rng: random.Random, rates: dict, misconception: Misconception | None = None,
+                  max_value: int = SINGLE_DIGIT.max_value) -> TeacherTrace:
     """An R1-style trace for ``problem`` with redundant segments mixed in at ``rates``.
 
     ``rates`` holds per-step probabilities ``repetition``, ``truncated``, ``superficial``,
     ``wrong_exploration``, ``segment_step`` (a step opens a new segment instead of continuing the
-    current paragraph) and ``verification`` (per trace).
+    current paragraph) and ``verification`` (per trace). With a ``misconception`` the trace narrates
+    the weak teacher's chain (:meth:`Misconception.believed_steps`); its kinds are then those
+    :func:`classify_segments` gives against the true chain, and ``answer_text`` is the teacher's answer.
     """
-    steps = problem.steps
+    steps = misconception.believed_steps(problem, rng, max_value) if misconception else problem.steps
+    mistaken = steps != problem.steps
     segments: list[str] = []
     kinds: list[str] = []
     def statement(number: int, eq: str) -> dict:
@@ -327,12 +387,14 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict) -> TeacherT
         else:
             segments[-1] += "\n\n" + rng.choice(_PLAIN_STEP).format(**statement(number, eq))
         stated.append((number, eq))
-    segments[-1] += " " + rng.choice(_CONCLUDE).format(answer=problem.answer)
+    answer = str(steps[-1][3])
+    segments[-1] += " " + rng.choice(_CONCLUDE).format(answer=answer)
     if rng.random() < rates["verification"]:
-        segments.append(rng.choice(_VERIFY).format(answer=problem.answer, **statement(len(steps), equation(*steps[-1]))))
+        segments.append(rng.choice(_VERIFY).format(answer=answer, **statement(len(steps), equation(*steps[-1]))))
         kinds.append("verification")
-    trace = TeacherTrace(problem.id, segments, kinds, problem.answer)
-    return trace
+    if mistaken:
+        kinds = classify_segments(problem, segments)
+    return TeacherTrace(problem.id, segments, kinds, answer, meta={"mistaken": mistaken})
 
 
 # ----------------------------------------------------------------------------------------------

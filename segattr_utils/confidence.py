@@ -1,0 +1,298 @@
+"""Correct-answer confidence after each prefix of a trace, the per-segment change Δ (Sec. 3.1,
+finding 1, Fig. 2), and the greedy τ search and β ablation on Δ (Sec. 3.2, Fig. 4).
+
+**Confidence (Sec. 3.1).** "We sequentially append segments to the input and enforce answer
+generation after adding each new segment to compute the change Δ in correct answer confidence
+relative to without that segment. [...] We empirically estimate this correct answer confidence by
+calculating the fraction of multiple temperature-sampled generations (i.e., 32 samples) that produce
+the correct answer." For a trace S_1..S_n and k = 0..n the forced-answer input is
+
+    prompt + S_1 + ... + S_k + answer lead-in          (e.g. "\\n</think>\\n\\nThe final answer is \\boxed{")
+
+and the model samples K short continuations; c_k is the fraction whose completed ``\\boxed{}``
+grades correct (:func:`segattr_utils.grading.grade`). c_0 is the confidence with an empty trace. The
+change of segment S_k is Δ_k = c_k − c_{k−1}; segment ``k - 1`` in 0-based indices.
+
+**Groups (Sec. 3.1).** A segment has *high strength* when it is among the top-k* segments holding τ
+of the trace's normalised strength (Eq. 5-6) and *moderate consistency* when its consistency is at
+most β (Eq. 7); important = high strength and moderate consistency, unimportant = the rest. The
+comparative analysis uses τ = 0.8, β = 0.95 (profile ``analysis.groups_tau``/``groups_beta``).
+The always-kept first/last segments of App. C.4 are a training rule, not part of Eq. 7: they are
+not added here.
+
+**Greedy τ search (Sec. 3.2, Fig. 4).** The paper picks τ* that "maximizes the difference in
+correct answer confidence change Δ between resulted important and unimportant segments while
+minimizing false negatives (i.e., ensuring that unimportant segments exhibit the lowest confidence
+gain)", then ablates β under τ*. "Greedy" is read as coordinate-wise: τ first (β held at the Sec.
+3.1 value), then β under τ*. Formally (:func:`choose_threshold`): among the grid values where both
+sets are non-empty and the unimportant set's mean Δ is below the important set's (gap > 0), τ*
+maximises gap = mean Δ(important) − mean Δ(unimportant); ties go to the lower unimportant Δ, then
+to the smaller threshold. The paper's final β = 0.8 comes from downstream accuracy (App. D); the
+β row here reports the Δ criterion only.
+
+**Sampling.** :func:`sample_continuations` encodes each forced-answer prompt once and shares its
+key/value cache among the K samples (the prompts are long and the continuations a few tokens, so
+this saves the K-fold prefill that sampling K copies of the prompt would cost). The sampling rule is
+the one of ``model.generate``: temperature, then nucleus (top-p) filtering, then a categorical draw;
+temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .generation import SamplingSettings
+from .grading import grade
+from .group_stats import compare_groups, describe
+from .importance import top_strength_segments
+
+GROUPS: tuple[str, ...] = (
+    "high strength, moderate consistency",
+    "high strength, high consistency",
+    "low strength, moderate consistency",
+    "low strength, high consistency",
+)
+IMPORTANT_GROUP = GROUPS[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Forced-answer confidence
+
+def forced_answer_prompt(prompt: str, segments: Sequence[str], n_prefix: int, lead_in: str) -> str:
+    """``prompt + S_1 + ... + S_{n_prefix} + lead_in``: the answer forced after ``n_prefix`` segments."""
+    if not 0 <= n_prefix <= len(segments):
+        raise ValueError(f"n_prefix must lie in [0, {len(segments)}], got {n_prefix}")
+    if not lead_in:
+        raise ValueError("the answer lead-in is empty: the answer cannot be forced")
+    return prompt + "".join(segments[:n_prefix]) + lead_in
+
+
+def grade_forced_answers(continuations: Iterable[str], gold: str, lead_in: str) -> list[dict]:
+    """Grade each sampled continuation of ``lead_in`` (which opens ``\\boxed{``): the answer is the
+    last ``\\boxed{}`` of ``lead_in + continuation``; an unclosed box counts as wrong."""
+    return [grade(lead_in + text, gold) for text in continuations]
+
+
+def answer_confidence(continuations: Sequence[str], gold: str, lead_in: str) -> float:
+    """The fraction of sampled continuations whose answer is correct (Sec. 3.1's confidence)."""
+    continuations = list(continuations)
+    if not continuations:
+        raise ValueError("no sampled continuations: confidence is a fraction of at least one sample")
+    verdicts = grade_forced_answers(continuations, gold, lead_in)
+    return sum(v["correct"] for v in verdicts) / len(verdicts)
+
+
+def confidence_deltas(confidences: Sequence[float]) -> pd.DataFrame:
+    """Per-segment confidence before/after and Δ from the confidences c_0..c_n of the n+1 prefixes.
+
+    Returns one row per segment: ``segment`` (0-based), ``confidence_before`` (= c_k),
+    ``confidence_after`` (= c_{k+1}) and ``delta`` (their difference).
+    """
+    values = np.asarray(list(confidences), dtype=np.float64)
+    if values.ndim != 1 or values.size < 2:
+        raise ValueError("need the confidences of at least two prefixes (the empty trace and one segment)")
+    if not np.all(np.isfinite(values)) or np.any((values < 0) | (values > 1)):
+        raise ValueError("confidences must be fractions in [0, 1]")
+    return pd.DataFrame({"segment": np.arange(values.size - 1), "confidence_before": values[:-1],
+                         "confidence_after": values[1:], "delta": np.diff(values)})
+
+
+def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of most likely tokens whose mass reaches ``top_p``."""
+    if top_p >= 1.0:
+        return probs
+    sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+    cumulative = sorted_probs.cumsum(dim=-1)
+    remove = cumulative - sorted_probs >= top_p  # the mass before this token already reaches top_p
+    sorted_probs = sorted_probs.masked_fill(remove, 0.0)
+    filtered = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return filtered / filtered.sum(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def sample_continuations(model, tokenizer, prompts: Sequence[str], n_samples: int, settings: SamplingSettings,
+                         seed: int) -> list[list[str]]:
+    """``n_samples`` continuations of every prompt, the prompt encoded once and its cache shared.
+
+    Prompts are left-padded into one batch; after the prefill the key/value cache and the last
+    logits are repeated ``n_samples`` times and decoding runs for ``settings.max_new_tokens`` steps
+    or until every row has produced EOS. Returns, per prompt, the decoded texts (special tokens
+    skipped, cut at EOS). Deterministic for a given ``seed`` and batch.
+    """
+    if n_samples < 1:
+        raise ValueError("n_samples must be positive")
+    if not prompts:
+        return []
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer needs a pad and an EOS token for batched sampling")
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    device = next(model.parameters()).device
+    input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        cache = out.cache
+        cache.batch_repeat_interleave(n_samples)
+        logits = out.logits[:, -1, :].float().repeat_interleave(n_samples, dim=0)
+        mask = mask.repeat_interleave(n_samples, dim=0)
+        next_position = positions[:, -1:].repeat_interleave(n_samples, dim=0) + 1
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+        tokens = []
+        for step in range(settings.max_new_tokens):
+            if settings.greedy:
+                token = logits.argmax(dim=-1)
+            else:
+                probs = torch.softmax(logits / settings.temperature, dim=-1)
+                probs = _filter_top_p(probs, settings.top_p)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            tokens.append(token)
+            finished |= token == eos
+            if bool(finished.all()) or step == settings.max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
+                        cache=cache, use_cache=True)
+            cache = out.cache
+            logits = out.logits[:, -1, :].float()
+            next_position = next_position + 1
+    finally:
+        model.train(was_training)
+    generated = torch.stack(tokens, dim=1).tolist()
+    texts = []
+    for row in generated:
+        if eos in row:
+            row = row[: row.index(eos)]
+        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return [texts[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Important / unimportant groups (Eq. 5-7 at the analysis thresholds)
+
+def segment_groups(norm_strength: Sequence[float], consistency: Sequence[float], tau: float, beta: float) -> pd.DataFrame:
+    """Per segment of ONE trace: ``high_strength`` (top-k* at ``tau``, Eq. 5-6), ``moderate_consistency``
+    (consistency <= ``beta``), ``important`` (both, Eq. 7) and ``group`` (one of :data:`GROUPS`)."""
+    consistency = np.asarray(list(consistency), dtype=np.float64)
+    strength = np.asarray(list(norm_strength), dtype=np.float64)
+    if strength.size != consistency.size:
+        raise ValueError(f"norm_strength and consistency have different lengths ({strength.size} vs {consistency.size})")
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
+    top = set(top_strength_segments(strength, tau))
+    high = np.array([i in top for i in range(strength.size)], dtype=bool)
+    moderate = consistency <= beta
+    labels = [f"{'high' if h else 'low'} strength, {'moderate' if m else 'high'} consistency" for h, m in zip(high, moderate)]
+    return pd.DataFrame({"high_strength": high, "moderate_consistency": moderate, "important": high & moderate,
+                         "group": labels})
+
+
+def label_segments(table: pd.DataFrame, tau: float, beta: float) -> pd.DataFrame:
+    """``table`` (one row per segment with ``trace_id``, ``segment``, ``norm_strength``, ``consistency``)
+    with the columns of :func:`segment_groups` recomputed per trace at ``tau``/``beta``."""
+    missing = {"trace_id", "segment", "norm_strength", "consistency"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the segment table lacks {sorted(missing)}")
+    parts = []
+    for _, trace in table.sort_values(["trace_id", "segment"]).groupby("trace_id", sort=True):
+        labels = segment_groups(trace["norm_strength"], trace["consistency"], tau, beta)
+        labels.index = trace.index
+        parts.append(trace.drop(columns=[c for c in labels.columns if c in trace.columns]).join(labels))
+    if not parts:
+        return table.assign(high_strength=pd.Series(dtype=bool), moderate_consistency=pd.Series(dtype=bool),
+                            important=pd.Series(dtype=bool), group=pd.Series(dtype=object))
+    return pd.concat(parts).sort_values(["trace_id", "segment"]).reset_index(drop=True)
+
+
+def group_summary(labelled: pd.DataFrame, value: str = "delta") -> pd.DataFrame:
+    """``n``, mean, SEM and median of ``value`` for the important set, the unimportant set and each of
+    the four strength × consistency groups (Fig. 2). Empty groups have n = 0 and a note."""
+    rows = []
+    sets = [("important", labelled["important"]), ("unimportant", ~labelled["important"])]
+    sets += [(name, labelled["group"] == name) for name in GROUPS]
+    for name, selector in sets:
+        stats = describe(labelled.loc[selector, value])
+        rows.append({"group": name, **stats, "note": "" if stats["n"] else "no segments in this group"})
+    return pd.DataFrame(rows)
+
+
+def delta_gap(labelled: pd.DataFrame, value: str = "delta") -> dict:
+    """Important vs unimportant comparison of ``value``: ``compare_groups`` with ``gap`` = the
+    difference of means."""
+    stats = compare_groups(labelled.loc[labelled["important"], value], labelled.loc[~labelled["important"], value],
+                           "important", "unimportant")
+    return {"n_important": stats["n_a"], "n_unimportant": stats["n_b"], "delta_important": stats["mean_a"],
+            "delta_unimportant": stats["mean_b"], "gap": stats["difference"], "p_value": stats["p_value"],
+            "note": stats["note"]}
+
+
+def _threshold_table(table: pd.DataFrame, name: str, grid: Sequence[float], fixed: dict) -> pd.DataFrame:
+    rows = []
+    for threshold in grid:
+        settings = {**fixed, name: float(threshold)}
+        labelled = label_segments(table, settings["tau"], settings["beta"])
+        row = {"tau": settings["tau"], "beta": settings["beta"], **delta_gap(labelled)}
+        for group in GROUPS:
+            row[f"delta[{group}]"] = describe(labelled.loc[labelled["group"] == group, "delta"])["mean"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def tau_search(table: pd.DataFrame, tau_grid: Sequence[float], beta: float) -> pd.DataFrame:
+    """Fig. 4 left: for each τ of ``tau_grid`` (β fixed), the important/unimportant counts, their
+    mean Δ, the gap and a Mann-Whitney p-value, and the mean Δ of the four groups; ``selected`` marks
+    τ* (:func:`choose_threshold`). ``table`` holds ``trace_id``, ``segment``, ``norm_strength``,
+    ``consistency`` and ``delta``."""
+    search = _threshold_table(table, "tau", tau_grid, {"beta": beta})
+    return _mark_selected(search, "tau")
+
+
+def beta_ablation(table: pd.DataFrame, tau: float, beta_grid: Sequence[float]) -> pd.DataFrame:
+    """Fig. 4 right: the same statistics for each β of ``beta_grid`` under a fixed τ (τ*)."""
+    return _mark_selected(_threshold_table(table, "beta", beta_grid, {"tau": tau}), "beta")
+
+
+def _mark_selected(search: pd.DataFrame, column: str) -> pd.DataFrame:
+    chosen = choose_threshold(search, column)
+    search = search.copy()
+    search["selected"] = search[column] == chosen if chosen is not None else False
+    return search
+
+
+def choose_threshold(search: pd.DataFrame, column: str = "tau"):
+    """The greedy choice of Sec. 3.2 (module docstring): the admissible grid value (both sets
+    non-empty, gap > 0) with the largest gap; ties go to the lower unimportant Δ, then to the smaller
+    value. ``None`` when no grid value is admissible."""
+    admissible = search[search["gap"].notna() & (search["n_important"] > 0) & (search["n_unimportant"] > 0)]
+    admissible = admissible[admissible["gap"].astype(float) > 0]
+    if admissible.empty:
+        return None
+    best = admissible.assign(_gap=-admissible["gap"].astype(float), _unimp=admissible["delta_unimportant"].astype(float))
+    best = best.sort_values(["_gap", "_unimp", column], kind="stable")
+    return float(best[column].iloc[0])
+
+
+def importance_shares(labelled: pd.DataFrame, important: str = "important") -> dict:
+    """Share of segments and of tokens that are important (Sec. 3.2: about 33% and 45%), computed per
+    trace and averaged over traces. ``labelled`` holds ``trace_id``, ``n_tokens`` and ``important``."""
+    if labelled.empty:
+        return {"traces": 0, "segment_share": None, "token_share": None}
+    per_trace = labelled.groupby("trace_id").apply(
+        lambda g: pd.Series({"segment_share": g[important].mean(),
+                             "token_share": g.loc[g[important], "n_tokens"].sum() / g["n_tokens"].sum()}),
+        include_groups=False)
+    return {"traces": int(len(per_trace)), "segment_share": float(per_trace["segment_share"].mean()),
+            "token_share": float(per_trace["token_share"].mean())}

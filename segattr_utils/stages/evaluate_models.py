@@ -1,0 +1,424 @@
+"""Stage 09: evaluate the base model and every fine-tuned run (Sec. 4.1-4.5, Tables 1-4, 7, Fig. 5).
+
+Each model answers every question of every benchmark once greedily and ``n_samples`` times at the
+profile's temperature (paper: T = 0.6, top-p 1.0); answers are graded by the last ``\\boxed{}`` with
+math-verify (letters for multiple choice). Per benchmark: greedy accuracy, pass@1 and pass@k with the
+unbiased estimator, and mean output tokens; "overall" is the macro average over benchmarks (App. C.3).
+Runs of one setting that differ only in their seed are summarised as mean ± standard deviation, and
+full-CoT vs segment-selective SFT is compared with paired tests (over seeds, and over questions).
+
+Generation is batched and resumable (one record store per model), so an interrupted evaluation
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import pipeline
+from ..artifacts import RecordStore, read_table, write_table
+from ..config import Profile, stage_dir
+from ..evaluation import pass_at_k
+from ..generation import SamplingSettings, make_generator, run_generation
+from ..grading import grade
+from ..models import load_causal_lm
+from ..questions import chat_prompt, load_hub_questions
+from .selective_sft import STAGE as SFT_STAGE
+
+STAGE = "09_evaluation"
+BASE = "base"
+
+
+def benchmarks(profile: Profile) -> list[dict]:
+    """The evaluation suites: ``{"name", "domain", "n_samples", "choices"?, ...}``.
+
+    World profiles evaluate on the world's in-domain and out-of-domain suites; the paper profile on
+    the hub benchmarks listed under ``evaluation.benchmarks``.
+    """
+    cfg = profile["evaluation"]
+    if profile["kind"] == "world":
+        return [{"name": suite, "suite": suite, "domain": domain, "n_samples": int(cfg["n_samples"])}
+                for suite, domain in (("test_id", "in"), ("test_ood", "out"))]
+    return [dict(spec, n_samples=int(spec.get("n_samples", cfg["n_samples"]))) for spec in cfg["benchmarks"]]
+
+
+def benchmark_questions(profile: Profile, bench: dict) -> pd.DataFrame:
+    """Questions of one benchmark (``id``, ``question``, ``answer``), at most ``evaluation.limit``."""
+    limit = profile.get_path("evaluation.limit", None)
+    if profile["kind"] == "world":
+        questions = pipeline.load_questions(profile, bench["suite"])
+    else:
+        questions = pd.DataFrame(load_hub_questions(bench, bench["name"]))
+    return questions.head(limit).reset_index(drop=True) if limit else questions
+
+
+def models_to_evaluate(profile: Profile) -> list[dict]:
+    """The base model and every finished SFT run (``runs.parquet`` of stage 08)."""
+    models = [{"model": BASE, "path": None, "setting": BASE, "seed": None}]
+    runs_path = stage_dir(profile, SFT_STAGE) / "runs.parquet"
+    if runs_path.exists():
+        runs = read_table(runs_path)
+        for run in runs.to_dict("records"):
+            models.append({"model": run["run"], "path": str(stage_dir(profile, SFT_STAGE) / "models" / run["run"]),
+                           "setting": run["setting"], "seed": int(run["seed"])})
+    return models
+
+
+def _load(profile: Profile, entry: dict):
+    if entry["path"] is None:
+        if profile["kind"] == "world":
+            return pipeline.load_generator(profile)
+        spec = profile.get_path("models.student")
+        return load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"))
+    dtype = "float32" if profile["kind"] == "world" else "bfloat16"
+    return load_causal_lm(entry["path"], dtype=dtype, device="cpu" if profile["kind"] == "world" else None)
+
+
+def evaluate_model(profile: Profile, entry: dict) -> pd.DataFrame:
+    """Greedy and sampled outputs of one model on every benchmark, graded; one row per output."""
+    cfg = profile["evaluation"]
+    out = stage_dir(profile, STAGE) / "outputs"
+    store = RecordStore(out / f"{entry['model']}.jsonl")
+    seed = int(profile["seed"])
+    model, tokenizer = None, None
+    rows = []
+    for bench in benchmarks(profile):
+        questions = benchmark_questions(profile, bench)
+        jobs = [("greedy", 1, SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg["max_new_tokens"]))]
+        if bench["n_samples"] > 0:
+            jobs.append(("sample", bench["n_samples"], SamplingSettings(temperature=cfg["temperature"], top_p=cfg["top_p"],
+                                                                        max_new_tokens=cfg["max_new_tokens"])))
+        answers = dict(zip(questions["id"], questions["answer"]))
+        for mode, n, settings in jobs:
+            tag = f"{mode}-{bench['name']}"
+            missing = [qid for qid in questions["id"] if not all([qid, tag, s] in store for s in range(n))]
+            if missing:
+                if model is None:
+                    model, tokenizer = _load(profile, entry)
+                    generator = make_generator(cfg.get("backend", "hf"), model=model, tokenizer=tokenizer,
+                                               model_path=entry["path"])
+                prompts = {r.id: chat_prompt(tokenizer, pipeline.user_message(r.question)) for r in questions.itertuples()}
+                run_generation(generator, prompts, n, settings, store, cfg["batch_size"], seed, tag)
+    records = store.records()
+    for bench in benchmarks(profile):
+        questions = benchmark_questions(profile, bench)
+        answers = dict(zip(questions["id"], questions["answer"]))
+        choices = "ABCDEFGHIJ"[:len(bench["choices"]["incorrect"]) + 1] if "choices" in bench else None
+        for record in records:
+            mode, _, name = record["tag"].partition("-")
+            if name != bench["name"] or record["question_id"] not in answers:
+                continue
+            verdict = grade(record["text"], answers[record["question_id"]], choices=choices)
+            rows.append({"model": entry["model"], "benchmark": bench["name"], "domain": bench["domain"], "mode": mode,
+                         "question_id": record["question_id"], "sample": record["sample"], "correct": verdict["correct"],
+                         "n_tokens": record["n_tokens"], "finished": record["finished"]})
+    return pd.DataFrame(rows)
+
+
+def evaluate_all(profile: Profile) -> pd.DataFrame:
+    """Evaluate every model (resumable); writes ``graded.parquet`` (one row per output) and returns it."""
+    frames = [evaluate_model(profile, entry) for entry in tqdm(models_to_evaluate(profile), desc="evaluate", unit="model")]
+    graded = pd.concat(frames, ignore_index=True)
+    write_table(stage_dir(profile, STAGE) / "graded.parquet", graded)
+    return graded
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+def benchmark_metrics(graded: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
+    """Per model and benchmark: greedy accuracy and tokens, pass@k (unbiased) and sampled tokens."""
+    rows = []
+    for (model, bench), group in graded.groupby(["model", "benchmark"], sort=False):
+        greedy = group[group["mode"] == "greedy"]
+        sampled = group[group["mode"] == "sample"]
+        row = {"model": model, "benchmark": bench, "domain": group["domain"].iloc[0],
+               "greedy_acc": greedy["correct"].mean() * 100, "greedy_tokens": greedy["n_tokens"].mean()}
+        if len(sampled):
+            per_question = sampled.groupby("question_id")["correct"].agg(["sum", "count"])
+            for k in ks:
+                if k <= per_question["count"].min():
+                    row[f"pass@{k}"] = 100 * float(np.mean([pass_at_k(int(n), int(c), k) for c, n in per_question.itertuples(index=False)]))
+            row["sample_tokens"] = sampled["n_tokens"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def overall_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Macro average over benchmarks (each benchmark counts equally, App. C.3), per model."""
+    value_columns = [c for c in metrics.columns if c not in ("model", "benchmark", "domain")]
+    return metrics.groupby("model", sort=False)[value_columns].mean().reset_index()
+
+
+def attach_runs(profile: Profile, table: pd.DataFrame) -> pd.DataFrame:
+    """Add each model's run description (setting, variant, source, seed, ...) from stage 08."""
+    runs_path = stage_dir(profile, SFT_STAGE) / "runs.parquet"
+    runs = read_table(runs_path) if runs_path.exists() else pd.DataFrame(columns=["run"])
+    info = runs.rename(columns={"run": "model"})
+    merged = table.merge(info, on="model", how="left")
+    merged.loc[merged["model"] == BASE, ["setting", "label", "variant"]] = [BASE, "Base model (no SFT)", BASE]
+    return merged
+
+
+def seed_summary(per_model: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Mean, standard deviation (ddof 1) and number of seeds of ``columns`` per setting."""
+    grouped = per_model.groupby("setting", sort=False)
+    mean = grouped[columns].mean().add_suffix("_mean")
+    std = grouped[columns].std(ddof=1).add_suffix("_std")
+    out = pd.concat([mean, std], axis=1)
+    out["seeds"] = grouped.size()
+    for key in ("label", "variant", "source", "mode", "tables", "overrides", "keywords", "token_share", "segment_share"):
+        if key in per_model.columns:
+            out[key] = grouped[key].first()
+    return out.reset_index()
+
+
+def paired_tests(per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, column: str) -> dict:
+    """Compare setting ``b`` with ``a`` (e.g. selective vs full): a paired t-test over seeds on the
+    macro ``column``, and a Wilcoxon signed-rank test over questions on greedy correctness averaged
+    across seeds (so a difference can be told from seed noise and from question sampling)."""
+    from scipy.stats import ttest_rel, wilcoxon
+
+    runs_a = per_model[per_model["setting"] == a].set_index("seed")[column]
+    runs_b = per_model[per_model["setting"] == b].set_index("seed")[column]
+    seeds = sorted(set(runs_a.index) & set(runs_b.index))
+    result = {"a": a, "b": b, "metric": column, "seeds": len(seeds),
+              "mean_difference": float(np.mean(runs_b.loc[seeds].to_numpy() - runs_a.loc[seeds].to_numpy())) if seeds else np.nan,
+              "t_test_p": np.nan, "questions": 0, "wilcoxon_p": np.nan}
+    if len(seeds) >= 2:
+        diff = runs_b.loc[seeds].to_numpy() - runs_a.loc[seeds].to_numpy()
+        result["t_test_p"] = float(ttest_rel(runs_b.loc[seeds], runs_a.loc[seeds]).pvalue) if np.any(diff != 0) else 1.0
+    models_a = set(per_model.loc[per_model["setting"] == a, "model"])
+    models_b = set(per_model.loc[per_model["setting"] == b, "model"])
+    greedy = graded[graded["mode"] == "greedy"]
+    per_question = lambda models: greedy[greedy["model"].isin(models)].groupby(["benchmark", "question_id"])["correct"].mean()
+    qa, qb = per_question(models_a), per_question(models_b)
+    joined = pd.concat([qa.rename("a"), qb.rename("b")], axis=1).dropna()
+    result["questions"] = len(joined)
+    differences = (joined["b"] - joined["a"]).to_numpy()
+    if len(differences) and np.any(differences != 0):
+        result["wilcoxon_p"] = float(wilcoxon(differences).pvalue)
+    elif len(differences):
+        result["wilcoxon_p"] = 1.0
+    return result
+
+
+def format_mean_std(mean: float, std: float, seeds: int, digits: int = 1) -> str:
+    if mean != mean:
+        return "n/a"
+    if seeds > 1 and std == std:
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's tables
+
+def per_model_table(profile: Profile, graded: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-benchmark metrics, per-model overall metrics with run descriptions)."""
+    ks = sorted({1, *[int(k) for k in profile.get_path("evaluation.ks", [1])]})
+    metrics = benchmark_metrics(graded, ks)
+    overall = attach_runs(profile, overall_metrics(metrics))
+    return metrics, overall
+
+
+def _k_column(overall: pd.DataFrame) -> Optional[str]:
+    ks = [c for c in overall.columns if c.startswith("pass@") and c != "pass@1"]
+    return max(ks, key=lambda c: int(c.split("@")[1])) if ks else None
+
+
+def comparison_table(overall: pd.DataFrame, settings: list[str], labels: Optional[dict] = None) -> pd.DataFrame:
+    """Rows = settings (seed mean ± std): greedy accuracy and length, sampled pass@1 (and pass@k) and length,
+    plus the share of trace tokens each run learned from."""
+    k_column = _k_column(overall)
+    columns = ["greedy_acc", "greedy_tokens", "pass@1", "sample_tokens"] + ([k_column] if k_column else [])
+    columns = [c for c in columns if c in overall.columns]
+    chosen = overall[overall["setting"].isin(settings)]
+    summary = seed_summary(chosen, columns).set_index("setting").reindex(settings).dropna(how="all").reset_index()
+    rows = []
+    for row in summary.to_dict("records"):
+        label = (labels or {}).get(row["setting"]) or row.get("label") or row["setting"]
+        entry = {"Method": label, "Seeds": int(row["seeds"]),
+                 "Greedy Acc.": format_mean_std(row["greedy_acc_mean"], row["greedy_acc_std"], row["seeds"]),
+                 "Greedy Length": format_mean_std(row["greedy_tokens_mean"], row["greedy_tokens_std"], row["seeds"], 0)}
+        if "pass@1" in columns:
+            entry["Pass@1"] = format_mean_std(row["pass@1_mean"], row["pass@1_std"], row["seeds"])
+        if k_column:
+            entry[k_column.replace("pass", "Pass")] = format_mean_std(row[f"{k_column}_mean"], row[f"{k_column}_std"], row["seeds"])
+        if "sample_tokens" in columns:
+            entry["Sampling Length"] = format_mean_std(row["sample_tokens_mean"], row["sample_tokens_std"], row["seeds"], 0)
+        share = row.get("token_share")
+        entry["Trace tokens learned"] = "-" if share is None or share != share else f"{100 * share:.0f}%"
+        rows.append(entry)
+    return pd.DataFrame(rows)
+
+
+def table1(profile: Profile, metrics: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: per benchmark and overall, base vs full-CoT vs segment-selective SFT, per source,
+    greedy accuracy and sampled pass@1 (seed mean ± std) with output lengths and the relative change of
+    selective vs full."""
+    k_column = _k_column(overall)
+    rows = []
+    sources = [s for s in profile.get_path("training.sources", ["self"])]
+    bench_names = list(dict.fromkeys(metrics["benchmark"]))
+    metrics = attach_runs(profile, metrics)
+    for decoding, acc, tokens in (("greedy", "greedy_acc", "greedy_tokens"), ("sampling", "pass@1", "sample_tokens")):
+        if acc not in overall.columns:
+            continue
+        for position, source in enumerate(sources):
+            settings = ([BASE] if position == 0 else []) + [f"full__{source}", f"selective__{source}"]
+            for setting in settings:
+                per_bench = metrics[metrics["setting"] == setting]
+                runs = overall[overall["setting"] == setting]
+                if runs.empty:
+                    continue
+                n = len(runs)
+                row = {"Decoding": decoding, "Source": source if setting != BASE else "-",
+                       "Method": runs["label"].iloc[0] if setting != BASE else "Base model (no SFT)", "Seeds": n}
+                for bench in bench_names:
+                    values = per_bench[per_bench["benchmark"] == bench][acc]
+                    row[bench] = format_mean_std(values.mean(), values.std(ddof=1), n)
+                row["Acc./Pass@1"] = format_mean_std(runs[acc].mean(), runs[acc].std(ddof=1), n)
+                if decoding == "sampling" and k_column:
+                    row[k_column.replace("pass", "Pass")] = format_mean_std(runs[k_column].mean(), runs[k_column].std(ddof=1), n)
+                row["Length"] = format_mean_std(runs[tokens].mean(), runs[tokens].std(ddof=1), n, 0)
+                full = overall[overall["setting"] == f"full__{source}"]
+                if setting.startswith("selective") and len(full):
+                    row["vs full: acc."] = f"{100 * (runs[acc].mean() / full[acc].mean() - 1):+.1f}%" if full[acc].mean() else "n/a"
+                    row["vs full: length"] = f"{100 * (runs[tokens].mean() / full[tokens].mean() - 1):+.1f}%"
+                rows.append(row)
+    return pd.DataFrame(rows).fillna("")
+
+
+def table_settings(overall: pd.DataFrame, table: str, source: str) -> list[str]:
+    """Settings of one of Tables 2-4/7: full-CoT SFT, the table's own variants, then ours."""
+    tagged = overall[overall["tables"].fillna("").str.split(",").map(lambda t: table in t)]
+    own = list(dict.fromkeys(tagged["setting"]))
+    return [f"full__{source}", *own, f"selective__{source}"] if table != "4" else [f"full__{source}", *own]
+
+
+def fig5_points(overall: pd.DataFrame, source: str, tau: float, beta: float, seeds: list[int]) -> pd.DataFrame:
+    """The tau sweep (beta fixed) and the beta sweep (tau fixed) of Fig. 5, with the main run as the
+    shared point; every point averages the same seeds."""
+    rows = []
+    for _, run in overall.iterrows():
+        if run.get("variant") != "selective" or run.get("source") != source or run.get("seed") not in seeds:
+            continue
+        keywords = run.get("keywords")
+        if isinstance(keywords, str) and keywords == "retro_search":
+            continue
+        overrides = json.loads(run["overrides"]) if isinstance(run.get("overrides"), str) else {}
+        run_tau, run_beta = overrides.get("tau", tau), overrides.get("beta", beta)
+        for sweep, value, fixed in (("tau", run_tau, run_beta == beta), ("beta", run_beta, run_tau == tau)):
+            if fixed:
+                rows.append({"sweep": sweep, "value": value, "seed": run["seed"], "greedy_acc": run["greedy_acc"],
+                             "pass@1": run.get("pass@1", np.nan), "greedy_tokens": run["greedy_tokens"],
+                             "sample_tokens": run.get("sample_tokens", np.nan), "token_share": run.get("token_share", np.nan)})
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    return frame.groupby(["sweep", "value"]).mean(numeric_only=True).reset_index().drop(columns="seed")
+
+
+def save_paper_table(profile: Profile, name: str, frame: pd.DataFrame) -> Path:
+    """Write a regenerated paper table as ``results/<profile>/tables/<name>.csv`` and ``.md``."""
+    from ..config import results_dir
+
+    folder = results_dir(profile) / "tables"
+    write_table(folder / f"{name}.csv", frame)
+    return write_table(folder / f"{name}.md", frame)
+
+
+def fig5(points: pd.DataFrame, tau: float, beta: float):
+    """Fig. 5: sampled pass@1 (and greedy accuracy) and output length against beta (tau fixed) and tau
+    (beta fixed)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, sweep, fixed in ((axes[0], "beta", f"tau = {tau:g}"), (axes[1], "tau", f"beta = {beta:g}")):
+        part = points[points["sweep"] == sweep].sort_values("value")
+        if part.empty:
+            ax.set_axis_off()
+            continue
+        ax.plot(part["value"], part["pass@1"], "o-", color="#2a9d8f", label="pass@1 (sampling)")
+        ax.plot(part["value"], part["greedy_acc"], "s--", color="#264653", label="greedy accuracy")
+        ax.set_xlabel(sweep)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{sweep} sweep ({fixed})", fontsize=10)
+        twin = ax.twinx()
+        twin.bar(part["value"], part["sample_tokens"], width=0.03, alpha=0.25, color="#e76f51", label="sampled length")
+        twin.set_ylabel("mean output tokens")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.DataFrame) -> list[dict]:
+    """The headline numbers of Sec. 4 next to this run's (for ``paper_vs_run.md``)."""
+    from ..paper_vs_run import comparison_row
+
+    def mean(setting: str, column: str) -> float:
+        values = overall.loc[overall["setting"] == setting, column] if column in overall.columns else pd.Series(dtype=float)
+        return float(values.mean()) if len(values) else float("nan")
+
+    def change(a: float, b: float) -> str:
+        return f"{100 * (b / a - 1):+.1f}% ({a:.1f} → {b:.1f})" if a == a and b == b and a else "n/a"
+
+    rows = []
+    paper = {("greedy_acc", "Table 1 · greedy accuracy, selective vs full"): "+4.7% (44.8 → 46.9, R1-1.5B); +3.9% (7B); +3.2% (Qwen2.5-7B-Instruct)",
+             ("greedy_tokens", "Table 1 · greedy output length, selective vs full"): "−18.2% (16520 → 13506, R1-1.5B); −12.3% (7B); −4.5%",
+             ("pass@1", "Table 1 · sampled pass@1, selective vs full"): "+1.6% (50.9 → 51.7, R1-1.5B); +0.5% (7B); +3.7%",
+             ("sample_tokens", "Table 1 · sampled output length, selective vs full"): "−6.5% (R1-1.5B); −2.8% (7B); −7.1%"}
+    for source in profile.get_path("training.sources"):
+        for (column, statistic), value in paper.items():
+            full, ours = mean(f"full__{source}", column), mean(f"selective__{source}", column)
+            test = tests[(tests["metric"] == column) & (tests["b"] == f"selective__{source}")] if len(tests) else tests
+            note = ""
+            if len(test):
+                t = test.iloc[0]
+                note = f"{int(t['seeds'])} seeds; paired t-test p = {t['t_test_p']:.3g}; Wilcoxon over questions p = {t['wilcoxon_p']:.3g}"
+            rows.append(comparison_row("Sec. 4.2", f"{statistic} [{source} traces]", value, change(full, ours), note))
+    source = profile.get_path("training.ablation_source")
+    full_acc = mean(f"full__{source}", "greedy_acc")
+    pruned = overall[overall["variant"] == "pruned_ig"]
+    if len(pruned):
+        rows.append(comparison_row("Sec. 4.3", "Table 2 · Pruned CoT SFT vs full, greedy accuracy", "43.9 vs 44.8 (pruning hurts)",
+                                   f"{pruned['greedy_acc'].mean():.1f} vs {full_acc:.1f}"))
+    for table, paper_best in (("2", "ours 46.9 (tied with High Strength Segments)"), ("3", "ours 46.9 (next: First-Correct 46.2)")):
+        settings = table_settings(overall, table, source)
+        part = overall[overall["setting"].isin(settings)]
+        if part["setting"].nunique() > 2:
+            best = part.groupby("setting")["greedy_acc"].mean().sort_values(ascending=False)
+            label = part.set_index("setting")["label"].to_dict()
+            rows.append(comparison_row(f"Sec. 4.{int(table) + 1}", f"Table {table} · best greedy accuracy", paper_best,
+                                       f"{label.get(best.index[0], best.index[0])} {best.iloc[0]:.1f} "
+                                       f"(ours {mean(f'selective__{source}', 'greedy_acc'):.1f})"))
+    confidence = overall[overall["variant"] == "confidence_gain"]
+    if len(confidence) and "segment_share" in confidence.columns:
+        rows.append(comparison_row("Sec. 4.4", "Confidence-gain segments selected (share of segments)", "24%",
+                                   f"{100 * confidence['segment_share'].mean():.0f}%"))
+    retro = overall[(overall["variant"] == "selective") & (overall.get("keywords") == "retro_search")]
+    if len(retro):
+        seeds = set(retro["seed"])
+        default = overall[(overall["setting"] == f"selective__{source}") & overall["seed"].isin(seeds)]
+        rows.append(comparison_row("App. C.2", "Table 7 · greedy accuracy, Retro-Search vs default keywords",
+                                   "51.5 vs 46.9 (length 12646 vs 13506)",
+                                   f"{retro['greedy_acc'].mean():.1f} vs {default['greedy_acc'].mean():.1f} "
+                                   f"(length {retro['greedy_tokens'].mean():.0f} vs {default['greedy_tokens'].mean():.0f})"))
+    tau, beta = profile.get_path("selection.tau"), profile.get_path("selection.beta")
+    points = fig5_points(overall, source, tau, beta, [int(s) for s in profile.get_path("training.ablation_seeds")])
+    for sweep, paper_value in (("tau", "0.7"), ("beta", "0.8")):
+        part = points[points["sweep"] == sweep] if len(points) else points
+        if len(part) > 1:
+            best = part.sort_values("pass@1", ascending=False).iloc[0]
+            rows.append(comparison_row("App. D", f"Fig. 5 · best {sweep} by sampled pass@1", paper_value,
+                                       f"{best['value']:g} (pass@1 {best['pass@1']:.1f})"))
+    return rows

@@ -1,0 +1,213 @@
+"""Stage 05 (notebook ``05_linguistics``): per-segment log-perplexity, entropy, BLEU against the
+preceding segments (Sec. 3.1 findings 2-3, Fig. 3) and the removal perplexity of Cui et al. (Table 3);
+in the world profiles also the precision/recall of each measure's unimportant set against the
+ground-truth redundant kinds. Definitions in :mod:`segattr_utils.linguistics` and
+:mod:`segattr_utils.redundancy`.
+
+Artifacts in ``results/<profile>/05_linguistics/``:
+
+- ``linguistics.jsonl``: a :class:`RecordStore` with one record per trace (resumable; keyed by the
+  trace id and a fingerprint of its text, so a changed trace is measured again);
+- ``segment_linguistics.parquet``: trace_id, segment, correct, n_tokens, log_ppl, entropy, bleu,
+  removal_ppl_increase for every attributed correct trace (and the incorrect ones when
+  ``analysis.linguistics.include_incorrect``); read by the training notebook's Table 3;
+- ``comparisons.csv``, ``bleu_shares.csv``, ``kind_shares.csv``, ``redundancy_precision_recall.csv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import pipeline
+from ..artifacts import RecordStore, read_table, write_table
+from ..confidence import label_segments
+from ..config import Profile, stage_dir
+from ..group_stats import compare_groups, format_p
+from ..linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
+from ..paper_vs_run import comparison_row
+from ..questions import chat_prompt
+from ..redundancy import redundancy_table
+from ..world import REDUNDANT_KINDS
+
+STAGE = "05_linguistics"
+LINGUISTIC_COLUMNS = ("trace_id", "segment", "correct", "n_tokens", "log_ppl", "entropy", "bleu", "removal_ppl_increase")
+MEASURES = {"log_ppl": "log perplexity", "entropy": "entropy", "bleu": "BLEU vs preceding segments"}
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def traces_to_measure(profile: Profile) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """The attributed kept traces (correct, plus incorrect when configured) and their segment texts."""
+    scores = read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
+    kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
+    ids = set(scores["trace_id"]) if len(scores) else set()
+    kept = kept[kept["trace_id"].isin(ids)]
+    if not profile.get_path("analysis.linguistics.include_incorrect"):
+        kept = kept[kept["correct"].astype(bool)]
+    kept = kept.sort_values("trace_id").reset_index(drop=True)
+    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
+    texts = {tid: group.sort_values("segment")["text"].tolist()
+             for tid, group in segments[segments["trace_id"].isin(set(kept["trace_id"]))].groupby("trace_id")}
+    return kept, texts
+
+
+def measure_linguistics(profile: Profile) -> pd.DataFrame:
+    """Measure every trace (resumable, one record per trace) and write ``segment_linguistics.parquet``."""
+    out = stage_dir(profile, STAGE)
+    spec = profile.get_path("analysis.linguistics")
+    kept, texts = traces_to_measure(profile)
+    # Keyed by trace and a fingerprint of its text and the BLEU setting: a changed trace is measured again.
+    store = RecordStore(out / "linguistics.jsonl", key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
+    fingerprints = {t["trace_id"]: _fingerprint(t["question"], t["answer_part"], texts[t["trace_id"]], spec["bleu_reference"])
+                    for t in kept.to_dict("records")}
+    todo = [t for t in kept.to_dict("records") if [t["trace_id"], fingerprints[t["trace_id"]]] not in store]
+    if todo:
+        model, tokenizer = pipeline.load_generator(profile)
+        for trace in tqdm(todo, desc="perplexity, entropy, BLEU", unit="trace"):
+            segments = texts[trace["trace_id"]]
+            prompt = chat_prompt(tokenizer, pipeline.user_message(trace["question"]))
+            stats = segment_perplexity_entropy(model, tokenizer, prompt, segments)
+            removal = removal_perplexity_increase(model, tokenizer, prompt, segments, trace["answer_part"],
+                                                  batch_size=int(spec["batch_size"]))
+            store.append([{"trace_id": trace["trace_id"], "fingerprint": fingerprints[trace["trace_id"]],
+                           "correct": bool(trace["correct"]),
+                           "n_tokens": stats["n_tokens"].tolist(), "log_ppl": stats["log_ppl"].tolist(),
+                           "entropy": stats["entropy"].tolist(),
+                           "bleu": segment_bleu(segments, spec["bleu_reference"]), "removal_ppl_increase": removal}])
+    wanted = set(fingerprints.items())
+    rows = []
+    for record in store.records():
+        if (record["trace_id"], record["fingerprint"]) not in wanted:
+            continue
+        for index in range(len(record["log_ppl"])):
+            rows.append({"trace_id": record["trace_id"], "segment": index, "correct": record["correct"],
+                         **{c: record[c][index] for c in LINGUISTIC_COLUMNS[3:]}})
+    table = pd.DataFrame(rows, columns=list(LINGUISTIC_COLUMNS)).sort_values(["trace_id", "segment"]).reset_index(drop=True)
+    write_table(out / "segment_linguistics.parquet", table)
+    return table
+
+
+def analysis_table(profile: Profile, linguistics: pd.DataFrame) -> pd.DataFrame:
+    """Correct traces' segments with scores, linguistic measures and (when stage 04 has run) Δ,
+    labelled important/unimportant at the Sec. 3.1 thresholds (``important``) and at the profile's
+    selection thresholds (``important_selection``, Eq. 7 as in stage 03)."""
+    scores = read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
+    scores = scores[scores["correct"].astype(bool)] if len(scores) else scores
+    table = scores.drop(columns=["n_tokens"]).rename(columns={"important": "important_selection"}).merge(
+        linguistics.drop(columns=["correct"]), on=["trace_id", "segment"], how="inner", validate="one_to_one")
+    confidence_path = stage_dir(profile, "04_confidence_delta") / "segment_confidence.parquet"
+    if confidence_path.exists():
+        confidence = read_table(confidence_path)[["trace_id", "segment", "delta"]]
+        table = table.merge(confidence, on=["trace_id", "segment"], how="left", validate="one_to_one")
+    analysis = profile["analysis"]
+    return label_segments(table, analysis["groups_tau"], analysis["groups_beta"])
+
+
+def compare_measures(table: pd.DataFrame) -> pd.DataFrame:
+    """Important vs unimportant for each measure of Fig. 3 (Mann-Whitney U)."""
+    rows = []
+    for column, name in MEASURES.items():
+        stats = compare_groups(table.loc[table["important"], column], table.loc[~table["important"], column],
+                               "important", "unimportant")
+        rows.append({"measure": name, "column": column, **stats})
+    return pd.DataFrame(rows)
+
+
+def bleu_shares(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Share of important and of unimportant segments with BLEU > ``threshold`` (Sec. 3.1 finding 3),
+    with a Fisher exact test on the 2 × 2 table."""
+    from scipy.stats import fisher_exact
+
+    rows = []
+    counts = []
+    for name, selector in (("important", table["important"]), ("unimportant", ~table["important"])):
+        values = table.loc[selector, "bleu"]
+        high = int((values > threshold).sum())
+        counts.append((high, int(len(values)) - high))
+        rows.append({"set": name, "n": int(len(values)), "n_above": high,
+                     "share_above": high / len(values) if len(values) else None})
+    p_value = float(fisher_exact(counts).pvalue) if all(sum(c) for c in counts) else None
+    result = pd.DataFrame(rows)
+    result["fisher_p"] = p_value
+    result["note"] = "" if p_value is not None else "a set is empty: no test"
+    return result
+
+
+def kind_shares(table: pd.DataFrame) -> pd.DataFrame:
+    """World profiles: share of each ground-truth kind among important and unimportant segments."""
+    rows = []
+    for name, selector in (("important", table["important"]), ("unimportant", ~table["important"])):
+        kinds = table.loc[selector, "kind"]
+        row = {"set": name, "n": int(len(kinds))}
+        for kind in sorted(set(table["kind"].dropna())):
+            row[kind] = float((kinds == kind).mean()) if len(kinds) else None
+        row["redundant"] = float(kinds.isin(REDUNDANT_KINDS).mean()) if len(kinds) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def redundancy_precision_recall(table: pd.DataFrame) -> pd.DataFrame:
+    """Precision/recall of the unimportant sets against the redundant kinds (world profiles); ours at
+    the profile's selection thresholds, the alternatives matched to the same count per trace."""
+    if "delta" not in table.columns or table["delta"].isna().any():
+        raise FileNotFoundError("stage 04's segment_confidence.parquet is missing or incomplete: run notebook 04 first "
+                                "(the confidence-gain measure comes from it)")
+    measures = {"segment perplexity (removal, Cui et al.)": "removal_ppl_increase",
+                "segment entropy (Li et al.)": "entropy",
+                "confidence gain Δ (Xu et al.)": "delta"}
+    return redundancy_table(table, measures, ours="important_selection")
+
+
+def analyse(profile: Profile, table: pd.DataFrame) -> dict:
+    """Fig. 3 comparisons, BLEU shares and (world profiles) kinds and precision/recall (writes CSVs)."""
+    out = stage_dir(profile, STAGE)
+    results = {"comparisons": compare_measures(table),
+               "bleu_shares": bleu_shares(table, profile.get_path("analysis.bleu_threshold"))}
+    write_table(out / "comparisons.csv", results["comparisons"])
+    write_table(out / "bleu_shares.csv", results["bleu_shares"])
+    if profile["kind"] == "world":
+        results["kind_shares"] = kind_shares(table)
+        results["redundancy"] = redundancy_precision_recall(table)
+        write_table(out / "kind_shares.csv", results["kind_shares"])
+        write_table(out / "redundancy_precision_recall.csv", results["redundancy"])
+    return results
+
+
+def _pair(a, b, fmt="{:.3f}") -> str:
+    def show(value) -> str:
+        return "n/a" if value is None or value != value else fmt.format(value)  # value != value: NaN
+
+    return f"{show(a)} vs {show(b)}"
+
+
+def comparison_rows(profile: Profile, results: dict) -> list[dict]:
+    """The paper-vs-run rows of stage 05 (important vs unimportant at the Sec. 3.1 thresholds)."""
+    analysis = profile["analysis"]
+    where = f"τ = {analysis['groups_tau']:g}, β = {analysis['groups_beta']:g}"
+    expected = {"log_ppl": "important significantly lower", "entropy": "important significantly lower",
+                "bleu": "unimportant higher"}
+    rows = []
+    for record in results["comparisons"].to_dict("records"):
+        rows.append(comparison_row(
+            "Sec. 3.1, Fig. 3", f"mean {record['measure']}, important vs unimportant ({where})", expected[record["column"]],
+            f"{_pair(record['mean_a'], record['mean_b'])} ({format_p(record['p_value'])})",
+            f"n = {record['n_a']} vs {record['n_b']}; Mann-Whitney U" + (f"; {record['note']}" if record["note"] else "")))
+    shares = results["bleu_shares"].set_index("set")
+    threshold = profile.get_path("analysis.bleu_threshold")
+    rows.append(comparison_row(
+        "Sec. 3.1, Fig. 3", f"share with BLEU > {threshold:g}, important vs unimportant", "unimportant substantially more",
+        f"{_pair(shares.loc['important', 'share_above'], shares.loc['unimportant', 'share_above'], '{:.1%}')} "
+        f"({format_p(shares['fisher_p'].iloc[0])})", "Fisher exact test"))
+    if "kind_shares" in results:
+        kinds = results["kind_shares"].set_index("set")
+        truncated = [kinds.loc[s, "truncated"] if "truncated" in kinds.columns else None for s in ("unimportant", "important")]
+        rows.append(comparison_row(
+            "Sec. 3.1", "share truncated, unimportant vs important", "49% vs 26% (Qwen3-8B judge, App. B)",
+            _pair(*truncated, fmt="{:.1%}"), "the world's ground-truth kinds, not the judge of notebook 07"))
+    return rows

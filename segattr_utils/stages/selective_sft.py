@@ -1,0 +1,468 @@
+"""Stage 08: selective SFT and every comparison variant (Sec. 4, Tables 1-4, 7, Fig. 5, App. C.3-C.4).
+
+The run plan comes from the profile's ``training`` section (:func:`plan_runs`): full-CoT and segment
+selective SFT with several seeds on each supervision source (self-generated shortest-correct traces of
+stage 01, and the reference traces), the ablations of Tables 2-4 on one source, the tau/beta sweep of
+Fig. 5 and the Retro-Search keywords of Table 7. Every run starts from the same base model with the
+same schedule and seed schedule; only the labels (selective) or the trace text (pruned) differ.
+
+Each run is resumable (TRL checkpoints; a finished run has a completion marker and is never
+retrained) and writes its model to ``results/<profile>/08_selective_sft/models/<run>/``.
+``runs.parquet`` lists every run with its supervision statistics and cost.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from .. import pipeline
+from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
+from ..config import Profile, find_project_root, load_profile, stage_dir
+from ..questions import chat_prompt
+from ..segmentation import segment
+from ..token_spans import build_attribution_sequence
+from ..training import (TrainingExample, TrainSettings, build_char_masked_example, build_training_example, is_trained,
+                        train_sft)
+from ..variants import SelectionSettings, TraceRecord, TraceSelection, get_variant, selected_token_share
+
+STAGE = "08_selective_sft"
+SOURCES = ("self", "reference")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fine-tuning run: a registered variant on one supervision source with one seed.
+
+    ``overrides`` change selection thresholds (Fig. 5); ``keywords`` names another segmentation list
+    (Table 7); ``tables`` says which of the paper's tables/figures the run belongs to.
+    """
+
+    variant: str
+    source: str
+    seed: int
+    tables: tuple[str, ...]
+    overrides: tuple[tuple[str, float], ...] = ()
+    keywords: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        parts = [self.variant, self.source]
+        parts += [f"{k}{v:g}" for k, v in self.overrides]
+        if self.keywords:
+            parts.append(self.keywords)
+        return "__".join(parts) + f"__seed{self.seed}"
+
+    @property
+    def setting(self) -> str:
+        """The run's name without its seed: runs of one setting differ only in the seed."""
+        return self.name.rsplit("__seed", 1)[0]
+
+
+def plan_runs(profile: Profile) -> list[RunSpec]:
+    """Every run the profile asks for, main comparison first (so a short budget still gets Table 1)."""
+    cfg = profile["training"]
+    main_seeds = [int(s) for s in cfg["main_seeds"]]
+    ablation_seeds = [int(s) for s in cfg.get("ablation_seeds", main_seeds[:1])]
+    sources = list(cfg.get("sources", ["self"]))
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"training.sources holds unknown sources {sorted(unknown)}; use {SOURCES}")
+    ablation_source = cfg.get("ablation_source", sources[0])
+    tables = [str(t) for t in cfg.get("tables", [])]
+    runs: list[RunSpec] = []
+    for source in sources:
+        for seed in main_seeds:
+            runs.append(RunSpec("full", source, seed, ("1",)))
+            runs.append(RunSpec("selective", source, seed, ("1",)))
+    table_variants = {
+        # Table 2's "Pruned CoT SFT" and Table 4's IG row are the same run in the paper (identical numbers):
+        # IG-important segments with tau tuned to prune ~30% of the tokens.
+        "2": ["pruned_ig", "random_segments", "abs_ig_tokens", "signed_ig_tokens", "high_strength"],
+        "3": ["first_correct", "confidence_gain", "segment_perplexity", "segment_entropy"],
+        "4": ["pruned_ig", "pruned_first_correct", "pruned_confidence_gain", "pruned_perplexity", "pruned_entropy"],
+    }
+    planned: dict[str, list[str]] = {}
+    for table in ("2", "3", "4"):
+        if table in tables:
+            for name in table_variants[table]:
+                get_variant(name)
+                planned.setdefault(name, []).append(table)
+    for name, in_tables in planned.items():
+        runs += [RunSpec(name, ablation_source, seed, tuple(in_tables)) for seed in ablation_seeds]
+    if "fig5" in tables:
+        for tau in cfg.get("tau_sweep", []):
+            runs += [RunSpec("selective", ablation_source, seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds]
+        for beta in cfg.get("beta_sweep", []):
+            runs += [RunSpec("selective", ablation_source, seed, ("fig5",), (("beta", float(beta)),)) for seed in ablation_seeds]
+    if "7" in tables:
+        source = cfg.get("table7_source", ablation_source)
+        runs += [RunSpec("selective", source, seed, ("7",), keywords="retro_search") for seed in ablation_seeds]
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError("two planned runs share a name")
+    return runs
+
+
+def run_label(spec: RunSpec) -> str:
+    """The variant's row label in the paper's tables, with the run's threshold overrides and keywords."""
+    label = get_variant(spec.variant).label
+    details = [f"{'τ' if k == 'tau' else 'β' if k == 'beta' else k} = {v:g}" for k, v in spec.overrides]
+    if spec.keywords:
+        details.append(f"{spec.keywords.replace('_', '-')} keywords")
+    return f"{label} ({', '.join(details)})" if details else label
+
+
+def selection_settings(profile: Profile, spec: Optional[RunSpec] = None) -> SelectionSettings:
+    selection, cfg = profile["selection"], profile["training"]
+    settings = SelectionSettings(
+        tau=float(selection["tau"]), beta=float(selection["beta"]), aggregation=selection["aggregation"],
+        always_keep=selection["always_keep"], random_segment_share=float(cfg.get("random_segment_share", 0.33)),
+        token_share=float(cfg.get("token_share", 0.45)), prune_token_share=float(cfg.get("prune_token_share", 0.30)),
+        seed=int(spec.seed) if spec else 0)
+    return settings.with_overrides(**dict(spec.overrides)) if spec and spec.overrides else settings
+
+
+# ---------------------------------------------------------------------------------------------
+# Training traces with their signals
+
+def _keyword_list(profile: Profile, name: Optional[str]) -> tuple[str, ...]:
+    if name is None:
+        return pipeline.keywords_for(profile)
+    return pipeline.keywords_for(Profile({**profile, "segmentation": {"keywords": name}}))
+
+
+def _optional_table(path: Path) -> Optional[pd.DataFrame]:
+    return read_table(path) if path.exists() else None
+
+
+def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = None) -> list[TraceRecord]:
+    """The training traces of one source with IG per token and, where computed, the signals of stages
+    04 (confidence gain) and 05 (perplexity, entropy), the decision segment and ground-truth kinds.
+
+    ``keywords`` re-segments the traces with another keyword list (Table 7): token attributions do not
+    depend on segmentation, so the tokens of the attributed sequence are regrouped by the new spans.
+    """
+    attribution_dir = stage_dir(profile, "03_ig_attribution")
+    settings = profile["attribution"]
+    _, tokenizer = pipeline.load_generator(profile) if profile["kind"] == "world" else (None, _student_tokenizer(profile))
+    if source == "self":
+        kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
+        kept = kept[kept["correct"]]
+        segments_table = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
+        grouped = {t: g.sort_values("segment") for t, g in segments_table.groupby("trace_id")}
+        traces = [{"trace_id": t["trace_id"], "question_id": t["question_id"], "question": t["question"], "answer": t["answer"],
+                   "segments": grouped[t["trace_id"]]["text"].tolist(), "kinds": grouped[t["trace_id"]]["kind"].tolist(),
+                   "answer_part": t["answer_part"]} for t in kept.to_dict("records")]
+        store_path = attribution_dir / "attributions.jsonl"
+    elif source == "reference":
+        traces = pipeline.reference_traces(profile).to_dict("records")
+        store_path = attribution_dir / "reference_attributions.jsonl"
+    else:
+        raise ValueError(f"unknown supervision source {source!r}; use {SOURCES}")
+    if not store_path.exists():
+        raise FileNotFoundError(f"{store_path} does not exist: run notebook 03 (with attribution.attribute_reference "
+                                f"for the reference source) first")
+    attributions = {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
+    signals = _segment_signals(profile) if source == "self" and keywords is None else {}
+    problems = {}
+    if profile["kind"] == "world":
+        from ..world import Problem
+
+        questions = read_table(stage_dir(profile, "00_world") / "questions.parquet")
+        problems = {r["id"]: Problem.from_record(r) for r in questions.to_dict("records")}
+    records = []
+    for trace in traces:
+        record = attributions.get(trace["trace_id"])
+        if record is None or record.get("skipped"):
+            continue
+        prompt = chat_prompt(tokenizer, pipeline.user_message(trace["question"]))
+        flat_values = np.concatenate([np.asarray(v, dtype=np.float64) for v in record["segment_values"]])
+        trace_start = record["segment_spans"][0][0]
+        segments = list(trace["segments"])
+        kinds = list(trace.get("kinds") or [None] * len(segments))
+        if keywords is not None:
+            segments = segment("".join(segments), _keyword_list(profile, keywords))
+            kinds = [None] * len(segments)
+        sequence = build_attribution_sequence(tokenizer, prompt, segments, trace["answer"],
+                                              suffix_template=settings["answer_suffix"])
+        if sequence.trace_span[0] != trace_start or sequence.trace_span[1] - trace_start != len(flat_values):
+            raise ValueError(f"trace {trace['trace_id']}: its tokenisation no longer matches the attributed sequence; "
+                             "rerun notebook 03")
+        values, offsets = [], []
+        for start, end in sequence.segment_spans:
+            values.append(flat_values[start - trace_start:end - trace_start])
+            offsets.append([(s - len(prompt), e - len(prompt)) for s, e in sequence.offsets[start:end]])
+        extra = signals.get(trace["trace_id"], {})
+        records.append(TraceRecord(trace_id=trace["trace_id"], question=trace["question"], answer=trace["answer"],
+                                   segments=segments, answer_part=trace["answer_part"], token_values=values,
+                                   token_offsets=offsets, kinds=kinds,
+                                   decision_segment=_decision(problems.get(trace.get("question_id")), segments,
+                                                              trace["answer"]), **extra))
+    if not records:
+        raise ValueError(f"no attributed {source} traces to train on")
+    return records
+
+
+def _decision(problem, segments: list[str], answer: str) -> Optional[int]:
+    """The first segment that reaches the answer (App. A): the world's rule when a problem is known."""
+    from ..position import decision_segment, world_decision_segment
+
+    found = world_decision_segment(problem, segments) if problem is not None else None
+    return found if found is not None else decision_segment(segments, answer)
+
+
+def _segment_signals(profile: Profile) -> dict[str, dict]:
+    """Per-trace arrays of the optional signals written by notebooks 04 and 05 (absent: None)."""
+    confidence = _optional_table(stage_dir(profile, "04_confidence_delta") / "segment_confidence.parquet")
+    linguistics = _optional_table(stage_dir(profile, "05_linguistics") / "segment_linguistics.parquet")
+    out: dict[str, dict] = {}
+    if confidence is not None:
+        for trace_id, group in confidence.groupby("trace_id"):
+            out.setdefault(trace_id, {})["confidence_delta"] = group.sort_values("segment")["delta"].to_numpy()
+    if linguistics is not None:
+        for trace_id, group in linguistics.groupby("trace_id"):
+            group = group.sort_values("segment")
+            entry = out.setdefault(trace_id, {})
+            for column in ("log_ppl", "entropy", "removal_ppl_increase"):
+                entry[column] = group[column].to_numpy()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Supervision
+
+def build_examples(tokenizer, records: list[TraceRecord], selections: list[TraceSelection], mode: str) -> list[TrainingExample]:
+    """Training examples of one variant: the whole trace with a loss mask (``full``/``selective``,
+    Eq. 8/9) or the trace with unselected segments deleted (``pruned``)."""
+    examples = []
+    for record, selection in zip(records, selections):
+        prompt = chat_prompt(tokenizer, pipeline.user_message(record.question))
+        if mode == "full":
+            examples.append(build_training_example(tokenizer, prompt, record.segments, record.answer_part))
+        elif mode == "pruned":
+            kept = [record.segments[i] for i in sorted(selection.segments)]
+            # each kept segment keeps its own transition text, so the pruned trace still reads as paragraphs
+            examples.append(build_training_example(tokenizer, prompt, kept, record.answer_part))
+        elif mode == "selective" and not selection.tokens:
+            examples.append(build_training_example(tokenizer, prompt, record.segments, record.answer_part,
+                                                   selected=sorted(selection.segments)))
+        elif mode == "selective":
+            masks = selection.token_mask(record)
+            spans = [span for offsets, mask in zip(record.token_offsets, masks) for span, m in zip(offsets, mask) if m]
+            trace = "".join(record.segments)
+            spans = [(max(0, s), min(len(trace), e)) for s, e in spans]
+            examples.append(build_char_masked_example(tokenizer, prompt, trace, record.answer_part, spans))
+        else:
+            raise ValueError(f"unknown supervision mode {mode!r}")
+    return examples
+
+
+def supervision_stats(records: list[TraceRecord], selections: list[TraceSelection], examples: list[TrainingExample],
+                      mode: str) -> dict:
+    """How much of the traces a run learns from (segment and token shares, kinds in the tiny world)."""
+    n_segments = sum(r.n_segments for r in records)
+    chosen = sum(len(s.segments) for s in selections)
+    stats = {"traces": len(records), "segment_share": chosen / n_segments if n_segments else float("nan"),
+             "token_share": selected_token_share(records, selections),
+             "trained_tokens": int(sum(e.n_trained for e in examples)),
+             "sequence_tokens": int(sum(len(e.input_ids) for e in examples))}
+    if mode == "full":
+        stats["segment_share"], stats["token_share"] = 1.0, 1.0
+    kinds = [(k, i in s.segments) for r, s in zip(records, selections) for i, k in enumerate(r.kinds or []) if k]
+    if kinds:
+        frame = pd.DataFrame(kinds, columns=["kind", "chosen"])
+        for kind, share in frame.groupby("kind")["chosen"].mean().items():
+            stats[f"chosen_share_{kind}"] = float(share) if mode != "full" else 1.0
+    return stats
+
+
+def supervision_preview(profile: Profile) -> pd.DataFrame:
+    """What every planned setting learns from, before any training: segment and token shares of the
+    traces (and, in the tiny world, the share of each ground-truth kind that is learned)."""
+    rows, cache = [], {}
+    seen = set()
+    for spec in plan_runs(profile):
+        if spec.setting in seen:
+            continue
+        seen.add(spec.setting)
+        key = (spec.source, spec.keywords)
+        if key not in cache:
+            cache[key] = load_trace_records(profile, spec.source, spec.keywords)
+        records = cache[key]
+        variant = get_variant(spec.variant)
+        selections = variant.select(records, selection_settings(profile, spec))
+        stats = supervision_stats(records, selections, [], variant.mode)
+        stats.pop("trained_tokens"), stats.pop("sequence_tokens")
+        rows.append({"setting": spec.setting, "label": run_label(spec), "mode": variant.mode, "tables": ",".join(spec.tables),
+                     **stats})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+def _student(profile: Profile):
+    """The model every variant starts from: the stage-00 generator (world) or ``models.student``."""
+    if profile["kind"] == "world":
+        return pipeline.load_generator(profile)
+    from ..models import load_causal_lm
+
+    spec = profile.get_path("models.student")
+    # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed).
+    return load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"), device="cpu")
+
+
+def _student_tokenizer(profile: Profile):
+    from ..models import load_tokenizer, resolve_model_path
+
+    spec = profile.get_path("models.student")
+    return load_tokenizer(resolve_model_path(spec["id"], spec.get("local_path")))
+
+
+def schedule(profile: Profile) -> list[TrainSettings]:
+    """The training stages every variant runs: one stage (App. C.3 for R1-Distill models) or two
+    (Qwen2.5-Instruct: full CoT first, then the variant's supervision)."""
+    cfg = profile["training"]
+    base = dict(cfg["sft"])
+    if cfg.get("schedule", "one_stage") == "one_stage":
+        return [TrainSettings.from_dict(base)]
+    if cfg["schedule"] != "two_stage":
+        raise ValueError(f"training.schedule must be 'one_stage' or 'two_stage', got {cfg['schedule']!r}")
+    stages = cfg["two_stage"]
+    return [TrainSettings.from_dict({**base, **stages["stage1"]}), TrainSettings.from_dict({**base, **stages["stage2"]})]
+
+
+def run_dir(profile: Profile, spec: RunSpec) -> Path:
+    return stage_dir(profile, STAGE) / "runs" / spec.name
+
+
+def model_dir(profile: Profile, spec: RunSpec) -> Path:
+    return stage_dir(profile, STAGE) / "models" / spec.name
+
+
+def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> dict:
+    """Train one run (resumable) and return its summary; a finished run is read back, never retrained."""
+    summary_path = run_dir(profile, spec) / "summary.json"
+    if summary_path.exists() and model_dir(profile, spec).is_dir():
+        return read_json(summary_path)
+    variant = get_variant(spec.variant)
+    settings = selection_settings(profile, spec)
+    selections = variant.select(records, settings)
+    stages = schedule(profile)
+    model, tokenizer = _student(profile)
+    full_examples = build_examples(tokenizer, records, [TraceSelection(set(range(r.n_segments))) for r in records], "full")
+    examples = build_examples(tokenizer, records, selections, variant.mode)
+    stats = supervision_stats(records, selections, examples, variant.mode)
+    started = time.time()
+    stage_summaries = []
+    for index, stage_settings in enumerate(stages):
+        # Two-stage schedule: stage 1 is full-CoT SFT for every variant (App. C.3).
+        stage_examples = full_examples if len(stages) == 2 and index == 0 else examples
+        out = run_dir(profile, spec) / f"stage{index + 1}"
+        if is_trained(out):
+            from ..models import load_causal_lm
+
+            model, tokenizer = load_causal_lm(str(out / "final"), dtype="float32" if profile["kind"] == "world" else "bfloat16")
+            stage_summaries.append(read_json(out / "stage_summary.json"))
+            continue
+        model.train()
+        deepspeed = profile.get_path("training.deepspeed_config", None)
+        deepspeed = str(find_project_root() / deepspeed) if deepspeed and profile.get_path("training.launcher", "") == "accelerate" else None
+        summary = train_sft(model, tokenizer, stage_examples, stage_settings, out, seed=spec.seed, deepspeed=deepspeed)
+        write_json(out / "stage_summary.json", summary)
+        stage_summaries.append(summary)
+    if not _is_main_process():
+        return {}
+    final_dir = model_dir(profile, spec)
+    tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    model.save_pretrained(tmp_dir)
+    tokenizer.save_pretrained(tmp_dir)
+    shutil.rmtree(final_dir, ignore_errors=True)
+    tmp_dir.rename(final_dir)
+    steps = sum(s["steps"] for s in stage_summaries)
+    runtime = sum(s.get("train_runtime", float("nan")) for s in stage_summaries)
+    summary = {"run": spec.name, "setting": spec.setting, "variant": spec.variant, "label": run_label(spec),
+               "mode": variant.mode, "source": spec.source, "seed": spec.seed, "tables": list(spec.tables),
+               "overrides": dict(spec.overrides), "keywords": spec.keywords or profile.get_path("segmentation.keywords"),
+               **stats, "steps": steps, "final_loss": stage_summaries[-1]["final_loss"],
+               "train_seconds": round(time.time() - started, 1), "trainer_runtime": runtime,
+               "seconds_per_step": runtime / steps if steps else float("nan")}
+    write_json(summary_path, summary)
+    return summary
+
+
+def _is_main_process() -> bool:
+    """Under ``accelerate launch`` only rank 0 writes the final model and summary."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_all(profile: Profile, only: Optional[list[str]] = None) -> pd.DataFrame:
+    """Train every planned run (resumable) and write ``runs.parquet``; returns the run table."""
+    runs = plan_runs(profile)
+    if only:
+        runs = [r for r in runs if r.name in only or r.setting in only]
+    cache: dict[tuple, list[TraceRecord]] = {}
+    summaries = []
+    launcher = profile.get_path("training.launcher", "inprocess")
+    for spec in tqdm(runs, desc="SFT runs", unit="run"):
+        key = (spec.source, spec.keywords)
+        if launcher == "accelerate":
+            summaries.append(_launch_with_accelerate(profile, spec))
+            continue
+        if key not in cache:
+            cache[key] = load_trace_records(profile, spec.source, spec.keywords)
+        summaries.append(train_run(profile, spec, cache[key]))
+    table = pd.DataFrame(summaries)
+    table["tables"] = table["tables"].map(lambda t: ",".join(t))
+    table["overrides"] = table["overrides"].map(lambda o: json.dumps(o, sort_keys=True))
+    write_table(stage_dir(profile, STAGE) / "runs.parquet", table)
+    return table
+
+
+def _launch_with_accelerate(profile: Profile, spec: RunSpec) -> dict:
+    """Multi-GPU runs (paper profile): one ``accelerate launch`` per run with the profile's
+    accelerate/DeepSpeed config; the launched process runs :func:`main` for this run only."""
+    summary_path = run_dir(profile, spec) / "summary.json"
+    if not summary_path.exists():
+        config = find_project_root() / profile.get_path("training.accelerate_config")
+        command = ["accelerate", "launch", "--config_file", str(config), "-m", "segattr_utils.stages.selective_sft",
+                   "--profile", str(profile.source_path or profile.name), "--run", spec.name]
+        subprocess.run(command, check=True)
+    return read_json(summary_path)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m segattr_utils.stages.selective_sft --profile paper --run <name>``: train one run
+    (what ``accelerate launch`` starts on each GPU)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--profile", required=True)
+    parser.add_argument("--run", required=True, help="a run name from plan_runs (see runs.parquet)")
+    args = parser.parse_args(argv)
+    profile = load_profile(args.profile)
+    specs = {r.name: r for r in plan_runs(profile)}
+    if args.run not in specs:
+        print(f"no planned run {args.run!r}; planned: {', '.join(specs)}", file=sys.stderr)
+        return 2
+    spec = specs[args.run]
+    train_run(profile, spec, load_trace_records(profile, spec.source, spec.keywords))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

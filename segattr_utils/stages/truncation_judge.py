@@ -1,0 +1,367 @@
+"""Stage 07: the truncated-segment judge on the attributed correct traces (Sec. 3.1 finding 3, App. B).
+
+Every segment of every attributed correct trace is judged with the two-round protocol of
+:mod:`segattr_utils.judge`; the truncated share among important and unimportant segments is compared
+with a two-sided Fisher's exact test (the paper reports 49% of unimportant vs 26% of important
+segments truncated). Important vs unimportant are the groups of the Sec. 3.1 comparative analysis:
+Eq. 6-7 with ``analysis.groups_tau`` / ``analysis.groups_beta`` (tau = 80%, beta = 0.95), recomputed
+per trace from stage 03's normalised strength and consistency; stage 03's own selection (the profile's
+``selection.tau``/``beta``) is kept as ``important_selection``.
+
+- Paper profile: the judge is ``models.judge`` (Qwen3-8B, thinking enabled through its chat
+  template), run with the generation backend of stage 01 (vLLM when installed, else batched HF
+  generate).
+- World profiles: a tiny Qwen2 judge trained here on balanced labelled triples of the world's
+  teacher traces (label 1 iff the segment's kind is ``truncated``), with teacher outputs in the
+  protocol's format; its accuracy, precision and recall are measured against the ground-truth kinds
+  of the judged segments.
+
+Artifacts (``results/<profile>/07_truncation_judge/``): ``judgements.jsonl`` (raw round outputs,
+resumable), ``judgements.parquet``, ``truncated_share.csv``, ``rounds.csv``, ``judge_quality.csv``
+(world), ``judge_training.json`` (world), and ``figures/judge_confusion_matrix.png/.pdf`` (world).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import judge as judge_lib
+from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
+from ..config import Profile, stage_dir
+from ..importance import select_important
+
+STAGE = "07_truncation_judge"
+PAPER_TRUNCATED_SHARE = {"unimportant": "49%", "important": "26%"}
+
+
+def judge_settings(profile: Profile) -> judge_lib.JudgeSettings:
+    return judge_lib.JudgeSettings.from_profile(profile)
+
+
+# ---------------------------------------------------------------------------------------------
+# The judge model: trained in the world, or the hub model of the paper profile
+
+def judge_model_dir(profile: Profile) -> Path:
+    """Where the world's trained judge is saved (git-ignored ``models/`` folder)."""
+    return stage_dir(profile, STAGE) / "models" / "judge"
+
+
+def judge_training_triples(profile: Profile) -> list[tuple[judge_lib.Triple, int]]:
+    """Balanced labelled triples from the world's pretraining teacher traces (``00_world``)."""
+    traces = read_table(stage_dir(profile, "00_world") / "teacher_traces.parquet")
+    traces = traces[traces["suite"] == "pretrain"]
+    labelled = judge_lib.labelled_triples(zip(traces["segments"], traces["kinds"]))
+    return judge_lib.balanced_triples(labelled, int(profile.get_path("judge.n_training_triples")), int(profile["seed"]))
+
+
+def train_tiny_judge(profile: Profile) -> dict:
+    """Train the world's judge (resumable; a finished run is not repeated) and return its summary.
+
+    The judge gets its own byte-level BPE tokenizer, trained on the judge prompts and teacher outputs:
+    the generator's tokenizer never saw the task description's words and would spend several tokens
+    on each. Architecture and schedule: profile ``judge.model``.
+    """
+    from ..tiny_model import build_tiny_model
+    from ..tokenizer import build_bpe_tokenizer
+    from ..training import TrainSettings, is_trained, train_sft
+
+    if profile["kind"] != "world":
+        raise ValueError("only world profiles train their judge; the paper profile uses models.judge")
+    out = stage_dir(profile, STAGE)
+    run_dir = out / "checkpoints" / "judge"
+    model_dir = judge_model_dir(profile)
+    summary_path = out / "judge_training.json"
+    if is_trained(run_dir) and (model_dir / "config.json").is_file() and summary_path.is_file():
+        return read_json(summary_path)
+    spec, seed, settings = profile.get_path("judge.model"), int(profile["seed"]), judge_settings(profile)
+    started = time.time()
+    triples = judge_training_triples(profile)
+    tokenizer = build_bpe_tokenizer(judge_lib.judge_corpus(triples, settings), vocab_size=spec["tokenizer_vocab_size"])
+    examples = judge_lib.judge_training_examples(tokenizer, triples, settings, spec["round2_share"], seed)
+    model = build_tiny_model(tokenizer, spec["architecture"], seed)
+    train_settings = TrainSettings.from_dict(spec["training"])
+    if is_trained(run_dir):  # trained before, but the saved model or summary is missing: reload the final weights
+        from ..models import load_causal_lm
+
+        model, tokenizer = load_causal_lm(str(run_dir / "final"), dtype="float32", device="cpu")
+        summary = {"resumed_from": str(run_dir / "final")}
+    else:
+        summary = train_sft(model, tokenizer, examples, train_settings, run_dir, seed)
+    summary.update({
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(time.time() - started, 1),
+        "n_triples": len(triples), "n_truncated": sum(label for _, label in triples),
+        "mean_tokens_per_example": float(np.mean([len(e.input_ids) for e in examples])),
+        "vocab_size": len(tokenizer),
+    })
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    write_json(summary_path, summary)
+    return summary
+
+
+def judge_model_path(profile: Profile) -> str:
+    """The judge's folder (world) or its hub id / local path (paper)."""
+    from ..models import resolve_model_path
+
+    if profile["kind"] == "world":
+        return str(judge_model_dir(profile))
+    spec = profile.get_path("models.judge")
+    return resolve_model_path(spec["id"], spec.get("local_path"))
+
+
+def load_judge(profile: Profile):
+    """``(generator, tokenizer)`` of the judge.
+
+    World: the trained tiny judge with batched HF generate. Paper: ``models.judge`` with the profile's
+    generation backend (vLLM when installed and ``generation.backend`` is ``auto``/``vllm``, else
+    batched HF generate); offline without a local copy it raises :class:`ModelUnavailableError`.
+    """
+    from ..generation import make_generator, vllm_available
+    from ..models import load_causal_lm, load_tokenizer
+
+    if profile["kind"] == "world":
+        path = judge_model_dir(profile)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"the tiny judge is missing at {path}: run train_tiny_judge(profile) first")
+        model, tokenizer = load_causal_lm(str(path), dtype="float32", device="cpu")
+        return make_generator("hf", model=model, tokenizer=tokenizer), tokenizer
+    spec = profile.get_path("models.judge")
+    backend = profile.get_path("generation.backend")
+    path = judge_model_path(profile)
+    if backend == "vllm" or (backend == "auto" and vllm_available()):
+        tokenizer = load_tokenizer(path)
+        return make_generator("vllm", model_path=path, dtype=spec.get("dtype", "bfloat16")), tokenizer
+    model, tokenizer = load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"))
+    return make_generator("hf", model=model, tokenizer=tokenizer), tokenizer
+
+
+# ---------------------------------------------------------------------------------------------
+# What is judged
+
+def important_groups(scores: pd.DataFrame, tau: float, beta: float) -> pd.Series:
+    """Per segment, whether it is important under Eq. 6-7 at ``tau``/``beta`` (recomputed per trace)."""
+    flags = pd.Series(False, index=scores.index)
+    for _, group in scores.groupby("trace_id", sort=False):
+        group = group.sort_values("segment")
+        chosen = set(select_important(group["norm_strength"].to_numpy(), group["consistency"].to_numpy(), tau, beta))
+        flags.loc[group.index] = group["segment"].isin(chosen).to_numpy()
+    return flags
+
+
+def segments_to_judge(profile: Profile) -> pd.DataFrame:
+    """Every segment of the attributed correct traces with its neighbours, group and ground truth.
+
+    Columns: trace_id, question_id, segment, n_segments, text, before, after, important (Sec. 3.1
+    groups), important_selection (stage 03), kind, truth (kind == "truncated"; world only, else None).
+    """
+    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
+    scores = read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
+    if scores.empty:
+        raise ValueError("stage 03 attributed no trace: nothing to judge")
+    scores = scores[scores["correct"]].copy()
+    if scores.empty:
+        raise ValueError("stage 03 attributed no correct trace: there are no segments to judge (Sec. 3.1 uses correct traces)")
+    scores["important_groups"] = important_groups(scores, profile.get_path("analysis.groups_tau"),
+                                                  profile.get_path("analysis.groups_beta"))
+    rows, world = [], profile["kind"] == "world"
+    by_trace = {tid: g.sort_values("segment") for tid, g in segments.groupby("trace_id")}
+    for trace_id, trace_scores in scores.groupby("trace_id", sort=True):
+        trace, trace_scores = by_trace.get(trace_id), trace_scores.sort_values("segment")
+        if trace is None or trace["segment"].tolist() != trace_scores["segment"].tolist():
+            raise ValueError(f"trace {trace_id}: stage 02 and stage 03 disagree on its segments; rerun stage 03")
+        triples = judge_lib.segment_triples(trace["text"].tolist())
+        for (seg, triple, important, selected) in zip(trace.itertuples(), triples, trace_scores["important_groups"],
+                                                      trace_scores["important"]):
+            rows.append({"trace_id": trace_id, "question_id": seg.question_id, "segment": int(seg.segment),
+                         "n_segments": int(seg.n_segments), "text": triple.segment, "before": triple.before,
+                         "after": triple.after, "important": bool(important), "important_selection": bool(selected),
+                         "kind": seg.kind, "truth": (seg.kind == "truncated") if world else None})
+    return pd.DataFrame(rows)
+
+
+def judge_segments(profile: Profile, generator=None, tokenizer=None) -> pd.DataFrame:
+    """Judge every segment of :func:`segments_to_judge` (resumable) and write ``judgements.parquet``.
+
+    Columns: those of :func:`segments_to_judge` plus label (1 truncated, 0 complete, <NA> undecided),
+    judged_truncated, rounds, undecided, round1_output, round1_n_tokens, round1_finished,
+    round2_output, round2_n_tokens, round2_finished.
+    """
+    out = stage_dir(profile, STAGE)
+    table = segments_to_judge(profile)
+    if generator is None or tokenizer is None:
+        generator, tokenizer = load_judge(profile)
+    settings = judge_settings(profile)
+    keys = [f"{row.trace_id}#{row.segment}" for row in table.itertuples()]
+    triples = {key: judge_lib.Triple(row.before, row.text, row.after) for key, row in zip(keys, table.itertuples())}
+    store = RecordStore(out / "judgements.jsonl")
+    results = judge_lib.judge_triples(generator, tokenizer, triples, settings, store, int(profile["seed"]))
+    judged = pd.DataFrame(results).drop(columns="key")
+    table = pd.concat([table.reset_index(drop=True), judged], axis=1)
+    # Nullable dtypes: an undecided label, an unused round 2 and a missing ground truth are <NA>.
+    table["label"] = table["label"].astype("Int64")
+    table["judged_truncated"] = (table["label"] == judge_lib.TRUNCATED).astype("boolean")
+    table["round2_n_tokens"] = table["round2_n_tokens"].astype("Int64")
+    table["round2_finished"] = table["round2_finished"].astype("boolean")
+    table["truth"] = table["truth"].astype("boolean")
+    write_table(out / "judgements.parquet", table)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Summaries
+
+def truncated_share_table(judgements: pd.DataFrame) -> pd.DataFrame:
+    """Truncated share among important vs unimportant segments, with Fisher's exact test.
+
+    One row per grouping (``sec3.1``: the comparative-analysis groups; ``selection``: stage 03's
+    important set) and group. Shares are over decided judgements (undecided ones are counted apart);
+    the two-sided Fisher's exact test compares the 2x2 table (important/unimportant x
+    truncated/complete). ``truth_share`` is the ground-truth truncated share (world profiles; NaN on
+    hub traces). A share or test without data is NaN and its ``note`` says why.
+    """
+    from scipy.stats import fisher_exact
+
+    rows = []
+    for grouping, column in (("sec3.1", "important"), ("selection", "important_selection")):
+        counts = {}
+        for group, flag in (("important", True), ("unimportant", False)):
+            part = judgements[judgements[column] == flag]
+            decided = part[~part["undecided"]]
+            truncated = int((decided["label"] == judge_lib.TRUNCATED).sum())
+            counts[group] = (truncated, len(decided) - truncated)
+            truth = part["truth"].dropna()
+            rows.append({"grouping": grouping, "group": group, "segments": len(part), "decided": len(decided),
+                         "undecided": int(part["undecided"].sum()), "judged_truncated": truncated,
+                         "truncated_share": truncated / len(decided) if len(decided) else float("nan"),
+                         "truth_share": float(truth.mean()) if len(truth) else float("nan"),
+                         "paper_share": PAPER_TRUNCATED_SHARE[group] if grouping == "sec3.1" else "",
+                         "note": "; ".join(filter(None, ["" if len(decided) else "no decided judgement in this group",
+                                                         "" if len(truth) else "no ground-truth kinds"]))})
+        if all(sum(c) > 0 for c in counts.values()):
+            odds, p_value = fisher_exact([counts["important"], counts["unimportant"]], alternative="two-sided")
+            note = ""
+        else:
+            odds, p_value, note = float("nan"), float("nan"), "Fisher's exact test needs decided judgements in both groups"
+        for row in rows[-2:]:
+            row.update(fisher_odds_ratio=float(odds), fisher_p=float(p_value))
+            row["note"] = "; ".join(filter(None, [row["note"], note]))
+    return pd.DataFrame(rows)
+
+
+def rounds_table(judgements: pd.DataFrame) -> pd.DataFrame:
+    """How many segments were decided in round 1, in round 2, or stayed undecided after both."""
+    return pd.DataFrame([{
+        "segments": len(judgements),
+        "decided_round1": int(((judgements["rounds"] == 1) & ~judgements["undecided"]).sum()),
+        "round2_used": int((judgements["rounds"] == 2).sum()),
+        "decided_round2": int(((judgements["rounds"] == 2) & ~judgements["undecided"]).sum()),
+        "undecided": int(judgements["undecided"].sum()),
+        "round1_unfinished": int((~judgements["round1_finished"]).sum()),
+        "mean_round1_tokens": float(judgements["round1_n_tokens"].mean()) if len(judgements) else float("nan"),
+    }])
+
+
+def judge_confusion(judgements: pd.DataFrame) -> pd.DataFrame:
+    """Counts of ground truth (rows: complete, truncated) x judgement (complete, truncated, undecided)."""
+    if judgements["truth"].isna().any():
+        raise ValueError("judge quality needs ground-truth truncation labels (world profiles only)")
+    truth = judgements["truth"].astype(bool)
+    judged = np.where(judgements["undecided"], "undecided",
+                      np.where(judgements["label"].fillna(-1) == judge_lib.TRUNCATED, "truncated", "complete"))
+    matrix = pd.crosstab(pd.Categorical(np.where(truth, "truncated", "complete"), ["complete", "truncated"]),
+                         pd.Categorical(judged, ["complete", "truncated", "undecided"]), dropna=False)
+    matrix.index.name, matrix.columns.name = "truth", "judged"
+    return matrix
+
+
+def judge_quality(judgements: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy, precision and recall of the judge against ground truth (kind == "truncated").
+
+    Over decided judgements; ``accuracy_all`` counts undecided segments as wrong. Precision is NaN when
+    the judge called nothing truncated, recall when no judged segment is truly truncated (``note``).
+    """
+    matrix = judge_confusion(judgements)
+    tp, fn = int(matrix.loc["truncated", "truncated"]), int(matrix.loc["truncated", "complete"])
+    fp, tn = int(matrix.loc["complete", "truncated"]), int(matrix.loc["complete", "complete"])
+    decided, total = tp + fn + fp + tn, len(judgements)
+    notes = []
+    if tp + fp == 0:
+        notes.append("precision undefined: no segment judged truncated")
+    if tp + fn == 0:
+        notes.append("recall undefined: no decided segment is truly truncated")
+    if decided == 0:
+        notes.append("no decided judgement")
+    return pd.DataFrame([{
+        "segments": total, "decided": decided, "undecided": total - decided, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+        "accuracy": (tp + tn) / decided if decided else float("nan"),
+        "accuracy_all": (tp + tn) / total if total else float("nan"),
+        "precision": tp / (tp + fp) if tp + fp else float("nan"),
+        "recall": tp / (tp + fn) if tp + fn else float("nan"),
+        "note": "; ".join(notes),
+    }])
+
+
+def confusion_matrix_figure(judgements: pd.DataFrame):
+    """Heat map of :func:`judge_confusion` with the counts, titled with accuracy / precision / recall."""
+    import matplotlib.pyplot as plt
+
+    matrix = judge_confusion(judgements)
+    quality = judge_quality(judgements).iloc[0]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    peak = max(int(matrix.to_numpy().max()), 1)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+        ax.text(j, i, str(int(value)), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    ax.set_xticks(range(matrix.shape[1]), [f"judged\n{c}" for c in matrix.columns])
+    ax.set_yticks(range(matrix.shape[0]), [f"truly\n{r}" for r in matrix.index])
+
+    def fmt(value):
+        return "n/a" if value != value else f"{value:.2f}"
+
+    ax.set_title(f"Truncation judge vs ground truth (n = {len(judgements)})\naccuracy {fmt(quality['accuracy'])}, "
+                 f"precision {fmt(quality['precision'])}, recall {fmt(quality['recall'])}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def write_summaries(profile: Profile, judgements: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Write ``truncated_share.csv``, ``rounds.csv`` and (world) ``judge_quality.csv``; return them."""
+    out = stage_dir(profile, STAGE)
+    tables = {"truncated_share": truncated_share_table(judgements), "rounds": rounds_table(judgements)}
+    if profile["kind"] == "world":
+        tables["judge_quality"] = judge_quality(judgements)
+    for name, table in tables.items():
+        write_table(out / f"{name}.csv", table)
+    return tables
+
+
+def comparison_rows(profile: Profile, tables: dict[str, pd.DataFrame]) -> list[dict]:
+    """The paper-vs-run rows of stage 07 (Sec. 3.1 finding 3, App. B)."""
+    from ..paper_vs_run import comparison_row
+
+    share = tables["truncated_share"].query("grouping == 'sec3.1'").set_index("group")
+    tau, beta = profile.get_path("analysis.groups_tau"), profile.get_path("analysis.groups_beta")
+    rows = []
+    for group in ("unimportant", "important"):
+        row = share.loc[group]
+        rows.append(comparison_row("Sec. 3.1 (3), App. B", f"{group} segments judged truncated",
+                                   PAPER_TRUNCATED_SHARE[group], float(row["truncated_share"]),
+                                   f"{int(row['decided'])} decided of {int(row['segments'])} segments (tau={tau}, beta={beta})",
+                                   fmt="{:.0%}"))
+    p_value = float(share.loc["important", "fisher_p"])
+    rows.append(comparison_row("Sec. 3.1 (3), App. B", "Fisher's exact p, important vs unimportant", "not reported",
+                               p_value, "two-sided, undecided judgements excluded"))
+    rounds = tables["rounds"].iloc[0]
+    rows.append(comparison_row("App. B", "segments needing round 2 / undecided after round 2", "not reported",
+                               f"{int(rounds['round2_used'])} / {int(rounds['undecided'])} of {int(rounds['segments'])}"))
+    if "judge_quality" in tables:
+        quality = tables["judge_quality"].iloc[0]
+        for metric in ("accuracy", "precision", "recall"):
+            rows.append(comparison_row("App. B (world ground truth)", f"judge {metric}", "not measured (no ground truth)",
+                                       float(quality[metric]), "against kind == 'truncated'", fmt="{:.2f}"))
+    return rows

@@ -1,0 +1,219 @@
+"""Tests for the SFT and evaluation stages (notebooks 08-09): supervision built from selections, the run
+plan, the paper-table metrics and the paired tests, benchmark loading helpers.
+
+Expected values are computed by hand or by an independent route (the tokenizer's own offsets, pass@k
+by enumeration), never by the function under test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segattr_utils.config import Profile, load_profile
+from segattr_utils.questions import answer_text, multiple_choice_row
+from segattr_utils.stages import evaluate_models as ev
+from segattr_utils.stages import selective_sft as sft
+from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.training import build_char_masked_example, build_training_example, tokenize_with_offsets
+
+CORPUS = ["Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
+          "The final answer is \\boxed{15}.", "Please reason step by step."] * 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_bpe_tokenizer(CORPUS, vocab_size=300)
+
+
+PROMPT_MSG = "Start with 12, then first add 3."
+SEGMENTS = ["Okay, so 12 + 3 = 15.", "\n\nWait, let me check 12 + 3 = 15 again."]
+ANSWER = "\n</think>\n\nThe final answer is \\boxed{15}."
+
+
+def test_char_masked_example_learns_exactly_the_chosen_tokens(tokenizer):
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
+                                           add_generation_prompt=True)
+    trace = "".join(SEGMENTS)
+    ids, offsets = tokenize_with_offsets(tokenizer, prompt + trace + ANSWER)
+    trace_tokens = [i for i, (s, _) in enumerate(offsets) if len(prompt) <= s < len(prompt) + len(trace)]
+    chosen = trace_tokens[1::3]  # every third trace token
+    spans = [(offsets[i][0] - len(prompt), offsets[i][1] - len(prompt)) for i in chosen]
+    example = build_char_masked_example(tokenizer, prompt, trace, ANSWER, spans)
+    answer_tokens = [i for i, (s, _) in enumerate(offsets) if s >= len(prompt) + len(trace)]
+    expected = [-100] * len(ids)
+    for i in chosen + answer_tokens:
+        expected[i] = ids[i]
+    assert example.input_ids == ids + [tokenizer.eos_token_id]
+    assert example.labels == expected + [tokenizer.eos_token_id]
+
+
+def test_char_masked_example_with_whole_segments_equals_segment_selection(tokenizer):
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
+                                           add_generation_prompt=True)
+    # the second segment's characters: the segment-level builder must give the same labels
+    start = len(SEGMENTS[0])
+    by_chars = build_char_masked_example(tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(start, start + len(SEGMENTS[1]))])
+    by_segments = build_training_example(tokenizer, prompt, SEGMENTS, ANSWER, selected=[1])
+    assert by_chars.input_ids == by_segments.input_ids
+    assert by_chars.labels == by_segments.labels
+    with pytest.raises(ValueError, match="outside the trace"):
+        build_char_masked_example(tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(0, 10_000)])
+
+
+def _profile(**training) -> Profile:
+    profile = load_profile("tiny")
+    profile["training"] = {**profile["training"], **training}
+    return profile
+
+
+def test_plan_runs_counts_and_names():
+    runs = sft.plan_runs(_profile())
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names))
+    # main comparison: 2 sources x 3 seeds x (full, selective)
+    main = [r for r in runs if r.tables == ("1",)]
+    assert len(main) == 12 and {r.seed for r in main} == {0, 1, 2}
+    assert names[0] == "full__self__seed0"
+    # Table 2's pruned row and Table 4's IG row are one run
+    pruned = [r for r in runs if r.variant == "pruned_ig"]
+    assert len(pruned) == 1 and pruned[0].tables == ("2", "4")
+    # fig5: 3 tau + 2 beta values, one seed; table 7: one retro-search run
+    assert sum("fig5" in r.tables for r in runs) == 5
+    retro = [r for r in runs if r.keywords == "retro_search"]
+    assert [r.name for r in retro] == ["selective__self__retro_search__seed0"]
+    tau_run = next(r for r in runs if r.overrides == (("tau", 0.9),))
+    assert tau_run.setting == "selective__self__tau0.9" and sft.run_label(tau_run) == "Segment Selective SFT (τ = 0.9)"
+    assert len(sft.plan_runs(_profile(tables=[], sources=["self"], main_seeds=[5]))) == 2
+    with pytest.raises(ValueError, match="sources"):
+        sft.plan_runs(_profile(sources=["self", "web"]))
+
+
+def test_two_stage_schedule():
+    one = sft.schedule(_profile())
+    assert len(one) == 1 and one[0].epochs == 10
+    two = sft.schedule(_profile(schedule="two_stage"))
+    assert [s.epochs for s in two] == [7, 4] and two[1].learning_rate == 0.0003 and two[0].learning_rate == 0.0005
+    with pytest.raises(ValueError, match="schedule"):
+        sft.schedule(_profile(schedule="three_stage"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation metrics
+
+
+def _graded():
+    rows = []
+    # model m: bench A two questions, greedy right on q1 only; samples: q1 3/4 correct, q2 1/4
+    for qid, greedy_ok, sampled in (("q1", True, [1, 1, 1, 0]), ("q2", False, [0, 0, 1, 0])):
+        rows.append({"model": "m", "benchmark": "A", "domain": "in", "mode": "greedy", "question_id": qid, "sample": 0,
+                     "correct": greedy_ok, "n_tokens": 100 if greedy_ok else 200, "finished": True})
+        for s, ok in enumerate(sampled):
+            rows.append({"model": "m", "benchmark": "A", "domain": "in", "mode": "sample", "question_id": qid,
+                         "sample": s, "correct": bool(ok), "n_tokens": 10 * (s + 1), "finished": True})
+    # bench B one question, greedy right, samples all wrong
+    rows.append({"model": "m", "benchmark": "B", "domain": "out", "mode": "greedy", "question_id": "b1", "sample": 0,
+                 "correct": True, "n_tokens": 50, "finished": True})
+    for s in range(4):
+        rows.append({"model": "m", "benchmark": "B", "domain": "out", "mode": "sample", "question_id": "b1",
+                     "sample": s, "correct": False, "n_tokens": 40, "finished": True})
+    return pd.DataFrame(rows)
+
+
+def _pass_at_k_by_enumeration(flags, k):
+    subsets = list(itertools.combinations(range(len(flags)), k))
+    return sum(any(flags[i] for i in subset) for subset in subsets) / len(subsets)
+
+
+def test_benchmark_metrics_and_macro_average():
+    metrics = ev.benchmark_metrics(_graded(), ks=[1, 2]).set_index("benchmark")
+    assert metrics.loc["A", "greedy_acc"] == pytest.approx(50.0)
+    assert metrics.loc["A", "greedy_tokens"] == pytest.approx(150.0)
+    expected_p2 = 100 * (_pass_at_k_by_enumeration([1, 1, 1, 0], 2) + _pass_at_k_by_enumeration([0, 0, 1, 0], 2)) / 2
+    assert metrics.loc["A", "pass@2"] == pytest.approx(expected_p2)
+    assert metrics.loc["A", "pass@1"] == pytest.approx(100 * (0.75 + 0.25) / 2)
+    assert metrics.loc["A", "sample_tokens"] == pytest.approx(25.0)
+    assert metrics.loc["B", "pass@1"] == 0.0
+    overall = ev.overall_metrics(metrics.reset_index()).set_index("model")
+    # macro: each benchmark counts once, whatever its size
+    assert overall.loc["m", "greedy_acc"] == pytest.approx((50 + 100) / 2)
+    assert overall.loc["m", "pass@1"] == pytest.approx((50 + 0) / 2)
+
+
+def test_paired_tests_over_seeds_and_questions():
+    per_model = pd.DataFrame({"model": ["f0", "f1", "f2", "s0", "s1", "s2"],
+                              "setting": ["full"] * 3 + ["sel"] * 3, "seed": [0, 1, 2] * 2,
+                              "greedy_acc": [40.0, 42.0, 41.0, 45.0, 46.0, 44.0]})
+    rows = []
+    rng = np.random.default_rng(0)
+    for model in per_model["model"]:
+        for q in range(30):
+            p = 0.4 if model.startswith("f") else 0.6
+            rows.append({"model": model, "mode": "greedy", "benchmark": "A", "question_id": f"q{q}",
+                         "correct": bool(rng.random() < p)})
+    graded = pd.DataFrame(rows)
+    result = ev.paired_tests(per_model, graded, "full", "sel", "greedy_acc")
+    from scipy.stats import ttest_rel, wilcoxon
+
+    assert result["seeds"] == 3
+    assert result["mean_difference"] == pytest.approx(np.mean([5, 4, 3]))
+    assert result["t_test_p"] == pytest.approx(ttest_rel([45, 46, 44], [40, 42, 41]).pvalue)
+    per_q = graded.assign(setting=graded["model"].str[0]).groupby(["setting", "question_id"])["correct"].mean().unstack(0)
+    diff = (per_q["s"] - per_q["f"]).to_numpy()
+    assert result["questions"] == 30
+    assert result["wilcoxon_p"] == pytest.approx(wilcoxon(diff).pvalue)
+
+
+def test_format_mean_std():
+    assert ev.format_mean_std(45.123, 1.26, 3) == "45.1 ± 1.3"
+    assert ev.format_mean_std(45.123, float("nan"), 1) == "45.1"
+    assert ev.format_mean_std(float("nan"), 0, 3) == "n/a"
+    assert ev.format_mean_std(12345.6, 10.2, 3, 0) == "12346 ± 10"
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark loading helpers
+
+
+def test_multiple_choice_row_shuffles_with_a_fixed_seed():
+    choices = {"question": "Q", "correct": "C", "incorrect": ["I1", "I2", "I3"]}
+    letters = []
+    for i in range(40):
+        row = multiple_choice_row({"Q": "Pick.", "C": "right", "I1": "w1", "I2": "w2", "I3": "w3"}, choices, seed=f"s:{i}")
+        letter = row["answer"]
+        assert f"({letter}) right" in row["question"]
+        assert row["question"].count("(") == 4
+        letters.append(letter)
+        again = multiple_choice_row({"Q": "Pick.", "C": "right", "I1": "w1", "I2": "w2", "I3": "w3"}, choices, seed=f"s:{i}")
+        assert again == row
+    assert len(set(letters)) == 4  # not every answer is "A"
+
+
+def test_answer_text_normalises_lists_and_dollars():
+    assert answer_text(["$\\frac{1}{2}$", "0.5"]) == "\\frac{1}{2}"
+    assert answer_text(np.array(["7"])) == "7"
+    assert answer_text(42) == "42"
+    with pytest.raises(ValueError):
+        answer_text([])
+
+
+def test_stop_after_epoch_ends_training_early(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from segattr_utils.training import TrainSettings, TrainingExample, train_sft
+
+    tok = build_bpe_tokenizer(CORPUS, vocab_size=300)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(config)
+    ids = tok("12 + 3 = 15", add_special_tokens=False)["input_ids"]
+    examples = [TrainingExample(ids, ids)] * 8
+    settings = TrainSettings(epochs=4, batch_size=4, stop_after_epoch=2, save_steps=1000, logging_steps=1,
+                             learning_rate=1e-3)
+    summary = train_sft(model, tok, examples, settings, tmp_path / "run", seed=0)
+    assert summary["steps"] == 4  # 2 steps per epoch, stopped after epoch 2 of 4
+    assert math.isfinite(summary["final_loss"])
