@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .generation import SamplingSettings
+from .generation import SamplingSettings, left_padded_batch
 from .grading import grade
 from .group_stats import compare_groups, describe
 from .importance import top_strength_segments
@@ -129,14 +129,9 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], n_samples: in
         return []
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise ValueError("the tokenizer needs a pad and an EOS token for batched sampling")
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
     device = next(model.parameters()).device
-    input_ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    batch = left_padded_batch(tokenizer, prompts, device)
+    input_ids, mask = batch["input_ids"], batch["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     was_training = model.training
     model.eval()

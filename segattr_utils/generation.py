@@ -51,6 +51,18 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def left_padded_batch(tokenizer, prompts: Sequence[str], device) -> dict:
+    """Prompts tokenised as one left-padded batch (the generated tokens then line up on the right), on
+    ``device``; the tokenizer's own padding side is left as it was."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 class HFGenerator:
     """Batched sampling with ``model.generate`` (left padding, one seed per batch)."""
 
@@ -62,14 +74,7 @@ class HFGenerator:
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], settings: SamplingSettings, seed: int) -> list[dict]:
         tokenizer = self.tokenizer
-        side = tokenizer.padding_side
-        tokenizer.padding_side = "left"
-        try:
-            batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
-        finally:
-            tokenizer.padding_side = side
-        device = next(self.model.parameters()).device
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = left_padded_batch(tokenizer, prompts, next(self.model.parameters()).device)
         torch.manual_seed(seed)
         kwargs = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
                       eos_token_id=tokenizer.eos_token_id, repetition_penalty=settings.repetition_penalty)

@@ -394,13 +394,17 @@ def balanced_triples(labelled: Sequence[tuple[Triple, int]], n: int, seed: int) 
     return chosen
 
 
-def teacher_reasoning(triple: Triple, label: int, n_words: int = 3) -> str:
-    """The tiny judge's teacher reasoning: quote the end of Segment 2, then say whether it breaks off."""
-    tail = " ".join(triple.segment.split()[-n_words:])
+def teacher_reasoning(triple: Triple, label: int) -> str:
+    """The tiny judge's teacher reasoning: how Segment 2 ends, and what that makes it.
+
+    The reasoning names the ending (a finished sentence or none) rather than quoting Segment 2's last
+    words: quoting is a copying skill a small judge picks up late and unreliably, and a wrong quote
+    then drags the decision with it.
+    """
     if label == TRUNCATED:
-        return (f"Segment 2 ends with \"{tail}\". It breaks off in the middle of a sentence and Segment 3 does not "
+        return ("Segment 2 stops without finishing its sentence: it breaks off in the middle and Segment 3 does not "
                 "continue it, so Segment 2 is truncated.")
-    return f"Segment 2 ends with \"{tail}\". Its sentence is finished, so Segment 2 is complete."
+    return "Segment 2 ends with a finished sentence, so Segment 2 is complete."
 
 
 def teacher_output(triple: Triple, label: int) -> str:

@@ -322,7 +322,8 @@ def test_teacher_output_has_the_protocol_format_and_the_right_digit():
         output = judge.teacher_output(triple, label)
         assert parse_judgement(output, open_think=True) == label
         assert output.endswith(f"</think>\n\n{label}")
-    assert "\"maybe I should\"" in judge.teacher_output(Triple("", "\n\nWait, maybe I should", ""), 1)
+    assert "breaks off" in judge.teacher_output(Triple("", "\n\nWait, maybe I should", ""), 1)
+    assert "finished sentence" in judge.teacher_output(Triple("", "\n\nWait, so 3 + 2 = 5.", ""), 0)
 
 
 def test_training_examples_train_the_right_label():

@@ -166,6 +166,28 @@ def test_paired_tests_over_seeds_and_questions():
     diff = (per_q["s"] - per_q["f"]).to_numpy()
     assert result["questions"] == 30
     assert result["wilcoxon_p"] == pytest.approx(wilcoxon(diff).pvalue)
+    with pytest.raises(ValueError, match="no paired test"):
+        ev.paired_tests(per_model, graded, "full", "sel", "pass@4")
+
+
+def test_paired_tests_use_the_metric_of_each_row():
+    # greedy correctness identical, sampled lengths differ: only the length test may find a difference
+    per_model = pd.DataFrame({"model": ["f0", "s0"], "setting": ["full", "sel"], "seed": [0, 0],
+                              "greedy_acc": [50.0, 50.0], "sample_tokens": [20.0, 10.0]})
+    rows = []
+    for model, length in (("f0", 20), ("s0", 10)):
+        for q in range(12):
+            rows.append({"model": model, "mode": "greedy", "benchmark": "A", "question_id": f"q{q}",
+                         "correct": q % 2 == 0, "n_tokens": 100})
+            rows.append({"model": model, "mode": "sample", "benchmark": "A", "question_id": f"q{q}",
+                         "correct": True, "n_tokens": length + q})
+    graded = pd.DataFrame(rows)
+    assert ev.paired_tests(per_model, graded, "full", "sel", "greedy_acc")["wilcoxon_p"] == 1.0
+    lengths = ev.paired_tests(per_model, graded, "full", "sel", "sample_tokens")
+    from scipy.stats import wilcoxon
+
+    assert lengths["wilcoxon_p"] == pytest.approx(wilcoxon(np.full(12, -10.0)).pvalue)
+    assert lengths["mean_difference"] == -10.0
 
 
 def test_format_mean_std():

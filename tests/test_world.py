@@ -342,3 +342,50 @@ def test_completion_answer_is_boxed_last():
     reasoning, _, answer = trace.completion.partition("\n</think>\n\n")
     assert reasoning == trace.reasoning
     assert answer == "The final answer is \\boxed{32}."
+
+
+# ----------------------------------------------------------------------------------------------
+# The weak pretraining teacher's slip
+
+
+def test_misconception_believed_steps_by_hand():
+    from segattr_utils.world import Misconception
+
+    slip = Misconception(op="subtract", operand=3, rate=1.0, offset=1)
+    problem = Problem(id="m", start=7, ops=(("subtract", 3), ("add", 2), ("subtract", 1)))
+    # true chain 7 -> 4 -> 6 -> 5; the slip takes away only two: 7 -> 5, then carries on: 5 + 2 = 7, 7 - 1 = 6
+    assert slip.believed_steps(problem, random.Random(0), 9) == [(7, "-", 3, 5), (5, "+", 2, 7), (7, "-", 1, 6)]
+    never = Misconception(op="subtract", operand=3, rate=0.0)
+    assert never.believed_steps(problem, random.Random(0), 9) == problem.steps
+    # other operands are not affected
+    other = Problem(id="o", start=7, ops=(("subtract", 2), ("add", 1)))
+    assert slip.believed_steps(other, random.Random(0), 9) == other.steps
+    # a believed value outside the world's range falls back to the true chain: 9 - 3 -> 7, 7 + 3 = 10 > 9
+    overflow = Problem(id="v", start=9, ops=(("subtract", 3), ("add", 3)))
+    assert slip.believed_steps(overflow, random.Random(0), 9) == overflow.steps
+
+
+def test_teacher_trace_with_misconception_narrates_the_wrong_chain():
+    from segattr_utils.world import Misconception
+
+    slip = Misconception(op="subtract", operand=3, rate=1.0, offset=1)
+    problem = Problem(id="m", start=7, ops=(("subtract", 3), ("add", 2), ("subtract", 1)))
+    trace = teacher_trace(problem, random.Random(3), RATES, slip)
+    assert trace.answer_text == "6" and problem.answer == "5"
+    assert trace.meta["mistaken"]
+    assert "7 - 3 = 5" in trace.reasoning and "7 - 3 = 4" not in trace.reasoning
+    assert trace.completion.endswith("\\boxed{6}.")
+    assert trace.kinds == classify_segments(problem, trace.segments)
+    assert trace.kinds[0] == "wrong_exploration"
+    assert segment(trace.reasoning) == trace.segments
+
+
+@pytest.mark.parametrize("bad", [dict(op="divide"), dict(rate=1.5), dict(offset=0)])
+def test_misconception_rejects_bad_settings(bad):
+    from segattr_utils.world import Misconception
+
+    with pytest.raises(ValueError):
+        Misconception(**bad)
+    assert Misconception.from_dict(None) is None
+    with pytest.raises(ValueError, match="unknown"):
+        Misconception.from_dict({"opp": "add"})

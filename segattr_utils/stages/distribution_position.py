@@ -29,7 +29,7 @@ from ..position import (
     world_decision_segment,
 )
 from ..viewer import trace_view, write_html
-from ..world import Problem
+from ..pipeline import world_problems
 
 STAGE = "06_distribution_position"
 LABELS = {True: "correct", False: "incorrect"}
@@ -75,10 +75,7 @@ def decision_segments(profile: Profile, scores: pd.DataFrame) -> pd.DataFrame:
     ids = sorted(set(scores["trace_id"])) if len(scores) else []
     texts = {tid: g.sort_values("segment")["text"].tolist() for tid, g in segments[segments["trace_id"].isin(ids)].groupby("trace_id")}
     kept = kept.set_index("trace_id")
-    problems = {}
-    if profile["kind"] == "world":
-        questions = read_table(stage_dir(profile, "00_world") / "questions.parquet")
-        problems = {r["id"]: Problem.from_record(r) for r in questions.to_dict("records")}
+    problems = world_problems(profile)
     rows = []
     for tid in ids:
         trace = kept.loc[tid]

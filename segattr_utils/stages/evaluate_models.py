@@ -179,12 +179,20 @@ def seed_summary(per_model: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return out.reset_index()
 
 
+#: The per-question value behind each macro metric: (decoding mode, column of the graded outputs).
+PER_QUESTION = {"greedy_acc": ("greedy", "correct"), "pass@1": ("sample", "correct"),
+                "greedy_tokens": ("greedy", "n_tokens"), "sample_tokens": ("sample", "n_tokens")}
+
+
 def paired_tests(per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, column: str) -> dict:
-    """Compare setting ``b`` with ``a`` (e.g. selective vs full): a paired t-test over seeds on the
-    macro ``column``, and a Wilcoxon signed-rank test over questions on greedy correctness averaged
-    across seeds (so a difference can be told from seed noise and from question sampling)."""
+    """Compare setting ``b`` with ``a`` (e.g. selective vs full) on one metric: a paired t-test over seeds
+    on the macro ``column``, and a Wilcoxon signed-rank test over questions on the metric's per-question
+    value (correctness or output length of that decoding mode) averaged across seeds, so a difference
+    can be told from seed noise and from the sampling of questions."""
     from scipy.stats import ttest_rel, wilcoxon
 
+    if column not in PER_QUESTION:
+        raise ValueError(f"no paired test for {column!r}; choose one of {sorted(PER_QUESTION)}")
     runs_a = per_model[per_model["setting"] == a].set_index("seed")[column]
     runs_b = per_model[per_model["setting"] == b].set_index("seed")[column]
     seeds = sorted(set(runs_a.index) & set(runs_b.index))
@@ -194,18 +202,18 @@ def paired_tests(per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, 
     if len(seeds) >= 2:
         diff = runs_b.loc[seeds].to_numpy() - runs_a.loc[seeds].to_numpy()
         result["t_test_p"] = float(ttest_rel(runs_b.loc[seeds], runs_a.loc[seeds]).pvalue) if np.any(diff != 0) else 1.0
-    models_a = set(per_model.loc[per_model["setting"] == a, "model"])
-    models_b = set(per_model.loc[per_model["setting"] == b, "model"])
-    greedy = graded[graded["mode"] == "greedy"]
-    per_question = lambda models: greedy[greedy["model"].isin(models)].groupby(["benchmark", "question_id"])["correct"].mean()
-    qa, qb = per_question(models_a), per_question(models_b)
-    joined = pd.concat([qa.rename("a"), qb.rename("b")], axis=1).dropna()
+    mode, value = PER_QUESTION[column]
+    outputs = graded[graded["mode"] == mode]
+
+    def per_question(setting: str) -> pd.Series:
+        models = set(per_model.loc[per_model["setting"] == setting, "model"])
+        return outputs[outputs["model"].isin(models)].groupby(["benchmark", "question_id"])[value].mean()
+
+    joined = pd.concat([per_question(a).rename("a"), per_question(b).rename("b")], axis=1).dropna()
     result["questions"] = len(joined)
-    differences = (joined["b"] - joined["a"]).to_numpy()
-    if len(differences) and np.any(differences != 0):
-        result["wilcoxon_p"] = float(wilcoxon(differences).pvalue)
-    elif len(differences):
-        result["wilcoxon_p"] = 1.0
+    differences = (joined["b"] - joined["a"]).to_numpy(dtype=float)
+    if len(differences):
+        result["wilcoxon_p"] = float(wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
     return result
 
 

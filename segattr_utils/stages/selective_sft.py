@@ -175,12 +175,7 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
                                 f"for the reference source) first")
     attributions = {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
     signals = _segment_signals(profile) if source == "self" and keywords is None else {}
-    problems = {}
-    if profile["kind"] == "world":
-        from ..world import Problem
-
-        questions = read_table(stage_dir(profile, "00_world") / "questions.parquet")
-        problems = {r["id"]: Problem.from_record(r) for r in questions.to_dict("records")}
+    problems = pipeline.world_problems(profile)
     records = []
     for trace in traces:
         record = attributions.get(trace["trace_id"])
