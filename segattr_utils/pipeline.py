@@ -359,10 +359,8 @@ def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
     """Stage 03: token IG of the correct answer for every kept trace (resumable, one record per trace),
     then segment scores and the important set. Returns the per-segment table.
 
-    With ``attribution.attribute_reference`` the reference traces of the training questions (the
-    world's teacher traces; LIMO's provided CoTs on the paper profile) are attributed too, into
-    ``reference_attributions.jsonl`` and ``reference_segment_scores.parquet``: the SFT notebook trains
-    on them as well (Sec. 4.1: "both provided and self-generated CoT supervision").
+    The reference traces that notebook 08 also trains on are attributed there, with the same settings
+    (:func:`segattr_utils.stages.selective_sft.attribute_reference_traces`).
     """
     out = stage_dir(profile, "03_ig_attribution")
     settings = profile["attribution"]
@@ -374,13 +372,6 @@ def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
     traces = [dict(t, segments=by_trace[t["trace_id"]]) for t in kept.to_dict("records")]
     store = RecordStore(out / "attributions.jsonl", key_fn=lambda r: r["trace_id"])
     records = attribute_traces(profile, traces, store, "integrated gradients")
-    if settings.get("attribute_reference", False):
-        reference = reference_traces(profile)
-        ref_store = RecordStore(out / "reference_attributions.jsonl", key_fn=lambda r: r["trace_id"])
-        ref_records = attribute_traces(profile, reference.to_dict("records"), ref_store, "integrated gradients (reference)")
-        ref_segments = reference.explode(["segments", "kinds"]).rename(columns={"segments": "text", "kinds": "kind"})
-        ref_segments["segment"] = ref_segments.groupby("trace_id").cumcount()
-        score_segments(profile, reference.assign(correct=True), ref_segments, ref_records, prefix="reference_")
     return score_segments(profile, kept, segments, records)
 
 
@@ -415,8 +406,7 @@ def reference_traces(profile: Profile) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame, records: list[dict],
-                   prefix: str = "") -> pd.DataFrame:
+def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     """Segment strength, consistency and normalised strength (Eq. 3-4) and the important set
     (Eq. 5-7 with the always-kept segments of App. C.4) for every attributed trace."""
     out = stage_dir(profile, "03_ig_attribution")
@@ -448,8 +438,8 @@ def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame,
                              "flagged": record["relative_delta"] > profile.get_path("attribution.flag_relative_delta"),
                              "seconds": record["seconds"], "n_tokens": record["n_tokens"]})
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
-    write_table(out / f"{prefix}segment_scores.parquet", table)
-    write_table(out / f"{prefix}completeness.parquet", pd.DataFrame(completeness))
+    write_table(out / "segment_scores.parquet", table)
+    write_table(out / "completeness.parquet", pd.DataFrame(completeness))
     return table
 
 

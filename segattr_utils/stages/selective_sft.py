@@ -153,7 +153,6 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
     ``keywords`` re-segments the traces with another keyword list (Table 7): token attributions do not
     depend on segmentation, so the tokens of the attributed sequence are regrouped by the new spans.
     """
-    attribution_dir = stage_dir(profile, "03_ig_attribution")
     settings = profile["attribution"]
     _, tokenizer = pipeline.load_generator(profile) if profile["kind"] == "world" else (None, _student_tokenizer(profile))
     if source == "self":
@@ -164,15 +163,15 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
         traces = [{"trace_id": t["trace_id"], "question_id": t["question_id"], "question": t["question"], "answer": t["answer"],
                    "segments": grouped[t["trace_id"]]["text"].tolist(), "kinds": grouped[t["trace_id"]]["kind"].tolist(),
                    "answer_part": t["answer_part"]} for t in kept.to_dict("records")]
-        store_path = attribution_dir / "attributions.jsonl"
+        store_path = stage_dir(profile, "03_ig_attribution") / "attributions.jsonl"
     elif source == "reference":
         traces = pipeline.reference_traces(profile).to_dict("records")
-        store_path = attribution_dir / "reference_attributions.jsonl"
+        store_path = stage_dir(profile, STAGE) / "reference_attributions.jsonl"
     else:
         raise ValueError(f"unknown supervision source {source!r}; use {SOURCES}")
     if not store_path.exists():
-        raise FileNotFoundError(f"{store_path} does not exist: run notebook 03 (with attribution.attribute_reference "
-                                f"for the reference source) first")
+        raise FileNotFoundError(f"{store_path} does not exist: run notebook 03 (self-generated traces) or "
+                                "attribute_reference_traces (reference traces) first")
     attributions = {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
     signals = _segment_signals(profile) if source == "self" and keywords is None else {}
     problems = pipeline.world_problems(profile)
@@ -207,6 +206,21 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
     if not records:
         raise ValueError(f"no attributed {source} traces to train on")
     return records
+
+
+def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
+    """Token IG of the reference traces of the training questions (the world's correct teacher; LIMO's
+    provided CoTs on the paper profile), with stage 03's settings; resumable, one record per trace in
+    ``reference_attributions.jsonl``. Returns and writes their completeness table."""
+    reference = pipeline.reference_traces(profile)
+    store = RecordStore(stage_dir(profile, STAGE) / "reference_attributions.jsonl", key_fn=lambda r: r["trace_id"])
+    records = pipeline.attribute_traces(profile, reference.to_dict("records"), store, "integrated gradients (reference)")
+    threshold = profile.get_path("attribution.flag_relative_delta")
+    table = pd.DataFrame([{"trace_id": r["trace_id"], "n_tokens": r["n_tokens"], "skipped": r.get("skipped"),
+                           "relative_delta": r.get("relative_delta"), "delta": r.get("delta"), "seconds": r.get("seconds"),
+                           "flagged": (r.get("relative_delta") or 0) > threshold} for r in records])
+    write_table(stage_dir(profile, STAGE) / "reference_completeness.parquet", table)
+    return table
 
 
 def _decision(problem, segments: list[str], answer: str) -> Optional[int]:
@@ -413,6 +427,8 @@ def train_all(profile: Profile, only: Optional[list[str]] = None) -> pd.DataFram
     cache: dict[tuple, list[TraceRecord]] = {}
     summaries = []
     launcher = profile.get_path("training.launcher", "inprocess")
+    if any(r.source == "reference" for r in runs):
+        attribute_reference_traces(profile)
     for spec in tqdm(runs, desc="SFT runs", unit="run"):
         key = (spec.source, spec.keywords)
         if launcher == "accelerate":
