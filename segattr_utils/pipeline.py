@@ -35,6 +35,7 @@ from .models import load_causal_lm, resolve_model_path
 from .questions import chat_prompt, load_hub_questions, world_suites
 from .segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
 from .token_spans import build_attribution_sequence
+from .workers import map_in_workers
 
 STAGES = ("00_world", "01_generation", "02_segmentation", "03_ig_attribution")
 
@@ -172,14 +173,16 @@ def world_problems(profile: Profile) -> dict[str, "world_lib.Problem"]:
     return {r["id"]: world_lib.Problem.from_record(r) for r in questions.to_dict("records")}
 
 
-def load_generator(profile: Profile):
+def load_generator(profile: Profile, device: str | None = None):
+    """The generator (model, tokenizer): the trained tiny model (always on the CPU) or the hub model,
+    on ``device`` (default: CUDA when available)."""
     spec = profile.get_path("models.generator")
     if profile["kind"] == "world":
         path = generator_path(profile)
         if not Path(path).is_dir():
             raise FileNotFoundError(f"the tiny generator model is missing at {path}: run notebook 00 first")
         return load_causal_lm(path, dtype=spec.get("dtype", "float32"), device="cpu")
-    return load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"))
+    return load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"), device=device)
 
 
 def user_message(question: str) -> str:
@@ -324,33 +327,79 @@ def _baseline_token(profile: Profile, tokenizer) -> int:
     return int(tokenizer.convert_tokens_to_ids(choice))
 
 
+def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: dict) -> dict:
+    """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores."""
+    prompt = chat_prompt(tokenizer, user_message(trace["question"]))
+    sequence = build_attribution_sequence(tokenizer, prompt, list(trace["segments"]), trace["answer"],
+                                          suffix_template=settings["answer_suffix"])
+    record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
+    if len(sequence) > settings["max_length"]:
+        record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
+        return record
+    started = time.time()
+    result = token_attributions(model, torch.tensor(sequence.input_ids), sequence.answer_span,
+                                baseline_token_id=baseline, n_steps=settings["n_steps"],
+                                method=settings["method"], internal_batch_size=settings["internal_batch_size"])
+    values = result.values.tolist()
+    record.update({
+        "skipped": None, "seconds": round(time.time() - started, 3),
+        "f_input": result.f_input, "f_baseline": result.f_baseline, "delta": result.delta,
+        "relative_delta": result.relative_delta, "answer_span": list(sequence.answer_span),
+        "segment_spans": [list(s) for s in sequence.segment_spans],
+        "segment_values": [values[s:e] for s, e in sequence.segment_spans],
+    })
+    return record
+
+
+def attribution_workers(settings: dict, kind: str) -> tuple[list[str], int]:
+    """(device per worker process, torch threads per worker) from ``attribution.workers`` and
+    ``attribution.threads_per_worker``. One worker means no subprocess. On GPUs the workers take the
+    visible devices in turn; the tiny world's models stay on the CPU."""
+    workers = settings.get("workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"attribution.workers must be a positive int, got {workers!r}")
+    if kind != "world" and torch.cuda.is_available():
+        devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    else:
+        devices = ["cpu"] * workers
+    threads = settings.get("threads_per_worker") or max(1, torch.get_num_threads() // workers)
+    return devices, threads
+
+
+# Filled once per worker process by _init_attribution_worker, so that each process loads the model once.
+_WORKER_STATE: dict = {}
+
+
+def _init_attribution_worker(profile: Profile, device: str) -> None:
+    model, tokenizer = load_generator(profile, device=device)
+    _WORKER_STATE.update(model=model, tokenizer=tokenizer, baseline=_baseline_token(profile, tokenizer),
+                         settings=profile["attribution"])
+
+
+def _attribute_in_worker(trace: dict) -> dict:
+    return attribution_record(trace=trace, **_WORKER_STATE)
+
+
 def attribute_traces(profile: Profile, traces: list[dict], store: RecordStore, desc: str) -> list[dict]:
     """Token IG of the correct answer for every trace (``trace_id``, ``question``, ``answer``,
-    ``segments``) not yet in ``store``; one record per trace, appended as soon as it is done."""
+    ``segments``) not yet in ``store``; one record per trace, appended as soon as it is done.
+
+    With ``attribution.workers`` > 1 the traces are spread over that many processes
+    (:func:`segattr_utils.workers.map_in_workers`); the records are the same up to float rounding.
+    """
     settings = profile["attribution"]
-    model, tokenizer = load_generator(profile)
-    baseline = _baseline_token(profile, tokenizer)
+    devices, threads = attribution_workers(settings, profile["kind"])
     todo = [t for t in traces if t["trace_id"] not in store]
-    for trace in tqdm(todo, desc=desc, unit="trace"):
-        prompt = chat_prompt(tokenizer, user_message(trace["question"]))
-        sequence = build_attribution_sequence(tokenizer, prompt, list(trace["segments"]), trace["answer"],
-                                              suffix_template=settings["answer_suffix"])
-        record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
-        if len(sequence) > settings["max_length"]:
-            record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
-        else:
-            started = time.time()
-            result = token_attributions(model, torch.tensor(sequence.input_ids), sequence.answer_span,
-                                        baseline_token_id=baseline, n_steps=settings["n_steps"],
-                                        method=settings["method"], internal_batch_size=settings["internal_batch_size"])
-            values = result.values.tolist()
-            record.update({
-                "skipped": None, "seconds": round(time.time() - started, 3),
-                "f_input": result.f_input, "f_baseline": result.f_baseline, "delta": result.delta,
-                "relative_delta": result.relative_delta, "answer_span": list(sequence.answer_span),
-                "segment_spans": [list(s) for s in sequence.segment_spans],
-                "segment_values": [values[s:e] for s, e in sequence.segment_spans],
-            })
+    if not todo:
+        return store.records()
+    if len(devices) == 1:
+        model, tokenizer = load_generator(profile)
+        baseline = _baseline_token(profile, tokenizer)
+        records = (attribution_record(model, tokenizer, baseline, settings, trace) for trace in todo)
+    else:
+        records = map_in_workers(_attribute_in_worker, todo, devices, threads,
+                                 initializer=_init_attribution_worker, initargs=(profile,))
+    for record in tqdm(records, total=len(todo), desc=desc, unit="trace"):
         store.append([record])
     return store.records()
 

@@ -10,10 +10,12 @@ of cells marked ``# NBVAL_CHECK_OUTPUT``.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .config import find_project_root, load_profile, results_dir
@@ -41,14 +43,37 @@ def _strip_volatile_metadata(path: Path) -> None:
     path.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+RUN_TIMES_FILE = "run_times.csv"
+
+
+def record_run_time(out_root: Path, notebook: str, seconds: float, resumed: bool) -> None:
+    """Keep one row per notebook in ``results/<profile>/run_times.csv`` (latest run wins).
+
+    ``resumed`` says the notebook found artifacts of an earlier run in its folder, so its time
+    may cover only the work that was left; the README quotes times of fresh runs only.
+    """
+    path = out_root / RUN_TIMES_FILE
+    rows: dict[str, dict[str, str]] = {}
+    if path.exists():
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = {row["notebook"]: row for row in csv.DictReader(handle)}
+    rows[notebook] = {"notebook": notebook, "wall_seconds": f"{seconds:.1f}", "resumed": str(resumed).lower()}
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["notebook", "wall_seconds", "resumed"])
+        writer.writeheader()
+        writer.writerows(rows[name] for name in sorted(rows))
+
+
 def run_papermill(profile_name: str, notebooks: list[Path], out_root: Path) -> int:
     import papermill
 
     for notebook in notebooks:
         out_dir = out_root / notebook.stem
+        resumed = out_dir.exists() and any(p.name != notebook.name for p in out_dir.iterdir())
         out_dir.mkdir(parents=True, exist_ok=True)
         output = out_dir / notebook.name
         print(f"[reproduce:{profile_name}] running {notebook.name} -> {output}", flush=True)
+        started = time.perf_counter()
         try:
             papermill.execute_notebook(
                 str(notebook), str(output), parameters={"PROFILE": profile_name},
@@ -60,6 +85,10 @@ def run_papermill(profile_name: str, notebooks: list[Path], out_root: Path) -> i
             print(f"The partially executed notebook is at {output}", file=sys.stderr)
             return 1
         _strip_volatile_metadata(output)
+        elapsed = time.perf_counter() - started
+        record_run_time(out_root, notebook.stem, elapsed, resumed)
+        print(f"[reproduce:{profile_name}] {notebook.name} took {elapsed / 60:.1f} min"
+              f"{' (resumed from earlier artifacts)' if resumed else ''}", flush=True)
     print(f"[reproduce:{profile_name}] all {len(notebooks)} notebooks ran; results in {out_root}")
     return 0
 
