@@ -524,15 +524,11 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
     store = RecordStore(out / "step_sensitivity.jsonl", key_fn=lambda r: [r["trace_id"], r["n_steps"]])
     jobs = [(tid, int(j)) for tid in chosen for j in spec["n_steps"] if [tid, int(j)] not in store]
     for trace_id, n_steps in tqdm(jobs, desc="IG with other J", unit="trace"):
-        trace = questions.loc[trace_id]
-        prompt = chat_prompt(tokenizer, user_message(trace["question"]))
-        sequence = build_attribution_sequence(tokenizer, prompt, by_trace[trace_id], trace["answer"],
-                                              suffix_template=settings["answer_suffix"])
-        result = token_attributions(model, torch.tensor(sequence.input_ids), sequence.answer_span, baseline_token_id=baseline,
-                                    n_steps=n_steps, method=settings["method"], internal_batch_size=settings["internal_batch_size"])
-        values = result.values.tolist()
-        store.append([{"trace_id": trace_id, "n_steps": n_steps, "relative_delta": result.relative_delta,
-                       "segment_values": [values[a:b] for a, b in sequence.segment_spans]}])
+        trace = {"trace_id": trace_id, "question": questions.loc[trace_id, "question"],
+                 "answer": questions.loc[trace_id, "answer"], "segments": by_trace[trace_id]}
+        record = attribution_record(model, tokenizer, baseline, dict(settings, n_steps=n_steps), trace)
+        store.append([{"trace_id": trace_id, "n_steps": n_steps, "relative_delta": record["relative_delta"],
+                       "segment_values": record["segment_values"]}])
     rows = []
     for record in store.records():
         if record["trace_id"] not in chosen or record["n_steps"] not in [int(j) for j in spec["n_steps"]]:
