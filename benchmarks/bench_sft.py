@@ -23,9 +23,9 @@ import torch
 
 from segattr_utils.artifacts import write_table
 from segattr_utils.config import load_profile
-from segattr_utils.questions import chat_prompt, world_suites
-from segattr_utils.tiny_model import answer_part, build_tiny_model, build_world_tokenizer, teacher_traces
-from segattr_utils.training import TrainSettings, build_training_example, train_sft
+from segattr_utils.data.questions import chat_prompt, world_suites
+from segattr_utils.world.tiny_model import answer_part, build_tiny_model, build_world_tokenizer, teacher_traces
+from segattr_utils.llm.training import TrainSettings, build_training_example, train_sft
 from segattr_utils.world import user_prompt
 
 

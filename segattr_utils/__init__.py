@@ -11,8 +11,8 @@ The pipeline of the paper, one concept per module:
 - :mod:`.tokenizer`     a locally built byte-level BPE tokenizer (tiny world, tests)
 """
 
-from .attribution import Attribution, DegenerateBaselineWarning, token_attributions
-from .importance import (
+from .method.attribution import Attribution, DegenerateBaselineWarning, token_attributions
+from .method.importance import (
     AGGREGATIONS,
     always_keep_indices,
     segment_consistency,
@@ -21,10 +21,10 @@ from .importance import (
     select_important,
     top_strength_segments,
 )
-from .masking import selective_labels
-from .quadrature import METHODS, quadrature_rule
-from .segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment, segment_char_spans
-from .token_spans import (
+from .method.masking import selective_labels
+from .method.quadrature import METHODS, quadrature_rule
+from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment, segment_char_spans
+from .method.token_spans import (
     DEFAULT_ANSWER_SUFFIX,
     AttributionSequence,
     build_attribution_sequence,

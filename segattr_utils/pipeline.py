@@ -26,15 +26,15 @@ from tqdm.auto import tqdm
 
 from . import world as world_lib
 from .artifacts import RecordStore, read_json, read_table, write_json, write_table
-from .attribution import token_attributions
+from .method.attribution import token_attributions
 from .config import Profile, stage_dir
-from .generation import SamplingSettings, make_generator, run_generation
-from .grading import grade, split_output
-from .importance import always_keep_indices, segment_scores, select_important, top_strength_segments
-from .models import load_causal_lm, resolve_model_path
-from .questions import chat_prompt, load_hub_questions, world_suites
-from .segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
-from .token_spans import build_attribution_sequence
+from .llm.generation import SamplingSettings, make_generator, run_generation
+from .llm.grading import grade, split_output
+from .method.importance import always_keep_indices, segment_scores, select_important, top_strength_segments
+from .llm.models import load_causal_lm, resolve_model_path
+from .data.questions import chat_prompt, load_hub_questions, world_suites
+from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
+from .method.token_spans import build_attribution_sequence
 from .workers import map_in_workers
 
 STAGES = ("00_world", "01_generation", "02_segmentation", "03_ig_attribution")
@@ -63,8 +63,8 @@ def generator_path(profile: Profile) -> str:
 
 def build_world(profile: Profile) -> dict:
     """Stage 00 for world profiles: questions, teacher traces, tokenizer, and the trained tiny model."""
-    from .tiny_model import build_tiny_model, build_world_tokenizer, teacher_examples, teacher_traces
-    from .training import TrainSettings, is_trained, train_sft
+    from .world.tiny_model import build_tiny_model, build_world_tokenizer, teacher_examples, teacher_traces
+    from .llm.training import TrainSettings, is_trained, train_sft
 
     out = stage_dir(profile, "00_world")
     world, seed = profile["world"], int(profile["seed"])
@@ -136,7 +136,7 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
 
 def evaluate_base_model(profile: Profile, suites: tuple[str, ...] = ("test_id", "test_ood")) -> pd.DataFrame:
     """Greedy accuracy of the base generator on the test suites (resumable; ``00_world/base_eval``)."""
-    from .evaluation import generate_and_grade, summarise_outputs
+    from .llm.evaluation import generate_and_grade, summarise_outputs
 
     out = stage_dir(profile, "00_world")
     model, tokenizer = load_generator(profile)
@@ -409,7 +409,7 @@ def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
     then segment scores and the important set. Returns the per-segment table.
 
     The reference traces that notebook 08 also trains on are attributed there, with the same settings
-    (:func:`segattr_utils.stages.selective_sft.attribute_reference_traces`).
+    (:func:`segattr_utils.stages.stage08_selective_sft.attribute_reference_traces`).
     """
     out = stage_dir(profile, "03_ig_attribution")
     settings = profile["attribution"]
@@ -430,7 +430,7 @@ def reference_traces(profile: Profile) -> pd.DataFrame:
 
     Columns: trace_id ("<qid>:reference"), question_id, question, answer, segments, kinds, answer_part.
     """
-    from .tiny_model import answer_part as world_answer_part
+    from .world.tiny_model import answer_part as world_answer_part
 
     questions = load_questions(profile, "train")
     keywords = keywords_for(profile)

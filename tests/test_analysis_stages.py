@@ -13,8 +13,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import write_table
 from segattr_utils.config import Profile, load_profile, stage_dir
-from segattr_utils.stages import confidence_delta, linguistics
-from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.stages import stage04_confidence_delta as confidence_delta, stage05_linguistics as linguistics
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 TRACES = {
     "q0:correct": ["Okay, so 2 + 1 = 3.", "\n\nWait, so 2 + 1 = 3.", "\n\nAnother step, 3 * 2 = 6. So the result is 6."],

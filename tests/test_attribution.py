@@ -1,4 +1,4 @@
-"""Tests of the integrated-gradients engine (``segattr_utils.attribution``, Sec. 2.2, Eq. 1-2, App. C.4).
+"""Tests of the integrated-gradients engine (``segattr_utils.method.attribution``, Sec. 2.2, Eq. 1-2, App. C.4).
 
 Every numerical check compares the engine against an independent, hand-written computation: the
 quadrature rules are rebuilt here from their definitions (``numpy.polynomial.legendre.leggauss`` for
@@ -26,8 +26,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from segattr_utils.attribution import Attribution, DegenerateBaselineWarning, token_attributions
-from segattr_utils.quadrature import quadrature_rule
+from segattr_utils.method.attribution import Attribution, DegenerateBaselineWarning, token_attributions
+from segattr_utils.method.quadrature import quadrature_rule
 
 VOCAB = 128
 MAX_POS = 64

@@ -1,5 +1,5 @@
-"""Tests for segattr_utils.confidence (Sec. 3.1 finding 1, Sec. 3.2, Fig. 2 and 4) and
-segattr_utils.group_stats.
+"""Tests for segattr_utils.measures.confidence (Sec. 3.1 finding 1, Sec. 3.2, Fig. 2 and 4) and
+segattr_utils.measures.group_stats.
 
 Expected values are computed by hand in the comments: confidences are fractions of graded answers,
 Δ_k = c_k - c_{k-1}, groups follow Eq. 5-7, and the τ search picks the largest Δ gap.
@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from segattr_utils.confidence import (
+from segattr_utils.measures.confidence import (
     GROUPS,
     _filter_top_p,
     answer_confidence,
@@ -31,9 +31,9 @@ from segattr_utils.confidence import (
     segment_groups,
     tau_search,
 )
-from segattr_utils.generation import HFGenerator, SamplingSettings
-from segattr_utils.group_stats import compare_groups, describe, format_p, readable
-from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.llm.generation import HFGenerator, SamplingSettings
+from segattr_utils.measures.group_stats import compare_groups, describe, format_p, readable
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 LEAD_IN = "\n</think>\n\nThe final answer is \\boxed{"
 

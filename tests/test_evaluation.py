@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.evaluation: the unbiased pass@k estimator and the output summary."""
+"""Tests for segattr_utils.llm.evaluation: the unbiased pass@k estimator and the output summary."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from fractions import Fraction
 import pandas as pd
 import pytest
 
-from segattr_utils.evaluation import pass_at_k, summarise_outputs
+from segattr_utils.llm.evaluation import pass_at_k, summarise_outputs
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
@@ -119,8 +119,8 @@ class _BoxedStub:
 
 def test_generate_and_grade_with_stub(tmp_path):
     from segattr_utils.artifacts import RecordStore
-    from segattr_utils.evaluation import generate_and_grade
-    from segattr_utils.generation import SamplingSettings
+    from segattr_utils.llm.evaluation import generate_and_grade
+    from segattr_utils.llm.generation import SamplingSettings
 
     prompts = {"q1": "Say 1", "q2": "Say 2"}
     answers = {"q1": "1", "q2": "2.0"}

@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.generation: seeds, settings, resumable batched generation and the HF backend.
+"""Tests for segattr_utils.llm.generation: seeds, settings, resumable batched generation and the HF backend.
 
 ``run_generation`` is driven by a stub generator whose outputs are a pure function of (prompt, seed,
 position in batch), so an interrupted-then-resumed run can be compared with an uninterrupted one
@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from segattr_utils import generation
+from segattr_utils.llm import generation
 from segattr_utils.artifacts import RecordStore
-from segattr_utils.generation import (
+from segattr_utils.llm.generation import (
     HFGenerator,
     SamplingSettings,
     derive_seed,
@@ -25,7 +25,7 @@ from segattr_utils.generation import (
     run_generation,
     sample_jobs,
 )
-from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # derive_seed / SamplingSettings

@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.grading: last-\\boxed{} extraction, reasoning/answer split and grading.
+"""Tests for segattr_utils.llm.grading: last-\\boxed{} extraction, reasoning/answer split and grading.
 
 The outputs below are short hand-written R1-style completions (reasoning, ``</think>``, answer).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from segattr_utils.grading import grade, is_equivalent, last_boxed, split_reasoning
+from segattr_utils.llm.grading import grade, is_equivalent, last_boxed, split_reasoning
 
 R1_CORRECT = (
     "Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"

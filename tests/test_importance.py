@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.importance (paper Eq. 3-7, App. C.4).
+"""Tests for segattr_utils.method.importance (paper Eq. 3-7, App. C.4).
 
 Every expected number is computed by hand from the paper's formulas and written into the test:
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from segattr_utils.importance import (
+from segattr_utils.method.importance import (
     AGGREGATIONS,
     always_keep_indices,
     segment_consistency,

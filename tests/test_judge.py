@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.judge (App. B) and the pure-data parts of stage 07.
+"""Tests for segattr_utils.measures.judge (App. B) and the pure-data parts of stage 07.
 
 The two-round protocol is driven by stub generators that record every call, so the prompts, seeds and
 sampling settings of each round can be checked against what App. B prescribes; an end-to-end check
@@ -10,11 +10,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from segattr_utils import judge
+from segattr_utils.measures import judge
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.config import load_profile
-from segattr_utils.generation import SamplingSettings, derive_seed
-from segattr_utils.judge import (
+from segattr_utils.llm.generation import SamplingSettings, derive_seed
+from segattr_utils.measures.judge import (
     EARLY_STOPPING_PROMPT,
     JudgeSettings,
     Triple,
@@ -22,7 +22,7 @@ from segattr_utils.judge import (
     run_judge,
     segment_triples,
 )
-from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # Parser
@@ -352,8 +352,8 @@ def test_training_examples_train_the_right_label():
 
 
 def test_protocol_end_to_end_with_a_tiny_random_model(tmp_path):
-    from segattr_utils.generation import HFGenerator
-    from segattr_utils.tiny_model import build_tiny_model
+    from segattr_utils.llm.generation import HFGenerator
+    from segattr_utils.world.tiny_model import build_tiny_model
 
     labelled = judge.labelled_triples([TRACE])
     tokenizer = build_bpe_tokenizer(judge.judge_corpus(labelled, _settings()), vocab_size=300)
@@ -386,7 +386,7 @@ def _judgements(rows):
 
 
 def test_truncated_share_and_fisher_test_by_hand():
-    from segattr_utils.stages.truncation_judge import truncated_share_table
+    from segattr_utils.stages.stage07_truncation_judge import truncated_share_table
 
     rows = ([(True, True, 1, False, True, 1, True, 5)] * 2 + [(True, True, 0, False, False, 1, True, 5)] * 8
             + [(False, False, 1, False, True, 1, True, 5)] * 6 + [(False, False, 0, False, False, 2, True, 5)] * 4
@@ -408,7 +408,7 @@ def test_truncated_share_and_fisher_test_by_hand():
 
 
 def test_fisher_test_without_data_is_explained():
-    from segattr_utils.stages.truncation_judge import truncated_share_table
+    from segattr_utils.stages.stage07_truncation_judge import truncated_share_table
 
     table = truncated_share_table(_judgements([(True, True, 1, False, True, 1, True, 5)]))
     row = table[(table["grouping"] == "sec3.1") & (table["group"] == "unimportant")].iloc[0]
@@ -417,7 +417,7 @@ def test_fisher_test_without_data_is_explained():
 
 
 def test_judge_quality_by_hand():
-    from segattr_utils.stages.truncation_judge import judge_confusion, judge_quality
+    from segattr_utils.stages.stage07_truncation_judge import judge_confusion, judge_quality
 
     rows = ([(True, True, 1, False, True, 1, True, 5)] * 3      # tp
             + [(True, True, 0, False, True, 1, True, 5)] * 1    # fn
@@ -440,7 +440,7 @@ def test_judge_quality_by_hand():
 
 
 def test_important_groups_recomputed_at_the_analysis_thresholds():
-    from segattr_utils.stages.truncation_judge import important_groups
+    from segattr_utils.stages.stage07_truncation_judge import important_groups
 
     # trace t: strengths 0.5, 0.3, 0.2 -> tau 0.8 keeps segments 0 and 1; beta 0.95 drops segment 1 (consistency 1)
     scores = pd.DataFrame({"trace_id": ["t"] * 3 + ["u"] * 2, "segment": [0, 1, 2, 0, 1],
@@ -462,7 +462,7 @@ def _profile(tmp_path, name="smoke"):
 def test_segments_to_judge_builds_triples_groups_and_truth(tmp_path):
     from segattr_utils.artifacts import write_table
     from segattr_utils.config import stage_dir
-    from segattr_utils.stages.truncation_judge import segments_to_judge
+    from segattr_utils.stages.stage07_truncation_judge import segments_to_judge
 
     profile = _profile(tmp_path)
     texts = ["Okay, 3 + 2 = 5.", "\n\nWait, maybe I should", "\n\nSo 5 + 1 = 6."]
@@ -490,7 +490,7 @@ def test_segments_to_judge_builds_triples_groups_and_truth(tmp_path):
 def test_judge_training_triples_come_from_pretraining_teacher_traces(tmp_path):
     from segattr_utils.artifacts import write_table
     from segattr_utils.config import stage_dir
-    from segattr_utils.stages.truncation_judge import judge_training_triples
+    from segattr_utils.stages.stage07_truncation_judge import judge_training_triples
 
     profile = _profile(tmp_path)
     profile["judge"]["n_training_triples"] = 6
@@ -507,8 +507,8 @@ def test_judge_training_triples_come_from_pretraining_teacher_traces(tmp_path):
 
 
 def test_paper_judge_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
-    from segattr_utils.models import ModelUnavailableError
-    from segattr_utils.stages.truncation_judge import load_judge
+    from segattr_utils.llm.models import ModelUnavailableError
+    from segattr_utils.stages.stage07_truncation_judge import load_judge
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     profile = _profile(tmp_path, "paper")

@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.linguistics (Sec. 3.1 findings 2-3, Fig. 3; the removal perplexity of
+"""Tests for segattr_utils.measures.linguistics (Sec. 3.1 findings 2-3, Fig. 3; the removal perplexity of
 Cui et al. for Table 3).
 
 Per-token statistics are checked on hand-made logits; the model passes on a hand-built bigram
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from segattr_utils.linguistics import (
+from segattr_utils.measures.linguistics import (
     output_perplexities,
     perplexity,
     removal_perplexity_increase,
@@ -24,7 +24,7 @@ from segattr_utils.linguistics import (
     span_means,
     token_nll_and_entropy,
 )
-from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 # ----------------------------------------------------------------------------------------------
 # Per-token statistics from logits

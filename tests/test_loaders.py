@@ -1,5 +1,5 @@
-"""Tests for the loaders (segattr_utils.models, segattr_utils.questions) and the SFT example builder
-(segattr_utils.training.build_training_example).
+"""Tests for the loaders (segattr_utils.llm.models, segattr_utils.data.questions) and the SFT example builder
+(segattr_utils.llm.training.build_training_example).
 
 Nothing is downloaded: hub ids are requested with HF_HUB_OFFLINE=1 (and the datasets/huggingface_hub
 offline switches forced on), local models are tiny Qwen2s saved into tmp_path, data fixtures are
@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from segattr_utils.models import ModelUnavailableError, load_causal_lm, load_tokenizer, resolve_model_path
-from segattr_utils.questions import chat_prompt, load_hub_questions
-from segattr_utils.tokenizer import EOS, build_bpe_tokenizer
-from segattr_utils.training import build_training_example
+from segattr_utils.llm.models import ModelUnavailableError, load_causal_lm, load_tokenizer, resolve_model_path
+from segattr_utils.data.questions import chat_prompt, load_hub_questions
+from segattr_utils.world.tokenizer import EOS, build_bpe_tokenizer
+from segattr_utils.llm.training import build_training_example
 
 HUB_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 
@@ -343,7 +343,7 @@ def test_training_example_no_eos_and_errors(tokenizer, prompt):
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("YES", True), ("0", False), ("", False)])
 def test_offline_switch(monkeypatch, value, expected):
-    from segattr_utils.models import offline
+    from segattr_utils.llm.models import offline
 
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", value)
@@ -351,7 +351,7 @@ def test_offline_switch(monkeypatch, value, expected):
 
 
 def test_offline_switch_on(monkeypatch):
-    from segattr_utils.models import offline
+    from segattr_utils.llm.models import offline
 
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "on")

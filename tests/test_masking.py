@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.masking.selective_labels (paper Sec. 2.3, Eq. 8-9).
+"""Tests for segattr_utils.method.masking.selective_labels (paper Sec. 2.3, Eq. 8-9).
 
 Expected label vectors are written out by hand.
 """
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from segattr_utils.masking import selective_labels
+from segattr_utils.method.masking import selective_labels
 
 M = -100
 # A 12-token sequence: prompt 0..2, segments [3,5) [5,8) [8,10), answer suffix [10,12).

@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.position (Fig. 1 right-bottom, App. A) on hand-made examples."""
+"""Tests for segattr_utils.measures.position (Fig. 1 right-bottom, App. A) on hand-made examples."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from segattr_utils.position import (
+from segattr_utils.measures.position import (
     cdf_at,
     contains_answer,
     cumulative_strength,

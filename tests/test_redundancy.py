@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.redundancy: precision/recall of unimportant sets against the world's
+"""Tests for segattr_utils.measures.redundancy: precision/recall of unimportant sets against the world's
 ground-truth redundant kinds, with hand-counted expectations."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from segattr_utils.redundancy import (
+from segattr_utils.measures.redundancy import (
     is_redundant,
     lowest_k,
     matched_unimportant,

@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.segmentation (paper Sec. 2.1, App. C.2).
+"""Tests for segattr_utils.method.segmentation (paper Sec. 2.1, App. C.2).
 
 Expected values are written by hand (keyword lists copied from App. C.2, segmentations of a small
 R1-style trace split by eye) or computed by an independent brute-force oracle in the property tests.
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segattr_utils.segmentation import (
+from segattr_utils.method.segmentation import (
     DEFAULT_KEYWORDS,
     RETRO_SEARCH_KEYWORDS,
     segment,

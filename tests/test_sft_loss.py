@@ -2,7 +2,7 @@
 
 Eq. 9:  L = -(1 / sum_t I(o_t)) * sum_t I(o_t) log P(o_t | o_<t, q)
 
-A pre-tokenised dataset with ``input_ids`` and ``labels`` built by ``segattr_utils.masking.selective_labels``
+A pre-tokenised dataset with ``input_ids`` and ``labels`` built by ``segattr_utils.method.masking.selective_labels``
 is handed to ``trl.SFTTrainer``. The batch is taken exactly as the trainer builds it
 (``trainer.get_train_dataloader()``) and ``trainer.compute_loss`` is compared with a manual computation:
 full-logit forward, shift by one, cross-entropy summed over the positions whose label is not -100,
@@ -23,8 +23,8 @@ from datasets import Dataset
 from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl import SFTConfig, SFTTrainer
 
-from segattr_utils.masking import selective_labels
-from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.method.masking import selective_labels
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 IGNORE = -100
 

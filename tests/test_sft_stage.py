@@ -15,11 +15,11 @@ import pandas as pd
 import pytest
 
 from segattr_utils.config import Profile, load_profile
-from segattr_utils.questions import answer_text, multiple_choice_row
-from segattr_utils.stages import evaluate_models as ev
-from segattr_utils.stages import selective_sft as sft
-from segattr_utils.tokenizer import build_bpe_tokenizer
-from segattr_utils.training import build_char_masked_example, build_training_example, tokenize_with_offsets
+from segattr_utils.data.questions import answer_text, multiple_choice_row
+from segattr_utils.stages import stage09_evaluation as ev
+from segattr_utils.stages import stage08_selective_sft as sft
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
+from segattr_utils.llm.training import build_char_masked_example, build_training_example, tokenize_with_offsets
 
 CORPUS = ["Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
           "The final answer is \\boxed{15}.", "Please reason step by step."] * 5
@@ -226,7 +226,7 @@ def test_answer_text_normalises_lists_and_dollars():
 def test_stop_after_epoch_ends_training_early(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from segattr_utils.training import TrainSettings, TrainingExample, train_sft
+    from segattr_utils.llm.training import TrainSettings, TrainingExample, train_sft
 
     tok = build_bpe_tokenizer(CORPUS, vocab_size=300)
     config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,

@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.token_spans and segattr_utils.tokenizer.build_bpe_tokenizer (Sec. 2.2, App. C.4).
+"""Tests for segattr_utils.method.token_spans and segattr_utils.world.tokenizer.build_bpe_tokenizer (Sec. 2.2, App. C.4).
 
 Two levels: hand-made offset mappings with hand-written expected token spans, and a small locally
 trained byte-level BPE tokenizer (Qwen2 split regex) where ".\\n\\n" is one token, so a segment
@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 
-from segattr_utils.token_spans import (
+from segattr_utils.method.token_spans import (
     DEFAULT_ANSWER_SUFFIX,
     build_attribution_sequence,
     char_span_to_covering_tokens,
     char_spans_to_token_spans,
     tokenize_with_offsets,
 )
-from segattr_utils.tokenizer import (
+from segattr_utils.world.tokenizer import (
     ASSISTANT,
     BOS,
     THINK_CLOSE,

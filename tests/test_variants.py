@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.variants: every training variant's selection rule on hand-made traces.
+"""Tests for segattr_utils.llm.variants: every training variant's selection rule on hand-made traces.
 
 Expected selections are derived by hand from the attribution values below (strength = sum|IG|/sqrt(N),
 consistency = |sum IG| / sum|IG|), not from the package's own scoring.
@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from segattr_utils.variants import (REGISTRY, SelectionSettings, TraceRecord, TraceSelection, get_variant, register,
+from segattr_utils.llm.variants import (REGISTRY, SelectionSettings, TraceRecord, TraceSelection, get_variant, register,
                                     selected_token_share, threshold_by_token_share)
 
 

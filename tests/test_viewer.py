@@ -1,4 +1,4 @@
-"""Tests for segattr_utils.viewer (Fig. 1 left): escaping, newlines, the matplotlib figure, and a
+"""Tests for segattr_utils.report.viewer (Fig. 1 left): escaping, newlines, the matplotlib figure, and a
 render of the HTML in headless Chromium that checks every segment is laid out with its text."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from segattr_utils.viewer import NEWLINE_MARK, render_figure, render_html, trace_view, write_html
+from segattr_utils.report.viewer import NEWLINE_MARK, render_figure, render_html, trace_view, write_html
 
 SEGMENTS = [
     "Okay, so 2 + 1 = 3 & <b>not bold</b>.",

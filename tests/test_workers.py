@@ -10,7 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from segattr_utils import pipeline
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.config import load_profile
-from segattr_utils.tokenizer import build_bpe_tokenizer
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
 from segattr_utils.workers import map_in_workers
 
 CORPUS = [

@@ -12,8 +12,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from .models import ModelUnavailableError, offline
-from .world import Arithmetic, Problem, make_problems
+from ..llm.models import ModelUnavailableError, offline
+from ..world import Arithmetic, Problem, make_problems
 
 
 def world_suites(world: dict, seed: int) -> dict[str, list[Problem]]:

@@ -16,8 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .masking import selective_labels
-from .token_spans import char_spans_to_token_spans, tokenize_with_offsets
+from ..method.masking import selective_labels
+from ..method.token_spans import char_spans_to_token_spans, tokenize_with_offsets
 
 DONE_MARKER = "TRAINING_COMPLETE"
 
@@ -45,7 +45,7 @@ def build_training_example(
     Labels follow Eq. 9: tokens of the ``selected`` segments and of the answer part are trained,
     everything else (the prompt, unselected segments) is ``-100``. ``selected=None`` trains every
     segment (full-CoT SFT, Eq. 8). Token spans use the first-character boundary rule of
-    :mod:`segattr_utils.token_spans`.
+    :mod:`segattr_utils.method.token_spans`.
     """
     if not segments:
         raise ValueError("a training example needs at least one segment")

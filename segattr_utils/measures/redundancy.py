@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .world import REDUNDANT_KINDS
+from ..world import REDUNDANT_KINDS
 
 
 def lowest_k(values: Sequence[float], k: int) -> np.ndarray:

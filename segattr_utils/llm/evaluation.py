@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .artifacts import RecordStore
+from ..artifacts import RecordStore
 from .generation import SamplingSettings, run_generation
 from .grading import grade
 

@@ -29,12 +29,12 @@ from tqdm.auto import tqdm
 from .. import pipeline
 from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
 from ..config import Profile, find_project_root, load_profile, stage_dir
-from ..questions import chat_prompt
-from ..segmentation import segment
-from ..token_spans import build_attribution_sequence
-from ..training import (TrainingExample, TrainSettings, build_char_masked_example, build_training_example, is_trained,
+from ..data.questions import chat_prompt
+from ..method.segmentation import segment
+from ..method.token_spans import build_attribution_sequence
+from ..llm.training import (TrainingExample, TrainSettings, build_char_masked_example, build_training_example, is_trained,
                         train_sft)
-from ..variants import SelectionSettings, TraceRecord, TraceSelection, get_variant, selected_token_share
+from ..llm.variants import SelectionSettings, TraceRecord, TraceSelection, get_variant, selected_token_share
 
 STAGE = "08_selective_sft"
 SOURCES = ("self", "reference")
@@ -225,7 +225,7 @@ def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
 
 def _decision(problem, segments: list[str], answer: str) -> Optional[int]:
     """The first segment that reaches the answer (App. A): the world's rule when a problem is known."""
-    from ..position import decision_segment, world_decision_segment
+    from ..measures.position import decision_segment, world_decision_segment
 
     found = world_decision_segment(problem, segments) if problem is not None else None
     return found if found is not None else decision_segment(segments, answer)
@@ -325,7 +325,7 @@ def _student(profile: Profile):
     """The model every variant starts from: the stage-00 generator (world) or ``models.student``."""
     if profile["kind"] == "world":
         return pipeline.load_generator(profile)
-    from ..models import load_causal_lm
+    from ..llm.models import load_causal_lm
 
     spec = profile.get_path("models.student")
     # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed).
@@ -333,7 +333,7 @@ def _student(profile: Profile):
 
 
 def _student_tokenizer(profile: Profile):
-    from ..models import load_tokenizer, resolve_model_path
+    from ..llm.models import load_tokenizer, resolve_model_path
 
     spec = profile.get_path("models.student")
     return load_tokenizer(resolve_model_path(spec["id"], spec.get("local_path")))
@@ -380,7 +380,7 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
         stage_examples = full_examples if len(stages) == 2 and index == 0 else examples
         out = run_dir(profile, spec) / f"stage{index + 1}"
         if is_trained(out):
-            from ..models import load_causal_lm
+            from ..llm.models import load_causal_lm
 
             model, tokenizer = load_causal_lm(str(out / "final"), dtype="float32" if profile["kind"] == "world" else "bfloat16")
             stage_summaries.append(read_json(out / "stage_summary.json"))
@@ -450,14 +450,14 @@ def _launch_with_accelerate(profile: Profile, spec: RunSpec) -> dict:
     summary_path = run_dir(profile, spec) / "summary.json"
     if not summary_path.exists():
         config = find_project_root() / profile.get_path("training.accelerate_config")
-        command = ["accelerate", "launch", "--config_file", str(config), "-m", "segattr_utils.stages.selective_sft",
+        command = ["accelerate", "launch", "--config_file", str(config), "-m", "segattr_utils.stages.stage08_selective_sft",
                    "--profile", str(profile.source_path or profile.name), "--run", spec.name]
         subprocess.run(command, check=True)
     return read_json(summary_path)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m segattr_utils.stages.selective_sft --profile paper --run <name>``: train one run
+    """``python -m segattr_utils.stages.stage08_selective_sft --profile paper --run <name>``: train one run
     (what ``accelerate launch`` starts on each GPU)."""
     import argparse
 

@@ -10,10 +10,10 @@ from typing import Optional, Sequence
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from .questions import chat_prompt
+from ..data.questions import chat_prompt
 from .tokenizer import build_bpe_tokenizer
-from .training import TrainingExample, build_training_example
-from .world import Misconception, Problem, TeacherTrace, format_completion, teacher_trace, user_prompt
+from ..llm.training import TrainingExample, build_training_example
+from . import Misconception, Problem, TeacherTrace, format_completion, teacher_trace, user_prompt
 
 
 def answer_part(answer: str) -> str:
@@ -39,7 +39,7 @@ def build_tiny_model(tokenizer, architecture: dict, seed: int) -> Qwen2ForCausal
 
     ``pad_token_id`` is left unset in the model config: a ``padding_idx`` row is zeroed at
     initialisation and never trained, and an all-zero pad embedding is a degenerate IG baseline
-    (see :mod:`segattr_utils.attribution`). The tokenizer's pad token is EOS, as in R1-Distill-Qwen,
+    (see :mod:`segattr_utils.method.attribution`). The tokenizer's pad token is EOS, as in R1-Distill-Qwen,
     and its embedding is trained through the tied output layer.
     """
     torch.manual_seed(seed)

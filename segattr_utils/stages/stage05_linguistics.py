@@ -1,8 +1,8 @@
 """Stage 05 (notebook ``05_linguistics``): per-segment log-perplexity, entropy, BLEU against the
 preceding segments (Sec. 3.1 findings 2-3, Fig. 3) and the removal perplexity of Cui et al. (Table 3);
 in the world profiles also the precision/recall of each measure's unimportant set against the
-ground-truth redundant kinds. Definitions in :mod:`segattr_utils.linguistics` and
-:mod:`segattr_utils.redundancy`.
+ground-truth redundant kinds. Definitions in :mod:`segattr_utils.measures.linguistics` and
+:mod:`segattr_utils.measures.redundancy`.
 
 Artifacts in ``results/<profile>/05_linguistics/``:
 
@@ -24,13 +24,13 @@ from tqdm.auto import tqdm
 
 from .. import pipeline
 from ..artifacts import RecordStore, read_table, write_table
-from ..confidence import label_segments
+from ..measures.confidence import label_segments
 from ..config import Profile, stage_dir
-from ..group_stats import compare_groups, format_p
-from ..linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
-from ..paper_vs_run import comparison_row
-from ..questions import chat_prompt
-from ..redundancy import redundancy_table
+from ..measures.group_stats import compare_groups, format_p
+from ..measures.linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
+from ..report.paper_vs_run import comparison_row
+from ..data.questions import chat_prompt
+from ..measures.redundancy import redundancy_table
 from ..world import REDUNDANT_KINDS
 
 STAGE = "05_linguistics"

@@ -18,9 +18,9 @@ The paper's prompt template (its Table 5) and early-stopping prompt (Table 6) ar
 task description, few-shot examples and early-stopping prompt below are this project's own.
 
 The judge works with any generator exposing ``generate(prompts, SamplingSettings, seed) -> [{"text",
-"n_tokens", "finished"}]`` (:class:`segattr_utils.generation.HFGenerator`, ``VLLMGenerator`` or a stub)
+"n_tokens", "finished"}]`` (:class:`segattr_utils.llm.generation.HFGenerator`, ``VLLMGenerator`` or a stub)
 and any tokenizer with a chat template. :func:`run_judge` runs both rounds batched and resumable in a
-:class:`~segattr_utils.artifacts.RecordStore`, with seeds from :func:`~segattr_utils.generation.derive_seed`.
+:class:`~segattr_utils.artifacts.RecordStore`, with seeds from :func:`~segattr_utils.llm.generation.derive_seed`.
 
 This module also builds the training data of the tiny world's judge (labelled triples from teacher
 traces, with teacher judge outputs in the protocol's format).
@@ -36,8 +36,8 @@ from typing import Mapping, Optional, Sequence
 
 from tqdm.auto import tqdm
 
-from .artifacts import RecordStore
-from .generation import SamplingSettings, derive_seed
+from ..artifacts import RecordStore
+from ..llm.generation import SamplingSettings, derive_seed
 
 TRUNCATED, COMPLETE = 1, 0
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -420,7 +420,7 @@ def judge_training_examples(tokenizer, labelled: Sequence[tuple[Triple, int]], s
     teacher reasoning and the early-stopping prompt (none of them trained), then the digit, so the tiny
     judge also learns to answer at once after the early-stopping prompt.
     """
-    from .training import build_training_example
+    from ..llm.training import build_training_example
 
     if not 0 <= round2_share <= 1:
         raise ValueError(f"judge.model.round2_share must lie in [0, 1], got {round2_share}")

@@ -10,7 +10,7 @@ the correct answer." For a trace S_1..S_n and k = 0..n the forced-answer input i
     prompt + S_1 + ... + S_k + answer lead-in          (e.g. "\\n</think>\\n\\nThe final answer is \\boxed{")
 
 and the model samples K short continuations; c_k is the fraction whose completed ``\\boxed{}``
-grades correct (:func:`segattr_utils.grading.grade`). c_0 is the confidence with an empty trace. The
+grades correct (:func:`segattr_utils.llm.grading.grade`). c_0 is the confidence with an empty trace. The
 change of segment S_k is Δ_k = c_k − c_{k−1}; segment ``k - 1`` in 0-based indices.
 
 **Groups (Sec. 3.1).** A segment has *high strength* when it is among the top-k* segments holding τ
@@ -45,10 +45,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .generation import SamplingSettings, left_padded_batch
-from .grading import grade
+from ..llm.generation import SamplingSettings, left_padded_batch
+from ..llm.grading import grade
 from .group_stats import compare_groups, describe
-from .importance import top_strength_segments
+from ..method.importance import top_strength_segments
 
 GROUPS: tuple[str, ...] = (
     "high strength, moderate consistency",

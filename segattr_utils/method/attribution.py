@@ -21,7 +21,7 @@ Design choices (and how they differ from the authors' public code):
 - Parameters are frozen during the call; only the path embeddings carry gradients.
 - F at the baseline still scores the *real* answer ids: only embeddings move along the path, so the
   completeness identity  F(x) - F(x') = sum(IG)  can hold and ``delta`` measures the quadrature error.
-- ``method="official"`` reproduces the authors' rule (see :mod:`segattr_utils.quadrature`);
+- ``method="official"`` reproduces the authors' rule (see :mod:`segattr_utils.method.quadrature`);
   the default is Gauss-Legendre, which reaches <1% completeness error with far fewer points.
 
 Degenerate baseline: if the baseline token's embedding row is all zeros (a pad row zeroed by

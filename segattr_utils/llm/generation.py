@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import RecordStore
+from ..artifacts import RecordStore
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Stage 06 (notebook ``06_distribution_position``): the CDF of normalised strength over segments
 ranked by strength for correct and incorrect traces (Fig. 1 right-bottom, Sec. 3 setup), the decision
 segment and the positional shares of App. A, and the segment viewer's examples (Fig. 1 left).
-Definitions in :mod:`segattr_utils.position` and :mod:`segattr_utils.viewer`.
+Definitions in :mod:`segattr_utils.measures.position` and :mod:`segattr_utils.report.viewer`.
 
 Artifacts in ``results/<profile>/06_distribution_position/``: ``cdf.csv`` (the averaged curves),
 ``cdf_summary.csv`` (share of segments holding ``analysis.cdf_mass``), ``decision_segments.parquet``,
@@ -15,11 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..artifacts import read_table, write_table
-from ..confidence import label_segments
+from ..measures.confidence import label_segments
 from ..config import Profile, stage_dir
-from ..group_stats import MISSING_TEXT
-from ..paper_vs_run import comparison_row
-from ..position import (
+from ..measures.group_stats import MISSING_TEXT
+from ..report.paper_vs_run import comparison_row
+from ..measures.position import (
     curve_share_holding,
     decision_segment,
     mean_cdf,
@@ -28,7 +28,7 @@ from ..position import (
     share_holding,
     world_decision_segment,
 )
-from ..viewer import trace_view, write_html
+from ..report.viewer import trace_view, write_html
 from ..pipeline import world_problems
 
 STAGE = "06_distribution_position"

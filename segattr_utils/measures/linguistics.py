@@ -7,7 +7,7 @@ over ``prompt + trace`` gives, for every trace token x_t, its negative log-likel
 −log p(x_t | x_<t) and the entropy H(p(· | x_<t)) = −Σ_v p(v | x_<t) log p(v | x_<t) of the
 distribution it was drawn from (both in nats). A segment's ``log_ppl`` is the mean NLL over its tokens
 (the log of its perplexity) and its ``entropy`` the mean entropy over its tokens. Segment token spans
-come from one tokenisation of the whole text (:mod:`segattr_utils.token_spans`, first-character rule),
+come from one tokenisation of the whole text (:mod:`segattr_utils.method.token_spans`, first-character rule),
 exactly as for IG.
 
 **BLEU against preceding segments (finding 3).** "We calculate BLEU similarity of each segment
@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .token_spans import char_spans_to_token_spans, tokenize_with_offsets
+from ..method.token_spans import char_spans_to_token_spans, tokenize_with_offsets
 
 BleuReference = Literal["segments", "concatenation"]
 

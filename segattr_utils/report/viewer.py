@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .artifacts import atomic_write_text
+from ..artifacts import atomic_write_text
 
 IMPORTANT_COLOR = "#b7e4c7"
 UNIMPORTANT_COLOR = "#d9d9d9"

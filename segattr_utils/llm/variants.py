@@ -22,7 +22,7 @@ from typing import Callable, Literal, Optional, Sequence
 
 import numpy as np
 
-from .importance import always_keep_indices, segment_scores, select_important, top_strength_segments
+from ..method.importance import always_keep_indices, segment_scores, select_important, top_strength_segments
 
 Mode = Literal["full", "selective", "pruned"]
 

@@ -1,7 +1,7 @@
 """Stage 07: the truncated-segment judge on the attributed correct traces (Sec. 3.1 finding 3, App. B).
 
 Every segment of every attributed correct trace is judged with the two-round protocol of
-:mod:`segattr_utils.judge`; the truncated share among important and unimportant segments is compared
+:mod:`segattr_utils.measures.judge`; the truncated share among important and unimportant segments is compared
 with a two-sided Fisher's exact test (the paper reports 49% of unimportant vs 26% of important
 segments truncated). Important vs unimportant are the groups of the Sec. 3.1 comparative analysis:
 Eq. 6-7 with ``analysis.groups_tau`` / ``analysis.groups_beta`` (tau = 80%, beta = 0.95), recomputed
@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import judge as judge_lib
+from ..measures import judge as judge_lib
 from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
 from ..config import Profile, stage_dir
-from ..importance import select_important
+from ..method.importance import select_important
 
 STAGE = "07_truncation_judge"
 PAPER_TRUNCATED_SHARE = {"unimportant": "49%", "important": "26%"}
@@ -65,9 +65,9 @@ def train_tiny_judge(profile: Profile) -> dict:
     the generator's tokenizer never saw the task description's words and would spend several tokens
     on each. Architecture and schedule: profile ``judge.model``.
     """
-    from ..tiny_model import build_tiny_model
-    from ..tokenizer import build_bpe_tokenizer
-    from ..training import TrainSettings, is_trained, train_sft
+    from ..world.tiny_model import build_tiny_model
+    from ..world.tokenizer import build_bpe_tokenizer
+    from ..llm.training import TrainSettings, is_trained, train_sft
 
     if profile["kind"] != "world":
         raise ValueError("only world profiles train their judge; the paper profile uses models.judge")
@@ -85,7 +85,7 @@ def train_tiny_judge(profile: Profile) -> dict:
     model = build_tiny_model(tokenizer, spec["architecture"], seed)
     train_settings = TrainSettings.from_dict(spec["training"])
     if is_trained(run_dir):  # trained before, but the saved model or summary is missing: reload the final weights
-        from ..models import load_causal_lm
+        from ..llm.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(str(run_dir / "final"), dtype="float32", device="cpu")
         summary = {"resumed_from": str(run_dir / "final")}
@@ -106,7 +106,7 @@ def train_tiny_judge(profile: Profile) -> dict:
 
 def judge_model_path(profile: Profile) -> str:
     """The judge's folder (world) or its hub id / local path (paper)."""
-    from ..models import resolve_model_path
+    from ..llm.models import resolve_model_path
 
     if profile["kind"] == "world":
         return str(judge_model_dir(profile))
@@ -121,8 +121,8 @@ def load_judge(profile: Profile):
     generation backend (vLLM when installed and ``generation.backend`` is ``auto``/``vllm``, else
     batched HF generate); offline without a local copy it raises :class:`ModelUnavailableError`.
     """
-    from ..generation import make_generator, vllm_available
-    from ..models import load_causal_lm, load_tokenizer
+    from ..llm.generation import make_generator, vllm_available
+    from ..llm.models import load_causal_lm, load_tokenizer
 
     if profile["kind"] == "world":
         path = judge_model_dir(profile)
@@ -342,7 +342,7 @@ def write_summaries(profile: Profile, judgements: pd.DataFrame) -> dict[str, pd.
 
 def comparison_rows(profile: Profile, tables: dict[str, pd.DataFrame]) -> list[dict]:
     """The paper-vs-run rows of stage 07 (Sec. 3.1 finding 3, App. B)."""
-    from ..paper_vs_run import comparison_row
+    from ..report.paper_vs_run import comparison_row
 
     share = tables["truncated_share"].query("grouping == 'sec3.1'").set_index("group")
     tau, beta = profile.get_path("analysis.groups_tau"), profile.get_path("analysis.groups_beta")

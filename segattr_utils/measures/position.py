@@ -35,7 +35,7 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from .world import Problem, parse_equations
+from ..world import Problem, parse_equations
 
 _EPS = 1e-9
 
@@ -147,7 +147,7 @@ def positional_shares(labelled: pd.DataFrame, decisions: Mapping[str, Optional[i
     """Share of each set of :data:`POSITION_SETS` before, at and after the decision segment.
 
     ``labelled`` holds ``trace_id``, ``segment``, ``important``, ``high_strength`` and
-    ``moderate_consistency`` (:func:`segattr_utils.confidence.label_segments`); ``decisions`` maps
+    ``moderate_consistency`` (:func:`segattr_utils.measures.confidence.label_segments`); ``decisions`` maps
     trace ids to the decision segment's index or None. Traces without a decision segment are left
     out (the caller reports how many). Shares of an empty set are None with a note.
     """

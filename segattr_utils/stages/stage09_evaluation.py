@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 from .. import pipeline
 from ..artifacts import RecordStore, read_table, write_table
 from ..config import Profile, stage_dir
-from ..evaluation import pass_at_k
-from ..generation import SamplingSettings, make_generator, run_generation
-from ..grading import grade
-from ..models import load_causal_lm
-from ..questions import chat_prompt, load_hub_questions
-from .selective_sft import STAGE as SFT_STAGE
+from ..llm.evaluation import pass_at_k
+from ..llm.generation import SamplingSettings, make_generator, run_generation
+from ..llm.grading import grade
+from ..llm.models import load_causal_lm
+from ..data.questions import chat_prompt, load_hub_questions
+from .stage08_selective_sft import STAGE as SFT_STAGE
 
 STAGE = "09_evaluation"
 BASE = "base"
@@ -371,7 +371,7 @@ def fig5(points: pd.DataFrame, tau: float, beta: float):
 
 def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.DataFrame) -> list[dict]:
     """The headline numbers of Sec. 4 next to this run's (for ``paper_vs_run.md``)."""
-    from ..paper_vs_run import comparison_row
+    from ..report.paper_vs_run import comparison_row
 
     def mean(setting: str, column: str) -> float:
         values = overall.loc[overall["setting"] == setting, column] if column in overall.columns else pd.Series(dtype=float)

@@ -79,7 +79,7 @@ def _bars(ax, labels, means, sems, counts, colors):
 
 def fig2_confidence_delta(groups: pd.DataFrame, p_value_text: str, tau: float, beta: float):
     """Fig. 2: mean Δ in correct-answer confidence (± SEM) of important vs unimportant segments and of
-    the four strength × consistency groups. ``groups`` is :func:`segattr_utils.confidence.group_summary`."""
+    the four strength × consistency groups. ``groups`` is :func:`segattr_utils.measures.confidence.group_summary`."""
     by_name = groups.set_index("group")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
     pair = ["important", "unimportant"]
@@ -197,7 +197,7 @@ def save_and_show(fig, directory, name: str):
     close it, and display the PNG in the notebook (figures are drawn with the Agg backend)."""
     from IPython.display import Image, display
 
-    from .artifacts import save_figure
+    from ..artifacts import save_figure
 
     png = save_figure(fig, directory, name)[0]
     plt.close(fig)

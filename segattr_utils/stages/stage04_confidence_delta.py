@@ -1,6 +1,6 @@
 """Stage 04 (notebook ``04_confidence_delta``): correct-answer confidence after every prefix of the
 attributed correct traces, Δ per segment (Sec. 3.1 finding 1, Fig. 2), and the greedy τ search and
-β ablation (Sec. 3.2, Fig. 4). Definitions in :mod:`segattr_utils.confidence`.
+β ablation (Sec. 3.2, Fig. 4). Definitions in :mod:`segattr_utils.measures.confidence`.
 
 Artifacts in ``results/<profile>/04_confidence_delta/``:
 
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .. import pipeline
 from ..artifacts import RecordStore, read_table, write_table
-from ..confidence import (
+from ..measures.confidence import (
     beta_ablation,
     choose_threshold,
     confidence_deltas,
@@ -37,11 +37,11 @@ from ..confidence import (
     tau_search,
 )
 from ..config import Profile, stage_dir
-from ..generation import HFGenerator, SamplingSettings, VLLMGenerator, derive_seed, vllm_available
-from ..group_stats import MISSING_TEXT, format_p
-from ..models import load_tokenizer
-from ..paper_vs_run import comparison_row
-from ..questions import chat_prompt
+from ..llm.generation import HFGenerator, SamplingSettings, VLLMGenerator, derive_seed, vllm_available
+from ..measures.group_stats import MISSING_TEXT, format_p
+from ..llm.models import load_tokenizer
+from ..report.paper_vs_run import comparison_row
+from ..data.questions import chat_prompt
 
 STAGE = "04_confidence_delta"
 CONFIDENCE_COLUMNS = ("trace_id", "segment", "confidence_before", "confidence_after", "delta")

@@ -14,8 +14,8 @@ from typing import Iterable
 
 import pandas as pd
 
-from .artifacts import atomic_write_text, write_table
-from .config import Profile, results_dir, stage_dir
+from ..artifacts import atomic_write_text, write_table
+from ..config import Profile, results_dir, stage_dir
 
 COLUMNS = ("section", "statistic", "paper", "run", "note")
 FILENAME = "paper_vs_run.csv"

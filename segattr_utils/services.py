@@ -1,0 +1,191 @@
+"""Shared services of the stages: the model of each role, questions, prompts, trace texts, keywords.
+
+Every stage asks this module, so each of these decisions is made in one place:
+
+- :func:`load_model` / :func:`model_path` / :func:`load_role_tokenizer`: the model of a role
+  (``generator``: writes and attributes traces; ``student``: the model every SFT variant fine-tunes;
+  ``judge``: the truncation judge of App. B) or of a finished SFT run, on the device the profile's kind
+  implies (the tiny world's models always run on the CPU).
+- :func:`load_questions`, :func:`world_problems`: question suites and the world's ground truth.
+- :func:`user_message`, :func:`prompt`: the R1 prompt format (question + "Please reason step by step,
+  and put your final answer within \\boxed{}.", wrapped in the chat template).
+- :func:`keywords_for`: the segmentation keyword list (App. C.2) a profile or run asks for.
+- :func:`kept_traces`, :func:`segment_texts`, :func:`reference_traces`: the traces the stages read.
+- :func:`baseline_token`, :func:`sampling_settings`: the IG baseline and the decoding settings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from . import dag
+from . import world as world_lib
+from .artifacts import read_table
+from .config import Profile
+from .data.questions import chat_prompt, load_hub_questions
+from .llm.generation import SamplingSettings
+from .llm.models import load_causal_lm, load_tokenizer, resolve_model_path
+from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
+
+ROLES = ("generator", "student", "judge")
+KEYWORD_LISTS = {"default": DEFAULT_KEYWORDS, "retro_search": RETRO_SEARCH_KEYWORDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models by role
+
+def model_path(profile: Profile, role: str) -> str:
+    """Where the model of ``role`` lives: a trained tiny model's folder (world profiles) or the hub id
+    / local copy of ``models.<role>`` (hub profiles)."""
+    if role not in ROLES:
+        raise ValueError(f"unknown model role {role!r}; use one of {', '.join(ROLES)}")
+    if profile["kind"] == "world":
+        if role == "judge":
+            return str(dag.TRUNCATION_JUDGE.path(profile, "judge_model"))
+        # The world's student is its generator: every SFT run starts from the base model of stage 00.
+        spec = profile.get_path("models.generator")
+        return spec.get("local_path") or str(dag.WORLD.path(profile, "generator_model"))
+    spec = profile.get_path(f"models.{role}")
+    return resolve_model_path(spec["id"], spec.get("local_path"))
+
+
+def _dtype(profile: Profile, role: str) -> str:
+    if profile["kind"] == "world":
+        return profile.get_path("models.generator").get("dtype", "float32") if role != "judge" else "float32"
+    return profile.get_path(f"models.{role}").get("dtype", "bfloat16")
+
+
+def load_model(profile: Profile, role: str, device: Optional[str] = None, path: Optional[str | Path] = None):
+    """``(model, tokenizer)`` of ``role``, or of the fine-tuned model saved at ``path`` (which then has
+    the role's dtype). World models always load on the CPU; hub models on ``device`` (default: CUDA
+    when available)."""
+    dtype = _dtype(profile, role)
+    if profile["kind"] == "world":
+        folder = Path(path) if path is not None else Path(model_path(profile, role))
+        if not folder.is_dir():
+            raise FileNotFoundError(f"the tiny {role} model is missing at {folder}: run the notebook that trains it first")
+        return load_causal_lm(str(folder), dtype=dtype, device="cpu")
+    if path is not None:
+        return load_causal_lm(str(path), dtype=dtype, device=device)
+    spec = profile.get_path(f"models.{role}")
+    return load_causal_lm(spec["id"], spec.get("local_path"), dtype=dtype, device=device)
+
+
+def load_role_tokenizer(profile: Profile, role: str):
+    """The tokenizer of ``role`` alone (no weights loaded)."""
+    return load_tokenizer(model_path(profile, role))
+
+
+# ---------------------------------------------------------------------------------------------
+# Questions and prompts
+
+def load_questions(profile: Profile, suite: str) -> pd.DataFrame:
+    """Questions of one suite from stage 00 (world) or from the hub data (paper)."""
+    if profile["kind"] == "world":
+        questions = read_table(dag.WORLD.path(profile, "questions"))
+        return questions[questions["suite"] == suite].reset_index(drop=True)
+    spec = profile.get_path(f"data.{suite}")
+    return pd.DataFrame(load_hub_questions(spec, suite))
+
+
+def world_problems(profile: Profile) -> dict[str, "world_lib.Problem"]:
+    """Every question of a world profile as a :class:`~segattr_utils.world.Problem`, by id (empty on hub
+    profiles, whose traces have no ground truth)."""
+    if profile["kind"] != "world":
+        return {}
+    questions = read_table(dag.WORLD.path(profile, "questions"))
+    return {r["id"]: world_lib.Problem.from_record(r) for r in questions.to_dict("records")}
+
+
+def user_message(question: str) -> str:
+    """The R1 user message: the question and the instruction to box the final answer."""
+    return question + world_lib.PROMPT_SUFFIX
+
+
+def prompt(tokenizer, question: str) -> str:
+    """The templated prompt of a question (chat template with the generation prompt)."""
+    return chat_prompt(tokenizer, user_message(question))
+
+
+def keywords_for(profile: Profile, name: Optional[str] = None) -> tuple[str, ...]:
+    """The segmentation keywords: ``name`` (``default``, ``retro_search``) or the profile's
+    ``segmentation.keywords`` (one of those names or an explicit list)."""
+    choice = profile.get_path("segmentation.keywords") if name is None else name
+    if isinstance(choice, list):
+        return tuple(choice)
+    if choice not in KEYWORD_LISTS:
+        raise ValueError(f"segmentation.keywords must be 'default', 'retro_search' or a list, got {choice!r}")
+    return KEYWORD_LISTS[choice]
+
+
+def sampling_settings(profile: Profile, greedy: bool = False) -> SamplingSettings:
+    """Decoding settings of stage 01 (``generation``); ``greedy`` sets temperature 0."""
+    gen = profile["generation"]
+    return SamplingSettings(temperature=0.0 if greedy else gen["temperature"], top_p=gen["top_p"],
+                            max_new_tokens=gen["max_new_tokens"])
+
+
+def baseline_token(profile: Profile, tokenizer) -> int:
+    """The IG baseline token (``attribution.baseline``): ``pad``, a token id, or a token string."""
+    choice = profile.get_path("attribution.baseline")
+    if choice == "pad":
+        if tokenizer.pad_token_id is None:
+            raise ValueError("attribution.baseline is 'pad' but the tokenizer has no pad token")
+        return int(tokenizer.pad_token_id)
+    if isinstance(choice, int):
+        return choice
+    return int(tokenizer.convert_tokens_to_ids(choice))
+
+
+# ---------------------------------------------------------------------------------------------
+# Trace texts
+
+def kept_traces(profile: Profile) -> pd.DataFrame:
+    """Stage 01's shortest correct and incorrect trace per question."""
+    return read_table(dag.GENERATION.path(profile, "kept_traces"))
+
+
+def segment_table(profile: Profile) -> pd.DataFrame:
+    """Stage 02's table of segments (one row per segment of every kept trace)."""
+    return read_table(dag.SEGMENTATION.path(profile, "segments"))
+
+
+def segment_texts(segments: pd.DataFrame, trace_ids=None) -> dict[str, list[str]]:
+    """The segment texts of every trace of a segment table, in order (optionally only ``trace_ids``)."""
+    if trace_ids is not None:
+        segments = segments[segments["trace_id"].isin(set(trace_ids))]
+    return {tid: group.sort_values("segment")["text"].tolist() for tid, group in segments.groupby("trace_id")}
+
+
+def reference_traces(profile: Profile) -> pd.DataFrame:
+    """The reference CoT of every training question, segmented with the profile's keywords: the world's
+    teacher traces (tiny/smoke) or the ``solution`` field of the training data (LIMO, paper profile).
+
+    Columns: trace_id ("<qid>:reference"), question_id, question, answer, segments, kinds, answer_part.
+    """
+    from .world.tiny_model import answer_part as world_answer_part
+
+    questions = load_questions(profile, "train")
+    keywords = keywords_for(profile)
+    rows = []
+    if profile["kind"] == "world":
+        teacher = read_table(dag.WORLD.path(profile, "teacher_traces"))
+        teacher = teacher[teacher["suite"] == "train"].set_index("question_id")
+    problems = world_problems(profile)
+    for question in questions.to_dict("records"):
+        qid = question["id"]
+        if profile["kind"] == "world":
+            reasoning = "".join(teacher.loc[qid, "segments"])
+        else:
+            if "solution" not in question or not str(question["solution"]).strip():
+                raise ValueError(f"training question {qid} has no reference solution (data.train.fields.solution)")
+            reasoning = str(question["solution"]).strip()
+        segments = segment(reasoning, keywords)
+        kinds = world_lib.classify_segments(problems[qid], segments) if profile["kind"] == "world" else [None] * len(segments)
+        rows.append({"trace_id": f"{qid}:reference", "question_id": qid, "question": question["question"],
+                     "answer": question["answer"], "segments": segments, "kinds": kinds,
+                     "answer_part": world_answer_part(question["answer"])})
+    return pd.DataFrame(rows)
