@@ -2,26 +2,47 @@
 
 Data flows one way: each stage (notebook) writes into its own folder ``results/<profile>/<NN_name>/``
 and reads only earlier stages' folders. Every file is written to a temporary name and renamed, so an
-interrupted run never leaves a half-written table. Per-record work (one generation, one attribution)
-goes to a :class:`RecordStore`, a JSONL file whose records are appended whole and keyed, so a
-resumed run skips what is done and never duplicates a record.
+interrupted run never leaves a half-written table, and gets the ordinary permissions of a new file
+(0o666 less the process umask: 0644 under umask 022). Per-record work (one generation, one
+attribution) goes to a :class:`RecordStore`, a JSONL file whose records are appended whole and keyed,
+so a resumed run skips what is done and never duplicates a record.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import pandas as pd
+
+_TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _create_temp(path: Path) -> tuple[int, str]:
+    """Create and open a new temporary file ``.<name>.<random>.tmp`` next to ``path``.
+
+    :func:`tempfile.mkstemp` creates its file with mode 0600, which the rename would carry over to
+    the artifact. Here the file is created with mode 0o666 and the kernel applies the process umask
+    as for any new file (0644 under umask 022, 0600 under 077): nothing reads or changes the umask,
+    so there is no race with other threads. ``O_EXCL`` makes the name ours, as mkstemp does.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file next to {path}")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -58,7 +79,7 @@ def write_table(path: str | Path, frame: pd.DataFrame) -> Path:
     """Write a DataFrame atomically as Parquet (``.parquet``), CSV (``.csv``) or Markdown (``.md``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path)  # pandas reopens it by name: truncating keeps the mode
     os.close(fd)
     try:
         if path.suffix == ".parquet":

@@ -111,14 +111,22 @@ def run_nbval(profile_name: str, notebooks: list[Path], out_root: Path) -> int:
     return subprocess.call(command, cwd=str(prepared_dir))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``python -m segattr_utils.reproduce`` and ``segattr reproduce``."""
     parser.add_argument("--profile", default="tiny", help="smoke, tiny, paper, or a path to a profile YAML")
     parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes (e.g. 02 03)")
     parser.add_argument("--nbval", action="store_true", help="run the notebooks under pytest --nbval-lax instead")
     parser.add_argument("--fresh", action="store_true", help="delete results/<profile>/ first (no resuming)")
-    args = parser.parse_args(argv)
 
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the notebooks as ``args`` (from :func:`add_arguments`) say; 0 when every notebook ran."""
     root = find_project_root()
     profile = load_profile(args.profile)
     out_root = results_dir(profile, root)
@@ -131,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.nbval:
         return run_nbval(args.profile, notebooks, out_root)
     return run_papermill(args.profile, notebooks, out_root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -266,7 +266,7 @@ def test_atomic_write_bytes_creates_parents(tmp_path):
     assert atomic_write_bytes(path, b"\x00\x01") == path
     assert path.read_bytes() == b"\x00\x01"
     atomic_write_text(path, "é")
-    assert path.read_bytes() == "é".encode("utf-8")
+    assert path.read_bytes() == "é".encode()
     assert os.listdir(path.parent) == ["z.bin"]
 
 
@@ -281,3 +281,61 @@ def test_store_unserialisable_record_writes_nothing(tmp_path):
     assert "b" not in store and "c" not in store and len(store) == 1
     store.append([{"key": "b"}])
     assert [r["key"] for r in RecordStore(path).records()] == ["a", "b"]
+
+
+# ----------------------------------------------------------------------------------------------
+# File permissions: written files get what any new file gets (0o666 less the umask), not
+# mkstemp's 0600.
+
+
+@pytest.fixture
+def set_umask():
+    """Set the process umask for one test (``set_umask(0o022)``); the old one comes back after."""
+    old = os.umask(0o022)
+    os.umask(old)
+    try:
+        yield os.umask
+    finally:
+        os.umask(old)
+
+
+def _writers():
+    import numpy as np
+
+    frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
+    return {
+        "atomic_write_bytes": lambda folder: atomic_write_bytes(folder / "blob.bin", b"\x00\x01"),
+        "atomic_write_text": lambda folder: atomic_write_text(folder / "notes.txt", "text\n"),
+        "write_json": lambda folder: write_json(folder / "summary.json", {"x": np.float64(0.5)}),
+        "write_table.parquet": lambda folder: write_table(folder / "t.parquet", frame),
+        "write_table.csv": lambda folder: write_table(folder / "t.csv", frame),
+        "write_table.md": lambda folder: write_table(folder / "t.md", frame),
+    }
+
+
+def _mode(path):
+    return path.stat().st_mode & 0o777
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("writer", sorted(_writers()))
+def test_written_file_is_0644_under_umask_022(tmp_path, set_umask, writer):
+    set_umask(0o022)
+    path = _writers()[writer](tmp_path)
+    assert _mode(path) == 0o666 & ~0o022 == 0o644
+    # Replacing a file keeps ordinary permissions, too.
+    path = _writers()[writer](tmp_path)
+    assert _mode(path) == 0o644
+    assert _temp_files(tmp_path) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("writer", sorted(_writers()))
+def test_written_file_mode_follows_the_umask(tmp_path, set_umask, writer):
+    # umask 077: private files (0600), as before; 027 and 002: group bits follow the umask, too.
+    for umask, expected in [(0o077, 0o600), (0o027, 0o640), (0o002, 0o664)]:
+        set_umask(umask)
+        folder = tmp_path / f"umask{umask:03o}"
+        path = _writers()[writer](folder)
+        assert _mode(path) == 0o666 & ~umask == expected, f"umask {umask:03o}"
+        assert _temp_files(folder) == []
