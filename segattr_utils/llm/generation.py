@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from ..artifacts import RecordStore
+from ..progress import progress
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def run_generation(
     jobs = sample_jobs(list(prompts), n_samples)
     batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
     todo = [(i, b) for i, b in enumerate(batches) if not all([qid, tag, s] in store for qid, s in b)]
-    for index, batch in tqdm(todo, desc=f"generate[{tag}]", unit="batch"):
+    for index, batch in progress(todo, desc=f"generate[{tag}]", unit="batch"):
         outputs = generator.generate([prompts[qid] for qid, _ in batch], settings, derive_seed(seed, tag, index))
         records = []
         for (qid, sample), out in zip(batch, outputs):

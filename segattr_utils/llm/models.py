@@ -16,6 +16,8 @@ from typing import Optional
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+from ..progress import quiet_libraries
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -81,6 +83,7 @@ def load_causal_lm(
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     path = resolve_model_path(model_id, local_path)
     allow_download = (not offline()) if allow_download is None else allow_download
+    quiet_libraries()  # under reproduce: no "Loading weights" bar in the executed notebook
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=not allow_download)
     except OSError as error:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..method.masking import selective_labels
 from ..method.token_spans import char_spans_to_token_spans, tokenize_with_offsets
+from ..progress import quiet_libraries, silence_trainer, trainer_progress
 
 DONE_MARKER = "TRAINING_COMPLETE"
 
@@ -163,9 +164,11 @@ def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: T
     written last, so an interrupted run resumes from its latest checkpoint and a finished one is
     never retrained. Returns the training log history summary.
     """
+    import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    quiet_libraries()  # under reproduce: no bars of datasets ("Truncating train dataset") or transformers
     output_dir = Path(output_dir)
     if is_trained(output_dir):
         raise FileExistsError(f"{output_dir} already holds a finished run; load {output_dir / 'final'} instead")
@@ -184,7 +187,8 @@ def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: T
         max_grad_norm=settings.max_grad_norm,
         max_length=settings.max_length,
         bf16=settings.bf16,
-        gradient_checkpointing=settings.gradient_checkpointing,
+        # TrainingArguments' new name (`gradient_checkpointing` is its deprecated alias; TRL defaults it to True)
+        activation_checkpointing=settings.gradient_checkpointing,
         optim=settings.optim,
         seed=seed,
         data_seed=seed,
@@ -194,11 +198,14 @@ def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: T
         logging_steps=settings.logging_steps,
         report_to="none",
         dataloader_num_workers=0,
+        # pinned host memory only helps copies to a CUDA device; without one torch warns that it is unused
+        dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=deepspeed,
-        disable_tqdm=False,
+        **trainer_progress(),  # a bar in a terminal; nothing per step in an executed notebook
     )
     callbacks = [StopAfterEpoch(settings.stop_after_epoch)] if settings.stop_after_epoch else None
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    silence_trainer(trainer)
     resumed_from = _latest_checkpoint(output_dir)
     started_step = int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0
     result = trainer.train(resume_from_checkpoint=resumed_from)

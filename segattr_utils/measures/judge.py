@@ -34,10 +34,9 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
-from tqdm.auto import tqdm
-
 from ..artifacts import RecordStore
 from ..llm.generation import SamplingSettings, derive_seed
+from ..progress import progress
 
 TRUNCATED, COMPLETE = 1, 0
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -298,7 +297,7 @@ def _run_round(generator, keys: list[str], inputs: Mapping[str, str], settings: 
     """Generate one round for ``keys`` in fixed batches (a batch is skipped when all its records exist)."""
     batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
     todo = [(i, b) for i, b in enumerate(batches) if not all([k, round_number] in store for k in b)]
-    for index, batch in tqdm(todo, desc=f"judge round {round_number}", unit="batch"):
+    for index, batch in progress(todo, desc=f"judge round {round_number}", unit="batch"):
         outputs = generator.generate([inputs[k] for k in batch], settings, derive_seed(seed, tag, round_number, index))
         if len(outputs) != len(batch):
             raise RuntimeError(f"the generator returned {len(outputs)} outputs for {len(batch)} prompts")
