@@ -4,14 +4,15 @@ estimator, and mean output tokens; answers graded by the last ``\\boxed{}`` with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import comb
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from ..artifacts import RecordStore
-from .generation import SamplingSettings, run_generation
+from .generation import SamplingSettings, make_generator, run_generation
 from .grading import grade
 
 
@@ -50,3 +51,57 @@ def summarise_outputs(graded: pd.DataFrame, ks: Sequence[int] = (1,)) -> dict:
         if k <= per_question["count"].min():
             summary[f"pass@{k}"] = float(np.mean([pass_at_k(int(n), int(c), k) for c, n in per_question.itertuples(index=False)]))
     return summary
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One evaluation suite: its ``questions`` (``id``, ``question``, ``answer``), ``n_samples`` sampled
+    answers per question besides the greedy one, and ``choices`` (option letters) for multiple choice."""
+
+    name: str
+    domain: str
+    questions: pd.DataFrame
+    n_samples: int = 0
+    choices: Optional[str] = None
+
+
+def evaluate_model(load: Callable[[], tuple], benchmarks: Sequence[Benchmark], store_path, greedy: SamplingSettings,
+                   sampled: Optional[SamplingSettings], batch_size: int, seed: int, make_prompt: Callable,
+                   backend: str = "hf", model_path: Optional[str] = None, model_name: str = "") -> pd.DataFrame:
+    """Greedy (and, where a benchmark asks for samples, sampled) answers of one model on every benchmark,
+    graded; one row per output (``model``, ``benchmark``, ``domain``, ``mode``, ``question_id``,
+    ``sample``, ``correct``, ``n_tokens``, ``finished``).
+
+    Generation is resumable in the record store at ``store_path`` (tags ``greedy-<benchmark>`` and
+    ``sample-<benchmark>``); ``load()`` returns ``(model, tokenizer)`` and is called only when
+    something is left to generate. ``make_prompt(tokenizer, question)`` builds the templated prompt.
+    """
+    store = RecordStore(store_path)
+    generator = None
+    for bench in benchmarks:
+        jobs = [("greedy", 1, greedy)]
+        if bench.n_samples > 0:
+            jobs.append(("sample", bench.n_samples, sampled))
+        for mode, n, settings in jobs:
+            tag = f"{mode}-{bench.name}"
+            missing = [qid for qid in bench.questions["id"] if not all([qid, tag, s] in store for s in range(n))]
+            if not missing:
+                continue
+            if generator is None:
+                model, tokenizer = load()
+                generator = make_generator(backend, model=model, tokenizer=tokenizer, model_path=model_path)
+            prompts = {r.id: make_prompt(tokenizer, r.question) for r in bench.questions.itertuples()}
+            run_generation(generator, prompts, n, settings, store, batch_size, seed, tag)
+    records = store.records()
+    rows = []
+    for bench in benchmarks:
+        answers = dict(zip(bench.questions["id"], bench.questions["answer"]))
+        for record in records:
+            mode, _, name = record["tag"].partition("-")
+            if name != bench.name or record["question_id"] not in answers:
+                continue
+            verdict = grade(record["text"], answers[record["question_id"]], choices=bench.choices)
+            rows.append({"model": model_name, "benchmark": bench.name, "domain": bench.domain, "mode": mode,
+                         "question_id": record["question_id"], "sample": record["sample"], "correct": verdict["correct"],
+                         "n_tokens": record["n_tokens"], "finished": record["finished"]})
+    return pd.DataFrame(rows)

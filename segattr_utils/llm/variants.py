@@ -11,7 +11,8 @@ selection becomes supervision:
 - ``pruned``: unselected segments are deleted from the trace and the rest is trained (Sec. 4.3, 4.5).
 
 The first and last segments are always learned, in every variant and mode (App. C.4): they set up the
-problem and format the answer. Adding a variant is one decorated function.
+problem and format the answer. Adding a variant is one decorated function: its ``tables`` put it in the
+run plan of stage 08 (:func:`segattr_utils.stages.stage08_selective_sft.plan_runs` reads nothing else).
 """
 
 from __future__ import annotations
@@ -108,6 +109,16 @@ class Variant:
     select: Callable[[Sequence[TraceRecord], "SelectionSettings"], list[TraceSelection]]
     needs: tuple[str, ...] = ()
 
+    def selections(self, records: Sequence[TraceRecord], settings: "SelectionSettings") -> list[TraceSelection]:
+        """The variant's selection of every trace, after checking that each trace carries the signals
+        the rule ``needs`` (a clear error names the missing signal and where it comes from)."""
+        for name in self.needs:
+            missing = [r.trace_id for r in records if getattr(r, name) is None]
+            if missing:
+                raise ValueError(f"variant {self.name!r} needs {name!r} ({SIGNAL_SOURCES.get(name, 'an earlier stage')}), "
+                                 f"which {len(missing)} of {len(records)} traces lack, e.g. {missing[0]!r}")
+        return self.select(records, settings)
+
 
 @dataclass(frozen=True)
 class SelectionSettings:
@@ -132,6 +143,17 @@ class SelectionSettings:
 
 
 REGISTRY: dict[str, Variant] = {}
+
+#: Where each optional per-segment signal of a :class:`TraceRecord` comes from.
+SIGNAL_SOURCES = {"confidence_delta": "notebook 04, self-generated traces only",
+                  "log_ppl": "notebook 05", "entropy": "notebook 05", "removal_ppl_increase": "notebook 05",
+}
+
+
+def variants_for(table: str) -> list[Variant]:
+    """The registered variants that belong to one of the paper's tables (``"1"``, ``"2"``, ..., ``"fig5"``),
+    in registration order."""
+    return [variant for variant in REGISTRY.values() if table in variant.tables]
 
 
 def register(name: str, *, label: str, mode: Mode, tables: Sequence[str], needs: Sequence[str] = ()):
@@ -218,7 +240,7 @@ def _full(records, settings):
     return [TraceSelection(set(range(r.n_segments))) for r in records]
 
 
-@register("selective", label="Segment Selective SFT", mode="selective", tables=("1", "2", "3", "fig5"))
+@register("selective", label="Segment Selective SFT", mode="selective", tables=("1", "2", "3", "7", "fig5"))
 def _selective(records, settings):
     return [TraceSelection(ours(r, settings)) for r in records]
 
@@ -226,9 +248,12 @@ def _selective(records, settings):
 # ---------------------------------------------------------------------------------------------
 # Table 2: ablations
 
-@register("pruned", label="Pruned CoT SFT", mode="pruned", tables=("2",))
-def _pruned(records, settings):
-    return [TraceSelection(ours(r, settings)) for r in records]
+# Table 2's "Pruned CoT SFT" and Table 4's IG row are one run (the paper reports identical numbers for
+# them): IG-important segments with tau tuned so that about 30% of the tokens are pruned.
+@register("pruned_ig", label="IG-based Important Segments (pruned)", mode="pruned", tables=("2", "4"))
+def _pruned_ig(records, settings):
+    tuned = settings.with_overrides(tau=_tau_for_pruned_share(records, settings))
+    return [TraceSelection(ours(r, tuned)) for r in records]
 
 
 @register("random_segments", label="Random Segments", mode="selective", tables=("2",))
@@ -300,8 +325,8 @@ def _our_share(records, settings) -> float:
     return selected_token_share(records, [TraceSelection(ours(r, settings)) for r in records])
 
 
-register("first_correct", label="First-Correct Solution", mode="selective", tables=("3",),
-         needs=("decision_segment",))(_first_correct)
+# A trace without a decision segment is learned whole (the rule's fallback), so it needs no signal.
+register("first_correct", label="First-Correct Solution", mode="selective", tables=("3",))(_first_correct)
 register("confidence_gain", label="Confidence-Gain Segments", mode="selective", tables=("3",),
          needs=("confidence_delta",))(_confidence_gain)
 
@@ -330,14 +355,7 @@ def _tau_for_pruned_share(records, settings) -> float:
     return float(grid[int(np.argmin([abs(s - target) for s in shares]))])
 
 
-@register("pruned_ig", label="IG-based Important Segments (pruned)", mode="pruned", tables=("4",))
-def _pruned_ig(records, settings):
-    tuned = settings.with_overrides(tau=_tau_for_pruned_share(records, settings))
-    return [TraceSelection(ours(r, tuned)) for r in records]
-
-
-register("pruned_first_correct", label="First-Correct Solution (pruned)", mode="pruned", tables=("4",),
-         needs=("decision_segment",))(_first_correct)
+register("pruned_first_correct", label="First-Correct Solution (pruned)", mode="pruned", tables=("4",))(_first_correct)
 register("pruned_confidence_gain", label="Confidence-Gain Segments (pruned)", mode="pruned", tables=("4",),
          needs=("confidence_delta",))(_confidence_gain)
 

@@ -48,16 +48,7 @@ import torch
 from ..llm.generation import SamplingSettings, left_padded_batch
 from ..llm.grading import grade
 from .group_stats import compare_groups, describe
-from ..method.importance import top_strength_segments
-
-GROUPS: tuple[str, ...] = (
-    "high strength, moderate consistency",
-    "high strength, high consistency",
-    "low strength, moderate consistency",
-    "low strength, high consistency",
-)
-IMPORTANT_GROUP = GROUPS[0]
-
+from ..method.importance import GROUPS, IMPORTANT_GROUP, label_segments, segment_groups  # noqa: F401  (re-exported)
 
 # ---------------------------------------------------------------------------------------------
 # Forced-answer confidence
@@ -177,40 +168,6 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], n_samples: in
 
 # ---------------------------------------------------------------------------------------------
 # Important / unimportant groups (Eq. 5-7 at the analysis thresholds)
-
-def segment_groups(norm_strength: Sequence[float], consistency: Sequence[float], tau: float, beta: float) -> pd.DataFrame:
-    """Per segment of ONE trace: ``high_strength`` (top-k* at ``tau``, Eq. 5-6), ``moderate_consistency``
-    (consistency <= ``beta``), ``important`` (both, Eq. 7) and ``group`` (one of :data:`GROUPS`)."""
-    consistency = np.asarray(list(consistency), dtype=np.float64)
-    strength = np.asarray(list(norm_strength), dtype=np.float64)
-    if strength.size != consistency.size:
-        raise ValueError(f"norm_strength and consistency have different lengths ({strength.size} vs {consistency.size})")
-    if not 0 <= beta <= 1:
-        raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
-    top = set(top_strength_segments(strength, tau))
-    high = np.array([i in top for i in range(strength.size)], dtype=bool)
-    moderate = consistency <= beta
-    labels = [f"{'high' if h else 'low'} strength, {'moderate' if m else 'high'} consistency" for h, m in zip(high, moderate)]
-    return pd.DataFrame({"high_strength": high, "moderate_consistency": moderate, "important": high & moderate,
-                         "group": labels})
-
-
-def label_segments(table: pd.DataFrame, tau: float, beta: float) -> pd.DataFrame:
-    """``table`` (one row per segment with ``trace_id``, ``segment``, ``norm_strength``, ``consistency``)
-    with the columns of :func:`segment_groups` recomputed per trace at ``tau``/``beta``."""
-    missing = {"trace_id", "segment", "norm_strength", "consistency"} - set(table.columns)
-    if missing:
-        raise ValueError(f"the segment table lacks {sorted(missing)}")
-    parts = []
-    for _, trace in table.sort_values(["trace_id", "segment"]).groupby("trace_id", sort=True):
-        labels = segment_groups(trace["norm_strength"], trace["consistency"], tau, beta)
-        labels.index = trace.index
-        parts.append(trace.drop(columns=[c for c in labels.columns if c in trace.columns]).join(labels))
-    if not parts:
-        return table.assign(high_strength=pd.Series(dtype=bool), moderate_consistency=pd.Series(dtype=bool),
-                            important=pd.Series(dtype=bool), group=pd.Series(dtype=object))
-    return pd.concat(parts).sort_values(["trace_id", "segment"]).reset_index(drop=True)
-
 
 def group_summary(labelled: pd.DataFrame, value: str = "delta") -> pd.DataFrame:
     """``n``, mean, SEM and median of ``value`` for the important set, the unimportant set and each of

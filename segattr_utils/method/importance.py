@@ -130,12 +130,10 @@ def top_strength_segments(norm_strength, tau: float = 0.7) -> list[int]:
     return [int(i) for i in order[: min(k_star, strength.size)]]
 
 
-def select_important(norm_strength, consistency, tau: float = 0.7, beta: float = 0.8, always_keep=()) -> list[int]:
-    """Important segments (Eq. 5-7): among the top-k* by strength, those with consistency <= beta.
-
-    ``always_keep`` adds segment indices regardless (negative indices count from the end; the pipeline
-    passes the first and last segments, App. C.4). Returns sorted indices.
-    """
+def importance_flags(norm_strength, consistency, tau: float = 0.7, beta: float = 0.8) -> pd.DataFrame:
+    """THE decision of Eq. 5-7 for one trace, per segment: ``high_strength`` (among the top-k* segments
+    holding ``tau`` of the normalised strength, Eq. 5-6), ``moderate_consistency`` (consistency <=
+    ``beta``) and ``important`` (both, Eq. 7). Every stage that labels segments calls this."""
     if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not (0 <= beta <= 1):
         raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
     top = top_strength_segments(norm_strength, tau)
@@ -144,9 +142,63 @@ def select_important(norm_strength, consistency, tau: float = 0.7, beta: float =
         raise ValueError(
             f"norm_strength and consistency have different lengths ({len(np.atleast_1d(norm_strength))} vs {consistency.size})"
         )
-    selected = {i for i in top if consistency[i] <= beta}
-    selected |= _normalise_indices(always_keep, consistency.size, "always_keep")
+    high = np.zeros(consistency.size, dtype=bool)
+    high[top] = True
+    moderate = consistency <= beta
+    return pd.DataFrame({"high_strength": high, "moderate_consistency": moderate, "important": high & moderate})
+
+
+def select_important(norm_strength, consistency, tau: float = 0.7, beta: float = 0.8, always_keep=()) -> list[int]:
+    """Important segments (Eq. 5-7, :func:`importance_flags`): among the top-k* by strength, those with
+    consistency <= beta.
+
+    ``always_keep`` adds segment indices regardless (negative indices count from the end; the pipeline
+    passes the first and last segments, App. C.4). Returns sorted indices.
+    """
+    flags = importance_flags(norm_strength, consistency, tau, beta)
+    selected = {int(i) for i in np.flatnonzero(flags["important"].to_numpy())}
+    selected |= _normalise_indices(always_keep, len(flags), "always_keep")
     return sorted(selected)
+
+
+GROUPS: tuple[str, ...] = (
+    "high strength, moderate consistency",
+    "high strength, high consistency",
+    "low strength, moderate consistency",
+    "low strength, high consistency",
+)
+IMPORTANT_GROUP = GROUPS[0]
+
+
+def segment_groups(norm_strength: Sequence[float], consistency: Sequence[float], tau: float, beta: float) -> pd.DataFrame:
+    """Per segment of ONE trace: the columns of :func:`importance_flags` and ``group`` (one of
+    :data:`GROUPS`, the strength x consistency quadrant of Fig. 2)."""
+    strength = np.asarray(list(norm_strength), dtype=np.float64)
+    consistency = np.asarray(list(consistency), dtype=np.float64)
+    if strength.size != consistency.size:
+        raise ValueError(f"norm_strength and consistency have different lengths ({strength.size} vs {consistency.size})")
+    flags = importance_flags(strength, consistency, tau, beta)
+    flags["group"] = [f"{'high' if h else 'low'} strength, {'moderate' if m else 'high'} consistency"
+                      for h, m in zip(flags["high_strength"], flags["moderate_consistency"])]
+    return flags
+
+
+def label_segments(table: pd.DataFrame, tau: float, beta: float) -> pd.DataFrame:
+    """``table`` (one row per segment with ``trace_id``, ``segment``, ``norm_strength``, ``consistency``)
+    with the columns of :func:`segment_groups` recomputed per trace at ``tau``/``beta``; sorted by
+    trace and segment."""
+    missing = {"trace_id", "segment", "norm_strength", "consistency"} - set(table.columns)
+    if missing:
+        raise ValueError(f"the segment table lacks {sorted(missing)}")
+    parts = []
+    for _, trace in table.sort_values(["trace_id", "segment"]).groupby("trace_id", sort=True):
+        labels = segment_groups(trace["norm_strength"], trace["consistency"], tau, beta)
+        labels.index = trace.index
+        parts.append(trace.drop(columns=[c for c in labels.columns if c in trace.columns]).join(labels))
+    if not parts:
+        return table.assign(high_strength=pd.Series(dtype=bool), moderate_consistency=pd.Series(dtype=bool),
+                            important=pd.Series(dtype=bool), group=pd.Series(dtype=object))
+    return pd.concat(parts).sort_values(["trace_id", "segment"]).reset_index(drop=True)
 
 
 def always_keep_indices(n_segments: int, rule: Literal["first_last", "official", "none"] = "first_last") -> tuple[int, ...]:

@@ -1,14 +1,23 @@
-"""Figures named after the paper's (saved under ``results/<profile>/figures/``)."""
+"""Every figure of the project, named after the paper's, and how it is saved and shown.
+
+Figures are drawn with pyplot and saved by :func:`save` as ``results/<profile>/figures/<name>.png``
+and ``.pdf`` (deterministic metadata); notebooks show the saved PNG with :func:`show`, so what a
+notebook shows is exactly the file that was written.
+"""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # notebooks run headless under papermill; inline display still works in Jupyter
+import textwrap
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from .. import dag
+from ..artifacts import save_figure
+from ..config import Profile
+from .viewer import IMPORTANT_COLOR, NEWLINE_MARK, UNIMPORTANT_COLOR, _annotation, _validate
 
 CORRECT_COLORS = {True: "#2a9d8f", False: "#e76f51"}
 
@@ -192,14 +201,103 @@ def app_a_positions(shares: pd.DataFrame):
     return fig
 
 
-def save_and_show(fig, directory, name: str):
-    """Save ``fig`` as ``<directory>/<name>.png`` and ``.pdf`` (:func:`segattr_utils.artifacts.save_figure`),
-    close it, and display the PNG in the notebook (figures are drawn with the Agg backend)."""
+def save(fig, profile: Profile, name: str) -> Path:
+    """Save ``fig`` as ``results/<profile>/figures/<name>.png`` and ``.pdf``, close it, return the PNG."""
+    png = save_figure(fig, dag.profile_path(profile, dag.FIGURES_DIR), name)[0]
+    plt.close(fig)
+    return png
+
+
+def show(png: str | Path) -> None:
+    """Display a saved figure in a notebook."""
     from IPython.display import Image, display
 
-    from ..artifacts import save_figure
-
-    png = save_figure(fig, directory, name)[0]
-    plt.close(fig)
     display(Image(filename=str(png)))
-    return png
+
+
+
+def fig1_left_segment_viewer(view: pd.DataFrame, title: str = "", width_chars: int = 90, max_chars: int = 600):
+    """Fig. 1 left: a trace with one coloured block per segment (important green, unimportant gray) and
+    its annotation (:mod:`segattr_utils.report.viewer`).
+
+    Each segment's text is wrapped at ``width_chars`` (newlines kept, shown as ↵) and cut after
+    ``max_chars`` characters with "…" so long traces stay readable.
+    """
+    from matplotlib.patches import FancyBboxPatch
+
+    _validate(view)
+    blocks = []
+    for _, row in view.iterrows():
+        text = str(row["text"])
+        if len(text) > max_chars:
+            text = text[:max_chars] + "…"
+        lines = []
+        for paragraph in text.replace("\n", f"{NEWLINE_MARK}\n").split("\n"):
+            lines.extend(textwrap.wrap(paragraph, width_chars, drop_whitespace=False) or [""])
+        blocks.append((row, lines))
+    line_height = 7 * 1.25 / 72  # inches: 7 pt monospace text at line spacing 1.25
+    total_lines = sum(len(lines) + 1.6 for _, lines in blocks)
+    fig_height = total_lines * line_height + (0.5 if title else 0.2)
+    fig = plt.figure(figsize=(9, fig_height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, fig_height)
+    ax.axis("off")
+    y = fig_height - (0.45 if title else 0.1)
+    if title:
+        ax.text(0.02, y + 0.2, title, fontsize=10, fontweight="bold", va="center", parse_math=False)
+    for row, lines in blocks:
+        height = (len(lines) + 1.3) * line_height
+        color = IMPORTANT_COLOR if row["important"] else UNIMPORTANT_COLOR
+        ax.add_patch(FancyBboxPatch((0.02, y - height), 0.96, height, boxstyle="round,pad=0,rounding_size=0.05",
+                                    facecolor=color, edgecolor="none", mutation_aspect=1))
+        ax.text(0.03, y - 0.6 * line_height, _annotation(row), fontsize=7, color="#333333", va="center",
+                parse_math=False)
+        ax.text(0.03, y - 1.3 * line_height, "\n".join(lines), fontsize=7, family="monospace", va="top",
+                linespacing=1.25, parse_math=False)
+        y -= height + 0.3 * line_height
+    return fig
+
+
+def judge_confusion_matrix(matrix: pd.DataFrame, quality: pd.Series, n_segments: int):
+    """Heat map of the judge's confusion matrix (:func:`segattr_utils.stages.stage07_truncation_judge.judge_confusion`)
+    with the counts, titled with accuracy / precision / recall (``quality``)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.imshow(matrix.to_numpy(), cmap="Blues")
+    peak = max(int(matrix.to_numpy().max()), 1)
+    for (i, j), value in np.ndenumerate(matrix.to_numpy()):
+        ax.text(j, i, str(int(value)), ha="center", va="center", color="white" if value > peak / 2 else "black")
+    ax.set_xticks(range(matrix.shape[1]), [f"judged\n{c}" for c in matrix.columns])
+    ax.set_yticks(range(matrix.shape[0]), [f"truly\n{r}" for r in matrix.index])
+
+    def fmt(value):
+        return "n/a" if value != value else f"{value:.2f}"
+
+    ax.set_title(f"Truncation judge vs ground truth (n = {n_segments})\naccuracy {fmt(quality['accuracy'])}, "
+                 f"precision {fmt(quality['precision'])}, recall {fmt(quality['recall'])}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def fig5_tau_beta(points: pd.DataFrame, tau: float, beta: float):
+    """Fig. 5: sampled pass@1 (and greedy accuracy) and output length against beta (tau fixed) and tau
+    (beta fixed)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, sweep, fixed in ((axes[0], "beta", f"tau = {tau:g}"), (axes[1], "tau", f"beta = {beta:g}")):
+        part = points[points["sweep"] == sweep].sort_values("value")
+        if part.empty:
+            ax.set_axis_off()
+            continue
+        ax.plot(part["value"], part["pass@1"], "o-", color="#2a9d8f", label="pass@1 (sampling)")
+        ax.plot(part["value"], part["greedy_acc"], "s--", color="#264653", label="greedy accuracy")
+        ax.set_xlabel(sweep)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title(f"{sweep} sweep ({fixed})", fontsize=10)
+        twin = ax.twinx()
+        twin.bar(part["value"], part["sample_tokens"], width=0.03, alpha=0.25, color="#e76f51", label="sampled length")
+        twin.set_ylabel("mean output tokens")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig

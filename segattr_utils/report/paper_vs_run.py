@@ -9,16 +9,36 @@ the assembled table is a view over them.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 
 import pandas as pd
 
 from ..artifacts import atomic_write_text, write_table
-from ..config import Profile, results_dir, stage_dir
+from .. import dag
+from ..config import Profile, results_dir
 
 COLUMNS = ("section", "statistic", "paper", "run", "note")
-FILENAME = "paper_vs_run.csv"
+FILENAME = dag.COMPARISON_FILE
+PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.yaml")
+
+
+@lru_cache(maxsize=1)
+def _paper_numbers() -> dict:
+    import yaml
+
+    return yaml.safe_load(PAPER_NUMBERS.read_text(encoding="utf-8"))
+
+
+def paper(key: str) -> str:
+    """What the paper reports for ``key`` (dotted, e.g. ``"table1.greedy_acc"``), from ``paper_numbers.yaml``."""
+    node = _paper_numbers()
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"paper_numbers.yaml has no entry {key!r}")
+        node = node[part]
+    return str(node)
 
 
 def comparison_row(section: str, statistic: str, paper: str, run, note: str = "", fmt: str = "{:.3g}") -> dict:
@@ -40,7 +60,7 @@ def write_stage_comparison(profile: Profile, stage: str, rows: Iterable[dict]) -
         if missing:
             raise ValueError(f"comparison row {row!r} lacks {missing}")
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
-    return write_table(stage_dir(profile, stage) / FILENAME, frame)
+    return write_table(dag.BY_FOLDER[stage].dir(profile) / FILENAME, frame)
 
 
 def assemble_paper_vs_run(profile: Profile) -> pd.DataFrame:
@@ -56,5 +76,5 @@ def assemble_paper_vs_run(profile: Profile) -> pd.DataFrame:
               "Each statistic the paper reports, next to the value this run measured. Written by the notebooks "
               "(each notebook replaces its own rows); regenerate with `make reproduce`.\n\n")
     body = table.to_markdown(index=False) if len(table) else "_No notebook has written a comparison yet._"
-    atomic_write_text(root / "paper_vs_run.md", header + body + "\n")
+    atomic_write_text(dag.profile_path(profile, dag.PAPER_VS_RUN_FILE), header + body + "\n")
     return table

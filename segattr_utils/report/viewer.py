@@ -2,15 +2,14 @@
 ones in gray, each annotated with its normalised attribution strength (Eq. 4) and direction
 consistency (Eq. 3).
 
-Two renderings of the same view: a standalone HTML file (no external resources; text escaped, newlines
-kept and shown as ``↵``) and a matplotlib figure for PNG/PDF. Both take a per-segment table as built by
-:func:`trace_view` from the stage 02/03 artifacts.
+The HTML rendering is a standalone file (no external resources; text escaped, newlines kept and shown
+as ``↵``); the PNG/PDF rendering of the same view is :func:`segattr_utils.report.figures.fig1_left_segment_viewer`.
+Both take a per-segment table as built by :func:`trace_view` from the stage 02/03 artifacts.
 """
 
 from __future__ import annotations
 
 import html
-import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -88,46 +87,3 @@ def render_html(view: pd.DataFrame, title: str = "") -> str:
 def write_html(path: str | Path, view: pd.DataFrame, title: str = "") -> Path:
     """Write :func:`render_html` atomically to ``path``."""
     return atomic_write_text(path, render_html(view, title))
-
-
-def render_figure(view: pd.DataFrame, title: str = "", width_chars: int = 90, max_chars: int = 600):
-    """A matplotlib figure of the trace: one coloured block per segment with its annotation.
-
-    Each segment's text is wrapped at ``width_chars`` (newlines kept, shown as ↵) and cut after
-    ``max_chars`` characters with "…" so long traces stay readable.
-    """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
-
-    _validate(view)
-    blocks = []
-    for _, row in view.iterrows():
-        text = str(row["text"])
-        if len(text) > max_chars:
-            text = text[:max_chars] + "…"
-        lines = []
-        for paragraph in text.replace("\n", f"{NEWLINE_MARK}\n").split("\n"):
-            lines.extend(textwrap.wrap(paragraph, width_chars, drop_whitespace=False) or [""])
-        blocks.append((row, lines))
-    line_height = 7 * 1.25 / 72  # inches: 7 pt monospace text at line spacing 1.25
-    total_lines = sum(len(lines) + 1.6 for _, lines in blocks)
-    fig_height = total_lines * line_height + (0.5 if title else 0.2)
-    fig = plt.figure(figsize=(9, fig_height))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, fig_height)
-    ax.axis("off")
-    y = fig_height - (0.45 if title else 0.1)
-    if title:
-        ax.text(0.02, y + 0.2, title, fontsize=10, fontweight="bold", va="center", parse_math=False)
-    for row, lines in blocks:
-        height = (len(lines) + 1.3) * line_height
-        color = IMPORTANT_COLOR if row["important"] else UNIMPORTANT_COLOR
-        ax.add_patch(FancyBboxPatch((0.02, y - height), 0.96, height, boxstyle="round,pad=0,rounding_size=0.05",
-                                    facecolor=color, edgecolor="none", mutation_aspect=1))
-        ax.text(0.03, y - 0.6 * line_height, _annotation(row), fontsize=7, color="#333333", va="center",
-                parse_math=False)
-        ax.text(0.03, y - 1.3 * line_height, "\n".join(lines), fontsize=7, family="monospace", va="top",
-                linespacing=1.25, parse_math=False)
-        y -= height + 0.3 * line_height
-    return fig

@@ -19,9 +19,8 @@ import hashlib
 import json
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .. import pipeline
+from .. import dag, services
 from ..artifacts import RecordStore, read_table, write_table
 from ..measures.confidence import (
     beta_ablation,
@@ -36,27 +35,26 @@ from ..measures.confidence import (
     sample_continuations,
     tau_search,
 )
-from ..config import Profile, stage_dir
+from ..config import Profile
 from ..llm.generation import HFGenerator, SamplingSettings, VLLMGenerator, derive_seed, vllm_available
-from ..measures.group_stats import MISSING_TEXT, format_p
-from ..llm.models import load_tokenizer
-from ..report.paper_vs_run import comparison_row
-from ..data.questions import chat_prompt
+from ..measures.group_stats import MISSING_TEXT, format_p, readable
+from ..progress import progress
+from ..report import figures
+from ..report.paper_vs_run import comparison_row, paper
+from . import StageResult, finish
 
-STAGE = "04_confidence_delta"
+STAGE = dag.CONFIDENCE_DELTA
 CONFIDENCE_COLUMNS = ("trace_id", "segment", "confidence_before", "confidence_after", "delta")
 
 
 def attributed_correct_traces(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, list[str]]]:
     """(kept correct traces that were attributed, their segment scores, segment texts per trace)."""
-    scores = read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
+    scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
     scores = scores[scores["correct"].astype(bool)] if len(scores) else scores
-    kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
+    kept = services.kept_traces(profile)
     ids = set(scores["trace_id"]) if len(scores) else set()
     kept = kept[kept["trace_id"].isin(ids)].sort_values("trace_id").reset_index(drop=True)
-    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
-    texts = {tid: group.sort_values("segment")["text"].tolist()
-             for tid, group in segments[segments["trace_id"].isin(ids)].groupby("trace_id")}
+    texts = services.segment_texts(services.segment_table(profile), ids)
     for tid in ids:
         n_scored = int((scores["trace_id"] == tid).sum())
         if len(texts.get(tid, [])) != n_scored:
@@ -74,17 +72,17 @@ def _forced_answer_sampler(profile: Profile):
     """(tokenizer, sample(prompts, n, settings, seed) -> [[text] * n]) for ``analysis.confidence.sampler``."""
     mode = profile.get_path("analysis.confidence.sampler")
     if mode == "shared_prefix":
-        model, tokenizer = pipeline.load_generator(profile)
+        model, tokenizer = services.load_model(profile, "generator")
         return tokenizer, lambda prompts, n, settings, seed: sample_continuations(model, tokenizer, prompts, n, settings, seed)
     if mode != "generator":
         raise ValueError(f"analysis.confidence.sampler must be 'shared_prefix' or 'generator', got {mode!r}")
     backend = profile.get_path("generation.backend")
     if backend == "vllm" or (backend == "auto" and vllm_available()):
-        path = pipeline.generator_path(profile)
-        tokenizer = load_tokenizer(path)
+        path = services.model_path(profile, "generator")
+        tokenizer = services.load_role_tokenizer(profile, "generator")
         generator = VLLMGenerator(path, dtype=profile.get_path("models.generator").get("dtype", "bfloat16"))
     else:
-        model, tokenizer = pipeline.load_generator(profile)
+        model, tokenizer = services.load_model(profile, "generator")
         generator = HFGenerator(model, tokenizer)
 
     def sample(prompts, n, settings, seed):
@@ -106,14 +104,13 @@ def prefix_jobs(kept: pd.DataFrame, texts: dict[str, list[str]]) -> list[tuple[s
 
 def measure_prefix_confidence(profile: Profile) -> pd.DataFrame:
     """Sample and grade the forced answers of every prefix (resumable); one row per (trace, k)."""
-    out = stage_dir(profile, STAGE)
     kept, _, texts = attributed_correct_traces(profile)
     spec = profile.get_path("analysis.confidence")
     n_samples, lead_in = int(spec["n_samples"]), spec["answer_lead_in"]
     settings = confidence_settings(profile)
     # The key holds a fingerprint of the trace, the answer and the sampling settings: records of a trace
     # whose text changed upstream, or of other settings, are not reused.
-    store = RecordStore(out / "forced_answers.jsonl", key_fn=lambda r: [r["trace_id"], r["prefix"], r["fingerprint"]])
+    store = RecordStore(STAGE.path(profile, "forced_answers_store"), key_fn=lambda r: [r["trace_id"], r["prefix"], r["fingerprint"]])
     rows = kept.set_index("trace_id")
     fingerprints = {tid: _fingerprint(rows.loc[tid, "question"], rows.loc[tid, "answer"], texts[tid], spec)
                     for tid in kept["trace_id"]}
@@ -123,9 +120,9 @@ def measure_prefix_confidence(profile: Profile) -> pd.DataFrame:
     todo = [(i, b) for i, b in enumerate(batches) if not all([tid, k, fingerprints[tid]] in store for tid, k in b)]
     if todo:
         tokenizer, sample = _forced_answer_sampler(profile)
-        prompts = {tid: chat_prompt(tokenizer, pipeline.user_message(rows.loc[tid, "question"])) for tid in kept["trace_id"]}
+        prompts = {tid: services.prompt(tokenizer, rows.loc[tid, "question"]) for tid in kept["trace_id"]}
         seed = int(profile["seed"])
-        for index, batch in tqdm(todo, desc="forced answers", unit="batch"):
+        for index, batch in progress(todo, desc="forced answers", unit="batch"):
             batch_prompts = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in batch]
             continuations = sample(batch_prompts, n_samples, settings, derive_seed(seed, "forced-answer", index))
             records = []
@@ -158,14 +155,14 @@ def segment_confidence(profile: Profile) -> pd.DataFrame:
         {"trace_id": pd.Series(dtype=str), "segment": pd.Series(dtype="int64"),
          **{c: pd.Series(dtype=float) for c in CONFIDENCE_COLUMNS[2:]}})
     table = table[list(CONFIDENCE_COLUMNS)]
-    write_table(stage_dir(profile, STAGE) / "segment_confidence.parquet", table)
+    write_table(STAGE.path(profile, "segment_confidence"), table)
     return table
 
 
 def analysis_table(profile: Profile, confidence: pd.DataFrame | None = None) -> pd.DataFrame:
     """Segment scores of the attributed correct traces joined with their Δ."""
     if confidence is None:
-        confidence = read_table(stage_dir(profile, STAGE) / "segment_confidence.parquet")
+        confidence = read_table(STAGE.path(profile, "segment_confidence"))
     _, scores, _ = attributed_correct_traces(profile)
     if scores.empty:
         return scores.assign(**{c: pd.Series(dtype=float) for c in CONFIDENCE_COLUMNS[2:]})
@@ -174,7 +171,6 @@ def analysis_table(profile: Profile, confidence: pd.DataFrame | None = None) -> 
 
 def analyse(profile: Profile, table: pd.DataFrame) -> dict:
     """Fig. 2 groups, the τ search, the β ablation and the important shares (writes CSVs)."""
-    out = stage_dir(profile, STAGE)
     analysis = profile["analysis"]
     tau, beta = analysis["groups_tau"], analysis["groups_beta"]
     labelled = label_segments(table, tau, beta)
@@ -188,13 +184,13 @@ def analyse(profile: Profile, table: pd.DataFrame) -> dict:
     shares = importance_shares(table, "important")
     shares_table = pd.DataFrame([{"tau": profile.get_path("selection.tau"), "beta": profile.get_path("selection.beta"),
                                   **shares}])
-    write_table(out / "groups.csv", groups)
-    write_table(out / "tau_search.csv", search)
-    write_table(out / "beta_ablation.csv", ablation)
-    write_table(out / "importance_shares.csv", shares_table)
+    write_table(STAGE.path(profile, "groups"), groups)
+    write_table(STAGE.path(profile, "tau_search"), search)
+    write_table(STAGE.path(profile, "beta_ablation"), ablation)
+    write_table(STAGE.path(profile, "importance_shares"), shares_table)
     return {"labelled": labelled, "groups": groups, "comparison": comparison, "tau_search": search,
             "tau_star": tau_star, "beta_ablation": ablation, "ablation_tau": ablation_tau, "beta_star": beta_star,
-            "shares": shares, "groups_tau": tau, "groups_beta": beta}
+            "shares": shares, "shares_table": shares_table, "groups_tau": tau, "groups_beta": beta}
 
 
 def _mean_text(value) -> str:
@@ -207,23 +203,49 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     sel = f"τ = {profile.get_path('selection.tau'):g}, β = {profile.get_path('selection.beta'):g}"
     empty_note = "no correct trace was attributed" if not shares["traces"] else f"{shares['traces']} correct traces"
     rows = [
-        comparison_row("Sec. 3.2", f"share of segments important ({sel})", "≈33%",
+        comparison_row("Sec. 3.2", f"share of segments important ({sel})", paper("sec3_2.important_segment_share"),
                        shares["segment_share"] if shares["segment_share"] is not None else MISSING_TEXT, empty_note, "{:.1%}"),
-        comparison_row("Sec. 3.2", f"share of tokens in important segments ({sel})", "≈45%",
+        comparison_row("Sec. 3.2", f"share of tokens in important segments ({sel})", paper("sec3_2.important_token_share"),
                        shares["token_share"] if shares["token_share"] is not None else MISSING_TEXT, empty_note, "{:.1%}"),
         comparison_row("Sec. 3.1, Fig. 2",
                        f"mean Δ confidence, important vs unimportant (τ = {results['groups_tau']:g}, β = {results['groups_beta']:g})",
-                       "important significantly larger",
+                       paper("fig2.delta"),
                        f"{_mean_text(cmp['delta_important'])} vs {_mean_text(cmp['delta_unimportant'])} "
                        f"({format_p(cmp['p_value'])})",
                        f"n = {cmp['n_important']} vs {cmp['n_unimportant']}; Mann-Whitney U" + (f"; {cmp['note']}" if cmp["note"] else "")),
-        comparison_row("Sec. 3.2, Fig. 4", "τ* of the greedy search (largest Δ gap)", "0.7",
+        comparison_row("Sec. 3.2, Fig. 4", "τ* of the greedy search (largest Δ gap)", paper("sec3_2.tau_star"),
                        results["tau_star"] if results["tau_star"] is not None else MISSING_TEXT,
                        "" if results["tau_star"] is not None else "no τ on the grid gives important segments a larger mean Δ",
                        "{:g}"),
         comparison_row("Sec. 3.2, App. D", f"β with the largest Δ gap under τ = {results['ablation_tau']:g}",
-                       "0.8 (chosen by downstream accuracy)",
+                       paper("sec3_2.beta"),
                        results["beta_star"] if results["beta_star"] is not None else MISSING_TEXT,
                        "Δ criterion only; the paper picks β by accuracy (App. D)", "{:g}"),
     ]
     return rows
+
+
+def run(profile: Profile) -> StageResult:
+    """Stage 04: forced-answer confidence after every prefix, Δ per segment, Fig. 2, the τ search and the
+    β ablation (Fig. 4), the important shares."""
+    spec = profile.get_path("analysis.confidence")
+    confidence = segment_confidence(profile)
+    _, scores, _ = attributed_correct_traces(profile)
+    results = analyse(profile, analysis_table(profile, confidence))
+    comparison = results["comparison"]
+    fig2 = figures.fig2_confidence_delta(results["groups"], format_p(comparison["p_value"]), results["groups_tau"],
+                                         results["groups_beta"])
+    fig4 = figures.fig4_tau_search(results["tau_search"], results["beta_ablation"])
+    columns = ["tau", "beta", "n_important", "n_unimportant", "delta_important", "delta_unimportant", "gap", "p_value",
+               "selected", "note"]
+    fractions = [i / spec["n_samples"] for i in range(spec["n_samples"] + 1)]
+    return finish(profile, STAGE, comparison_rows(profile, results),
+                  tables={"groups": readable(results["groups"]), "tau_search": readable(results["tau_search"][columns]),
+                          "beta_ablation": readable(results["beta_ablation"][columns]),
+                          "importance_shares": readable(results["shares_table"])},
+                  figures={"fig2_confidence_delta": figures.save(fig2, profile, "fig2_confidence_delta"),
+                           "fig4_tau_search": figures.save(fig4, profile, "fig4_tau_search")},
+                  checks={"one row per segment of every attributed correct trace": len(confidence) == len(scores),
+                          "confidences are fractions of the samples": bool(
+                              confidence[["confidence_before", "confidence_after"]].isin(fractions).all().all())},
+                  values={key: results[key] for key in ("comparison", "tau_star", "ablation_tau", "beta_star")})

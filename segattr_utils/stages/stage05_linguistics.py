@@ -20,20 +20,21 @@ import hashlib
 import json
 
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .. import pipeline
+from .. import dag, services
 from ..artifacts import RecordStore, read_table, write_table
-from ..measures.confidence import label_segments
-from ..config import Profile, stage_dir
-from ..measures.group_stats import compare_groups, format_p
+from ..config import Profile
+from ..measures.group_stats import compare_groups, format_p, readable
 from ..measures.linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
-from ..report.paper_vs_run import comparison_row
-from ..data.questions import chat_prompt
 from ..measures.redundancy import redundancy_table
+from ..method.importance import label_segments
+from ..progress import progress
+from ..report import figures
+from ..report.paper_vs_run import comparison_row, paper
 from ..world import REDUNDANT_KINDS
+from . import StageResult, finish
 
-STAGE = "05_linguistics"
+STAGE = dag.LINGUISTICS
 LINGUISTIC_COLUMNS = ("trace_id", "segment", "correct", "n_tokens", "log_ppl", "entropy", "bleu", "removal_ppl_increase")
 MEASURES = {"log_ppl": "log perplexity", "entropy": "entropy", "bleu": "BLEU vs preceding segments"}
 
@@ -44,34 +45,30 @@ def _fingerprint(*parts) -> str:
 
 def traces_to_measure(profile: Profile) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The attributed kept traces (correct, plus incorrect when configured) and their segment texts."""
-    scores = read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
-    kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
+    scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
+    kept = services.kept_traces(profile)
     ids = set(scores["trace_id"]) if len(scores) else set()
     kept = kept[kept["trace_id"].isin(ids)]
     if not profile.get_path("analysis.linguistics.include_incorrect"):
         kept = kept[kept["correct"].astype(bool)]
     kept = kept.sort_values("trace_id").reset_index(drop=True)
-    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
-    texts = {tid: group.sort_values("segment")["text"].tolist()
-             for tid, group in segments[segments["trace_id"].isin(set(kept["trace_id"]))].groupby("trace_id")}
-    return kept, texts
+    return kept, services.segment_texts(services.segment_table(profile), kept["trace_id"])
 
 
 def measure_linguistics(profile: Profile) -> pd.DataFrame:
     """Measure every trace (resumable, one record per trace) and write ``segment_linguistics.parquet``."""
-    out = stage_dir(profile, STAGE)
     spec = profile.get_path("analysis.linguistics")
     kept, texts = traces_to_measure(profile)
     # Keyed by trace and a fingerprint of its text and the BLEU setting: a changed trace is measured again.
-    store = RecordStore(out / "linguistics.jsonl", key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
+    store = RecordStore(STAGE.path(profile, "linguistics_store"), key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
     fingerprints = {t["trace_id"]: _fingerprint(t["question"], t["answer_part"], texts[t["trace_id"]], spec["bleu_reference"])
                     for t in kept.to_dict("records")}
     todo = [t for t in kept.to_dict("records") if [t["trace_id"], fingerprints[t["trace_id"]]] not in store]
     if todo:
-        model, tokenizer = pipeline.load_generator(profile)
-        for trace in tqdm(todo, desc="perplexity, entropy, BLEU", unit="trace"):
+        model, tokenizer = services.load_model(profile, "generator")
+        for trace in progress(todo, desc="perplexity, entropy, BLEU", unit="trace"):
             segments = texts[trace["trace_id"]]
-            prompt = chat_prompt(tokenizer, pipeline.user_message(trace["question"]))
+            prompt = services.prompt(tokenizer, trace["question"])
             stats = segment_perplexity_entropy(model, tokenizer, prompt, segments)
             removal = removal_perplexity_increase(model, tokenizer, prompt, segments, trace["answer_part"],
                                                   batch_size=int(spec["batch_size"]))
@@ -89,7 +86,7 @@ def measure_linguistics(profile: Profile) -> pd.DataFrame:
             rows.append({"trace_id": record["trace_id"], "segment": index, "correct": record["correct"],
                          **{c: record[c][index] for c in LINGUISTIC_COLUMNS[3:]}})
     table = pd.DataFrame(rows, columns=list(LINGUISTIC_COLUMNS)).sort_values(["trace_id", "segment"]).reset_index(drop=True)
-    write_table(out / "segment_linguistics.parquet", table)
+    write_table(STAGE.path(profile, "segment_linguistics"), table)
     return table
 
 
@@ -97,11 +94,11 @@ def analysis_table(profile: Profile, linguistics: pd.DataFrame) -> pd.DataFrame:
     """Correct traces' segments with scores, linguistic measures and (when stage 04 has run) Δ,
     labelled important/unimportant at the Sec. 3.1 thresholds (``important``) and at the profile's
     selection thresholds (``important_selection``, Eq. 7 as in stage 03)."""
-    scores = read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
+    scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
     scores = scores[scores["correct"].astype(bool)] if len(scores) else scores
     table = scores.drop(columns=["n_tokens"]).rename(columns={"important": "important_selection"}).merge(
         linguistics.drop(columns=["correct"]), on=["trace_id", "segment"], how="inner", validate="one_to_one")
-    confidence_path = stage_dir(profile, "04_confidence_delta") / "segment_confidence.parquet"
+    confidence_path = dag.CONFIDENCE_DELTA.path(profile, "segment_confidence")
     if confidence_path.exists():
         confidence = read_table(confidence_path)[["trace_id", "segment", "delta"]]
         table = table.merge(confidence, on=["trace_id", "segment"], how="left", validate="one_to_one")
@@ -166,16 +163,15 @@ def redundancy_precision_recall(table: pd.DataFrame) -> pd.DataFrame:
 
 def analyse(profile: Profile, table: pd.DataFrame) -> dict:
     """Fig. 3 comparisons, BLEU shares and (world profiles) kinds and precision/recall (writes CSVs)."""
-    out = stage_dir(profile, STAGE)
     results = {"comparisons": compare_measures(table),
                "bleu_shares": bleu_shares(table, profile.get_path("analysis.bleu_threshold"))}
-    write_table(out / "comparisons.csv", results["comparisons"])
-    write_table(out / "bleu_shares.csv", results["bleu_shares"])
+    write_table(STAGE.path(profile, "comparisons"), results["comparisons"])
+    write_table(STAGE.path(profile, "bleu_shares"), results["bleu_shares"])
     if profile["kind"] == "world":
         results["kind_shares"] = kind_shares(table)
         results["redundancy"] = redundancy_precision_recall(table)
-        write_table(out / "kind_shares.csv", results["kind_shares"])
-        write_table(out / "redundancy_precision_recall.csv", results["redundancy"])
+        write_table(STAGE.path(profile, "kind_shares"), results["kind_shares"])
+        write_table(STAGE.path(profile, "redundancy"), results["redundancy"])
     return results
 
 
@@ -190,8 +186,7 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     """The paper-vs-run rows of stage 05 (important vs unimportant at the Sec. 3.1 thresholds)."""
     analysis = profile["analysis"]
     where = f"τ = {analysis['groups_tau']:g}, β = {analysis['groups_beta']:g}"
-    expected = {"log_ppl": "important significantly lower", "entropy": "important significantly lower",
-                "bleu": "unimportant higher"}
+    expected = {column: paper(f"fig3.{column}") for column in MEASURES}
     rows = []
     for record in results["comparisons"].to_dict("records"):
         rows.append(comparison_row(
@@ -201,13 +196,37 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     shares = results["bleu_shares"].set_index("set")
     threshold = profile.get_path("analysis.bleu_threshold")
     rows.append(comparison_row(
-        "Sec. 3.1, Fig. 3", f"share with BLEU > {threshold:g}, important vs unimportant", "unimportant substantially more",
+        "Sec. 3.1, Fig. 3", f"share with BLEU > {threshold:g}, important vs unimportant", paper("fig3.bleu_share"),
         f"{_pair(shares.loc['important', 'share_above'], shares.loc['unimportant', 'share_above'], '{:.1%}')} "
         f"({format_p(shares['fisher_p'].iloc[0])})", "Fisher exact test"))
     if "kind_shares" in results:
         kinds = results["kind_shares"].set_index("set")
         truncated = [kinds.loc[s, "truncated"] if "truncated" in kinds.columns else None for s in ("unimportant", "important")]
         rows.append(comparison_row(
-            "Sec. 3.1", "share truncated, unimportant vs important", "49% vs 26% (Qwen3-8B judge, App. B)",
+            "Sec. 3.1", "share truncated, unimportant vs important", paper("fig3.truncated_share"),
             _pair(*truncated, fmt="{:.1%}"), "the world's ground-truth kinds, not the judge of notebook 07"))
     return rows
+
+
+def run(profile: Profile) -> StageResult:
+    """Stage 05: log-perplexity, entropy and BLEU of every segment (Fig. 3), the removal perplexity of
+    Cui et al., and (world profiles) precision/recall against the ground-truth redundant kinds."""
+    linguistics = measure_linguistics(profile)
+    table = analysis_table(profile, linguistics)
+    scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
+    results = analyse(profile, table)
+    columns = ["measure", "n_a", "n_b", "mean_a", "mean_b", "difference", "u", "p_value", "test", "note"]
+    tables = {"comparisons": readable(results["comparisons"][columns].rename(columns={
+                  "n_a": "n_important", "n_b": "n_unimportant", "mean_a": "mean_important", "mean_b": "mean_unimportant"})),
+              "bleu_shares": readable(results["bleu_shares"])}
+    if "redundancy" in results:
+        tables["kind_shares"] = readable(results["kind_shares"])
+        tables["redundancy"] = readable(results["redundancy"])
+    p_texts = {r["column"]: format_p(r["p_value"]) for r in results["comparisons"].to_dict("records")}
+    fig = figures.fig3_linguistics(table, p_texts, profile.get_path("analysis.bleu_threshold"))
+    measured = linguistics[["log_ppl", "entropy", "bleu", "removal_ppl_increase"]]
+    return finish(profile, STAGE, comparison_rows(profile, results), tables=tables,
+                  figures={"fig3_linguistics": figures.save(fig, profile, "fig3_linguistics")},
+                  checks={"every segment of every attributed correct trace is measured": len(table) == int(scores["correct"].sum()),
+                          "no missing value": not measured.isna().any().any(),
+                          "BLEU lies in [0, 1]": bool(linguistics["bleu"].between(0, 1).all())})

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from .. import dag, services
 from ..artifacts import read_table, write_table
-from ..measures.confidence import label_segments
-from ..config import Profile, stage_dir
-from ..measures.group_stats import MISSING_TEXT
-from ..report.paper_vs_run import comparison_row
+from ..config import Profile
+from ..measures.group_stats import MISSING_TEXT, readable
+from ..method.importance import label_segments
+from ..report import figures
+from ..report.paper_vs_run import comparison_row, paper
 from ..measures.position import (
     curve_share_holding,
     decision_segment,
@@ -29,14 +31,14 @@ from ..measures.position import (
     world_decision_segment,
 )
 from ..report.viewer import trace_view, write_html
-from ..pipeline import world_problems
+from . import StageResult, finish
 
-STAGE = "06_distribution_position"
+STAGE = dag.DISTRIBUTION_POSITION
 LABELS = {True: "correct", False: "incorrect"}
 
 
 def load_scores(profile: Profile) -> pd.DataFrame:
-    return read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
+    return read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
 
 
 def strength_cdf(profile: Profile, scores: pd.DataFrame) -> dict:
@@ -59,10 +61,9 @@ def strength_cdf(profile: Profile, scores: pd.DataFrame) -> dict:
             row.update({"share_from_mean_curve": None, "mean_share_per_trace": None, "median_share_per_trace": None,
                         "mean_segments": None, "note": f"no attributed {LABELS[correct]} trace"})
         rows.append(row)
-    out = stage_dir(profile, STAGE)
-    write_table(out / "cdf.csv", pd.DataFrame({"fraction": grid, **curves}))
+    write_table(STAGE.path(profile, "cdf"), pd.DataFrame({"fraction": grid, **curves}))
     summary = pd.DataFrame(rows)
-    write_table(out / "cdf_summary.csv", summary)
+    write_table(STAGE.path(profile, "cdf_summary"), summary)
     return {"grid": grid, "curves": curves, "summary": summary, "mass": mass}
 
 
@@ -70,12 +71,12 @@ def decision_segments(profile: Profile, scores: pd.DataFrame) -> pd.DataFrame:
     """The decision segment of every attributed trace: in world profiles the first segment stating the
     chain's final equation; otherwise (and for world traces that never state it) the first segment
     containing the gold answer. ``rule`` records which rule decided."""
-    kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
-    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
+    kept = services.kept_traces(profile)
+    segments = services.segment_table(profile)
     ids = sorted(set(scores["trace_id"])) if len(scores) else []
     texts = {tid: g.sort_values("segment")["text"].tolist() for tid, g in segments[segments["trace_id"].isin(ids)].groupby("trace_id")}
     kept = kept.set_index("trace_id")
-    problems = world_problems(profile)
+    problems = services.world_problems(profile)
     rows = []
     for tid in ids:
         trace = kept.loc[tid]
@@ -88,7 +89,7 @@ def decision_segments(profile: Profile, scores: pd.DataFrame) -> pd.DataFrame:
                      "decision_segment": index, "rule": rule})
     table = pd.DataFrame(rows, columns=["trace_id", "correct", "n_segments", "decision_segment", "rule"])
     table["decision_segment"] = table["decision_segment"].astype("Int64")
-    write_table(stage_dir(profile, STAGE) / "decision_segments.parquet", table)
+    write_table(STAGE.path(profile, "decision_segments"), table)
     return table
 
 
@@ -101,7 +102,7 @@ def position_analysis(profile: Profile, scores: pd.DataFrame, decisions: pd.Data
     mapping = {r.trace_id: (None if pd.isna(r.decision_segment) else int(r.decision_segment))
                for r in correct_decisions.itertuples()}
     shares = positional_shares(labelled, mapping)
-    write_table(stage_dir(profile, STAGE) / "positional_shares.csv", shares)
+    write_table(STAGE.path(profile, "positional_shares"), shares)
     return {"shares": shares, "n_traces": len(mapping),
             "n_with_decision": sum(v is not None for v in mapping.values())}
 
@@ -110,13 +111,13 @@ def write_viewer_examples(profile: Profile, scores: pd.DataFrame, count: int | N
     """HTML views of the first ``count`` correct traces with more than one segment (most segments
     first; ties by id), coloured by the profile's selection (Eq. 7, stage 03)."""
     count = int(profile.get_path("analysis.viewer_examples")) if count is None else count
-    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
+    segments = services.segment_table(profile)
     chosen = example_traces(scores, count)
     paths = []
     for tid in chosen:
         view = trace_view(scores, segments, tid)
         name = tid.replace(":", "_")
-        paths.append(write_html(stage_dir(profile, STAGE) / "viewer" / f"{name}.html", view,
+        paths.append(write_html(STAGE.path(profile, "viewer") / f"{name}.html", view,
                                 title=f"{tid} ({profile.name} profile)"))
     return paths
 
@@ -146,17 +147,48 @@ def comparison_rows(profile: Profile, cdf: dict, positions: dict) -> list[dict]:
                 f"(mean per-trace k*/n: {_fmt(record['mean_share_per_trace'])})") if record["n_traces"] else record["note"]
         rows.append(comparison_row("Sec. 3, Fig. 1 right-bottom",
                                    f"share of segments holding {mass:.0%} of the attribution, {record['traces']} traces",
-                                   "30–40%", _pct(record["share_from_mean_curve"]), note, "{:.0%}"))
+                                   paper("fig1.cdf_share"), _pct(record["share_from_mean_curve"]), note, "{:.0%}"))
     shares = positions["shares"].set_index("set")
     note = f"{positions['n_with_decision']} of {positions['n_traces']} correct traces have a decision segment"
-    for name, where, paper in (("important", "after", "40%"), ("unimportant", "before", "57%"),
-                               ("low-strength unimportant", "before", "64%"),
-                               ("high-consistency unimportant", "after", "72%")):
+    for name, where, key in (("important", "after", "important_after"), ("unimportant", "before", "unimportant_before"),
+                             ("low-strength unimportant", "before", "low_strength_unimportant_before"),
+                             ("high-consistency unimportant", "after", "high_consistency_unimportant_after")):
         value = shares.loc[name, f"share_{where}"]
-        rows.append(comparison_row("App. A", f"share of {name} segments {where} the decision segment", paper,
+        rows.append(comparison_row("App. A", f"share of {name} segments {where} the decision segment", paper(f"appA.{key}"),
                                    _pct(value), f"{note}; n = {int(shares.loc[name, 'n'])}", "{:.0%}"))
     return rows
 
 
 def _fmt(value) -> str:
     return "n/a" if value is None or value != value else f"{value:.0%}"
+
+
+def run(profile: Profile) -> StageResult:
+    """Stage 06: the CDF of normalised strength (Fig. 1 right-bottom), the decision segment and the
+    positional shares of App. A, and the segment viewer (Fig. 1 left)."""
+    scores = load_scores(profile)
+    cdf = strength_cdf(profile, scores)
+    shares = {r["traces"]: r["share_from_mean_curve"] for r in cdf["summary"].to_dict("records") if r["n_traces"]}
+    saved = {"fig1_right_bottom_cdf": figures.save(figures.fig1_right_bottom_cdf(cdf["grid"], cdf["curves"], cdf["mass"], shares),
+                                                   profile, "fig1_right_bottom_cdf")}
+    decisions = decision_segments(profile, scores)
+    positions = position_analysis(profile, scores, decisions)
+    saved["appA_decision_position"] = figures.save(figures.app_a_positions(positions["shares"]), profile,
+                                                   "appA_decision_position")
+    viewer_paths = write_viewer_examples(profile, scores)
+    if viewer_paths:
+        example = example_traces(scores, 1)[0]
+        view = trace_view(scores, services.segment_table(profile), example)
+        fig = figures.fig1_left_segment_viewer(view, title=f"{example}: important (green) and unimportant (gray) segments")
+        saved["fig1_left_segment_viewer"] = figures.save(fig, profile, "fig1_left_segment_viewer")
+    curves = cdf["curves"].values()
+    return finish(profile, STAGE, comparison_rows(profile, cdf, positions),
+                  tables={"cdf_summary": readable(cdf["summary"]),
+                          "decisions": decisions.groupby(["correct", "rule"]).agg(
+                              traces=("trace_id", "size"), with_decision=("decision_segment", "count")).reset_index(),
+                          "positional_shares": readable(positions["shares"])},
+                  figures=saved,
+                  checks={"every averaged CDF ends at 1": all(abs(curve[-1] - 1) < 1e-9 for curve in curves),
+                          "every averaged CDF is non-decreasing": all(bool((c[1:] >= c[:-1] - 1e-12).all()) for c in curves)},
+                  values={"viewer": [p.relative_to(dag.profile_path(profile, dag.FIGURES_DIR).parent).as_posix()
+                                     for p in viewer_paths]})

@@ -30,12 +30,17 @@ import numpy as np
 import pandas as pd
 
 from ..measures import judge as judge_lib
+from .. import dag, services
 from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
-from ..config import Profile, stage_dir
-from ..method.importance import select_important
+from ..config import Profile
+from ..method.importance import label_segments
+from ..report import figures
+from ..report.paper_vs_run import comparison_row, paper
+from ..run_log import log_seconds, log_timings
+from . import StageResult, finish
 
-STAGE = "07_truncation_judge"
-PAPER_TRUNCATED_SHARE = {"unimportant": "49%", "important": "26%"}
+STAGE = dag.TRUNCATION_JUDGE
+PAPER_TRUNCATED_SHARE = {"unimportant": paper("appB.unimportant_truncated"), "important": paper("appB.important_truncated")}
 
 
 def judge_settings(profile: Profile) -> judge_lib.JudgeSettings:
@@ -45,14 +50,9 @@ def judge_settings(profile: Profile) -> judge_lib.JudgeSettings:
 # ---------------------------------------------------------------------------------------------
 # The judge model: trained in the world, or the hub model of the paper profile
 
-def judge_model_dir(profile: Profile) -> Path:
-    """Where the world's trained judge is saved (git-ignored ``models/`` folder)."""
-    return stage_dir(profile, STAGE) / "models" / "judge"
-
-
 def judge_training_triples(profile: Profile) -> list[tuple[judge_lib.Triple, int]]:
     """Balanced labelled triples from the world's pretraining teacher traces (``00_world``)."""
-    traces = read_table(stage_dir(profile, "00_world") / "teacher_traces.parquet")
+    traces = read_table(dag.WORLD.path(profile, "teacher_traces"))
     traces = traces[traces["suite"] == "pretrain"]
     labelled = judge_lib.labelled_triples(zip(traces["segments"], traces["kinds"]))
     return judge_lib.balanced_triples(labelled, int(profile.get_path("judge.n_training_triples")), int(profile["seed"]))
@@ -71,10 +71,9 @@ def train_tiny_judge(profile: Profile) -> dict:
 
     if profile["kind"] != "world":
         raise ValueError("only world profiles train their judge; the paper profile uses models.judge")
-    out = stage_dir(profile, STAGE)
-    run_dir = out / "checkpoints" / "judge"
-    model_dir = judge_model_dir(profile)
-    summary_path = out / "judge_training.json"
+    run_dir = STAGE.path(profile, "judge_checkpoints")
+    model_dir = STAGE.path(profile, "judge_model")
+    summary_path = STAGE.path(profile, "judge_training")
     if is_trained(run_dir) and (model_dir / "config.json").is_file() and summary_path.is_file():
         return read_json(summary_path)
     spec, seed, settings = profile.get_path("judge.model"), int(profile["seed"]), judge_settings(profile)
@@ -88,12 +87,12 @@ def train_tiny_judge(profile: Profile) -> dict:
         from ..llm.models import load_causal_lm
 
         model, tokenizer = load_causal_lm(str(run_dir / "final"), dtype="float32", device="cpu")
-        summary = {"resumed_from": str(run_dir / "final")}
+        summary = {"resumed_from": "checkpoints/judge/final"}
     else:
-        summary = train_sft(model, tokenizer, examples, train_settings, run_dir, seed)
+        summary = log_timings(profile, STAGE, "judge", train_sft(model, tokenizer, examples, train_settings, run_dir, seed))
+    log_seconds(profile, STAGE, "judge: build and train", time.time() - started)
     summary.update({
         "n_parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(time.time() - started, 1),
         "n_triples": len(triples), "n_truncated": sum(label for _, label in triples),
         "mean_tokens_per_example": float(np.mean([len(e.input_ids) for e in examples])),
         "vocab_size": len(tokenizer),
@@ -104,54 +103,26 @@ def train_tiny_judge(profile: Profile) -> dict:
     return summary
 
 
-def judge_model_path(profile: Profile) -> str:
-    """The judge's folder (world) or its hub id / local path (paper)."""
-    from ..llm.models import resolve_model_path
-
-    if profile["kind"] == "world":
-        return str(judge_model_dir(profile))
-    spec = profile.get_path("models.judge")
-    return resolve_model_path(spec["id"], spec.get("local_path"))
-
-
 def load_judge(profile: Profile):
-    """``(generator, tokenizer)`` of the judge.
+    """``(generator, tokenizer)`` of the judge (:func:`segattr_utils.services.load_model`, role ``judge``).
 
     World: the trained tiny judge with batched HF generate. Paper: ``models.judge`` with the profile's
     generation backend (vLLM when installed and ``generation.backend`` is ``auto``/``vllm``, else
     batched HF generate); offline without a local copy it raises :class:`ModelUnavailableError`.
     """
     from ..llm.generation import make_generator, vllm_available
-    from ..llm.models import load_causal_lm, load_tokenizer
 
-    if profile["kind"] == "world":
-        path = judge_model_dir(profile)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"the tiny judge is missing at {path}: run train_tiny_judge(profile) first")
-        model, tokenizer = load_causal_lm(str(path), dtype="float32", device="cpu")
-        return make_generator("hf", model=model, tokenizer=tokenizer), tokenizer
-    spec = profile.get_path("models.judge")
-    backend = profile.get_path("generation.backend")
-    path = judge_model_path(profile)
+    backend = "hf" if profile["kind"] == "world" else profile.get_path("generation.backend")
     if backend == "vllm" or (backend == "auto" and vllm_available()):
-        tokenizer = load_tokenizer(path)
-        return make_generator("vllm", model_path=path, dtype=spec.get("dtype", "bfloat16")), tokenizer
-    model, tokenizer = load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"))
+        path = services.model_path(profile, "judge")
+        tokenizer = services.load_role_tokenizer(profile, "judge")
+        return make_generator("vllm", model_path=path, dtype=profile.get_path("models.judge").get("dtype", "bfloat16")), tokenizer
+    model, tokenizer = services.load_model(profile, "judge")
     return make_generator("hf", model=model, tokenizer=tokenizer), tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
 # What is judged
-
-def important_groups(scores: pd.DataFrame, tau: float, beta: float) -> pd.Series:
-    """Per segment, whether it is important under Eq. 6-7 at ``tau``/``beta`` (recomputed per trace)."""
-    flags = pd.Series(False, index=scores.index)
-    for _, group in scores.groupby("trace_id", sort=False):
-        group = group.sort_values("segment")
-        chosen = set(select_important(group["norm_strength"].to_numpy(), group["consistency"].to_numpy(), tau, beta))
-        flags.loc[group.index] = group["segment"].isin(chosen).to_numpy()
-    return flags
-
 
 def segments_to_judge(profile: Profile) -> pd.DataFrame:
     """Every segment of the attributed correct traces with its neighbours, group and ground truth.
@@ -159,15 +130,16 @@ def segments_to_judge(profile: Profile) -> pd.DataFrame:
     Columns: trace_id, question_id, segment, n_segments, text, before, after, important (Sec. 3.1
     groups), important_selection (stage 03), kind, truth (kind == "truncated"; world only, else None).
     """
-    segments = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
-    scores = read_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet")
+    segments = services.segment_table(profile)
+    scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
     if scores.empty:
         raise ValueError("stage 03 attributed no trace: nothing to judge")
     scores = scores[scores["correct"]].copy()
     if scores.empty:
         raise ValueError("stage 03 attributed no correct trace: there are no segments to judge (Sec. 3.1 uses correct traces)")
-    scores["important_groups"] = important_groups(scores, profile.get_path("analysis.groups_tau"),
-                                                  profile.get_path("analysis.groups_beta"))
+    scores = scores.sort_values(["trace_id", "segment"]).reset_index(drop=True)
+    labelled = label_segments(scores, profile.get_path("analysis.groups_tau"), profile.get_path("analysis.groups_beta"))
+    scores["important_groups"] = labelled["important"].to_numpy()
     rows, world = [], profile["kind"] == "world"
     by_trace = {tid: g.sort_values("segment") for tid, g in segments.groupby("trace_id")}
     for trace_id, trace_scores in scores.groupby("trace_id", sort=True):
@@ -191,14 +163,13 @@ def judge_segments(profile: Profile, generator=None, tokenizer=None) -> pd.DataF
     judged_truncated, rounds, undecided, round1_output, round1_n_tokens, round1_finished,
     round2_output, round2_n_tokens, round2_finished.
     """
-    out = stage_dir(profile, STAGE)
     table = segments_to_judge(profile)
     if generator is None or tokenizer is None:
         generator, tokenizer = load_judge(profile)
     settings = judge_settings(profile)
     keys = [f"{row.trace_id}#{row.segment}" for row in table.itertuples()]
     triples = {key: judge_lib.Triple(row.before, row.text, row.after) for key, row in zip(keys, table.itertuples())}
-    store = RecordStore(out / "judgements.jsonl")
+    store = RecordStore(STAGE.path(profile, "judgements_store"))
     results = judge_lib.judge_triples(generator, tokenizer, triples, settings, store, int(profile["seed"]))
     judged = pd.DataFrame(results).drop(columns="key")
     table = pd.concat([table.reset_index(drop=True), judged], axis=1)
@@ -208,7 +179,7 @@ def judge_segments(profile: Profile, generator=None, tokenizer=None) -> pd.DataF
     table["round2_n_tokens"] = table["round2_n_tokens"].astype("Int64")
     table["round2_finished"] = table["round2_finished"].astype("boolean")
     table["truth"] = table["truth"].astype("boolean")
-    write_table(out / "judgements.parquet", table)
+    write_table(STAGE.path(profile, "judgements"), table)
     return table
 
 
@@ -306,44 +277,18 @@ def judge_quality(judgements: pd.DataFrame) -> pd.DataFrame:
     }])
 
 
-def confusion_matrix_figure(judgements: pd.DataFrame):
-    """Heat map of :func:`judge_confusion` with the counts, titled with accuracy / precision / recall."""
-    import matplotlib.pyplot as plt
-
-    matrix = judge_confusion(judgements)
-    quality = judge_quality(judgements).iloc[0]
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.imshow(matrix.to_numpy(), cmap="Blues")
-    peak = max(int(matrix.to_numpy().max()), 1)
-    for (i, j), value in np.ndenumerate(matrix.to_numpy()):
-        ax.text(j, i, str(int(value)), ha="center", va="center", color="white" if value > peak / 2 else "black")
-    ax.set_xticks(range(matrix.shape[1]), [f"judged\n{c}" for c in matrix.columns])
-    ax.set_yticks(range(matrix.shape[0]), [f"truly\n{r}" for r in matrix.index])
-
-    def fmt(value):
-        return "n/a" if value != value else f"{value:.2f}"
-
-    ax.set_title(f"Truncation judge vs ground truth (n = {len(judgements)})\naccuracy {fmt(quality['accuracy'])}, "
-                 f"precision {fmt(quality['precision'])}, recall {fmt(quality['recall'])}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
 def write_summaries(profile: Profile, judgements: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Write ``truncated_share.csv``, ``rounds.csv`` and (world) ``judge_quality.csv``; return them."""
-    out = stage_dir(profile, STAGE)
     tables = {"truncated_share": truncated_share_table(judgements), "rounds": rounds_table(judgements)}
     if profile["kind"] == "world":
         tables["judge_quality"] = judge_quality(judgements)
     for name, table in tables.items():
-        write_table(out / f"{name}.csv", table)
+        write_table(STAGE.path(profile, name), table)
     return tables
 
 
 def comparison_rows(profile: Profile, tables: dict[str, pd.DataFrame]) -> list[dict]:
     """The paper-vs-run rows of stage 07 (Sec. 3.1 finding 3, App. B)."""
-    from ..report.paper_vs_run import comparison_row
-
     share = tables["truncated_share"].query("grouping == 'sec3.1'").set_index("group")
     tau, beta = profile.get_path("analysis.groups_tau"), profile.get_path("analysis.groups_beta")
     rows = []
@@ -354,14 +299,39 @@ def comparison_rows(profile: Profile, tables: dict[str, pd.DataFrame]) -> list[d
                                    f"{int(row['decided'])} decided of {int(row['segments'])} segments (tau={tau}, beta={beta})",
                                    fmt="{:.0%}"))
     p_value = float(share.loc["important", "fisher_p"])
-    rows.append(comparison_row("Sec. 3.1 (3), App. B", "Fisher's exact p, important vs unimportant", "not reported",
+    rows.append(comparison_row("Sec. 3.1 (3), App. B", "Fisher's exact p, important vs unimportant", paper("appB.not_reported"),
                                p_value, "two-sided, undecided judgements excluded"))
     rounds = tables["rounds"].iloc[0]
-    rows.append(comparison_row("App. B", "segments needing round 2 / undecided after round 2", "not reported",
+    rows.append(comparison_row("App. B", "segments needing round 2 / undecided after round 2", paper("appB.not_reported"),
                                f"{int(rounds['round2_used'])} / {int(rounds['undecided'])} of {int(rounds['segments'])}"))
     if "judge_quality" in tables:
         quality = tables["judge_quality"].iloc[0]
         for metric in ("accuracy", "precision", "recall"):
-            rows.append(comparison_row("App. B (world ground truth)", f"judge {metric}", "not measured (no ground truth)",
+            rows.append(comparison_row("App. B (world ground truth)", f"judge {metric}", paper("appB.no_ground_truth"),
                                        float(quality[metric]), "against kind == 'truncated'", fmt="{:.2f}"))
     return rows
+
+
+def run(profile: Profile) -> StageResult:
+    """Stage 07: train the world's judge (world profiles), judge every segment of the attributed correct
+    traces in two rounds, and compare the truncated shares of important and unimportant segments."""
+    values = {}
+    if profile["kind"] == "world":
+        values["judge_training"] = train_tiny_judge(profile)
+    judgements = judge_segments(profile)
+    expected = segments_to_judge(profile)
+    tables = write_summaries(profile, judgements)
+    saved = {}
+    if profile["kind"] == "world":
+        tables["confusion"] = judge_confusion(judgements)
+        fig = figures.judge_confusion_matrix(tables["confusion"], tables["judge_quality"].iloc[0], len(judgements))
+        saved["judge_confusion_matrix"] = figures.save(fig, profile, "judge_confusion_matrix")
+    columns = ["trace_id", "segment", "kind", "important", "label", "rounds", "text", "round1_output"]
+    tables["examples_truncated"] = judgements[judgements["label"] == 1][columns].head(3)
+    tables["examples_complete"] = judgements[judgements["label"] == 0][columns].head(3)
+    labels_ok = bool(judgements["label"].dropna().isin([0, 1]).all() and (judgements["label"].isna() == judgements["undecided"]).all())
+    return finish(profile, STAGE, comparison_rows(profile, tables), tables=tables, figures=saved, values=values,
+                  checks={"every segment of the attributed correct traces is judged": len(judgements) == len(expected),
+                          "labels are 0, 1 or undecided": labels_ok,
+                          "round 2 ran exactly for the round-1 undecided": bool(
+                              (judgements["round2_output"].notna() == (judgements["rounds"] == 2)).all())})

@@ -24,19 +24,22 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .. import pipeline
+from .. import dag, services
 from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
-from ..config import Profile, find_project_root, load_profile, stage_dir
-from ..data.questions import chat_prompt
+from ..config import Profile, find_project_root, load_profile
 from ..method.segmentation import segment
 from ..method.token_spans import build_attribution_sequence
 from ..llm.training import (TrainingExample, TrainSettings, build_char_masked_example, build_training_example, is_trained,
                         train_sft)
-from ..llm.variants import SelectionSettings, TraceRecord, TraceSelection, get_variant, selected_token_share
+from ..llm.variants import (SelectionSettings, TraceRecord, TraceSelection, get_variant, selected_token_share,
+                            variants_for)
+from ..progress import progress
+from ..run_log import log_timings, read_run_log
+from . import StageResult, finish
+from .stage03_ig_attribution import attribute_traces
 
-STAGE = "08_selective_sft"
+STAGE = dag.SELECTIVE_SFT
 SOURCES = ("self", "reference")
 
 
@@ -70,7 +73,14 @@ class RunSpec:
 
 
 def plan_runs(profile: Profile) -> list[RunSpec]:
-    """Every run the profile asks for, main comparison first (so a short budget still gets Table 1)."""
+    """Every run the profile asks for, main comparison first (so a short budget still gets Table 1).
+
+    The variant registry (:mod:`segattr_utils.llm.variants`) alone says which variant belongs to which
+    table: Table 1 is full-CoT vs segment selective SFT with ``training.main_seeds`` on every source;
+    each other table of ``training.tables`` adds its registered variants with ``training.ablation_seeds``
+    on the ablation source (a variant in several tables is one run); Table 7 re-segments with the
+    Retro-Search keywords and Fig. 5 sweeps τ and β of the variants registered for them.
+    """
     cfg = profile["training"]
     main_seeds = [int(s) for s in cfg["main_seeds"]]
     ablation_seeds = [int(s) for s in cfg.get("ablation_seeds", main_seeds[:1])]
@@ -80,34 +90,31 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
         raise ValueError(f"training.sources holds unknown sources {sorted(unknown)}; use {SOURCES}")
     ablation_source = cfg.get("ablation_source", sources[0])
     tables = [str(t) for t in cfg.get("tables", [])]
+    main = [v.name for v in variants_for("1")]
     runs: list[RunSpec] = []
     for source in sources:
         for seed in main_seeds:
-            runs.append(RunSpec("full", source, seed, ("1",)))
-            runs.append(RunSpec("selective", source, seed, ("1",)))
-    table_variants = {
-        # Table 2's "Pruned CoT SFT" and Table 4's IG row are the same run in the paper (identical numbers):
-        # IG-important segments with tau tuned to prune ~30% of the tokens.
-        "2": ["pruned_ig", "random_segments", "abs_ig_tokens", "signed_ig_tokens", "high_strength"],
-        "3": ["first_correct", "confidence_gain", "segment_perplexity", "segment_entropy"],
-        "4": ["pruned_ig", "pruned_first_correct", "pruned_confidence_gain", "pruned_perplexity", "pruned_entropy"],
-    }
+            runs += [RunSpec(name, source, seed, ("1",)) for name in main]
     planned: dict[str, list[str]] = {}
     for table in ("2", "3", "4"):
         if table in tables:
-            for name in table_variants[table]:
-                get_variant(name)
-                planned.setdefault(name, []).append(table)
+            for variant in variants_for(table):
+                if variant.name not in main:
+                    planned.setdefault(variant.name, []).append(table)
     for name, in_tables in planned.items():
         runs += [RunSpec(name, ablation_source, seed, tuple(in_tables)) for seed in ablation_seeds]
+    sweeps = [v.name for v in variants_for("fig5") if v.mode != "full"]
     if "fig5" in tables:
-        for tau in cfg.get("tau_sweep", []):
-            runs += [RunSpec("selective", ablation_source, seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds]
-        for beta in cfg.get("beta_sweep", []):
-            runs += [RunSpec("selective", ablation_source, seed, ("fig5",), (("beta", float(beta)),)) for seed in ablation_seeds]
+        for name in sweeps:
+            for tau in cfg.get("tau_sweep", []):
+                runs += [RunSpec(name, ablation_source, seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds]
+            for beta in cfg.get("beta_sweep", []):
+                runs += [RunSpec(name, ablation_source, seed, ("fig5",), (("beta", float(beta)),)) for seed in ablation_seeds]
     if "7" in tables:
         source = cfg.get("table7_source", ablation_source)
-        runs += [RunSpec("selective", source, seed, ("7",), keywords="retro_search") for seed in ablation_seeds]
+        for variant in variants_for("7"):
+            if variant.mode != "full":
+                runs += [RunSpec(variant.name, source, seed, ("7",), keywords="retro_search") for seed in ablation_seeds]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError("two planned runs share a name")
@@ -137,9 +144,7 @@ def selection_settings(profile: Profile, spec: Optional[RunSpec] = None) -> Sele
 # Training traces with their signals
 
 def _keyword_list(profile: Profile, name: Optional[str]) -> tuple[str, ...]:
-    if name is None:
-        return pipeline.keywords_for(profile)
-    return pipeline.keywords_for(Profile({**profile, "segmentation": {"keywords": name}}))
+    return services.keywords_for(profile, name)
 
 
 def _optional_table(path: Path) -> Optional[pd.DataFrame]:
@@ -154,19 +159,19 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
     depend on segmentation, so the tokens of the attributed sequence are regrouped by the new spans.
     """
     settings = profile["attribution"]
-    _, tokenizer = pipeline.load_generator(profile) if profile["kind"] == "world" else (None, _student_tokenizer(profile))
+    tokenizer = services.load_role_tokenizer(profile, "student")
     if source == "self":
-        kept = read_table(stage_dir(profile, "01_generation") / "kept_traces.parquet")
+        kept = services.kept_traces(profile)
         kept = kept[kept["correct"]]
-        segments_table = read_table(stage_dir(profile, "02_segmentation") / "segments.parquet")
+        segments_table = services.segment_table(profile)
         grouped = {t: g.sort_values("segment") for t, g in segments_table.groupby("trace_id")}
         traces = [{"trace_id": t["trace_id"], "question_id": t["question_id"], "question": t["question"], "answer": t["answer"],
                    "segments": grouped[t["trace_id"]]["text"].tolist(), "kinds": grouped[t["trace_id"]]["kind"].tolist(),
                    "answer_part": t["answer_part"]} for t in kept.to_dict("records")]
-        store_path = stage_dir(profile, "03_ig_attribution") / "attributions.jsonl"
+        store_path = dag.IG_ATTRIBUTION.path(profile, "attributions_store")
     elif source == "reference":
-        traces = pipeline.reference_traces(profile).to_dict("records")
-        store_path = stage_dir(profile, STAGE) / "reference_attributions.jsonl"
+        traces = services.reference_traces(profile).to_dict("records")
+        store_path = STAGE.path(profile, "reference_attributions_store")
     else:
         raise ValueError(f"unknown supervision source {source!r}; use {SOURCES}")
     if not store_path.exists():
@@ -174,13 +179,13 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
                                 "attribute_reference_traces (reference traces) first")
     attributions = {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
     signals = _segment_signals(profile) if source == "self" and keywords is None else {}
-    problems = pipeline.world_problems(profile)
+    problems = services.world_problems(profile)
     records = []
     for trace in traces:
         record = attributions.get(trace["trace_id"])
         if record is None or record.get("skipped"):
             continue
-        prompt = chat_prompt(tokenizer, pipeline.user_message(trace["question"]))
+        prompt = services.prompt(tokenizer, trace["question"])
         flat_values = np.concatenate([np.asarray(v, dtype=np.float64) for v in record["segment_values"]])
         trace_start = record["segment_spans"][0][0]
         segments = list(trace["segments"])
@@ -212,14 +217,14 @@ def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
     """Token IG of the reference traces of the training questions (the world's correct teacher; LIMO's
     provided CoTs on the paper profile), with stage 03's settings; resumable, one record per trace in
     ``reference_attributions.jsonl``. Returns and writes their completeness table."""
-    reference = pipeline.reference_traces(profile)
-    store = RecordStore(stage_dir(profile, STAGE) / "reference_attributions.jsonl", key_fn=lambda r: r["trace_id"])
-    records = pipeline.attribute_traces(profile, reference.to_dict("records"), store, "integrated gradients (reference)")
+    reference = services.reference_traces(profile)
+    store = RecordStore(STAGE.path(profile, "reference_attributions_store"), key_fn=lambda r: r["trace_id"])
+    records = attribute_traces(profile, reference.to_dict("records"), store, "integrated gradients (reference)", STAGE)
     threshold = profile.get_path("attribution.flag_relative_delta")
     table = pd.DataFrame([{"trace_id": r["trace_id"], "n_tokens": r["n_tokens"], "skipped": r.get("skipped"),
-                           "relative_delta": r.get("relative_delta"), "delta": r.get("delta"), "seconds": r.get("seconds"),
+                           "relative_delta": r.get("relative_delta"), "delta": r.get("delta"),
                            "flagged": (r.get("relative_delta") or 0) > threshold} for r in records])
-    write_table(stage_dir(profile, STAGE) / "reference_completeness.parquet", table)
+    write_table(STAGE.path(profile, "reference_completeness"), table)
     return table
 
 
@@ -233,8 +238,8 @@ def _decision(problem, segments: list[str], answer: str) -> Optional[int]:
 
 def _segment_signals(profile: Profile) -> dict[str, dict]:
     """Per-trace arrays of the optional signals written by notebooks 04 and 05 (absent: None)."""
-    confidence = _optional_table(stage_dir(profile, "04_confidence_delta") / "segment_confidence.parquet")
-    linguistics = _optional_table(stage_dir(profile, "05_linguistics") / "segment_linguistics.parquet")
+    confidence = _optional_table(dag.CONFIDENCE_DELTA.path(profile, "segment_confidence"))
+    linguistics = _optional_table(dag.LINGUISTICS.path(profile, "segment_linguistics"))
     out: dict[str, dict] = {}
     if confidence is not None:
         for trace_id, group in confidence.groupby("trace_id"):
@@ -256,7 +261,7 @@ def build_examples(tokenizer, records: list[TraceRecord], selections: list[Trace
     Eq. 8/9) or the trace with unselected segments deleted (``pruned``)."""
     examples = []
     for record, selection in zip(records, selections):
-        prompt = chat_prompt(tokenizer, pipeline.user_message(record.question))
+        prompt = services.prompt(tokenizer, record.question)
         if mode == "full":
             examples.append(build_training_example(tokenizer, prompt, record.segments, record.answer_part))
         elif mode == "pruned":
@@ -310,7 +315,7 @@ def supervision_preview(profile: Profile) -> pd.DataFrame:
             cache[key] = load_trace_records(profile, spec.source, spec.keywords)
         records = cache[key]
         variant = get_variant(spec.variant)
-        selections = variant.select(records, selection_settings(profile, spec))
+        selections = variant.selections(records, selection_settings(profile, spec))
         stats = supervision_stats(records, selections, [], variant.mode)
         stats.pop("trained_tokens"), stats.pop("sequence_tokens")
         rows.append({"setting": spec.setting, "label": run_label(spec), "mode": variant.mode, "tables": ",".join(spec.tables),
@@ -320,24 +325,6 @@ def supervision_preview(profile: Profile) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # Running
-
-def _student(profile: Profile):
-    """The model every variant starts from: the stage-00 generator (world) or ``models.student``."""
-    if profile["kind"] == "world":
-        return pipeline.load_generator(profile)
-    from ..llm.models import load_causal_lm
-
-    spec = profile.get_path("models.student")
-    # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed).
-    return load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"), device="cpu")
-
-
-def _student_tokenizer(profile: Profile):
-    from ..llm.models import load_tokenizer, resolve_model_path
-
-    spec = profile.get_path("models.student")
-    return load_tokenizer(resolve_model_path(spec["id"], spec.get("local_path")))
-
 
 def schedule(profile: Profile) -> list[TrainSettings]:
     """The training stages every variant runs: one stage (App. C.3 for R1-Distill models) or two
@@ -353,11 +340,11 @@ def schedule(profile: Profile) -> list[TrainSettings]:
 
 
 def run_dir(profile: Profile, spec: RunSpec) -> Path:
-    return stage_dir(profile, STAGE) / "runs" / spec.name
+    return STAGE.path(profile, "run_folders") / spec.name
 
 
 def model_dir(profile: Profile, spec: RunSpec) -> Path:
-    return stage_dir(profile, STAGE) / "models" / spec.name
+    return STAGE.path(profile, "models") / spec.name
 
 
 def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> dict:
@@ -367,9 +354,10 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
         return read_json(summary_path)
     variant = get_variant(spec.variant)
     settings = selection_settings(profile, spec)
-    selections = variant.select(records, settings)
+    selections = variant.selections(records, settings)
     stages = schedule(profile)
-    model, tokenizer = _student(profile)
+    # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed).
+    model, tokenizer = services.load_model(profile, "student", device="cpu")
     full_examples = build_examples(tokenizer, records, [TraceSelection(set(range(r.n_segments))) for r in records], "full")
     examples = build_examples(tokenizer, records, selections, variant.mode)
     stats = supervision_stats(records, selections, examples, variant.mode)
@@ -380,9 +368,7 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
         stage_examples = full_examples if len(stages) == 2 and index == 0 else examples
         out = run_dir(profile, spec) / f"stage{index + 1}"
         if is_trained(out):
-            from ..llm.models import load_causal_lm
-
-            model, tokenizer = load_causal_lm(str(out / "final"), dtype="float32" if profile["kind"] == "world" else "bfloat16")
+            model, tokenizer = services.load_model(profile, "student", path=out / "final")
             stage_summaries.append(read_json(out / "stage_summary.json"))
             continue
         model.train()
@@ -405,9 +391,9 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     summary = {"run": spec.name, "setting": spec.setting, "variant": spec.variant, "label": run_label(spec),
                "mode": variant.mode, "source": spec.source, "seed": spec.seed, "tables": list(spec.tables),
                "overrides": dict(spec.overrides), "keywords": spec.keywords or profile.get_path("segmentation.keywords"),
-               **stats, "steps": steps, "final_loss": stage_summaries[-1]["final_loss"],
-               "train_seconds": round(time.time() - started, 1), "trainer_runtime": runtime,
-               "seconds_per_step": runtime / steps if steps else float("nan")}
+               **stats, "steps": steps, "final_loss": stage_summaries[-1]["final_loss"]}
+    log_timings(profile, STAGE, spec.name, {"train_seconds": time.time() - started, "trainer_runtime": runtime,
+                                            "seconds_per_step": runtime / steps if steps else float("nan")})
     write_json(summary_path, summary)
     return summary
 
@@ -429,7 +415,7 @@ def train_all(profile: Profile, only: Optional[list[str]] = None) -> pd.DataFram
     launcher = profile.get_path("training.launcher", "inprocess")
     if any(r.source == "reference" for r in runs):
         attribute_reference_traces(profile)
-    for spec in tqdm(runs, desc="SFT runs", unit="run"):
+    for spec in progress(runs, desc="SFT runs", unit="run"):
         key = (spec.source, spec.keywords)
         if launcher == "accelerate":
             summaries.append(_launch_with_accelerate(profile, spec))
@@ -440,7 +426,7 @@ def train_all(profile: Profile, only: Optional[list[str]] = None) -> pd.DataFram
     table = pd.DataFrame(summaries)
     table["tables"] = table["tables"].map(lambda t: ",".join(t))
     table["overrides"] = table["overrides"].map(lambda o: json.dumps(o, sort_keys=True))
-    write_table(stage_dir(profile, STAGE) / "runs.parquet", table)
+    write_table(STAGE.path(profile, "runs"), table)
     return table
 
 
@@ -477,3 +463,28 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def run(profile: Profile) -> StageResult:
+    """Stage 08: IG of the reference traces (when a run trains on them), what every variant learns from,
+    and every planned run (resumable)."""
+    plan = plan_runs(profile)
+    tables = {"plan": pd.DataFrame([{"run": r.name, "variant": r.variant, "source": r.source, "seed": r.seed,
+                                     "tables": ",".join(r.tables)} for r in plan])}
+    values = {"n_runs": len(plan), "schedule": schedule(profile)}
+    if "reference" in profile.get_path("training.sources"):
+        reference = attribute_reference_traces(profile)
+        values["reference_ig"] = {"traces": len(reference), "median_relative_delta": float(reference["relative_delta"].median()),
+                                  "flagged_share": float(reference["flagged"].mean())}
+    preview = supervision_preview(profile)
+    write_table(STAGE.path(profile, "supervision_preview"), preview)
+    tables["supervision_preview"] = preview
+    runs = train_all(profile)
+    tables["runs"] = runs[["run", "mode", "token_share", "trained_tokens", "steps", "final_loss"]]
+    log = read_run_log(profile, STAGE)
+    per_step = log[log["what"].str.endswith(": seconds_per_step")].assign(run=lambda t: t["what"].str.rsplit(":", n=1).str[0])
+    per_step = per_step.drop_duplicates("run", keep="last").merge(runs[["run", "mode"]], on="run")
+    if len(per_step):
+        tables["cost_per_step"] = per_step.groupby("mode")["seconds"].agg(["mean", "std", "count"])
+    return finish(profile, STAGE, tables=tables, values=values,
+                  checks={"every planned run finished": set(runs["run"]) == {r.name for r in plan}})

@@ -19,19 +19,21 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from .. import pipeline
-from ..artifacts import RecordStore, read_table, write_table
-from ..config import Profile, stage_dir
+from .. import dag, services
+from ..artifacts import read_table, write_table
+from ..config import Profile
 from ..llm.evaluation import pass_at_k
-from ..llm.generation import SamplingSettings, make_generator, run_generation
-from ..llm.grading import grade
-from ..llm.models import load_causal_lm
-from ..data.questions import chat_prompt, load_hub_questions
-from .stage08_selective_sft import STAGE as SFT_STAGE
+from ..llm.generation import SamplingSettings
+from ..data.questions import load_hub_questions
+from ..llm.evaluation import Benchmark
+from ..llm.evaluation import evaluate_model as evaluate_generator
+from ..progress import progress
+from ..report import figures
+from ..report.paper_vs_run import comparison_row, paper
+from . import StageResult, finish
 
-STAGE = "09_evaluation"
+STAGE = dag.EVALUATION
 BASE = "base"
 
 
@@ -52,80 +54,51 @@ def benchmark_questions(profile: Profile, bench: dict) -> pd.DataFrame:
     """Questions of one benchmark (``id``, ``question``, ``answer``), at most ``evaluation.limit``."""
     limit = profile.get_path("evaluation.limit", None)
     if profile["kind"] == "world":
-        questions = pipeline.load_questions(profile, bench["suite"])
+        questions = services.load_questions(profile, bench["suite"])
     else:
         questions = pd.DataFrame(load_hub_questions(bench, bench["name"]))
     return questions.head(limit).reset_index(drop=True) if limit else questions
 
 
 def models_to_evaluate(profile: Profile) -> list[dict]:
-    """The base model and every finished SFT run (``runs.parquet`` of stage 08)."""
+    """The base model and every finished SFT run (``runs`` of stage 08)."""
     models = [{"model": BASE, "path": None, "setting": BASE, "seed": None}]
-    runs_path = stage_dir(profile, SFT_STAGE) / "runs.parquet"
+    runs_path = dag.SELECTIVE_SFT.path(profile, "runs")
     if runs_path.exists():
         runs = read_table(runs_path)
         for run in runs.to_dict("records"):
-            models.append({"model": run["run"], "path": str(stage_dir(profile, SFT_STAGE) / "models" / run["run"]),
+            models.append({"model": run["run"], "path": str(dag.SELECTIVE_SFT.path(profile, "models") / run["run"]),
                            "setting": run["setting"], "seed": int(run["seed"])})
     return models
 
 
-def _load(profile: Profile, entry: dict):
-    if entry["path"] is None:
-        if profile["kind"] == "world":
-            return pipeline.load_generator(profile)
-        spec = profile.get_path("models.student")
-        return load_causal_lm(spec["id"], spec.get("local_path"), dtype=spec.get("dtype", "bfloat16"))
-    dtype = "float32" if profile["kind"] == "world" else "bfloat16"
-    return load_causal_lm(entry["path"], dtype=dtype, device="cpu" if profile["kind"] == "world" else None)
+def evaluation_benchmarks(profile: Profile) -> list[Benchmark]:
+    """:func:`benchmarks` with their questions, as :class:`segattr_utils.llm.evaluation.Benchmark`."""
+    out = []
+    for bench in benchmarks(profile):
+        choices = "ABCDEFGHIJ"[:len(bench["choices"]["incorrect"]) + 1] if "choices" in bench else None
+        out.append(Benchmark(name=bench["name"], domain=bench["domain"], questions=benchmark_questions(profile, bench),
+                             n_samples=bench["n_samples"], choices=choices))
+    return out
 
 
 def evaluate_model(profile: Profile, entry: dict) -> pd.DataFrame:
     """Greedy and sampled outputs of one model on every benchmark, graded; one row per output."""
     cfg = profile["evaluation"]
-    out = stage_dir(profile, STAGE) / "outputs"
-    store = RecordStore(out / f"{entry['model']}.jsonl")
-    seed = int(profile["seed"])
-    model, tokenizer = None, None
-    rows = []
-    for bench in benchmarks(profile):
-        questions = benchmark_questions(profile, bench)
-        jobs = [("greedy", 1, SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg["max_new_tokens"]))]
-        if bench["n_samples"] > 0:
-            jobs.append(("sample", bench["n_samples"], SamplingSettings(temperature=cfg["temperature"], top_p=cfg["top_p"],
-                                                                        max_new_tokens=cfg["max_new_tokens"])))
-        answers = dict(zip(questions["id"], questions["answer"]))
-        for mode, n, settings in jobs:
-            tag = f"{mode}-{bench['name']}"
-            missing = [qid for qid in questions["id"] if not all([qid, tag, s] in store for s in range(n))]
-            if missing:
-                if model is None:
-                    model, tokenizer = _load(profile, entry)
-                    generator = make_generator(cfg.get("backend", "hf"), model=model, tokenizer=tokenizer,
-                                               model_path=entry["path"])
-                prompts = {r.id: chat_prompt(tokenizer, pipeline.user_message(r.question)) for r in questions.itertuples()}
-                run_generation(generator, prompts, n, settings, store, cfg["batch_size"], seed, tag)
-    records = store.records()
-    for bench in benchmarks(profile):
-        questions = benchmark_questions(profile, bench)
-        answers = dict(zip(questions["id"], questions["answer"]))
-        choices = "ABCDEFGHIJ"[:len(bench["choices"]["incorrect"]) + 1] if "choices" in bench else None
-        for record in records:
-            mode, _, name = record["tag"].partition("-")
-            if name != bench["name"] or record["question_id"] not in answers:
-                continue
-            verdict = grade(record["text"], answers[record["question_id"]], choices=choices)
-            rows.append({"model": entry["model"], "benchmark": bench["name"], "domain": bench["domain"], "mode": mode,
-                         "question_id": record["question_id"], "sample": record["sample"], "correct": verdict["correct"],
-                         "n_tokens": record["n_tokens"], "finished": record["finished"]})
-    return pd.DataFrame(rows)
+    greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg["max_new_tokens"])
+    sampled = SamplingSettings(temperature=cfg["temperature"], top_p=cfg["top_p"], max_new_tokens=cfg["max_new_tokens"])
+    return evaluate_generator(
+        lambda: services.load_model(profile, "student", path=entry["path"]), evaluation_benchmarks(profile),
+        STAGE.path(profile, "outputs") / f"{entry['model']}.jsonl", greedy=greedy, sampled=sampled,
+        batch_size=cfg["batch_size"], seed=int(profile["seed"]), make_prompt=services.prompt,
+        backend=cfg.get("backend", "hf"), model_path=entry["path"], model_name=entry["model"])
 
 
 def evaluate_all(profile: Profile) -> pd.DataFrame:
-    """Evaluate every model (resumable); writes ``graded.parquet`` (one row per output) and returns it."""
-    frames = [evaluate_model(profile, entry) for entry in tqdm(models_to_evaluate(profile), desc="evaluate", unit="model")]
+    """Evaluate every model (resumable); writes ``graded`` (one row per output) and returns it."""
+    frames = [evaluate_model(profile, entry) for entry in progress(models_to_evaluate(profile), desc="evaluate", unit="model")]
     graded = pd.concat(frames, ignore_index=True)
-    write_table(stage_dir(profile, STAGE) / "graded.parquet", graded)
+    write_table(STAGE.path(profile, "graded"), graded)
     return graded
 
 
@@ -158,7 +131,7 @@ def overall_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def attach_runs(profile: Profile, table: pd.DataFrame) -> pd.DataFrame:
     """Add each model's run description (setting, variant, source, seed, ...) from stage 08."""
-    runs_path = stage_dir(profile, SFT_STAGE) / "runs.parquet"
+    runs_path = dag.SELECTIVE_SFT.path(profile, "runs")
     runs = read_table(runs_path) if runs_path.exists() else pd.DataFrame(columns=["run"])
     info = runs.rename(columns={"run": "model"})
     merged = table.merge(info, on="model", how="left")
@@ -336,43 +309,13 @@ def fig5_points(overall: pd.DataFrame, source: str, tau: float, beta: float, see
 
 def save_paper_table(profile: Profile, name: str, frame: pd.DataFrame) -> Path:
     """Write a regenerated paper table as ``results/<profile>/tables/<name>.csv`` and ``.md``."""
-    from ..config import results_dir
-
-    folder = results_dir(profile) / "tables"
+    folder = dag.profile_path(profile, dag.TABLES_DIR)
     write_table(folder / f"{name}.csv", frame)
     return write_table(folder / f"{name}.md", frame)
 
 
-def fig5(points: pd.DataFrame, tau: float, beta: float):
-    """Fig. 5: sampled pass@1 (and greedy accuracy) and output length against beta (tau fixed) and tau
-    (beta fixed)."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, sweep, fixed in ((axes[0], "beta", f"tau = {tau:g}"), (axes[1], "tau", f"beta = {beta:g}")):
-        part = points[points["sweep"] == sweep].sort_values("value")
-        if part.empty:
-            ax.set_axis_off()
-            continue
-        ax.plot(part["value"], part["pass@1"], "o-", color="#2a9d8f", label="pass@1 (sampling)")
-        ax.plot(part["value"], part["greedy_acc"], "s--", color="#264653", label="greedy accuracy")
-        ax.set_xlabel(sweep)
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"{sweep} sweep ({fixed})", fontsize=10)
-        twin = ax.twinx()
-        twin.bar(part["value"], part["sample_tokens"], width=0.03, alpha=0.25, color="#e76f51", label="sampled length")
-        twin.set_ylabel("mean output tokens")
-        ax.set_zorder(twin.get_zorder() + 1)
-        ax.patch.set_visible(False)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.tight_layout()
-    return fig
-
-
 def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.DataFrame) -> list[dict]:
     """The headline numbers of Sec. 4 next to this run's (for ``paper_vs_run.md``)."""
-    from ..report.paper_vs_run import comparison_row
-
     def mean(setting: str, column: str) -> float:
         values = overall.loc[overall["setting"] == setting, column] if column in overall.columns else pd.Series(dtype=float)
         return float(values.mean()) if len(values) else float("nan")
@@ -381,12 +324,13 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
         return f"{100 * (b / a - 1):+.1f}% ({a:.1f} → {b:.1f})" if a == a and b == b and a else "n/a"
 
     rows = []
-    paper = {("greedy_acc", "Table 1 · greedy accuracy, selective vs full"): "+4.7% (44.8 → 46.9, R1-1.5B); +3.9% (7B); +3.2% (Qwen2.5-7B-Instruct)",
-             ("greedy_tokens", "Table 1 · greedy output length, selective vs full"): "−18.2% (16520 → 13506, R1-1.5B); −12.3% (7B); −4.5%",
-             ("pass@1", "Table 1 · sampled pass@1, selective vs full"): "+1.6% (50.9 → 51.7, R1-1.5B); +0.5% (7B); +3.7%",
-             ("sample_tokens", "Table 1 · sampled output length, selective vs full"): "−6.5% (R1-1.5B); −2.8% (7B); −7.1%"}
+    statistics = {"greedy_acc": "Table 1 · greedy accuracy, selective vs full",
+                  "greedy_tokens": "Table 1 · greedy output length, selective vs full",
+                  "pass@1": "Table 1 · sampled pass@1, selective vs full",
+                  "sample_tokens": "Table 1 · sampled output length, selective vs full"}
     for source in profile.get_path("training.sources"):
-        for (column, statistic), value in paper.items():
+        for column, statistic in statistics.items():
+            value = paper(f"table1.{column}")
             full, ours = mean(f"full__{source}", column), mean(f"selective__{source}", column)
             test = tests[(tests["metric"] == column) & (tests["b"] == f"selective__{source}")] if len(tests) else tests
             note = ""
@@ -398,9 +342,10 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
     full_acc = mean(f"full__{source}", "greedy_acc")
     pruned = overall[overall["variant"] == "pruned_ig"]
     if len(pruned):
-        rows.append(comparison_row("Sec. 4.3", "Table 2 · Pruned CoT SFT vs full, greedy accuracy", "43.9 vs 44.8 (pruning hurts)",
+        rows.append(comparison_row("Sec. 4.3", "Table 2 · Pruned CoT SFT vs full, greedy accuracy", paper("table2.pruned"),
                                    f"{pruned['greedy_acc'].mean():.1f} vs {full_acc:.1f}"))
-    for table, paper_best in (("2", "ours 46.9 (tied with High Strength Segments)"), ("3", "ours 46.9 (next: First-Correct 46.2)")):
+    for table in ("2", "3"):
+        paper_best = paper(f"table{table}.best")
         settings = table_settings(overall, table, source)
         part = overall[overall["setting"].isin(settings)]
         if part["setting"].nunique() > 2:
@@ -415,7 +360,7 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
                                        "one seed per variant; ours and full-CoT: seed mean"))
     confidence = overall[overall["variant"] == "confidence_gain"]
     if len(confidence) and "segment_share" in confidence.columns:
-        rows.append(comparison_row("Sec. 4.4", "Confidence-gain segments selected (share of segments)", "24%",
+        rows.append(comparison_row("Sec. 4.4", "Confidence-gain segments selected (share of segments)", paper("table3.confidence_gain_share"),
                                    f"{100 * confidence['segment_share'].mean():.0f}%",
                                    "includes the always-kept first and last segments"))
     retro = overall[(overall["variant"] == "selective") & (overall.get("keywords") == "retro_search")]
@@ -423,15 +368,49 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
         seeds = set(retro["seed"])
         default = overall[(overall["setting"] == f"selective__{source}") & overall["seed"].isin(seeds)]
         rows.append(comparison_row("App. C.2", "Table 7 · greedy accuracy, Retro-Search vs default keywords",
-                                   "51.5 vs 46.9 (length 12646 vs 13506)",
+                                   paper("table7.retro_search"),
                                    f"{retro['greedy_acc'].mean():.1f} vs {default['greedy_acc'].mean():.1f} "
                                    f"(length {retro['greedy_tokens'].mean():.0f} vs {default['greedy_tokens'].mean():.0f})"))
     tau, beta = profile.get_path("selection.tau"), profile.get_path("selection.beta")
     points = fig5_points(overall, source, tau, beta, [int(s) for s in profile.get_path("training.ablation_seeds")])
-    for sweep, paper_value in (("tau", "0.7"), ("beta", "0.8")):
+    for sweep in ("tau", "beta"):
+        paper_value = paper(f"fig5.{sweep}")
         part = points[points["sweep"] == sweep] if len(points) else points
         if len(part) > 1:
             best = part.sort_values("pass@1", ascending=False).iloc[0]
             rows.append(comparison_row("App. D", f"Fig. 5 · best {sweep} by sampled pass@1", paper_value,
                                        f"{best['value']:g} (pass@1 {best['pass@1']:.1f})"))
     return rows
+
+
+def run(profile: Profile) -> StageResult:
+    """Stage 09: evaluate the base model and every run, and regenerate Table 1, Tables 2-4 and 7, Fig. 5."""
+    graded = evaluate_all(profile)
+    metrics, overall = per_model_table(profile, graded)
+    tables = {"table1": table1(profile, metrics, overall)}
+    save_paper_table(profile, "table1", tables["table1"])
+    tests = []
+    for source in profile.get_path("training.sources"):
+        for metric in ("greedy_acc", "pass@1", "greedy_tokens", "sample_tokens"):
+            if metric in overall.columns:
+                tests.append(paired_tests(overall, graded, f"full__{source}", f"selective__{source}", metric))
+    tests = pd.DataFrame(tests)
+    save_paper_table(profile, "table1_paired_tests", tests)
+    tables["table1_paired_tests"] = tests
+    source = profile.get_path("training.ablation_source")
+    for table in ("2", "3", "4", "7"):
+        settings = table_settings(overall, table, source if table != "7" else profile.get_path("training.table7_source", source))
+        frame = comparison_table(overall, settings, labels={f"selective__{source}": "Segment Selective SFT (IG, ours)"})
+        if len(frame) > 1:
+            save_paper_table(profile, f"table{table}", frame)
+            tables[f"table{table}"] = frame
+    tau, beta = profile.get_path("selection.tau"), profile.get_path("selection.beta")
+    points = fig5_points(overall, source, tau, beta, [int(s) for s in profile.get_path("training.ablation_seeds")])
+    saved = {}
+    if len(points):
+        save_paper_table(profile, "fig5", points)
+        tables["fig5"] = points
+        saved["fig5_tau_beta"] = figures.save(figures.fig5_tau_beta(points, tau, beta), profile, "fig5_tau_beta")
+    return finish(profile, STAGE, paper_comparison_rows(profile, overall, tests), tables=tables, figures=saved,
+                  checks={"every model answered every question": bool(graded.groupby("model")["question_id"].nunique().nunique() == 1)},
+                  values={"n_models": graded["model"].nunique(), "source": source})

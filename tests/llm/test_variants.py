@@ -62,7 +62,7 @@ def test_selective_is_top_strength_with_moderate_consistency():
 
 def test_always_kept_first_and_last_are_added():
     settings = SETTINGS.with_overrides(always_keep="first_last")
-    for name in ("selective", "high_strength", "random_segments", "pruned"):
+    for name in ("selective", "high_strength", "random_segments", "pruned_ig"):
         (sel,) = select(name, [record(VALUES)], settings)
         assert {0, 4} <= sel.segments, name
     (sel,) = select("selective", [record(VALUES)], SETTINGS.with_overrides(always_keep="official"))
@@ -165,7 +165,7 @@ def test_pruned_ig_tunes_tau_to_the_pruned_share():
 
 
 def test_registry_and_registration_errors():
-    for name in ("full", "selective", "pruned", "random_segments", "abs_ig_tokens", "signed_ig_tokens", "high_strength",
+    for name in ("full", "selective", "random_segments", "abs_ig_tokens", "signed_ig_tokens", "high_strength",
                  "first_correct", "confidence_gain", "segment_perplexity", "segment_entropy", "pruned_ig",
                  "pruned_first_correct", "pruned_confidence_gain", "pruned_perplexity", "pruned_entropy"):
         assert name in REGISTRY

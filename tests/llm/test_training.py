@@ -100,6 +100,7 @@ def make_trainer(tmp_path, tokenizer, rows, *, max_length=2048, batch_size=2, mo
     args = SFTConfig(
         output_dir=str(tmp_path / "out"),
         bf16=False,
+        activation_checkpointing=False,  # TRL turns checkpointing on by default; the reference loss runs without it
         fp16=False,
         max_length=max_length,
         per_device_train_batch_size=batch_size,

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from segattr_utils.pipeline import keep_shortest_traces, paired_length_comparison
+from segattr_utils.stages.stage01_generation import keep_shortest_traces
 
 
 def _sample(qid, sample, text, n_tokens, correct, finished=True, tag="sample"):
@@ -37,18 +37,3 @@ def test_keeps_shortest_correct_and_incorrect_per_question(questions):
     assert kept.loc["q1:correct", "answer_part"] == "\n</think>\n\n\\boxed{3}"
     for row in kept.itertuples():
         assert row.reasoning + row.answer_part == row.text
-
-
-def test_paired_comparison_uses_only_questions_with_both():
-    traces = pd.DataFrame([
-        {"question_id": "a", "correct": True, "n_segments": 2, "n_tokens": 10},
-        {"question_id": "a", "correct": False, "n_segments": 5, "n_tokens": 40},
-        {"question_id": "b", "correct": True, "n_segments": 3, "n_tokens": 20},
-        {"question_id": "b", "correct": False, "n_segments": 4, "n_tokens": 30},
-        {"question_id": "c", "correct": True, "n_segments": 9, "n_tokens": 99},
-    ])
-    table = paired_length_comparison(traces).set_index("metric")
-    assert table.loc["n_segments", "questions"] == 2
-    assert table.loc["n_segments", "correct_mean"] == pytest.approx(2.5)
-    assert table.loc["n_segments", "incorrect_mean"] == pytest.approx(4.5)
-    assert table.loc["n_tokens", "share_incorrect_longer"] == pytest.approx(1.0)

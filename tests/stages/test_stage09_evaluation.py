@@ -25,87 +25,6 @@ CORPUS = ["Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let m
           "The final answer is \\boxed{15}.", "Please reason step by step."] * 5
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    return build_bpe_tokenizer(CORPUS, vocab_size=300)
-
-
-PROMPT_MSG = "Start with 12, then first add 3."
-SEGMENTS = ["Okay, so 12 + 3 = 15.", "\n\nWait, let me check 12 + 3 = 15 again."]
-ANSWER = "\n</think>\n\nThe final answer is \\boxed{15}."
-
-
-def test_char_masked_example_learns_exactly_the_chosen_tokens(tokenizer):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
-                                           add_generation_prompt=True)
-    trace = "".join(SEGMENTS)
-    ids, offsets = tokenize_with_offsets(tokenizer, prompt + trace + ANSWER)
-    trace_tokens = [i for i, (s, _) in enumerate(offsets) if len(prompt) <= s < len(prompt) + len(trace)]
-    chosen = trace_tokens[1::3]  # every third trace token
-    spans = [(offsets[i][0] - len(prompt), offsets[i][1] - len(prompt)) for i in chosen]
-    example = build_char_masked_example(tokenizer, prompt, trace, ANSWER, spans)
-    answer_tokens = [i for i, (s, _) in enumerate(offsets) if s >= len(prompt) + len(trace)]
-    expected = [-100] * len(ids)
-    for i in chosen + answer_tokens:
-        expected[i] = ids[i]
-    assert example.input_ids == ids + [tokenizer.eos_token_id]
-    assert example.labels == expected + [tokenizer.eos_token_id]
-
-
-def test_char_masked_example_with_whole_segments_equals_segment_selection(tokenizer):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
-                                           add_generation_prompt=True)
-    # the second segment's characters: the segment-level builder must give the same labels
-    start = len(SEGMENTS[0])
-    by_chars = build_char_masked_example(tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(start, start + len(SEGMENTS[1]))])
-    by_segments = build_training_example(tokenizer, prompt, SEGMENTS, ANSWER, selected=[1])
-    assert by_chars.input_ids == by_segments.input_ids
-    assert by_chars.labels == by_segments.labels
-    with pytest.raises(ValueError, match="outside the trace"):
-        build_char_masked_example(tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(0, 10_000)])
-
-
-def _profile(**training) -> Profile:
-    profile = load_profile("tiny")
-    profile["training"] = {**profile["training"], **training}
-    return profile
-
-
-def test_plan_runs_counts_and_names():
-    runs = sft.plan_runs(_profile())
-    names = [r.name for r in runs]
-    assert len(names) == len(set(names))
-    # main comparison: 2 sources x 3 seeds x (full, selective)
-    main = [r for r in runs if r.tables == ("1",)]
-    assert len(main) == 12 and {r.seed for r in main} == {0, 1, 2}
-    assert names[0] == "full__self__seed0"
-    # Table 2's pruned row and Table 4's IG row are one run
-    pruned = [r for r in runs if r.variant == "pruned_ig"]
-    assert len(pruned) == 1 and pruned[0].tables == ("2", "4")
-    # fig5: 3 tau + 2 beta values, one seed; table 7: one retro-search run
-    assert sum("fig5" in r.tables for r in runs) == 5
-    retro = [r for r in runs if r.keywords == "retro_search"]
-    assert [r.name for r in retro] == ["selective__self__retro_search__seed0"]
-    tau_run = next(r for r in runs if r.overrides == (("tau", 0.9),))
-    assert tau_run.setting == "selective__self__tau0.9" and sft.run_label(tau_run) == "Segment Selective SFT (τ = 0.9)"
-    assert len(sft.plan_runs(_profile(tables=[], sources=["self"], main_seeds=[5]))) == 2
-    with pytest.raises(ValueError, match="sources"):
-        sft.plan_runs(_profile(sources=["self", "web"]))
-
-
-def test_two_stage_schedule():
-    one = sft.schedule(_profile())
-    assert len(one) == 1 and one[0].epochs == 10
-    two = sft.schedule(_profile(schedule="two_stage"))
-    assert [s.epochs for s in two] == [7, 4] and two[1].learning_rate == 0.0003 and two[0].learning_rate == 0.0005
-    with pytest.raises(ValueError, match="schedule"):
-        sft.schedule(_profile(schedule="three_stage"))
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation metrics
-
-
 def _graded():
     rows = []
     # model m: bench A two questions, greedy right on q1 only; samples: q1 3/4 correct, q2 1/4
@@ -197,10 +116,6 @@ def test_format_mean_std():
     assert ev.format_mean_std(12345.6, 10.2, 3, 0) == "12346 ± 10"
 
 
-# ---------------------------------------------------------------------------------------------
-# Benchmark loading helpers
-
-
 def test_multiple_choice_row_shuffles_with_a_fixed_seed():
     choices = {"question": "Q", "correct": "C", "incorrect": ["I1", "I2", "I3"]}
     letters = []
@@ -221,21 +136,3 @@ def test_answer_text_normalises_lists_and_dollars():
     assert answer_text(42) == "42"
     with pytest.raises(ValueError):
         answer_text([])
-
-
-def test_stop_after_epoch_ends_training_early(tmp_path):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    from segattr_utils.llm.training import TrainSettings, TrainingExample, train_sft
-
-    tok = build_bpe_tokenizer(CORPUS, vocab_size=300)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
-    model = Qwen2ForCausalLM(config)
-    ids = tok("12 + 3 = 15", add_special_tokens=False)["input_ids"]
-    examples = [TrainingExample(ids, ids)] * 8
-    settings = TrainSettings(epochs=4, batch_size=4, stop_after_epoch=2, save_steps=1000, logging_steps=1,
-                             learning_rate=1e-3)
-    summary = train_sft(model, tok, examples, settings, tmp_path / "run", seed=0)
-    assert summary["steps"] == 4  # 2 steps per epoch, stopped after epoch 2 of 4
-    assert math.isfinite(summary["final_loss"])

@@ -1,10 +1,6 @@
-"""Stages 04 and 05 end to end on hand-made stage 01-03 artifacts and a tiny random model: the
-artifact columns other notebooks read, one row per segment, resuming after an interruption gives the
-records of an uninterrupted run, and the BLEU column matches the segments' hand-computed values."""
+"""Shared fixtures of the stage tests: hand-made stage 01-03 artifacts and a tiny random model."""
 
 from __future__ import annotations
-
-import json
 
 import pandas as pd
 import pytest
@@ -13,7 +9,6 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import write_table
 from segattr_utils.config import Profile, load_profile, stage_dir
-from segattr_utils.stages import stage04_confidence_delta as confidence_delta, stage05_linguistics as linguistics
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 TRACES = {
@@ -59,40 +54,3 @@ def profile(tmp_path):
     write_table(stage_dir(profile, "02_segmentation") / "segments.parquet", pd.DataFrame(segments))
     write_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet", pd.DataFrame(scores))
     return profile
-
-
-def test_confidence_stage_columns_rows_and_resume(profile):
-    table = confidence_delta.segment_confidence(profile)
-    assert list(table.columns) == ["trace_id", "segment", "confidence_before", "confidence_after", "delta"]
-    # one row per segment of every correct trace (3 + 1), none for the incorrect trace
-    assert table["trace_id"].tolist() == ["q0:correct"] * 3 + ["q1:correct"]
-    assert table["segment"].tolist() == [0, 1, 2, 0]
-    assert (table["delta"] == table["confidence_after"] - table["confidence_before"]).all()
-    # consecutive segments chain: the confidence after segment k is the one before segment k + 1
-    q0 = table[table["trace_id"] == "q0:correct"]
-    assert q0["confidence_after"].iloc[:-1].tolist() == q0["confidence_before"].iloc[1:].tolist()
-
-    store = stage_dir(profile, "04_confidence_delta") / "forced_answers.jsonl"
-    lines = store.read_text().splitlines()
-    assert len(lines) == 4 + 2  # prefixes 0..3 of q0 and 0..1 of q1
-    n_samples = profile.get_path("analysis.confidence.n_samples")
-    assert all(json.loads(line)["n_samples"] == n_samples for line in lines)
-    # Interrupt: keep the first record and a cut line; the resumed run redoes the rest identically.
-    store.write_text(lines[0] + "\n" + lines[1][:20])
-    resumed = confidence_delta.segment_confidence(profile)
-    pd.testing.assert_frame_equal(resumed, table)
-    assert sorted(store.read_text().splitlines()) == sorted(lines)
-
-
-def test_linguistics_stage_columns_and_bleu(profile):
-    table = linguistics.measure_linguistics(profile)
-    for column in ("trace_id", "segment", "n_tokens", "log_ppl", "entropy", "bleu", "removal_ppl_increase"):
-        assert column in table.columns
-    # smoke profile measures incorrect traces too: 3 + 1 + 2 segments
-    assert len(table) == 6 and not table[["log_ppl", "entropy", "bleu", "removal_ppl_increase"]].isna().any().any()
-    q0 = table[table["trace_id"] == "q0:correct"].sort_values("segment")
-    # segment 1 repeats "so 2 + 1 = 3." from segment 0: BLEU > 0; the first segment of a trace has BLEU 0
-    assert q0["bleu"].iloc[0] == 0.0 and q0["bleu"].iloc[1] > 0.3
-    assert (table["n_tokens"] > 0).all() and (table["entropy"] > 0).all()
-    again = linguistics.measure_linguistics(profile)  # resumed: nothing recomputed, same table
-    pd.testing.assert_frame_equal(again, table)

@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from segattr_utils.report.viewer import NEWLINE_MARK, render_figure, render_html, trace_view, write_html
+from segattr_utils.report.figures import fig1_left_segment_viewer as render_figure
+from segattr_utils.report.viewer import NEWLINE_MARK, render_html, trace_view, write_html
 
 SEGMENTS = [
     "Okay, so 2 + 1 = 3 & <b>not bold</b>.",

@@ -440,13 +440,13 @@ def test_judge_quality_by_hand():
 
 
 def test_important_groups_recomputed_at_the_analysis_thresholds():
-    from segattr_utils.stages.stage07_truncation_judge import important_groups
+    from segattr_utils.method.importance import label_segments
 
     # trace t: strengths 0.5, 0.3, 0.2 -> tau 0.8 keeps segments 0 and 1; beta 0.95 drops segment 1 (consistency 1)
     scores = pd.DataFrame({"trace_id": ["t"] * 3 + ["u"] * 2, "segment": [0, 1, 2, 0, 1],
                            "norm_strength": [0.5, 0.3, 0.2, 0.9, 0.1], "consistency": [0.4, 1.0, 0.1, 0.5, 0.5]})
-    assert important_groups(scores, 0.8, 0.95).tolist() == [True, False, False, True, False]
-    assert important_groups(scores, 1.0, 1.0).tolist() == [True, True, True, True, True]
+    assert label_segments(scores, 0.8, 0.95)["important"].tolist() == [True, False, False, True, False]
+    assert label_segments(scores, 1.0, 1.0)["important"].tolist() == [True, True, True, True, True]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -518,5 +518,5 @@ def test_paper_judge_offline_fails_with_a_clear_message(tmp_path, monkeypatch):
         profile["generation"]["backend"] = backend
         with pytest.raises(ModelUnavailableError, match=r"(?s)segattr-tests/no-such-judge.*huggingface-cli download"):
             load_judge(profile)
-    with pytest.raises(FileNotFoundError, match="tiny judge is missing"):
+    with pytest.raises(FileNotFoundError, match="tiny judge model is missing"):
         load_judge(_profile(tmp_path))

@@ -1,0 +1,295 @@
+"""Stage 03 (notebook ``03_ig_attribution``): token IG of the correct answer for every kept trace
+(Sec. 2.2, Eq. 1-2, App. C.4), segment strength, consistency and normalised strength (Eq. 3-4), the
+important set (Eq. 5-7, always-kept segments of App. C.4), completeness deltas, and how much the number
+of path points J changes the segment-level results.
+
+The sequence is ``prompt + trace + answer suffix``; one record per trace is appended to the
+``attributions_store`` as soon as it is done (resumable). The reference traces that notebook 08 also
+trains on are attributed there with the same settings (:func:`attribute_traces`).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pandas as pd
+import torch
+
+from .. import dag, services
+from ..artifacts import RecordStore, write_table
+from ..config import Profile
+from ..method.attribution import token_attributions
+from ..method.importance import always_keep_indices, importance_flags, segment_scores
+from ..method.token_spans import build_attribution_sequence
+from ..progress import progress
+from ..report import figures
+from ..report.paper_vs_run import comparison_row, paper
+from ..run_log import log_seconds
+from ..workers import map_in_workers
+from . import StageResult, finish
+
+STAGE = dag.IG_ATTRIBUTION
+
+
+def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: dict) -> dict:
+    """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores."""
+    prompt = services.prompt(tokenizer, trace["question"])
+    sequence = build_attribution_sequence(tokenizer, prompt, list(trace["segments"]), trace["answer"],
+                                          suffix_template=settings["answer_suffix"])
+    record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
+    if len(sequence) > settings["max_length"]:
+        record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
+        return record
+    started = time.perf_counter()
+    result = token_attributions(model, torch.tensor(sequence.input_ids), sequence.answer_span,
+                                baseline_token_id=baseline, n_steps=settings["n_steps"],
+                                method=settings["method"], internal_batch_size=settings["internal_batch_size"])
+    values = result.values.tolist()
+    record.update({
+        "skipped": None, "seconds": round(time.perf_counter() - started, 3),
+        "f_input": result.f_input, "f_baseline": result.f_baseline, "delta": result.delta,
+        "relative_delta": result.relative_delta, "answer_span": list(sequence.answer_span),
+        "segment_spans": [list(s) for s in sequence.segment_spans],
+        "segment_values": [values[s:e] for s, e in sequence.segment_spans],
+    })
+    return record
+
+
+def attribution_workers(settings: dict, kind: str) -> tuple[list[str], int]:
+    """(device per worker process, torch threads per worker) from ``attribution.workers`` and
+    ``attribution.threads_per_worker``. One worker means no subprocess. On GPUs the workers take the
+    visible devices in turn; the tiny world's models stay on the CPU."""
+    workers = settings.get("workers", 1)
+    if not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"attribution.workers must be a positive int, got {workers!r}")
+    if kind != "world" and torch.cuda.is_available():
+        devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
+    else:
+        devices = ["cpu"] * workers
+    threads = settings.get("threads_per_worker") or max(1, torch.get_num_threads() // workers)
+    return devices, threads
+
+
+# Filled once per worker process by _init_attribution_worker, so that each process loads the model once.
+_WORKER_STATE: dict = {}
+
+
+def _init_attribution_worker(profile: Profile, device: str) -> None:
+    model, tokenizer = services.load_model(profile, "generator", device=device)
+    _WORKER_STATE.update(model=model, tokenizer=tokenizer, baseline=services.baseline_token(profile, tokenizer),
+                         settings=profile["attribution"])
+
+
+def _attribute_in_worker(trace: dict) -> dict:
+    return attribution_record(trace=trace, **_WORKER_STATE)
+
+
+def attribute_traces(profile: Profile, traces: list[dict], store: RecordStore, desc: str,
+                     stage: dag.Stage = STAGE) -> list[dict]:
+    """Token IG of the correct answer for every trace (``trace_id``, ``question``, ``answer``,
+    ``segments``) not yet in ``store``; one record per trace, appended as soon as it is done.
+
+    With ``attribution.workers`` > 1 the traces are spread over that many processes
+    (:func:`segattr_utils.workers.map_in_workers`); the records are the same up to float rounding.
+    """
+    settings = profile["attribution"]
+    devices, threads = attribution_workers(settings, profile["kind"])
+    todo = [t for t in traces if t["trace_id"] not in store]
+    if not todo:
+        return store.records()
+    if len(devices) == 1:
+        model, tokenizer = services.load_model(profile, "generator")
+        baseline = services.baseline_token(profile, tokenizer)
+        records = (attribution_record(model, tokenizer, baseline, settings, trace) for trace in todo)
+    else:
+        records = map_in_workers(_attribute_in_worker, todo, devices, threads,
+                                 initializer=_init_attribution_worker, initargs=(profile,))
+    started = time.perf_counter()
+    for record in progress(records, total=len(todo), desc=desc, unit="trace"):
+        store.append([record])
+    log_seconds(profile, stage, f"{desc}: {len(todo)} traces", time.perf_counter() - started)
+    return store.records()
+
+
+def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
+    """Token IG of the correct answer for every kept trace (resumable, one record per trace), then
+    segment scores and the important set. Returns the per-segment table."""
+    settings = profile["attribution"]
+    kept = services.kept_traces(profile)
+    if not settings.get("attribute_incorrect", True):
+        kept = kept[kept["correct"]]
+    segments = services.segment_table(profile)
+    by_trace = services.segment_texts(segments)
+    traces = [dict(t, segments=by_trace[t["trace_id"]]) for t in kept.to_dict("records")]
+    store = RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"])
+    records = attribute_traces(profile, traces, store, "integrated gradients")
+    return score_segments(profile, kept, segments, records)
+
+
+def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
+    """Segment strength, consistency and normalised strength (Eq. 3-4) and the important set
+    (Eq. 5-7 with the always-kept segments of App. C.4) for every attributed trace; writes
+    ``segment_scores`` and ``completeness``."""
+    selection = profile["selection"]
+    correct = dict(zip(kept["trace_id"], kept["correct"]))
+    kinds = {(r["trace_id"], r["segment"]): r["kind"] for r in segments.to_dict("records")}
+    rows, completeness = [], []
+    for record in records:
+        if record.get("skipped") or record["trace_id"] not in correct:
+            continue
+        scores = segment_scores(record["segment_values"], aggregation=selection["aggregation"])
+        n = len(scores)
+        flags = importance_flags(scores["norm_strength"], scores["consistency"], selection["tau"], selection["beta"])
+        kept_always = set(always_keep_indices(n, selection["always_keep"]))
+        scores.insert(0, "segment", range(n))
+        scores.insert(0, "trace_id", record["trace_id"])
+        scores["correct"] = correct[record["trace_id"]]
+        scores["n_segments"] = n
+        scores["high_strength"] = flags["high_strength"].to_numpy()
+        scores["important"] = flags["important"].to_numpy()
+        scores["always_kept"] = scores["segment"].isin(kept_always)
+        scores["selected_for_sft"] = scores["important"] | scores["always_kept"]
+        scores["kind"] = [kinds.get((record["trace_id"], i)) for i in range(n)]
+        rows.append(scores)
+        completeness.append({"trace_id": record["trace_id"], "correct": correct[record["trace_id"]],
+                             "f_input": record["f_input"], "f_baseline": record["f_baseline"],
+                             "delta": record["delta"], "relative_delta": record["relative_delta"],
+                             "flagged": record["relative_delta"] > profile.get_path("attribution.flag_relative_delta"),
+                             "n_tokens": record["n_tokens"]})
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    write_table(STAGE.path(profile, "segment_scores"), table)
+    write_table(STAGE.path(profile, "completeness"), pd.DataFrame(completeness))
+    return table
+
+
+def _important_set(scores: pd.DataFrame, selection: dict) -> set[int]:
+    flags = importance_flags(scores["norm_strength"], scores["consistency"], selection["tau"], selection["beta"])
+    return {int(i) for i in flags.index[flags["important"]]}
+
+
+def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
+    """How much the number of path points J changes the segment-level results (App. C.4).
+
+    For ``attribution.sensitivity.n_traces`` attributed correct traces (a seeded sample), token IG is
+    recomputed with each J in ``attribution.sensitivity.n_steps`` and compared with the stage's own
+    attributions (``attribution.n_steps``): the relative completeness error at both J, the Spearman
+    correlation of normalised segment strengths, the largest change of a consistency, and the Jaccard
+    overlap of the important sets (Eq. 7). Resumable: one record per (trace, J).
+    """
+    from scipy.stats import spearmanr
+
+    settings, selection = profile["attribution"], profile["selection"]
+    spec = settings.get("sensitivity") or {}
+    records = {r["trace_id"]: r for r in RecordStore(STAGE.path(profile, "attributions_store"),
+                                                      key_fn=lambda r: r["trace_id"]).records()
+               if not r.get("skipped")}
+    kept = services.kept_traces(profile)
+    candidates = sorted(t for t in kept.loc[kept["correct"], "trace_id"] if t in records)
+    n_traces = min(int(spec.get("n_traces", 0)), len(candidates))
+    if not n_traces or not spec.get("n_steps"):
+        return pd.DataFrame()
+    chosen = sorted(random.Random(f"sensitivity:{profile['seed']}").sample(candidates, n_traces))
+    by_trace = services.segment_texts(services.segment_table(profile))
+    questions = kept.set_index("trace_id")
+    store = RecordStore(STAGE.path(profile, "sensitivity_store"), key_fn=lambda r: [r["trace_id"], r["n_steps"]])
+    jobs = [(tid, int(j)) for tid in chosen for j in spec["n_steps"] if [tid, int(j)] not in store]
+    if jobs:
+        model, tokenizer = services.load_model(profile, "generator")
+        baseline = services.baseline_token(profile, tokenizer)
+    for trace_id, n_steps in progress(jobs, desc="IG with other J", unit="trace"):
+        trace = {"trace_id": trace_id, "question": questions.loc[trace_id, "question"],
+                 "answer": questions.loc[trace_id, "answer"], "segments": by_trace[trace_id]}
+        record = attribution_record(model, tokenizer, baseline, dict(settings, n_steps=n_steps), trace)
+        store.append([{"trace_id": trace_id, "n_steps": n_steps, "relative_delta": record["relative_delta"],
+                       "segment_values": record["segment_values"]}])
+    rows = []
+    for record in store.records():
+        if record["trace_id"] not in chosen or record["n_steps"] not in [int(j) for j in spec["n_steps"]]:
+            continue
+        reference = records[record["trace_id"]]
+        ours = segment_scores(reference["segment_values"], aggregation=selection["aggregation"])
+        other = segment_scores(record["segment_values"], aggregation=selection["aggregation"])
+        important = [_important_set(s, selection) for s in (ours, other)]
+        union = important[0] | important[1]
+        rho = spearmanr(ours["norm_strength"], other["norm_strength"])[0] if len(ours) > 2 else float("nan")
+        rows.append({"trace_id": record["trace_id"], "n_steps": record["n_steps"], "profile_n_steps": settings["n_steps"],
+                     "relative_delta": record["relative_delta"], "profile_relative_delta": reference["relative_delta"],
+                     "n_segments": len(ours), "spearman_norm_strength": rho,
+                     "max_norm_strength_change": float((ours["norm_strength"] - other["norm_strength"]).abs().max()),
+                     "max_consistency_change": float((ours["consistency"] - other["consistency"]).abs().max()),
+                     "important_jaccard": len(important[0] & important[1]) / len(union) if union else 1.0})
+    table = pd.DataFrame(rows)
+    write_table(STAGE.path(profile, "step_sensitivity"), table)
+    return table
+
+
+def completeness_summary(completeness: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Median, 90th percentile and maximum relative completeness error, and the flagged share."""
+    rows = []
+    for name, group in [("all", completeness)] + [("correct" if c else "incorrect", g) for c, g in completeness.groupby("correct")]:
+        rel = group["relative_delta"]
+        rows.append({"traces": name, "n": len(group), "median_rel_delta": rel.median(), "p90_rel_delta": rel.quantile(0.9),
+                     "max_rel_delta": rel.max(), f"flagged_share(>{threshold:g})": (rel > threshold).mean(),
+                     "median_abs_delta": group["delta"].abs().median()})
+    return pd.DataFrame(rows)
+
+
+def selection_summary(scores: pd.DataFrame) -> pd.DataFrame:
+    """Share of segments and of tokens that are important (Eq. 7) per trace, averaged over traces."""
+    rows = []
+    for correct, group in scores.groupby("correct"):
+        per_trace = group.groupby("trace_id").apply(
+            lambda g: pd.Series({"segments": len(g), "important_segment_share": g["important"].mean(),
+                                 "important_token_share": g.loc[g["important"], "n_tokens"].sum() / max(g["n_tokens"].sum(), 1),
+                                 "high_strength_share": g["high_strength"].mean(),
+                                 "selected_for_sft_token_share": g.loc[g["selected_for_sft"], "n_tokens"].sum() / max(g["n_tokens"].sum(), 1)}),
+            include_groups=False)
+        rows.append({"traces": "correct" if correct else "incorrect", "n": len(per_trace), **per_trace.mean().to_dict()})
+    return pd.DataFrame(rows)
+
+
+def comparison_rows(profile: Profile, completeness: pd.DataFrame, sensitivity: pd.DataFrame) -> list[dict]:
+    """The paper-vs-run rows of stage 03 (App. C.4: the completeness error at the profile's J and at the
+    other J of the sensitivity check)."""
+    settings = profile["attribution"]
+    summary = completeness_summary(completeness, settings["flag_relative_delta"]).set_index("traces")
+    flag = f"flagged_share(>{settings['flag_relative_delta']:g})"
+    rows = [comparison_row(
+        "App. C.4", f"IG completeness error at J = {settings['n_steps']} ({settings['method']})",
+        paper("appC4.completeness"), f"median {summary.loc['all', 'median_rel_delta']:.2%}",
+        f"{summary.loc['all', flag]:.0%} of {int(summary.loc['all', 'n'])} traces over {settings['flag_relative_delta']:.0%}")]
+    if len(sensitivity):
+        for n_steps, group in sensitivity.groupby("n_steps"):
+            rows.append(comparison_row(
+                "App. C.4", f"IG completeness error at J = {n_steps} (sample of {len(group)} correct traces)",
+                paper("appC4.j"), f"median {group['relative_delta'].median():.2%}",
+                f"important sets vs J = {settings['n_steps']}: mean Jaccard {group['important_jaccard'].mean():.2f}; "
+                f"strength Spearman {group['spearman_norm_strength'].mean():.2f}"))
+    return rows
+
+
+def run(profile: Profile) -> StageResult:
+    """Stage 03: attribute every kept trace, score its segments, check completeness and the J sensitivity."""
+    settings = profile["attribution"]
+    scores = attribute_kept_traces(profile)
+    completeness = pd.read_parquet(STAGE.path(profile, "completeness"))
+    kept = services.kept_traces(profile)
+    sensitivity = ig_step_sensitivity(profile)
+    tables = {"completeness": completeness_summary(completeness, settings["flag_relative_delta"]),
+              "selection": selection_summary(scores)}
+    correct = scores[scores["correct"]] if len(scores) else scores
+    if len(correct):
+        example_id = correct["trace_id"].iloc[0]
+        segments = services.segment_table(profile)
+        tables["example"] = scores[scores["trace_id"] == example_id].merge(
+            segments[["trace_id", "segment", "text"]], on=["trace_id", "segment"])[
+            ["segment", "kind", "n_tokens", "norm_strength", "consistency", "important", "text"]]
+    if len(sensitivity):
+        tables["sensitivity"] = sensitivity.groupby(["n_steps", "profile_n_steps"])[
+            ["relative_delta", "profile_relative_delta", "spearman_norm_strength", "max_norm_strength_change",
+             "max_consistency_change", "important_jaccard"]].agg(["median", "mean"]).T
+    fig = figures.completeness_histogram(completeness, settings["flag_relative_delta"])
+    return finish(profile, STAGE, comparison_rows(profile, completeness, sensitivity), tables=tables,
+                  figures={"ig_completeness_delta": figures.save(fig, profile, "ig_completeness_delta")},
+                  checks={"every kept trace is attributed": set(completeness["trace_id"]) == set(kept["trace_id"])})

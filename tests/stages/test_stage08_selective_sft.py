@@ -1,0 +1,155 @@
+"""Tests for the SFT and evaluation stages (notebooks 08-09): supervision built from selections, the run
+plan, the paper-table metrics and the paired tests, benchmark loading helpers.
+
+Expected values are computed by hand or by an independent route (the tokenizer's own offsets, pass@k
+by enumeration), never by the function under test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segattr_utils.config import Profile, load_profile
+from segattr_utils.data.questions import answer_text, multiple_choice_row
+from segattr_utils.stages import stage09_evaluation as ev
+from segattr_utils.stages import stage08_selective_sft as sft
+from segattr_utils.world.tokenizer import build_bpe_tokenizer
+from segattr_utils.llm.training import build_char_masked_example, build_training_example, tokenize_with_offsets
+
+CORPUS = ["Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
+          "The final answer is \\boxed{15}.", "Please reason step by step."] * 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_bpe_tokenizer(CORPUS, vocab_size=300)
+
+
+PROMPT_MSG = "Start with 12, then first add 3."
+SEGMENTS = ["Okay, so 12 + 3 = 15.", "\n\nWait, let me check 12 + 3 = 15 again."]
+ANSWER = "\n</think>\n\nThe final answer is \\boxed{15}."
+
+
+def test_char_masked_example_learns_exactly_the_chosen_tokens(tokenizer):
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
+                                           add_generation_prompt=True)
+    trace = "".join(SEGMENTS)
+    ids, offsets = tokenize_with_offsets(tokenizer, prompt + trace + ANSWER)
+    trace_tokens = [i for i, (s, _) in enumerate(offsets) if len(prompt) <= s < len(prompt) + len(trace)]
+    chosen = trace_tokens[1::3]  # every third trace token
+    spans = [(offsets[i][0] - len(prompt), offsets[i][1] - len(prompt)) for i in chosen]
+    example = build_char_masked_example(tokenizer, prompt, trace, ANSWER, spans)
+    answer_tokens = [i for i, (s, _) in enumerate(offsets) if s >= len(prompt) + len(trace)]
+    expected = [-100] * len(ids)
+    for i in chosen + answer_tokens:
+        expected[i] = ids[i]
+    assert example.input_ids == ids + [tokenizer.eos_token_id]
+    assert example.labels == expected + [tokenizer.eos_token_id]
+
+
+def test_char_masked_example_with_whole_segments_equals_segment_selection(tokenizer):
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
+                                           add_generation_prompt=True)
+    # the second segment's characters: the segment-level builder must give the same labels
+    start = len(SEGMENTS[0])
+    by_chars = build_char_masked_example(tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(start, start + len(SEGMENTS[1]))])
+    by_segments = build_training_example(tokenizer, prompt, SEGMENTS, ANSWER, selected=[1])
+    assert by_chars.input_ids == by_segments.input_ids
+    assert by_chars.labels == by_segments.labels
+    with pytest.raises(ValueError, match="outside the trace"):
+        build_char_masked_example(tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(0, 10_000)])
+
+
+def _profile(**training) -> Profile:
+    profile = load_profile("tiny")
+    profile["training"] = {**profile["training"], **training}
+    return profile
+
+
+def test_plan_runs_counts_and_names():
+    runs = sft.plan_runs(_profile())
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names))
+    # main comparison: 2 sources x 3 seeds x (full, selective)
+    main = [r for r in runs if r.tables == ("1",)]
+    assert len(main) == 12 and {r.seed for r in main} == {0, 1, 2}
+    assert names[0] == "full__self__seed0"
+    # Table 2's pruned row and Table 4's IG row are one run
+    pruned = [r for r in runs if r.variant == "pruned_ig"]
+    assert len(pruned) == 1 and pruned[0].tables == ("2", "4")
+    # fig5: 3 tau + 2 beta values, one seed; table 7: one retro-search run
+    assert sum("fig5" in r.tables for r in runs) == 5
+    retro = [r for r in runs if r.keywords == "retro_search"]
+    assert [r.name for r in retro] == ["selective__self__retro_search__seed0"]
+    tau_run = next(r for r in runs if r.overrides == (("tau", 0.9),))
+    assert tau_run.setting == "selective__self__tau0.9" and sft.run_label(tau_run) == "Segment Selective SFT (τ = 0.9)"
+    assert len(sft.plan_runs(_profile(tables=[], sources=["self"], main_seeds=[5]))) == 2
+    with pytest.raises(ValueError, match="sources"):
+        sft.plan_runs(_profile(sources=["self", "web"]))
+
+
+def test_two_stage_schedule():
+    one = sft.schedule(_profile())
+    assert len(one) == 1 and one[0].epochs == 10
+    two = sft.schedule(_profile(schedule="two_stage"))
+    assert [s.epochs for s in two] == [7, 4] and two[1].learning_rate == 0.0003 and two[0].learning_rate == 0.0005
+    with pytest.raises(ValueError, match="schedule"):
+        sft.schedule(_profile(schedule="three_stage"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark loading helpers
+
+
+def test_stop_after_epoch_ends_training_early(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from segattr_utils.llm.training import TrainSettings, TrainingExample, train_sft
+
+    tok = build_bpe_tokenizer(CORPUS, vocab_size=300)
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    model = Qwen2ForCausalLM(config)
+    ids = tok("12 + 3 = 15", add_special_tokens=False)["input_ids"]
+    examples = [TrainingExample(ids, ids)] * 8
+    settings = TrainSettings(epochs=4, batch_size=4, stop_after_epoch=2, save_steps=1000, logging_steps=1,
+                             learning_rate=1e-3)
+    summary = train_sft(model, tok, examples, settings, tmp_path / "run", seed=0)
+    assert summary["steps"] == 4  # 2 steps per epoch, stopped after epoch 2 of 4
+    assert math.isfinite(summary["final_loss"])
+
+
+def test_the_registry_alone_drives_the_run_plan():
+    from segattr_utils.llm import variants
+
+    profile = _profile(tables=["2"], ablation_seeds=[0])
+    before = {r.name for r in sft.plan_runs(profile)}
+    variants.register("my_rule", label="My Segments", mode="selective", tables=("2",))(
+        lambda records, settings: [variants.TraceSelection({0}) for _ in records])
+    try:
+        after = {r.name for r in sft.plan_runs(profile)}
+    finally:
+        del variants.REGISTRY["my_rule"]
+    assert after - before == {"my_rule__self__seed0"}
+    # Table 2's pruned row is the pruned_ig run, which Table 4 shares
+    (pruned,) = [r for r in sft.plan_runs(_profile(tables=["2", "4"], ablation_seeds=[0])) if r.variant == "pruned_ig"]
+    assert pruned.tables == ("2", "4")
+
+
+def test_a_variant_names_the_signal_it_needs():
+    import numpy as np
+
+    from segattr_utils.llm.variants import SelectionSettings, TraceRecord, get_variant
+
+    record = TraceRecord("t", "q", "1", ["a", "b"], "x", [np.ones(1), np.ones(1)], [[(0, 1)], [(1, 2)]])
+    with pytest.raises(ValueError, match="needs 'confidence_delta' .*notebook 04"):
+        get_variant("confidence_gain").selections([record], SelectionSettings())
