@@ -9,7 +9,6 @@ STAMP   := $(VENV)/.installed-stamp
 
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
-export PYTHONHASHSEED := 0
 
 .PHONY: setup browser reproduce test lint format test-unit test-notebooks bench bench-ig bench-sft lab clean-results help
 

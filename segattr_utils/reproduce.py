@@ -166,8 +166,11 @@ def _strip_volatile_metadata(path: Path, root: Path | None = None) -> None:
 def kernel_environment():
     """Set :func:`~segattr_utils.progress.quiet_environment` in ``os.environ`` while kernels start (they
     inherit it): no progress bars or per-step trainer output in the executed notebooks."""
-    saved = {key: os.environ.get(key) for key in quiet_environment()}
-    os.environ.update(quiet_environment())
+    # The kernels also get a fixed hash seed, so set and dict orders that depend on string hashing are
+    # the same in every run whoever starts it (make, python -m segattr_utils.reproduce, segattr reproduce).
+    environment = {**quiet_environment(), "PYTHONHASHSEED": "0"}
+    saved = {key: os.environ.get(key) for key in environment}
+    os.environ.update(environment)
     try:
         yield
     finally:

@@ -424,6 +424,9 @@ def train_all(profile: Profile, only: Optional[list[str]] = None) -> pd.DataFram
             cache[key] = load_trace_records(profile, spec.source, spec.keywords)
         summaries.append(train_run(profile, spec, cache[key]))
     table = pd.DataFrame(summaries)
+    # A fixed column order: summaries read back from summary.json have sorted keys, fresh ones do not.
+    kind_columns = sorted(c for c in table.columns if c.startswith("chosen_share_"))
+    table = table[[c for c in table.columns if c not in kind_columns] + kind_columns]
     table["tables"] = table["tables"].map(lambda t: ",".join(t))
     table["overrides"] = table["overrides"].map(lambda o: json.dumps(o, sort_keys=True))
     write_table(STAGE.path(profile, "runs"), table)
