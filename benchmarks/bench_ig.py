@@ -93,16 +93,25 @@ GB = 1e9
 
 # ----------------------------------------------------------------------------------------------- setup
 
+
 def build_model(seed: int, hidden: int, layers: int, init_range: float, max_positions: int):
     """The tiny Qwen2 causal LM with the real Qwen vocabulary, float32, eval mode, parameters frozen."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     heads = max(1, hidden // 16)
     config = Qwen2Config(
-        vocab_size=VOCAB_SIZE, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
-        max_position_embeddings=max_positions, tie_word_embeddings=True, pad_token_id=None,
-        bos_token_id=None, eos_token_id=None, initializer_range=init_range,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+        initializer_range=init_range,
     )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config).float().eval()
@@ -147,11 +156,20 @@ class IdTokenizer:
 
 # ---------------------------------------------------------------------------------------------- methods
 
+
 def run_engine(model, ids, span, n_steps, batch, interpolate=None):
     from segattr_utils import token_attributions
 
-    result = token_attributions(model, ids, span, baseline_token_id=BASELINE_TOKEN_ID, n_steps=n_steps,
-                                method="gausslegendre", internal_batch_size=batch, interpolate=interpolate)
+    result = token_attributions(
+        model,
+        ids,
+        span,
+        baseline_token_id=BASELINE_TOKEN_ID,
+        n_steps=n_steps,
+        method="gausslegendre",
+        internal_batch_size=batch,
+        interpolate=interpolate,
+    )
     return result.values, {"f_gap": result.f_input - result.f_baseline, "delta": result.delta}
 
 
@@ -162,8 +180,9 @@ def run_captum_llm(model, ids, span, n_steps, batch):
     tokenizer = IdTokenizer()
     inp = TextTokenInput(tokenizer.decode(ids[:start]), tokenizer, baselines=BASELINE_TOKEN_ID)
     llm_attr = LLMGradientAttribution(LayerIntegratedGradients(model, model.get_input_embeddings()), tokenizer)
-    result = llm_attr.attribute(inp, target=ids[start:], n_steps=n_steps, method="gausslegendre",
-                                internal_batch_size=batch)
+    result = llm_attr.attribute(
+        inp, target=ids[start:], n_steps=n_steps, method="gausslegendre", internal_batch_size=batch
+    )
     values = torch.zeros(ids.numel())
     values[:start] = result.seq_attr.detach().float().reshape(-1)
     return values, {}
@@ -181,12 +200,12 @@ def run_full_logits(model, ids, span, n_steps, batch):
     targets = ids[start:end]
     total_grad = torch.zeros_like(x)
     for lo in range(0, n_steps, batch):
-        alpha = torch.tensor(alphas[lo:lo + batch]).view(-1, 1, 1)
-        weight = torch.tensor(weights[lo:lo + batch]).view(-1, 1, 1)
+        alpha = torch.tensor(alphas[lo : lo + batch]).view(-1, 1, 1)
+        weight = torch.tensor(weights[lo : lo + batch]).view(-1, 1, 1)
         path = (x_base + alpha * (x - x_base)).requires_grad_(True)
         out = model(inputs_embeds=path, use_cache=False)
-        log_probs = torch.log_softmax(out.logits, dim=-1)                      # [points, L, vocab]
-        picked = log_probs[:, start - 1:end - 1].gather(-1, targets.view(1, -1, 1).expand(path.shape[0], -1, 1))
+        log_probs = torch.log_softmax(out.logits, dim=-1)  # [points, L, vocab]
+        picked = log_probs[:, start - 1 : end - 1].gather(-1, targets.view(1, -1, 1).expand(path.shape[0], -1, 1))
         (grad,) = torch.autograd.grad(picked.sum(), path)
         total_grad += (weight * grad).sum(0, keepdim=True)
         del out, log_probs, picked, grad
@@ -202,6 +221,7 @@ RUNNERS = {
 
 
 # ----------------------------------------------------------------------------------------------- worker
+
 
 def _rss_bytes() -> int:
     with open("/proc/self/status") as fh:
@@ -249,8 +269,13 @@ def worker(spec: dict) -> None:
         extra["reference_f_gap"] = ref_extra["f_gap"]
     torch.save(saved, spec["values_path"])
     result = {
-        "wall_s": wall, "cpu_s": cpu, "peak_rss_gb": peak / GB, "rss_after_build_gb": rss_before / GB,
-        "peak_reset": peak_reset, "attr_sum": float(values.double().sum()), "threads": torch.get_num_threads(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_gb": peak / GB,
+        "rss_after_build_gb": rss_before / GB,
+        "peak_reset": peak_reset,
+        "attr_sum": float(values.double().sum()),
+        "threads": torch.get_num_threads(),
         **extra,
     }
     tmp = spec["result_path"] + ".tmp"
@@ -260,6 +285,7 @@ def worker(spec: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- parent
+
 
 def estimate_peak_gb(method: str, length: int, points: int, answer_tokens: int) -> float:
     """Vocab-sized float32 tensors at the peak (module docstring); the engine's head sees only the answer."""
@@ -311,28 +337,49 @@ def run_cost_benchmark(args, workdir: Path):
         if method == "captum_llm" and passes is not None:
             passes *= args.answer_tokens
         row = {
-            "L": length, "method": method, "implementation": METHOD_LABELS[method], "quadrature": "gausslegendre",
-            "n_steps": args.n_steps, "answer_tokens": args.answer_tokens, "points_per_pass": points,
-            "forward_backward_passes": passes, "load1": round(os.getloadavg()[0], 2),
+            "L": length,
+            "method": method,
+            "implementation": METHOD_LABELS[method],
+            "quadrature": "gausslegendre",
+            "n_steps": args.n_steps,
+            "answer_tokens": args.answer_tokens,
+            "points_per_pass": points,
+            "forward_backward_passes": passes,
+            "load1": round(os.getloadavg()[0], 2),
         }
         if points is None:
             est = estimate_peak_gb(method, length, 1, args.answer_tokens)
-            row.update(status=f"skipped (estimated {est:.1f} GB with 1 point per pass > cap {args.mem_cap_gb:g} GB)",
-                       est_peak_gb=round(est, 3))
+            row.update(
+                status=f"skipped (estimated {est:.1f} GB with 1 point per pass > cap {args.mem_cap_gb:g} GB)",
+                est_peak_gb=round(est, 3),
+            )
             rows.append(row)
             continue
         row["est_peak_gb"] = round(estimate_peak_gb(method, length, points, args.answer_tokens), 3)
         tag = f"{method}_L{length}"
         spec = {
-            "method": method, "length": length, "n_steps": args.n_steps, "batch": points, "seed": args.seed,
-            "hidden": args.hidden, "layers": args.layers, "init_range": args.init_range,
-            "max_positions": max(4096, max(args.lengths)), "answer_tokens": args.answer_tokens, "threads": args.threads,
-            "result_path": str(workdir / f"{tag}.json"), "values_path": str(workdir / f"{tag}.pt"),
+            "method": method,
+            "length": length,
+            "n_steps": args.n_steps,
+            "batch": points,
+            "seed": args.seed,
+            "hidden": args.hidden,
+            "layers": args.layers,
+            "init_range": args.init_range,
+            "max_positions": max(4096, max(args.lengths)),
+            "answer_tokens": args.answer_tokens,
+            "threads": args.threads,
+            "result_path": str(workdir / f"{tag}.json"),
+            "values_path": str(workdir / f"{tag}.pt"),
         }
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, __file__, "--_worker", json.dumps(spec)],
-                                  capture_output=True, text=True, timeout=args.worker_timeout)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--_worker", json.dumps(spec)],
+                capture_output=True,
+                text=True,
+                timeout=args.worker_timeout,
+            )
             rc, err = proc.returncode, proc.stderr
         except subprocess.TimeoutExpired:
             rc, err = None, ""
@@ -344,8 +391,21 @@ def run_cost_benchmark(args, workdir: Path):
             row["status"] = f"failed (rc={rc}: {last})" if rc != -9 else "failed (killed, rc=-9: out of memory?)"
         else:
             result = json.loads(Path(spec["result_path"]).read_text())
-            row.update(status="ok", **{k: result[k] for k in ("wall_s", "cpu_s", "peak_rss_gb", "rss_after_build_gb",
-                                                              "attr_sum", "threads", "peak_reset")})
+            row.update(
+                status="ok",
+                **{
+                    k: result[k]
+                    for k in (
+                        "wall_s",
+                        "cpu_s",
+                        "peak_rss_gb",
+                        "rss_after_build_gb",
+                        "attr_sum",
+                        "threads",
+                        "peak_reset",
+                    )
+                },
+            )
             for key in ("f_gap", "delta", "reference_f_gap"):
                 if key in result:
                     row[key] = result[key]
@@ -384,13 +444,27 @@ def run_completeness(args):
     for method, n_steps in tqdm(configs, desc=f"completeness (L={length})", unit="config"):
         errors, gaps = [], []
         for ids in sequences:
-            res = token_attributions(model, ids, span, baseline_token_id=BASELINE_TOKEN_ID, n_steps=n_steps,
-                                     method=method, internal_batch_size=min(n_steps, 32))
+            res = token_attributions(
+                model,
+                ids,
+                span,
+                baseline_token_id=BASELINE_TOKEN_ID,
+                n_steps=n_steps,
+                method=method,
+                internal_batch_size=min(n_steps, 32),
+            )
             errors.append(res.relative_delta)
             gaps.append(res.f_input - res.f_baseline)
-        row = {"L": length, "method": method, "n_steps": n_steps, "n_sequences": len(sequences),
-               "rel_error_mean": sum(errors) / len(errors), "rel_error_min": min(errors),
-               "rel_error_max": max(errors), "mean_abs_f_gap": sum(abs(g) for g in gaps) / len(gaps)}
+        row = {
+            "L": length,
+            "method": method,
+            "n_steps": n_steps,
+            "n_sequences": len(sequences),
+            "rel_error_mean": sum(errors) / len(errors),
+            "rel_error_min": min(errors),
+            "rel_error_max": max(errors),
+            "mean_abs_f_gap": sum(abs(g) for g in gaps) / len(gaps),
+        }
         row.update({f"rel_error_seq{i}": e for i, e in enumerate(errors)})
         rows.append(row)
     return rows
@@ -413,15 +487,22 @@ def make_figure(cost, comp, out: Path, batch: int):
         axes[1].plot(sub["L"], sub["peak_rss_gb"].clip(lower=1e-3), marker=markers[method], label=METHOD_LABELS[method])
         for _, r in sub.iterrows():
             if r["points_per_pass"] != (r["n_steps"] if method == "engine_onepass" else batch):
-                axes[1].annotate(f"{method}: {int(r['points_per_pass'])} pt/pass", (r["L"], max(r["peak_rss_gb"], 1e-3)),
-                                 fontsize=7, textcoords="offset points", xytext=(-40, -12))
+                axes[1].annotate(
+                    f"{method}: {int(r['points_per_pass'])} pt/pass",
+                    (r["L"], max(r["peak_rss_gb"], 1e-3)),
+                    fontsize=7,
+                    textcoords="offset points",
+                    xytext=(-40, -12),
+                )
     skipped = cost[cost["status"].str.startswith("skipped")]
     for _, r in skipped.iterrows():
         axes[1].scatter([r["L"]], [r["est_peak_gb"]], marker="x", color="grey")
         axes[1].annotate("skipped (est.)", (r["L"], r["est_peak_gb"]), fontsize=7)
     n_steps = int(cost["n_steps"].iloc[0])
-    for ax, ylabel, title in ((axes[0], "wall time [s]", f"IG wall time ({n_steps} Gauss-Legendre points)"),
-                              (axes[1], "peak memory added [GB]", "peak RSS above model + inputs")):
+    for ax, ylabel, title in (
+        (axes[0], "wall time [s]", f"IG wall time ({n_steps} Gauss-Legendre points)"),
+        (axes[1], "peak memory added [GB]", "peak RSS above model + inputs"),
+    ):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length L [tokens]")
@@ -439,7 +520,9 @@ def make_figure(cost, comp, out: Path, batch: int):
     axes[2].minorticks_off()
     axes[2].set_xlabel("n_steps (path points)")
     axes[2].set_ylabel("|F(x) - F(x') - sum IG| / |F(x) - F(x')|")
-    axes[2].set_title(f"completeness error (L={int(comp['L'].iloc[0])}, mean of {int(comp['n_sequences'].iloc[0])} seqs)")
+    axes[2].set_title(
+        f"completeness error (L={int(comp['L'].iloc[0])}, mean of {int(comp['n_sequences'].iloc[0])} seqs)"
+    )
     axes[2].grid(True, which="both", alpha=0.3)
     axes[2].legend(fontsize=8)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
@@ -481,7 +564,9 @@ def readme_tables(cost, comp, args, runtime_s: float) -> str:
     ]
     for _, r in cost.iterrows():
         if r["status"] != "ok":
-            lines.append(f"| {r['L']} | {r['method']} | - | - | {r['status']} | | | {_fmt(r.get('est_peak_gb'), '.2f')} | | | {r['load1']} |")
+            lines.append(
+                f"| {r['L']} | {r['method']} | - | - | {r['status']} | | | {_fmt(r.get('est_peak_gb'), '.2f')} | | | {r['load1']} |"
+            )
             continue
         diff = "-"
         if isinstance(r.get("compared_with"), str):
@@ -515,15 +600,21 @@ def readme_tables(cost, comp, args, runtime_s: float) -> str:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default results/benchmarks; with --quick a temporary folder)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default results/benchmarks; with --quick a temporary folder)",
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 256 1024 4096)")
     parser.add_argument("--n-steps", type=int, default=None, help="IG path points for the cost benchmark (default 16)")
     parser.add_argument("--batch", type=int, default=4, help="path points per forward/backward pass (default 4)")
-    parser.add_argument("--mem-cap-gb", type=float, default=12.0,
-                        help="largest estimated peak a configuration may use (default 12 GB)")
+    parser.add_argument(
+        "--mem-cap-gb", type=float, default=12.0, help="largest estimated peak a configuration may use (default 12 GB)"
+    )
     parser.add_argument("--answer-tokens", type=int, default=3)
     parser.add_argument("--sequences", type=int, default=None, help="sequences for completeness (default 3)")
     parser.add_argument("--completeness-length", type=int, default=None, help="default 256")

@@ -24,9 +24,9 @@ import torch
 from segattr_utils.artifacts import write_table
 from segattr_utils.config import load_profile
 from segattr_utils.data.questions import chat_prompt, world_suites
-from segattr_utils.world.tiny_model import answer_part, build_tiny_model, build_world_tokenizer, teacher_traces
 from segattr_utils.llm.training import TrainSettings, build_training_example, train_sft
 from segattr_utils.world import user_prompt
+from segattr_utils.world.tiny_model import answer_part, build_tiny_model, build_world_tokenizer, teacher_traces
 
 
 def examples(profile, n: int, seed: int):
@@ -67,23 +67,39 @@ def main(argv=None) -> int:
             model = build_tiny_model(tokenizer, profile.get_path("models.architecture"), seed=repeat)
             with tempfile.TemporaryDirectory() as tmp:
                 summary = train_sft(model, tokenizer, variants[name], settings, Path(tmp) / "run", seed=repeat)
-            rows.append({"variant": name, "repeat": repeat, "steps": summary["steps"],
-                         "seconds_per_step": summary["train_runtime"] / summary["steps"],
-                         "trained_tokens": summary["n_trained_tokens"], "sequence_tokens": summary["n_tokens"]})
+            rows.append(
+                {
+                    "variant": name,
+                    "repeat": repeat,
+                    "steps": summary["steps"],
+                    "seconds_per_step": summary["train_runtime"] / summary["steps"],
+                    "trained_tokens": summary["n_trained_tokens"],
+                    "sequence_tokens": summary["n_tokens"],
+                }
+            )
             print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     out = Path(args.out)
     write_table(out / "sft_cost.csv", frame)
-    summary = frame.groupby("variant").agg(seconds_per_step=("seconds_per_step", "mean"),
-                                           std=("seconds_per_step", "std"), steps=("steps", "first"),
-                                           trained_tokens=("trained_tokens", "first"),
-                                           sequence_tokens=("sequence_tokens", "first")).reset_index()
+    summary = (
+        frame.groupby("variant")
+        .agg(
+            seconds_per_step=("seconds_per_step", "mean"),
+            std=("seconds_per_step", "std"),
+            steps=("steps", "first"),
+            trained_tokens=("trained_tokens", "first"),
+            sequence_tokens=("sequence_tokens", "first"),
+        )
+        .reset_index()
+    )
     full = summary.set_index("variant").loc["full", "seconds_per_step"]
     summary["relative_to_full"] = summary["seconds_per_step"] / full
     write_table(out / "sft_cost_summary.csv", summary)
-    header = (f"SFT step cost: tiny Qwen2 ({sum(p.numel() for p in model.parameters()):,} parameters), {args.examples} "
-              f"world traces, batch {settings.batch_size}, {args.threads} torch thread(s), {args.repeats} repeats "
-              f"(interleaved), CPU; {time.time() - started:.0f} s in all.\n\n")
+    header = (
+        f"SFT step cost: tiny Qwen2 ({sum(p.numel() for p in model.parameters()):,} parameters), {args.examples} "
+        f"world traces, batch {settings.batch_size}, {args.threads} torch thread(s), {args.repeats} repeats "
+        f"(interleaved), CPU; {time.time() - started:.0f} s in all.\n\n"
+    )
     (out / "sft_cost_table.md").write_text(header + summary.round(4).to_markdown(index=False) + "\n", encoding="utf-8")
     print(header + summary.round(4).to_markdown(index=False))
     return 0

@@ -17,7 +17,17 @@ from typing import Any
 import yaml
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
-REQUIRED_SECTIONS = ("name", "seed", "kind", "world", "models", "generation", "segmentation", "attribution", "selection")
+REQUIRED_SECTIONS = (
+    "name",
+    "seed",
+    "kind",
+    "world",
+    "models",
+    "generation",
+    "segmentation",
+    "attribution",
+    "selection",
+)
 
 
 class Profile(dict):
@@ -93,7 +103,9 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     if missing:
         raise ValueError(f"profile {path} lacks required settings: {', '.join(missing)}")
     if data["kind"] not in ("world", "hub"):
-        raise ValueError(f"profile {path}: kind must be 'world' (tiny synthetic world) or 'hub' (real models), got {data['kind']!r}")
+        raise ValueError(
+            f"profile {path}: kind must be 'world' (tiny synthetic world) or 'hub' (real models), got {data['kind']!r}"
+        )
     profile = Profile(data)
     profile.source_path = path.resolve()
     return profile

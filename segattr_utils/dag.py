@@ -15,10 +15,10 @@ declares it reads.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Mapping
 
 from .config import Profile, results_dir
 
@@ -57,88 +57,141 @@ class Stage:
         return self.dir(profile, root) / self.artifacts[artifact]
 
 
-WORLD = Stage("00_world", "The world and the base reasoning model", (), {
-    "questions": "questions.parquet",
-    "teacher_traces": "teacher_traces.parquet",
-    "base_training": "base_training.json",
-    "base_eval": "base_eval.csv",
-    "base_eval_outputs": "base_eval_outputs.jsonl",
-    "availability": "availability.csv",
-    "generator_model": "models/generator",
-    "generator_checkpoints": "checkpoints/generator",
-})
-GENERATION = Stage("01_generation", "Sampling reasoning traces", ("00_world",), {
-    "samples_store": "samples.jsonl",
-    "samples": "samples.parquet",
-    "kept_traces": "kept_traces.parquet",
-})
-SEGMENTATION = Stage("02_segmentation", "Segmenting traces", ("00_world", "01_generation"), {
-    "segments": "segments.parquet",
-    "trace_stats": "trace_stats.parquet",
-})
-IG_ATTRIBUTION = Stage("03_ig_attribution", "Integrated-gradients attribution of segments",
-                       ("00_world", "01_generation", "02_segmentation"), {
-    "attributions_store": "attributions.jsonl",
-    "segment_scores": "segment_scores.parquet",
-    "completeness": "completeness.parquet",
-    "sensitivity_store": "step_sensitivity.jsonl",
-    "step_sensitivity": "step_sensitivity.parquet",
-})
-CONFIDENCE_DELTA = Stage("04_confidence_delta", "Confidence Δ and the τ search",
-                         ("00_world", "01_generation", "02_segmentation", "03_ig_attribution"), {
-    "forced_answers_store": "forced_answers.jsonl",
-    "segment_confidence": "segment_confidence.parquet",
-    "groups": "groups.csv",
-    "tau_search": "tau_search.csv",
-    "beta_ablation": "beta_ablation.csv",
-    "importance_shares": "importance_shares.csv",
-})
-LINGUISTICS = Stage("05_linguistics", "Perplexity, entropy and BLEU of segments",
-                    ("00_world", "01_generation", "02_segmentation", "03_ig_attribution", "04_confidence_delta"), {
-    "linguistics_store": "linguistics.jsonl",
-    "segment_linguistics": "segment_linguistics.parquet",
-    "comparisons": "comparisons.csv",
-    "bleu_shares": "bleu_shares.csv",
-    "kind_shares": "kind_shares.csv",
-    "redundancy": "redundancy_precision_recall.csv",
-})
-DISTRIBUTION_POSITION = Stage("06_distribution_position", "Distribution and position of attribution",
-                              ("00_world", "01_generation", "02_segmentation", "03_ig_attribution"), {
-    "cdf": "cdf.csv",
-    "cdf_summary": "cdf_summary.csv",
-    "decision_segments": "decision_segments.parquet",
-    "positional_shares": "positional_shares.csv",
-    "viewer": "viewer",
-})
-TRUNCATION_JUDGE = Stage("07_truncation_judge", "Truncated segments: the two-round judge",
-                         ("00_world", "02_segmentation", "03_ig_attribution"), {
-    "judgements_store": "judgements.jsonl",
-    "judgements": "judgements.parquet",
-    "truncated_share": "truncated_share.csv",
-    "rounds": "rounds.csv",
-    "judge_quality": "judge_quality.csv",
-    "judge_training": "judge_training.json",
-    "judge_model": "models/judge",
-    "judge_checkpoints": "checkpoints/judge",
-})
-SELECTIVE_SFT = Stage("08_selective_sft", "Selective SFT and its comparisons",
-                      ("00_world", "01_generation", "02_segmentation", "03_ig_attribution", "04_confidence_delta",
-                       "05_linguistics"), {
-    "reference_attributions_store": "reference_attributions.jsonl",
-    "reference_completeness": "reference_completeness.parquet",
-    "supervision_preview": "supervision_preview.csv",
-    "runs": "runs.parquet",
-    "run_folders": "runs",
-    "models": "models",
-})
-EVALUATION = Stage("09_evaluation", "Evaluation: Tables 1-4, 7 and Fig. 5", ("00_world", "08_selective_sft"), {
-    "outputs": "outputs",
-    "graded": "graded.parquet",
-})
+WORLD = Stage(
+    "00_world",
+    "The world and the base reasoning model",
+    (),
+    {
+        "questions": "questions.parquet",
+        "teacher_traces": "teacher_traces.parquet",
+        "base_training": "base_training.json",
+        "base_eval": "base_eval.csv",
+        "base_eval_outputs": "base_eval_outputs.jsonl",
+        "availability": "availability.csv",
+        "generator_model": "models/generator",
+        "generator_checkpoints": "checkpoints/generator",
+    },
+)
+GENERATION = Stage(
+    "01_generation",
+    "Sampling reasoning traces",
+    ("00_world",),
+    {
+        "samples_store": "samples.jsonl",
+        "samples": "samples.parquet",
+        "kept_traces": "kept_traces.parquet",
+    },
+)
+SEGMENTATION = Stage(
+    "02_segmentation",
+    "Segmenting traces",
+    ("00_world", "01_generation"),
+    {
+        "segments": "segments.parquet",
+        "trace_stats": "trace_stats.parquet",
+    },
+)
+IG_ATTRIBUTION = Stage(
+    "03_ig_attribution",
+    "Integrated-gradients attribution of segments",
+    ("00_world", "01_generation", "02_segmentation"),
+    {
+        "attributions_store": "attributions.jsonl",
+        "segment_scores": "segment_scores.parquet",
+        "completeness": "completeness.parquet",
+        "sensitivity_store": "step_sensitivity.jsonl",
+        "step_sensitivity": "step_sensitivity.parquet",
+    },
+)
+CONFIDENCE_DELTA = Stage(
+    "04_confidence_delta",
+    "Confidence Δ and the τ search",
+    ("00_world", "01_generation", "02_segmentation", "03_ig_attribution"),
+    {
+        "forced_answers_store": "forced_answers.jsonl",
+        "segment_confidence": "segment_confidence.parquet",
+        "groups": "groups.csv",
+        "tau_search": "tau_search.csv",
+        "beta_ablation": "beta_ablation.csv",
+        "importance_shares": "importance_shares.csv",
+    },
+)
+LINGUISTICS = Stage(
+    "05_linguistics",
+    "Perplexity, entropy and BLEU of segments",
+    ("00_world", "01_generation", "02_segmentation", "03_ig_attribution", "04_confidence_delta"),
+    {
+        "linguistics_store": "linguistics.jsonl",
+        "segment_linguistics": "segment_linguistics.parquet",
+        "comparisons": "comparisons.csv",
+        "bleu_shares": "bleu_shares.csv",
+        "kind_shares": "kind_shares.csv",
+        "redundancy": "redundancy_precision_recall.csv",
+    },
+)
+DISTRIBUTION_POSITION = Stage(
+    "06_distribution_position",
+    "Distribution and position of attribution",
+    ("00_world", "01_generation", "02_segmentation", "03_ig_attribution"),
+    {
+        "cdf": "cdf.csv",
+        "cdf_summary": "cdf_summary.csv",
+        "decision_segments": "decision_segments.parquet",
+        "positional_shares": "positional_shares.csv",
+        "viewer": "viewer",
+    },
+)
+TRUNCATION_JUDGE = Stage(
+    "07_truncation_judge",
+    "Truncated segments: the two-round judge",
+    ("00_world", "02_segmentation", "03_ig_attribution"),
+    {
+        "judgements_store": "judgements.jsonl",
+        "judgements": "judgements.parquet",
+        "truncated_share": "truncated_share.csv",
+        "rounds": "rounds.csv",
+        "judge_quality": "judge_quality.csv",
+        "judge_training": "judge_training.json",
+        "judge_model": "models/judge",
+        "judge_checkpoints": "checkpoints/judge",
+    },
+)
+SELECTIVE_SFT = Stage(
+    "08_selective_sft",
+    "Selective SFT and its comparisons",
+    ("00_world", "01_generation", "02_segmentation", "03_ig_attribution", "04_confidence_delta", "05_linguistics"),
+    {
+        "reference_attributions_store": "reference_attributions.jsonl",
+        "reference_completeness": "reference_completeness.parquet",
+        "supervision_preview": "supervision_preview.csv",
+        "runs": "runs.parquet",
+        "run_folders": "runs",
+        "models": "models",
+    },
+)
+EVALUATION = Stage(
+    "09_evaluation",
+    "Evaluation: Tables 1-4, 7 and Fig. 5",
+    ("00_world", "08_selective_sft"),
+    {
+        "outputs": "outputs",
+        "graded": "graded.parquet",
+    },
+)
 
 #: Every stage in notebook order.
-PIPELINE: tuple[Stage, ...] = (WORLD, GENERATION, SEGMENTATION, IG_ATTRIBUTION, CONFIDENCE_DELTA, LINGUISTICS,
-                               DISTRIBUTION_POSITION, TRUNCATION_JUDGE, SELECTIVE_SFT, EVALUATION)
+PIPELINE: tuple[Stage, ...] = (
+    WORLD,
+    GENERATION,
+    SEGMENTATION,
+    IG_ATTRIBUTION,
+    CONFIDENCE_DELTA,
+    LINGUISTICS,
+    DISTRIBUTION_POSITION,
+    TRUNCATION_JUDGE,
+    SELECTIVE_SFT,
+    EVALUATION,
+)
 BY_FOLDER: Mapping[str, Stage] = MappingProxyType({stage.folder: stage for stage in PIPELINE})
 
 #: Files of one stage beside its data: the paper-vs-run rows, the run log (wall-clock timings).

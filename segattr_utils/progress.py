@@ -43,8 +43,11 @@ def quiet_environment() -> dict[str, str]:
     """
     ignore_iprogress = "ignore:IProgress not found:Warning"
     existing = os.environ.get("PYTHONWARNINGS", "")
-    warnings_option = existing if ignore_iprogress in existing.split(",") else \
-        ",".join(part for part in (existing, ignore_iprogress) if part)
+    warnings_option = (
+        existing
+        if ignore_iprogress in existing.split(",")
+        else ",".join(part for part in (existing, ignore_iprogress) if part)
+    )
     return {
         QUIET_ENV: "1",
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # huggingface_hub, and transformers' logging.tqdm bars

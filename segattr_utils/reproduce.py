@@ -215,19 +215,29 @@ def run_papermill(profile_name: str, notebooks: list[Path], out_root: Path) -> i
         try:
             with kernel_environment():
                 papermill.execute_notebook(
-                    str(notebook), str(output), parameters={"PROFILE": profile_name},
-                    cwd=str(notebook.parent), kernel_name="python3", progress_bar=False,
+                    str(notebook),
+                    str(output),
+                    parameters={"PROFILE": profile_name},
+                    cwd=str(notebook.parent),
+                    kernel_name="python3",
+                    progress_bar=False,
                 )
         except Exception as error:  # papermill raises PapermillExecutionError with the cell's traceback
-            print(f"\n[reproduce:{profile_name}] FAILED in notebook {notebook.name}: {type(error).__name__}", file=sys.stderr)
+            print(
+                f"\n[reproduce:{profile_name}] FAILED in notebook {notebook.name}: {type(error).__name__}",
+                file=sys.stderr,
+            )
             print(str(error)[-4000:], file=sys.stderr)
             print(f"The partially executed notebook is at {output}", file=sys.stderr)
             return 1
         _strip_volatile_metadata(output, notebook.parent.parent)
         elapsed = time.perf_counter() - started
         record_run_time(out_root, notebook.stem, elapsed, resumed)
-        print(f"[reproduce:{profile_name}] {notebook.name} took {elapsed / 60:.1f} min"
-              f"{' (resumed from earlier artifacts)' if resumed else ''}", flush=True)
+        print(
+            f"[reproduce:{profile_name}] {notebook.name} took {elapsed / 60:.1f} min"
+            f"{' (resumed from earlier artifacts)' if resumed else ''}",
+            flush=True,
+        )
     print(f"[reproduce:{profile_name}] all {len(notebooks)} notebooks ran; results in {out_root}")
     return 0
 
@@ -241,11 +251,26 @@ def run_nbval(profile_name: str, notebooks: list[Path], out_root: Path) -> int:
     prepared = []
     for notebook in notebooks:
         target = prepared_dir / notebook.name
-        papermill.execute_notebook(str(notebook), str(target), parameters={"PROFILE": profile_name},
-                                   prepare_only=True, kernel_name="python3", progress_bar=False)
+        papermill.execute_notebook(
+            str(notebook),
+            str(target),
+            parameters={"PROFILE": profile_name},
+            prepare_only=True,
+            kernel_name="python3",
+            progress_bar=False,
+        )
         prepared.append(str(target))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
-               "--nbval-current-env", *prepared]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--nbval-lax",
+        "--nbval-current-env",
+        *prepared,
+    ]
     print(f"[reproduce:{profile_name}] nbval: {' '.join(command)}", flush=True)
     return subprocess.call(command, cwd=str(prepared_dir), env={**os.environ, **quiet_environment()})
 
@@ -253,13 +278,17 @@ def run_nbval(profile_name: str, notebooks: list[Path], out_root: Path) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``python -m segattr_utils.reproduce`` and ``segattr reproduce``."""
     parser.add_argument("--profile", default="tiny", help="smoke, tiny, paper, or a path to a profile YAML")
-    parser.add_argument("--only", nargs="*", help="run only notebooks whose name starts with these prefixes (e.g. 02 03)")
+    parser.add_argument(
+        "--only", nargs="*", help="run only notebooks whose name starts with these prefixes (e.g. 02 03)"
+    )
     parser.add_argument("--nbval", action="store_true", help="run the notebooks under pytest --nbval-lax instead")
     parser.add_argument("--fresh", action="store_true", help="delete results/<profile>/ first (no resuming)")
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     return parser
 

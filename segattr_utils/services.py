@@ -17,7 +17,6 @@ Every stage asks this module, so each of these decisions is made in one place:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
@@ -36,6 +35,7 @@ KEYWORD_LISTS = {"default": DEFAULT_KEYWORDS, "retro_search": RETRO_SEARCH_KEYWO
 
 # ---------------------------------------------------------------------------------------------
 # Models by role
+
 
 def model_path(profile: Profile, role: str) -> str:
     """Where the model of ``role`` lives: a trained tiny model's folder (world profiles) or the hub id
@@ -58,7 +58,7 @@ def _dtype(profile: Profile, role: str) -> str:
     return profile.get_path(f"models.{role}").get("dtype", "bfloat16")
 
 
-def load_model(profile: Profile, role: str, device: Optional[str] = None, path: Optional[str | Path] = None):
+def load_model(profile: Profile, role: str, device: str | None = None, path: str | Path | None = None):
     """``(model, tokenizer)`` of ``role``, or of the fine-tuned model saved at ``path`` (which then has
     the role's dtype). World models always load on the CPU; hub models on ``device`` (default: CUDA
     when available)."""
@@ -66,7 +66,9 @@ def load_model(profile: Profile, role: str, device: Optional[str] = None, path: 
     if profile["kind"] == "world":
         folder = Path(path) if path is not None else Path(model_path(profile, role))
         if not folder.is_dir():
-            raise FileNotFoundError(f"the tiny {role} model is missing at {folder}: run the notebook that trains it first")
+            raise FileNotFoundError(
+                f"the tiny {role} model is missing at {folder}: run the notebook that trains it first"
+            )
         return load_causal_lm(str(folder), dtype=dtype, device="cpu")
     if path is not None:
         return load_causal_lm(str(path), dtype=dtype, device=device)
@@ -82,6 +84,7 @@ def load_role_tokenizer(profile: Profile, role: str):
 # ---------------------------------------------------------------------------------------------
 # Questions and prompts
 
+
 def load_questions(profile: Profile, suite: str) -> pd.DataFrame:
     """Questions of one suite from stage 00 (world) or from the hub data (paper)."""
     if profile["kind"] == "world":
@@ -91,7 +94,7 @@ def load_questions(profile: Profile, suite: str) -> pd.DataFrame:
     return pd.DataFrame(load_hub_questions(spec, suite))
 
 
-def world_problems(profile: Profile) -> dict[str, "world_lib.Problem"]:
+def world_problems(profile: Profile) -> dict[str, world_lib.Problem]:
     """Every question of a world profile as a :class:`~segattr_utils.world.Problem`, by id (empty on hub
     profiles, whose traces have no ground truth)."""
     if profile["kind"] != "world":
@@ -110,7 +113,7 @@ def prompt(tokenizer, question: str) -> str:
     return chat_prompt(tokenizer, user_message(question))
 
 
-def keywords_for(profile: Profile, name: Optional[str] = None) -> tuple[str, ...]:
+def keywords_for(profile: Profile, name: str | None = None) -> tuple[str, ...]:
     """The segmentation keywords: ``name`` (``default``, ``retro_search``) or the profile's
     ``segmentation.keywords`` (one of those names or an explicit list)."""
     choice = profile.get_path("segmentation.keywords") if name is None else name
@@ -124,8 +127,9 @@ def keywords_for(profile: Profile, name: Optional[str] = None) -> tuple[str, ...
 def sampling_settings(profile: Profile, greedy: bool = False) -> SamplingSettings:
     """Decoding settings of stage 01 (``generation``); ``greedy`` sets temperature 0."""
     gen = profile["generation"]
-    return SamplingSettings(temperature=0.0 if greedy else gen["temperature"], top_p=gen["top_p"],
-                            max_new_tokens=gen["max_new_tokens"])
+    return SamplingSettings(
+        temperature=0.0 if greedy else gen["temperature"], top_p=gen["top_p"], max_new_tokens=gen["max_new_tokens"]
+    )
 
 
 def baseline_token(profile: Profile, tokenizer) -> int:
@@ -142,6 +146,7 @@ def baseline_token(profile: Profile, tokenizer) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Trace texts
+
 
 def kept_traces(profile: Profile) -> pd.DataFrame:
     """Stage 01's shortest correct and incorrect trace per question."""
@@ -184,8 +189,20 @@ def reference_traces(profile: Profile) -> pd.DataFrame:
                 raise ValueError(f"training question {qid} has no reference solution (data.train.fields.solution)")
             reasoning = str(question["solution"]).strip()
         segments = segment(reasoning, keywords)
-        kinds = world_lib.classify_segments(problems[qid], segments) if profile["kind"] == "world" else [None] * len(segments)
-        rows.append({"trace_id": f"{qid}:reference", "question_id": qid, "question": question["question"],
-                     "answer": question["answer"], "segments": segments, "kinds": kinds,
-                     "answer_part": world_answer_part(question["answer"])})
+        kinds = (
+            world_lib.classify_segments(problems[qid], segments)
+            if profile["kind"] == "world"
+            else [None] * len(segments)
+        )
+        rows.append(
+            {
+                "trace_id": f"{qid}:reference",
+                "question_id": qid,
+                "question": question["question"],
+                "answer": question["answer"],
+                "segments": segments,
+                "kinds": kinds,
+                "answer_part": world_answer_part(question["answer"]),
+            }
+        )
     return pd.DataFrame(rows)

@@ -11,8 +11,9 @@ resumable store as soon as it and all earlier ones are done.
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 
 def _start_worker(device_queue, threads: int, initializer: Callable, initargs: tuple) -> None:
@@ -22,8 +23,14 @@ def _start_worker(device_queue, threads: int, initializer: Callable, initargs: t
     initializer(*initargs, device_queue.get())
 
 
-def map_in_workers(work: Callable[[Any], Any], items: Iterable[Any], devices: Sequence[str], threads: int,
-                   initializer: Callable, initargs: tuple = ()) -> Iterator[Any]:
+def map_in_workers(
+    work: Callable[[Any], Any],
+    items: Iterable[Any],
+    devices: Sequence[str],
+    threads: int,
+    initializer: Callable,
+    initargs: tuple = (),
+) -> Iterator[Any]:
     """Yield ``work(item)`` for every item, computed in ``len(devices)`` spawned processes.
 
     ``work``, ``initializer`` and ``initargs`` must be picklable (module-level functions); worker ``i``
@@ -38,8 +45,12 @@ def map_in_workers(work: Callable[[Any], Any], items: Iterable[Any], devices: Se
     device_queue = context.Queue()
     for device in devices:
         device_queue.put(device)
-    with ProcessPoolExecutor(max_workers=len(devices), mp_context=context, initializer=_start_worker,
-                             initargs=(device_queue, threads, initializer, initargs)) as pool:
+    with ProcessPoolExecutor(
+        max_workers=len(devices),
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(device_queue, threads, initializer, initargs),
+    ) as pool:
         futures = [pool.submit(work, item) for item in items]
         try:
             for position, future in enumerate(futures):

@@ -103,12 +103,15 @@ def _write_good(path, n):
     return "".join(lines)
 
 
-@pytest.mark.parametrize("tail", [
-    '{"key": 9, "v": "par',          # cut mid-record, no newline
-    '{"key": 9, "v": "r9"}',         # complete JSON but the newline was never written
-    '{"key": 9, "v": "r9", \n',      # newline but invalid JSON
-    '{"key": 9',                     # short fragment
-])
+@pytest.mark.parametrize(
+    "tail",
+    [
+        '{"key": 9, "v": "par',  # cut mid-record, no newline
+        '{"key": 9, "v": "r9"}',  # complete JSON but the newline was never written
+        '{"key": 9, "v": "r9", \n',  # newline but invalid JSON
+        '{"key": 9',  # short fragment
+    ],
+)
 def test_store_repairs_truncated_last_line(tmp_path, tail):
     path = tmp_path / "s.jsonl"
     good = _write_good(path, 3)
@@ -162,8 +165,14 @@ def test_store_serialises_numpy_arrays(tmp_path):
 
 @pytest.fixture
 def frame():
-    return pd.DataFrame({"question_id": ["q1", "q2", "q3"], "correct": [True, False, True],
-                         "n_tokens": [10, 250, 3], "score": [0.5, -1.25, 2.0]})
+    return pd.DataFrame(
+        {
+            "question_id": ["q1", "q2", "q3"],
+            "correct": [True, False, True],
+            "n_tokens": [10, 250, 3],
+            "score": [0.5, -1.25, 2.0],
+        }
+    )
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])

@@ -117,9 +117,10 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def test_custom_yaml_with_named_base(tmp_path):
-    path = _write(tmp_path / "mine.yaml", {"base": "tiny", "name": "mine",
-                                           "generation": {"n_samples": 3},
-                                           "attribution": {"n_steps": 5}})
+    path = _write(
+        tmp_path / "mine.yaml",
+        {"base": "tiny", "name": "mine", "generation": {"n_samples": 3}, "attribution": {"n_steps": 5}},
+    )
     profile = load_profile(path)
     assert profile.name == "mine"
     assert profile.get_path("generation.n_samples") == 3

@@ -36,7 +36,9 @@ def test_stage_module_notebook_and_test_line_up(stage):
 def test_stage_module_touches_only_the_stages_it_reads(stage):
     source = (ROOT / "segattr_utils" / "stages" / f"stage{stage.folder}.py").read_text()
     used = {CONSTANTS[name].folder for name in re.findall(r"dag\.([A-Z_]+)\b", source) if name in CONSTANTS}
-    assert used <= set(stage.reads) | {stage.folder}, f"{stage.folder} reads {sorted(used - set(stage.reads))} undeclared"
+    assert used <= set(stage.reads) | {stage.folder}, (
+        f"{stage.folder} reads {sorted(used - set(stage.reads))} undeclared"
+    )
     # no stage folder or artifact file name spelt out in a stage module
     assert not re.search(r'"\d\d_[a-z_]+"', source)
     assert not re.search(r'"[a-z_]+\.(parquet|jsonl|csv)"', source)
@@ -52,7 +54,10 @@ def test_reads_point_backwards_only():
 def test_artifact_paths_are_declared(tmp_path):
     profile = load_profile("smoke")
     profile["results_root"] = str(tmp_path)
-    assert dag.IG_ATTRIBUTION.path(profile, "segment_scores") == tmp_path / "smoke" / "03_ig_attribution" / "segment_scores.parquet"
+    assert (
+        dag.IG_ATTRIBUTION.path(profile, "segment_scores")
+        == tmp_path / "smoke" / "03_ig_attribution" / "segment_scores.parquet"
+    )
     with pytest.raises(KeyError, match="declares no artifact 'segment_score'"):
         dag.IG_ATTRIBUTION.path(profile, "segment_score")
     with pytest.raises(KeyError):

@@ -102,8 +102,15 @@ def test_quiet_training_prints_nothing_and_warns_nothing(monkeypatch, tmp_path, 
 
     monkeypatch.setenv(QUIET_ENV, "1")
     tok = build_bpe_tokenizer(["12 + 3 = 15", "4 * 5 = 20", "7 - 2 = 5"] * 10, vocab_size=300)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
     model = Qwen2ForCausalLM(config)
     ids = tok("12 + 3 = 15", add_special_tokens=False)["input_ids"]
     settings = TrainSettings(epochs=2, batch_size=4, save_steps=1000, logging_steps=1, learning_rate=1e-3)

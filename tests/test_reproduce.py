@@ -50,40 +50,95 @@ def executed_notebook():
     """What papermill writes: absolute paths, random cell ids, timings, a Styler table with a uuid."""
     timing = {"start_time": "2025-01-01T10:00:00.000001", "end_time": "2025-01-01T10:00:01.5", "duration": 1.5}
     return {
-        "nbformat": 4, "nbformat_minor": 5,
+        "nbformat": 4,
+        "nbformat_minor": 5,
         "metadata": {
             "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
             "widgets": {"application/vnd.jupyter.widget-state+json": {"state": {"a1b2": {}}}},
-            "papermill": {"input_path": f"{ROOT}/notebooks/00_world.ipynb",
-                          "output_path": f"{ROOT}/results/tiny/00_world/00_world.ipynb",
-                          "parameters": {"PROFILE": "tiny"}, "environment_variables": {}, "exception": None,
-                          "version": "2.7.0", **timing},
+            "papermill": {
+                "input_path": f"{ROOT}/notebooks/00_world.ipynb",
+                "output_path": f"{ROOT}/results/tiny/00_world/00_world.ipynb",
+                "parameters": {"PROFILE": "tiny"},
+                "environment_variables": {},
+                "exception": None,
+                "version": "2.7.0",
+                **timing,
+            },
         },
         "cells": [
-            {"id": "4aff3586", "cell_type": "markdown", "metadata": {"papermill": {"status": "completed", **timing}},
-             "source": ["# World"]},
-            {"id": "d687aa38", "cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": 1,
-             "outputs": [], "source": ['PROFILE = "smoke"']},
-            {"id": "0f3c9e5a-7b1d-4c2e-9a8f-123456789abc", "cell_type": "code", "execution_count": 2,
-             "metadata": {"tags": ["injected-parameters"], "execution": {"iopub.status.busy": "2025-01-01T10:00:00"},
-                          "papermill": {"exception": False, "status": "completed", **timing}},
-             "outputs": [], "source": ['PROFILE = "tiny"']},
-            {"id": "ffd61b7f", "cell_type": "code", "execution_count": 3, "metadata": {}, "source": ["run()"],
-             "outputs": [
-                 {"output_type": "stream", "name": "stdout",
-                  "text": [f"artifacts in {ROOT}/results/tiny/00_world\n", f"root {ROOT}, cache {HOME}/.cache\n",
-                           f"not ours: {ROOT}-old/x /srv{ROOT}/y\n"]},
-                 {"output_type": "display_data", "metadata": {},
-                  "data": {"text/plain": ["<pandas.io.formats.style.Styler at 0x7fd50eb9ef50>"],
-                           "text/html": ['<style type="text/css">\n', "#T_8c16b_row0_col0 {color: red}\n",
-                                         "</style>\n", '<table id="T_8c16b">\n',
-                                         '<th id="T_8c16b_level0_col0">share</th>\n', "</table>"]}},
-                 {"output_type": "display_data", "metadata": {},
-                  "data": {"text/plain": ["HBox()"],
-                           "application/vnd.jupyter.widget-view+json": {"model_id": "e3b0c442", "version_major": 2}}},
-                 {"output_type": "error", "ename": "OSError", "evalue": f"no file {ROOT}/results/x",
-                  "traceback": [f"File {ROOT}/segattr_utils/a.py:3", f"File {HOME}/.venv/lib/b.py:9"]},
-             ]},
+            {
+                "id": "4aff3586",
+                "cell_type": "markdown",
+                "metadata": {"papermill": {"status": "completed", **timing}},
+                "source": ["# World"],
+            },
+            {
+                "id": "d687aa38",
+                "cell_type": "code",
+                "metadata": {"tags": ["parameters"]},
+                "execution_count": 1,
+                "outputs": [],
+                "source": ['PROFILE = "smoke"'],
+            },
+            {
+                "id": "0f3c9e5a-7b1d-4c2e-9a8f-123456789abc",
+                "cell_type": "code",
+                "execution_count": 2,
+                "metadata": {
+                    "tags": ["injected-parameters"],
+                    "execution": {"iopub.status.busy": "2025-01-01T10:00:00"},
+                    "papermill": {"exception": False, "status": "completed", **timing},
+                },
+                "outputs": [],
+                "source": ['PROFILE = "tiny"'],
+            },
+            {
+                "id": "ffd61b7f",
+                "cell_type": "code",
+                "execution_count": 3,
+                "metadata": {},
+                "source": ["run()"],
+                "outputs": [
+                    {
+                        "output_type": "stream",
+                        "name": "stdout",
+                        "text": [
+                            f"artifacts in {ROOT}/results/tiny/00_world\n",
+                            f"root {ROOT}, cache {HOME}/.cache\n",
+                            f"not ours: {ROOT}-old/x /srv{ROOT}/y\n",
+                        ],
+                    },
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {
+                            "text/plain": ["<pandas.io.formats.style.Styler at 0x7fd50eb9ef50>"],
+                            "text/html": [
+                                '<style type="text/css">\n',
+                                "#T_8c16b_row0_col0 {color: red}\n",
+                                "</style>\n",
+                                '<table id="T_8c16b">\n',
+                                '<th id="T_8c16b_level0_col0">share</th>\n',
+                                "</table>",
+                            ],
+                        },
+                    },
+                    {
+                        "output_type": "display_data",
+                        "metadata": {},
+                        "data": {
+                            "text/plain": ["HBox()"],
+                            "application/vnd.jupyter.widget-view+json": {"model_id": "e3b0c442", "version_major": 2},
+                        },
+                    },
+                    {
+                        "output_type": "error",
+                        "ename": "OSError",
+                        "evalue": f"no file {ROOT}/results/x",
+                        "traceback": [f"File {ROOT}/segattr_utils/a.py:3", f"File {HOME}/.venv/lib/b.py:9"],
+                    },
+                ],
+            },
         ],
     }
 
@@ -93,16 +148,26 @@ def test_clean_notebook_removes_paths_ids_and_timings():
     text = json.dumps(notebook)
     assert str(HOME) not in text.replace(f"/srv{ROOT}", "")  # only the path that is not under the root is left
     papermill = notebook["metadata"]["papermill"]
-    assert papermill == {"input_path": "notebooks/00_world.ipynb", "output_path": "results/tiny/00_world/00_world.ipynb",
-                         "parameters": {"PROFILE": "tiny"}, "exception": None, "version": "2.7.0"}
+    assert papermill == {
+        "input_path": "notebooks/00_world.ipynb",
+        "output_path": "results/tiny/00_world/00_world.ipynb",
+        "parameters": {"PROFILE": "tiny"},
+        "exception": None,
+        "version": "2.7.0",
+    }
     assert "widgets" not in notebook["metadata"]
     assert [cell["id"] for cell in notebook["cells"]] == ["cell-00", "cell-01", "cell-02", "cell-03"]
     assert notebook["cells"][0]["metadata"] == {"papermill": {"status": "completed"}}
-    assert notebook["cells"][2]["metadata"] == {"tags": ["injected-parameters"],
-                                                "papermill": {"exception": False, "status": "completed"}}
+    assert notebook["cells"][2]["metadata"] == {
+        "tags": ["injected-parameters"],
+        "papermill": {"exception": False, "status": "completed"},
+    }
     stream, styler, widget, error = notebook["cells"][3]["outputs"]
-    assert stream["text"] == ["artifacts in results/tiny/00_world\n", "root ., cache ~/.cache\n",
-                              "not ours: ~/projects/segattr-old/x /srv/home/someone/projects/segattr/y\n"]
+    assert stream["text"] == [
+        "artifacts in results/tiny/00_world\n",
+        "root ., cache ~/.cache\n",
+        "not ours: ~/projects/segattr-old/x /srv/home/someone/projects/segattr/y\n",
+    ]
     html = "".join(styler["data"]["text/html"])
     assert styler["data"]["text/plain"] == ["<pandas.io.formats.style.Styler>"]
     assert "8c16b" not in html and '<table id="T_c03t0">' in html and "#T_c03t0_row0_col0" in html
@@ -150,19 +215,33 @@ def test_kernel_environment_is_set_while_running_and_restored(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Checks that can fail
 
+
 def code_cell(source, tags=()):
-    return {"cell_type": "code", "execution_count": None, "id": f"c{abs(hash(source)) % 10**8}",
-            "metadata": {"tags": list(tags)}, "outputs": [], "source": source}
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": f"c{abs(hash(source)) % 10**8}",
+        "metadata": {"tags": list(tags)},
+        "outputs": [],
+        "source": source,
+    }
 
 
 def check_notebook(path, check_source):
     path.parent.mkdir(parents=True)
-    notebook = {"nbformat": 4, "nbformat_minor": 5,
-                "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                             "language_info": {"name": "python"}},
-                "cells": [code_cell('PROFILE = "smoke"', tags=["parameters"]),
-                          code_cell("value = len(PROFILE)"),
-                          code_cell(f"# NBVAL_CHECK_OUTPUT\n{check_source}")]}
+    notebook = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
+        "cells": [
+            code_cell('PROFILE = "smoke"', tags=["parameters"]),
+            code_cell("value = len(PROFILE)"),
+            code_cell(f"# NBVAL_CHECK_OUTPUT\n{check_source}"),
+        ],
+    }
     path.write_text(json.dumps(notebook), encoding="utf-8")
     return path
 

@@ -22,14 +22,20 @@ def _set_offset(offset, device):
 
 
 def test_map_in_workers_keeps_order_and_runs_the_initializer():
-    results = list(map_in_workers(_square_or_fail, [5, 1, 4, 2], ["cpu", "cpu"], threads=1,
-                                  initializer=_set_offset, initargs=(100,)))
+    results = list(
+        map_in_workers(
+            _square_or_fail, [5, 1, 4, 2], ["cpu", "cpu"], threads=1, initializer=_set_offset, initargs=(100,)
+        )
+    )
     assert results == [125, 101, 116, 104]
 
 
 def test_map_in_workers_names_the_failing_item():
     with pytest.raises(RuntimeError, match=r"item 2: ValueError: three is not allowed"):
-        list(map_in_workers(_square_or_fail, [1, 2, 3, 4], ["cpu", "cpu"], threads=1,
-                            initializer=_set_offset, initargs=(0,)))
+        list(
+            map_in_workers(
+                _square_or_fail, [1, 2, 3, 4], ["cpu", "cpu"], threads=1, initializer=_set_offset, initargs=(0,)
+            )
+        )
     with pytest.raises(ValueError, match="threads per worker"):
         list(map_in_workers(_square_or_fail, [1], ["cpu"], threads=0, initializer=_set_offset, initargs=(0,)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional
 
 from ..llm.models import ModelUnavailableError, offline
 from ..world import Arithmetic, Problem, make_problems
@@ -25,11 +24,20 @@ def world_suites(world: dict, seed: int) -> dict[str, list[Problem]]:
         # seconds has memorised some answers and every later stage sees correct and incorrect traces.
         train = [replace(p, id=f"train-{i:05d}", suite="train") for i, p in enumerate(pretrain[: world["n_train"]])]
     else:
-        train = make_problems(world["n_train"], world["train_ops"], seed, "train", exclude=pretrain, arithmetic=arithmetic)
-    test_id = make_problems(world["n_test_id"], world["test_id_ops"], seed, "test_id", exclude=pretrain + train,
-                            arithmetic=arithmetic)
-    test_ood = make_problems(world["n_test_ood"], world["test_ood_ops"], seed, "test_ood",
-                             exclude=pretrain + train + test_id, arithmetic=arithmetic)
+        train = make_problems(
+            world["n_train"], world["train_ops"], seed, "train", exclude=pretrain, arithmetic=arithmetic
+        )
+    test_id = make_problems(
+        world["n_test_id"], world["test_id_ops"], seed, "test_id", exclude=pretrain + train, arithmetic=arithmetic
+    )
+    test_ood = make_problems(
+        world["n_test_ood"],
+        world["test_ood_ops"],
+        seed,
+        "test_ood",
+        exclude=pretrain + train + test_id,
+        arithmetic=arithmetic,
+    )
     return {"pretrain": pretrain, "train": train, "test_id": test_id, "test_ood": test_ood}
 
 
@@ -53,7 +61,7 @@ def _read_local_rows(path: Path) -> list[dict]:
     raise ValueError(f"unsupported local data file {path} (use .jsonl, .json, .parquet or a saved dataset folder)")
 
 
-def load_hub_questions(spec: dict, suite: str, limit: Optional[int] = None) -> list[dict]:
+def load_hub_questions(spec: dict, suite: str, limit: int | None = None) -> list[dict]:
     """Questions from a hub dataset (``spec["hub_id"]``) or its local copy (``spec["local_path"]``).
 
     ``spec["fields"]`` maps ``question``/``answer`` (and optionally ``solution``) to the dataset's
@@ -90,8 +98,12 @@ def load_hub_questions(spec: dict, suite: str, limit: Optional[int] = None) -> l
         missing = [name for key, name in fields.items() if name not in row]
         if missing:
             raise ValueError(f"row {index} of {spec.get('hub_id') or local} lacks fields {missing}")
-        record = {"id": f"{suite}-{index:05d}", "suite": suite,
-                  "question": str(row[fields["question"]]), "answer": answer_text(row[fields["answer"]])}
+        record = {
+            "id": f"{suite}-{index:05d}",
+            "suite": suite,
+            "question": str(row[fields["question"]]),
+            "answer": answer_text(row[fields["answer"]]),
+        }
         if "solution" in fields and fields["solution"] in row:
             record["solution"] = row[fields["solution"]]
         questions.append(record)
@@ -126,12 +138,17 @@ def multiple_choice_row(row: dict, choices: dict, seed: str) -> dict:
     order = list(range(len(options)))
     random.Random(seed).shuffle(order)
     lines = [f"({LETTERS[i]}) {options[j]}" for i, j in enumerate(order)]
-    question = str(row[choices["question"]]).strip() + "\n\n" + "\n".join(lines) + \
-        "\n\nAnswer with the letter of the correct option."
+    question = (
+        str(row[choices["question"]]).strip()
+        + "\n\n"
+        + "\n".join(lines)
+        + "\n\nAnswer with the letter of the correct option."
+    )
     return {"question": question, "answer": LETTERS[order.index(0)]}
 
 
 def chat_prompt(tokenizer, user_message: str) -> str:
     """The user message wrapped in the model's chat template with the generation prompt (R1 format)."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": user_message}], tokenize=False,
-                                         add_generation_prompt=True)
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+    )

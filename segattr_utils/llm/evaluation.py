@@ -4,9 +4,9 @@ estimator, and mean output tokens; answers graded by the last ``\\boxed{}`` with
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from math import comb
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,8 +27,17 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
-def generate_and_grade(generator, prompts: dict[str, str], answers: dict[str, str], n_samples: int,
-                       settings: SamplingSettings, store: RecordStore, batch_size: int, seed: int, tag: str) -> pd.DataFrame:
+def generate_and_grade(
+    generator,
+    prompts: dict[str, str],
+    answers: dict[str, str],
+    n_samples: int,
+    settings: SamplingSettings,
+    store: RecordStore,
+    batch_size: int,
+    seed: int,
+    tag: str,
+) -> pd.DataFrame:
     """Generate (resumably) and grade ``n_samples`` outputs per prompt; one row per output."""
     run_generation(generator, prompts, n_samples, settings, store, batch_size, seed, tag)
     rows = []
@@ -36,20 +45,35 @@ def generate_and_grade(generator, prompts: dict[str, str], answers: dict[str, st
         if record["tag"] != tag or record["question_id"] not in prompts:
             continue
         verdict = grade(record["text"], answers[record["question_id"]])
-        rows.append({"question_id": record["question_id"], "tag": tag, "sample": record["sample"],
-                     "n_tokens": record["n_tokens"], "finished": record["finished"],
-                     "pred": verdict["pred"], "correct": verdict["correct"], "text": record["text"]})
+        rows.append(
+            {
+                "question_id": record["question_id"],
+                "tag": tag,
+                "sample": record["sample"],
+                "n_tokens": record["n_tokens"],
+                "finished": record["finished"],
+                "pred": verdict["pred"],
+                "correct": verdict["correct"],
+                "text": record["text"],
+            }
+        )
     return pd.DataFrame(rows).sort_values(["question_id", "sample"]).reset_index(drop=True)
 
 
 def summarise_outputs(graded: pd.DataFrame, ks: Sequence[int] = (1,)) -> dict:
     """Accuracy (mean correctness), pass@k per question averaged, and mean output tokens."""
     per_question = graded.groupby("question_id")["correct"].agg(["sum", "count"])
-    summary = {"questions": int(len(per_question)), "accuracy": float(graded["correct"].mean()),
-               "mean_tokens": float(graded["n_tokens"].mean()), "finished": float(graded["finished"].mean())}
+    summary = {
+        "questions": int(len(per_question)),
+        "accuracy": float(graded["correct"].mean()),
+        "mean_tokens": float(graded["n_tokens"].mean()),
+        "finished": float(graded["finished"].mean()),
+    }
     for k in ks:
         if k <= per_question["count"].min():
-            summary[f"pass@{k}"] = float(np.mean([pass_at_k(int(n), int(c), k) for c, n in per_question.itertuples(index=False)]))
+            summary[f"pass@{k}"] = float(
+                np.mean([pass_at_k(int(n), int(c), k) for c, n in per_question.itertuples(index=False)])
+            )
     return summary
 
 
@@ -62,12 +86,22 @@ class Benchmark:
     domain: str
     questions: pd.DataFrame
     n_samples: int = 0
-    choices: Optional[str] = None
+    choices: str | None = None
 
 
-def evaluate_model(load: Callable[[], tuple], benchmarks: Sequence[Benchmark], store_path, greedy: SamplingSettings,
-                   sampled: Optional[SamplingSettings], batch_size: int, seed: int, make_prompt: Callable,
-                   backend: str = "hf", model_path: Optional[str] = None, model_name: str = "") -> pd.DataFrame:
+def evaluate_model(
+    load: Callable[[], tuple],
+    benchmarks: Sequence[Benchmark],
+    store_path,
+    greedy: SamplingSettings,
+    sampled: SamplingSettings | None,
+    batch_size: int,
+    seed: int,
+    make_prompt: Callable,
+    backend: str = "hf",
+    model_path: str | None = None,
+    model_name: str = "",
+) -> pd.DataFrame:
     """Greedy (and, where a benchmark asks for samples, sampled) answers of one model on every benchmark,
     graded; one row per output (``model``, ``benchmark``, ``domain``, ``mode``, ``question_id``,
     ``sample``, ``correct``, ``n_tokens``, ``finished``).
@@ -101,7 +135,17 @@ def evaluate_model(load: Callable[[], tuple], benchmarks: Sequence[Benchmark], s
             if name != bench.name or record["question_id"] not in answers:
                 continue
             verdict = grade(record["text"], answers[record["question_id"]], choices=bench.choices)
-            rows.append({"model": model_name, "benchmark": bench.name, "domain": bench.domain, "mode": mode,
-                         "question_id": record["question_id"], "sample": record["sample"], "correct": verdict["correct"],
-                         "n_tokens": record["n_tokens"], "finished": record["finished"]})
+            rows.append(
+                {
+                    "model": model_name,
+                    "benchmark": bench.name,
+                    "domain": bench.domain,
+                    "mode": mode,
+                    "question_id": record["question_id"],
+                    "sample": record["sample"],
+                    "correct": verdict["correct"],
+                    "n_tokens": record["n_tokens"],
+                    "finished": record["finished"],
+                }
+            )
     return pd.DataFrame(rows)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 
@@ -76,8 +76,12 @@ class HFGenerator:
         tokenizer = self.tokenizer
         batch = left_padded_batch(tokenizer, prompts, next(self.model.parameters()).device)
         torch.manual_seed(seed)
-        kwargs = dict(max_new_tokens=settings.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                      eos_token_id=tokenizer.eos_token_id, repetition_penalty=settings.repetition_penalty)
+        kwargs = dict(
+            max_new_tokens=settings.max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            repetition_penalty=settings.repetition_penalty,
+        )
         if settings.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
@@ -88,15 +92,16 @@ class HFGenerator:
             output = self.model.generate(**batch, **kwargs)
         finally:
             self.model.train(was_training)
-        new_tokens = output[:, batch["input_ids"].shape[1]:]
+        new_tokens = output[:, batch["input_ids"].shape[1] :]
         results = []
         for row in new_tokens:
             ids = row.tolist()
             finished = tokenizer.eos_token_id in ids
             if finished:
                 ids = ids[: ids.index(tokenizer.eos_token_id)]
-            results.append({"text": tokenizer.decode(ids, skip_special_tokens=True), "n_tokens": len(ids),
-                            "finished": finished})
+            results.append(
+                {"text": tokenizer.decode(ids, skip_special_tokens=True), "n_tokens": len(ids), "finished": finished}
+            )
         return results
 
 
@@ -116,19 +121,27 @@ class VLLMGenerator:
         from vllm import SamplingParams
 
         params = SamplingParams(
-            temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_new_tokens,
-            repetition_penalty=settings.repetition_penalty, seed=seed,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_tokens=settings.max_new_tokens,
+            repetition_penalty=settings.repetition_penalty,
+            seed=seed,
         )
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
         results = []
         for out in outputs:
             completion = out.outputs[0]
-            results.append({"text": completion.text, "n_tokens": len(completion.token_ids),
-                            "finished": completion.finish_reason == "stop"})
+            results.append(
+                {
+                    "text": completion.text,
+                    "n_tokens": len(completion.token_ids),
+                    "finished": completion.finish_reason == "stop",
+                }
+            )
         return results
 
 
-def make_generator(backend: str, model=None, tokenizer=None, model_path: Optional[str] = None, **kwargs):
+def make_generator(backend: str, model=None, tokenizer=None, model_path: str | None = None, **kwargs):
     """``backend``: "hf", "vllm" or "auto" (vLLM when installed and a model path is known, else HF)."""
     if backend == "auto":
         backend = "vllm" if vllm_available() and model_path else "hf"
@@ -155,7 +168,7 @@ def run_generation(
     batch_size: int,
     seed: int,
     tag: str,
-    extra: Optional[dict] = None,
+    extra: dict | None = None,
 ) -> None:
     """Generate ``n_samples`` completions for every prompt into ``store`` (resumable).
 
@@ -166,7 +179,7 @@ def run_generation(
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
     jobs = sample_jobs(list(prompts), n_samples)
-    batches = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     todo = [(i, b) for i, b in enumerate(batches) if not all([qid, tag, s] in store for qid, s in b)]
     for index, batch in progress(todo, desc=f"generate[{tag}]", unit="batch"):
         outputs = generator.generate([prompts[qid] for qid, _ in batch], settings, derive_seed(seed, tag, index))
@@ -174,6 +187,7 @@ def run_generation(
         for (qid, sample), out in zip(batch, outputs):
             if [qid, tag, sample] in store:
                 continue
-            records.append({"key": [qid, tag, sample], "question_id": qid, "sample": sample, "tag": tag,
-                            **out, **(extra or {})})
+            records.append(
+                {"key": [qid, tag, sample], "question_id": qid, "sample": sample, "tag": tag, **out, **(extra or {})}
+            )
         store.append(records)

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Optional
 
 THINK_CLOSE = "</think>"
 
 
-def last_boxed(text: str) -> Optional[str]:
+def last_boxed(text: str) -> str | None:
     """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced; None if absent."""
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -25,7 +24,7 @@ def last_boxed(text: str) -> Optional[str]:
                 depth -= 1
             i += 1
         if depth == 0:
-            return text[start:i - 1].strip()
+            return text[start : i - 1].strip()
     return None
 
 
@@ -42,12 +41,12 @@ def split_output(output: str) -> tuple[str, str, str]:
     match = re.match(r"<think>\n*", output)
     if match:
         prefix = match.group(0)
-    head = output[len(prefix):output.index(THINK_CLOSE)]
+    head = output[len(prefix) : output.index(THINK_CLOSE)]
     reasoning = head.rstrip("\n")
-    return prefix, reasoning, output[len(prefix) + len(reasoning):]
+    return prefix, reasoning, output[len(prefix) + len(reasoning) :]
 
 
-def split_reasoning(output: str) -> tuple[str, Optional[str]]:
+def split_reasoning(output: str) -> tuple[str, str | None]:
     """(reasoning, answer part) of an R1-style output; the answer part is None without ``</think>``.
 
     Leading ``<think>`` and surrounding newlines are not part of the trace that is segmented.
@@ -56,30 +55,32 @@ def split_reasoning(output: str) -> tuple[str, Optional[str]]:
         return output, None
     reasoning, answer_part = output.split(THINK_CLOSE, 1)
     if reasoning.startswith("<think>"):
-        reasoning = reasoning[len("<think>"):]
+        reasoning = reasoning[len("<think>") :]
     return reasoning.rstrip("\n"), answer_part
 
 
 @lru_cache(maxsize=4096)
 def _parse_gold(answer: str):
     from math_verify import parse
+
     return parse("$" + answer + "$")
 
 
-def is_equivalent(predicted: Optional[str], gold: str) -> bool:
+def is_equivalent(predicted: str | None, gold: str) -> bool:
     """math-verify equivalence of two answer strings (no timeouts-as-errors: failures are False)."""
     if predicted is None or predicted == "":
         return False
     if predicted.strip() == gold.strip():
         return True
     from math_verify import parse, verify
+
     try:
         return bool(verify(_parse_gold(gold), parse("$" + predicted + "$")))
     except Exception:  # math-verify raises on unparsable LaTeX; an unparsable answer is wrong.
         return False
 
 
-def grade(output: str, gold: str, choices: Optional[str] = None) -> dict:
+def grade(output: str, gold: str, choices: str | None = None) -> dict:
     """Grade one model output: extract the last boxed answer and compare with ``gold``.
 
     ``choices`` (e.g. "ABCD") switches to multiple-choice grading by letter (GPQA). Returns

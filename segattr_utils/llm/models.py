@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Optional
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -27,11 +26,13 @@ class ModelUnavailableError(RuntimeError):
 
 def offline() -> bool:
     truthy = {"1", "true", "yes", "on"}
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in truthy or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in truthy
+    return (
+        os.environ.get("HF_HUB_OFFLINE", "0").lower() in truthy
+        or os.environ.get("TRANSFORMERS_OFFLINE", "0").lower() in truthy
+    )
 
 
-def resolve_model_path(model_id: str, local_path: Optional[str] = None) -> str:
+def resolve_model_path(model_id: str, local_path: str | None = None) -> str:
     """A local folder if ``local_path`` (or ``model_id`` itself) is one, else the hub id."""
     for candidate in (local_path, model_id):
         if candidate and Path(candidate).expanduser().is_dir():
@@ -54,7 +55,7 @@ def _unavailable(model_id: str, error: Exception) -> ModelUnavailableError:
     )
 
 
-def load_tokenizer(path_or_id: str, allow_download: Optional[bool] = None):
+def load_tokenizer(path_or_id: str, allow_download: bool | None = None):
     """Load a tokenizer; a folder saved from a locally built ``PreTrainedTokenizerFast`` is loaded with
     that class explicitly (``AutoTokenizer`` would swap in Qwen's class next to a Qwen2 config)."""
     allow_download = (not offline()) if allow_download is None else allow_download
@@ -72,10 +73,10 @@ def load_tokenizer(path_or_id: str, allow_download: Optional[bool] = None):
 
 def load_causal_lm(
     model_id: str,
-    local_path: Optional[str] = None,
+    local_path: str | None = None,
     dtype: str = "float32",
-    device: Optional[str] = None,
-    allow_download: Optional[bool] = None,
+    device: str | None = None,
+    allow_download: bool | None = None,
 ):
     """(model, tokenizer) for a hub id or local folder, in eval mode on ``device`` (default: CUDA if
     available, else CPU)."""

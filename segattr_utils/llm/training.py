@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import glob
 import math
-from dataclasses import dataclass, asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
-
 
 import numpy as np
 
@@ -38,7 +37,7 @@ def build_training_example(
     prompt: str,
     segments: Sequence[str],
     answer_part: str,
-    selected: Optional[Sequence[int]] = None,
+    selected: Sequence[int] | None = None,
     append_eos: bool = True,
 ) -> TrainingExample:
     """One SFT example: ``prompt + "".join(segments) + answer_part (+ EOS)``, tokenised once.
@@ -123,10 +122,10 @@ class TrainSettings:
     optim: str = "adamw_torch"
     save_steps: int = 200
     logging_steps: int = 20
-    stop_after_epoch: Optional[float] = None  # the authors' callback stops 10-epoch runs after epoch 9
+    stop_after_epoch: float | None = None  # the authors' callback stops 10-epoch runs after epoch 9
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainSettings":
+    def from_dict(cls, values: dict) -> TrainSettings:
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown training settings: {sorted(unknown)}")
@@ -147,7 +146,7 @@ def StopAfterEpoch(epoch: float):
     return _Stop()
 
 
-def _latest_checkpoint(output_dir: Path) -> Optional[str]:
+def _latest_checkpoint(output_dir: Path) -> str | None:
     checkpoints = sorted(glob.glob(str(output_dir / "checkpoint-*")), key=lambda p: int(p.rsplit("-", 1)[-1]))
     return checkpoints[-1] if checkpoints else None
 
@@ -156,8 +155,15 @@ def is_trained(output_dir: str | Path) -> bool:
     return (Path(output_dir) / DONE_MARKER).exists()
 
 
-def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: TrainSettings,
-              output_dir: str | Path, seed: int, deepspeed: Optional[str] = None) -> dict:
+def train_sft(
+    model,
+    tokenizer,
+    examples: Sequence[TrainingExample],
+    settings: TrainSettings,
+    output_dir: str | Path,
+    seed: int,
+    deepspeed: str | None = None,
+) -> dict:
     """Train ``model`` in place on ``examples`` with TRL's SFTTrainer; resumable from checkpoints.
 
     The final model and tokenizer are saved to ``output_dir/final`` and a completion marker is
@@ -204,7 +210,9 @@ def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: T
         **trainer_progress(),  # a bar in a terminal; nothing per step in an executed notebook
     )
     callbacks = [StopAfterEpoch(settings.stop_after_epoch)] if settings.stop_after_epoch else None
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+    trainer = SFTTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks
+    )
     silence_trainer(trainer)
     resumed_from = _latest_checkpoint(output_dir)
     started_step = int(resumed_from.rsplit("-", 1)[-1]) if resumed_from else 0
@@ -213,12 +221,17 @@ def train_sft(model, tokenizer, examples: Sequence[TrainingExample], settings: T
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))
     history = [h for h in trainer.state.log_history if "loss" in h]
-    summary = {"steps": trainer.state.global_step, "final_loss": history[-1]["loss"] if history else math.nan,
-               "mean_train_loss": float(result.metrics.get("train_loss", math.nan)),
-               "settings": asdict(settings), "seed": seed, "n_examples": len(examples),
-               "n_trained_tokens": int(sum(e.n_trained for e in examples)),
-               "n_tokens": int(sum(len(e.input_ids) for e in examples)),
-               "train_runtime": float(result.metrics.get("train_runtime", math.nan)),
-               "steps_this_session": trainer.state.global_step - started_step}
+    summary = {
+        "steps": trainer.state.global_step,
+        "final_loss": history[-1]["loss"] if history else math.nan,
+        "mean_train_loss": float(result.metrics.get("train_loss", math.nan)),
+        "settings": asdict(settings),
+        "seed": seed,
+        "n_examples": len(examples),
+        "n_trained_tokens": int(sum(e.n_trained for e in examples)),
+        "n_tokens": int(sum(len(e.input_ids) for e in examples)),
+        "train_runtime": float(result.metrics.get("train_runtime", math.nan)),
+        "steps_this_session": trainer.state.global_step - started_step,
+    }
     (output_dir / DONE_MARKER).write_text("done\n")
     return summary

@@ -18,8 +18,9 @@ run plan of stage 08 (:func:`segattr_utils.stages.stage08_selective_sft.plan_run
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -45,17 +46,19 @@ class TraceRecord:
     answer_part: str
     token_values: list[np.ndarray]
     token_offsets: list[list[tuple[int, int]]]
-    confidence_delta: Optional[np.ndarray] = None
-    log_ppl: Optional[np.ndarray] = None
-    entropy: Optional[np.ndarray] = None
-    removal_ppl_increase: Optional[np.ndarray] = None
-    decision_segment: Optional[int] = None
-    kinds: Optional[list] = None
+    confidence_delta: np.ndarray | None = None
+    log_ppl: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    removal_ppl_increase: np.ndarray | None = None
+    decision_segment: int | None = None
+    kinds: list | None = None
 
     def __post_init__(self):
         if len(self.token_values) != len(self.segments) or len(self.token_offsets) != len(self.segments):
-            raise ValueError(f"trace {self.trace_id}: {len(self.segments)} segments but "
-                             f"{len(self.token_values)} value arrays and {len(self.token_offsets)} offset lists")
+            raise ValueError(
+                f"trace {self.trace_id}: {len(self.segments)} segments but "
+                f"{len(self.token_values)} value arrays and {len(self.token_offsets)} offset lists"
+            )
         self.token_values = [np.asarray(v, dtype=np.float64) for v in self.token_values]
         for index, (values, offsets) in enumerate(zip(self.token_values, self.token_offsets)):
             if len(values) != len(offsets):
@@ -106,17 +109,19 @@ class Variant:
     label: str
     mode: Mode
     tables: tuple[str, ...]
-    select: Callable[[Sequence[TraceRecord], "SelectionSettings"], list[TraceSelection]]
+    select: Callable[[Sequence[TraceRecord], SelectionSettings], list[TraceSelection]]
     needs: tuple[str, ...] = ()
 
-    def selections(self, records: Sequence[TraceRecord], settings: "SelectionSettings") -> list[TraceSelection]:
+    def selections(self, records: Sequence[TraceRecord], settings: SelectionSettings) -> list[TraceSelection]:
         """The variant's selection of every trace, after checking that each trace carries the signals
         the rule ``needs`` (a clear error names the missing signal and where it comes from)."""
         for name in self.needs:
             missing = [r.trace_id for r in records if getattr(r, name) is None]
             if missing:
-                raise ValueError(f"variant {self.name!r} needs {name!r} ({SIGNAL_SOURCES.get(name, 'an earlier stage')}), "
-                                 f"which {len(missing)} of {len(records)} traces lack, e.g. {missing[0]!r}")
+                raise ValueError(
+                    f"variant {self.name!r} needs {name!r} ({SIGNAL_SOURCES.get(name, 'an earlier stage')}), "
+                    f"which {len(missing)} of {len(records)} traces lack, e.g. {missing[0]!r}"
+                )
         return self.select(records, settings)
 
 
@@ -133,7 +138,7 @@ class SelectionSettings:
     prune_token_share: float = 0.30
     seed: int = 0
 
-    def with_overrides(self, **overrides) -> "SelectionSettings":
+    def with_overrides(self, **overrides) -> SelectionSettings:
         unknown = set(overrides) - set(self.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown selection settings: {sorted(unknown)}")
@@ -145,8 +150,11 @@ class SelectionSettings:
 REGISTRY: dict[str, Variant] = {}
 
 #: Where each optional per-segment signal of a :class:`TraceRecord` comes from.
-SIGNAL_SOURCES = {"confidence_delta": "notebook 04, self-generated traces only",
-                  "log_ppl": "notebook 05", "entropy": "notebook 05", "removal_ppl_increase": "notebook 05",
+SIGNAL_SOURCES = {
+    "confidence_delta": "notebook 04, self-generated traces only",
+    "log_ppl": "notebook 05",
+    "entropy": "notebook 05",
+    "removal_ppl_increase": "notebook 05",
 }
 
 
@@ -162,8 +170,9 @@ def register(name: str, *, label: str, mode: Mode, tables: Sequence[str], needs:
     def decorate(function):
         if name in REGISTRY:
             raise ValueError(f"variant {name!r} is registered twice")
-        REGISTRY[name] = Variant(name=name, label=label, mode=mode, tables=tuple(tables), select=function,
-                                 needs=tuple(needs))
+        REGISTRY[name] = Variant(
+            name=name, label=label, mode=mode, tables=tuple(tables), select=function, needs=tuple(needs)
+        )
         return function
 
     return decorate
@@ -177,6 +186,7 @@ def get_variant(name: str) -> Variant:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers shared by the rules
+
 
 def _kept(record: TraceRecord, settings: SelectionSettings) -> set[int]:
     return set(always_keep_indices(record.n_segments, settings.always_keep))
@@ -208,8 +218,13 @@ def selected_token_share(records: Sequence[TraceRecord], selections: Sequence[Tr
     return float(learned / total) if total else 0.0
 
 
-def threshold_by_token_share(records: Sequence[TraceRecord], scores: Sequence[np.ndarray], target_share: float,
-                             settings: SelectionSettings, higher_is_important: bool = True) -> list[TraceSelection]:
+def threshold_by_token_share(
+    records: Sequence[TraceRecord],
+    scores: Sequence[np.ndarray],
+    target_share: float,
+    settings: SelectionSettings,
+    higher_is_important: bool = True,
+) -> list[TraceSelection]:
     """Select segments whose score passes ONE global threshold, chosen so that the pooled share of learned
     tokens (always-kept segments included) is as close as possible to ``target_share``.
 
@@ -224,8 +239,10 @@ def threshold_by_token_share(records: Sequence[TraceRecord], scores: Sequence[np
     candidates = np.unique(pooled)[::-1]
     best, best_gap = None, np.inf
     for threshold in candidates:
-        selections = [TraceSelection({i for i, v in enumerate(signs * np.asarray(s)) if v >= threshold} | _kept(r, settings))
-                      for r, s in zip(records, scores)]
+        selections = [
+            TraceSelection({i for i, v in enumerate(signs * np.asarray(s)) if v >= threshold} | _kept(r, settings))
+            for r, s in zip(records, scores)
+        ]
         gap = abs(selected_token_share(records, selections) - target_share)
         if gap < best_gap - 1e-12:
             best, best_gap = selections, gap
@@ -234,6 +251,7 @@ def threshold_by_token_share(records: Sequence[TraceRecord], scores: Sequence[np
 
 # ---------------------------------------------------------------------------------------------
 # Table 1: full-CoT SFT and segment selective SFT
+
 
 @register("full", label="Full CoT SFT", mode="full", tables=("1", "2", "3", "4", "7", "fig5"))
 def _full(records, settings):
@@ -247,6 +265,7 @@ def _selective(records, settings):
 
 # ---------------------------------------------------------------------------------------------
 # Table 2: ablations
+
 
 # Table 2's "Pruned CoT SFT" and Table 4's IG row are one run (the paper reports identical numbers for
 # them): IG-important segments with tau tuned so that about 30% of the tokens are pruned.
@@ -262,14 +281,20 @@ def _random_segments(records, settings):
     for r in records:
         rng = random.Random(f"random_segments:{settings.seed}:{r.trace_id}")
         k = max(1, round(settings.random_segment_share * r.n_segments))
-        selections.append(TraceSelection(set(rng.sample(range(r.n_segments), min(k, r.n_segments))) | _kept(r, settings)))
+        selections.append(
+            TraceSelection(set(rng.sample(range(r.n_segments), min(k, r.n_segments))) | _kept(r, settings))
+        )
     return selections
 
 
 def _top_tokens(records, settings, transform) -> list[TraceSelection]:
     selections = []
     for r in records:
-        flat = [(seg, tok, transform(value)) for seg, values in enumerate(r.token_values) for tok, value in enumerate(values)]
+        flat = [
+            (seg, tok, transform(value))
+            for seg, values in enumerate(r.token_values)
+            for tok, value in enumerate(values)
+        ]
         k = int(round(settings.token_share * len(flat)))
         # stable order: ties keep the earlier token
         ranked = sorted(range(len(flat)), key=lambda i: -flat[i][2])[:k]
@@ -292,12 +317,15 @@ def _high_strength(records, settings):
     out = []
     for r in records:
         scores = r.scores(settings.aggregation)
-        out.append(TraceSelection(set(top_strength_segments(scores["norm_strength"], settings.tau)) | _kept(r, settings)))
+        out.append(
+            TraceSelection(set(top_strength_segments(scores["norm_strength"], settings.tau)) | _kept(r, settings))
+        )
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Table 3: other importance measures (selective SFT)
+
 
 def _first_correct(records, settings):
     selections = []
@@ -308,8 +336,10 @@ def _first_correct(records, settings):
 
 
 def _confidence_gain(records, settings):
-    return [TraceSelection({i for i, d in enumerate(_signal(r, "confidence_delta")) if d > 0} | _kept(r, settings))
-            for r in records]
+    return [
+        TraceSelection({i for i, d in enumerate(_signal(r, "confidence_delta")) if d > 0} | _kept(r, settings))
+        for r in records
+    ]
 
 
 def _matched(records, settings, signal, target):
@@ -327,45 +357,64 @@ def _our_share(records, settings) -> float:
 
 # A trace without a decision segment is learned whole (the rule's fallback), so it needs no signal.
 register("first_correct", label="First-Correct Solution", mode="selective", tables=("3",))(_first_correct)
-register("confidence_gain", label="Confidence-Gain Segments", mode="selective", tables=("3",),
-         needs=("confidence_delta",))(_confidence_gain)
+register(
+    "confidence_gain", label="Confidence-Gain Segments", mode="selective", tables=("3",), needs=("confidence_delta",)
+)(_confidence_gain)
 
 
-@register("segment_perplexity", label="Segment Perplexity", mode="selective", tables=("3",),
-          needs=("removal_ppl_increase",))
+@register(
+    "segment_perplexity", label="Segment Perplexity", mode="selective", tables=("3",), needs=("removal_ppl_increase",)
+)
 def _segment_perplexity(records, settings):
     return _matched(records, settings, "removal_ppl_increase", _our_share(records, settings))
 
 
 @register("segment_entropy", label="Segment Entropy", mode="selective", tables=("3",), needs=("entropy",))
 def _segment_entropy(records, settings):
-    return threshold_by_token_share(records, [_entropy_sum(r) for r in records], _our_share(records, settings), settings)
+    return threshold_by_token_share(
+        records, [_entropy_sum(r) for r in records], _our_share(records, settings), settings
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Table 4: pruning with each measure, ~30% of tokens pruned
+
 
 def _tau_for_pruned_share(records, settings) -> float:
     """The tau whose important set (plus always-kept segments) keeps the share of tokens closest to
     ``1 - prune_token_share`` (Sec. 4.5: "adjust thresholds ... to prune nearly 30% of tokens")."""
     target = 1 - settings.prune_token_share
     grid = np.round(np.arange(0.05, 1.0001, 0.05), 2)
-    shares = [selected_token_share(records, [TraceSelection(ours(r, settings.with_overrides(tau=float(t)))) for r in records])
-              for t in grid]
+    shares = [
+        selected_token_share(records, [TraceSelection(ours(r, settings.with_overrides(tau=float(t)))) for r in records])
+        for t in grid
+    ]
     return float(grid[int(np.argmin([abs(s - target) for s in shares]))])
 
 
 register("pruned_first_correct", label="First-Correct Solution (pruned)", mode="pruned", tables=("4",))(_first_correct)
-register("pruned_confidence_gain", label="Confidence-Gain Segments (pruned)", mode="pruned", tables=("4",),
-         needs=("confidence_delta",))(_confidence_gain)
+register(
+    "pruned_confidence_gain",
+    label="Confidence-Gain Segments (pruned)",
+    mode="pruned",
+    tables=("4",),
+    needs=("confidence_delta",),
+)(_confidence_gain)
 
 
-@register("pruned_perplexity", label="Segment Perplexity (pruned)", mode="pruned", tables=("4",),
-          needs=("removal_ppl_increase",))
+@register(
+    "pruned_perplexity",
+    label="Segment Perplexity (pruned)",
+    mode="pruned",
+    tables=("4",),
+    needs=("removal_ppl_increase",),
+)
 def _pruned_perplexity(records, settings):
     return _matched(records, settings, "removal_ppl_increase", 1 - settings.prune_token_share)
 
 
 @register("pruned_entropy", label="Segment Entropy (pruned)", mode="pruned", tables=("4",), needs=("entropy",))
 def _pruned_entropy(records, settings):
-    return threshold_by_token_share(records, [_entropy_sum(r) for r in records], 1 - settings.prune_token_share, settings)
+    return threshold_by_token_share(
+        records, [_entropy_sum(r) for r in records], 1 - settings.prune_token_share, settings
+    )

@@ -39,7 +39,7 @@ temperature 0 is greedy.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,11 +47,12 @@ import torch
 
 from ..llm.generation import SamplingSettings, left_padded_batch
 from ..llm.grading import grade
-from .group_stats import compare_groups, describe
 from ..method.importance import GROUPS, IMPORTANT_GROUP, label_segments, segment_groups  # noqa: F401  (re-exported)
+from .group_stats import compare_groups, describe
 
 # ---------------------------------------------------------------------------------------------
 # Forced-answer confidence
+
 
 def forced_answer_prompt(prompt: str, segments: Sequence[str], n_prefix: int, lead_in: str) -> str:
     """``prompt + S_1 + ... + S_{n_prefix} + lead_in``: the answer forced after ``n_prefix`` segments."""
@@ -88,8 +89,14 @@ def confidence_deltas(confidences: Sequence[float]) -> pd.DataFrame:
         raise ValueError("need the confidences of at least two prefixes (the empty trace and one segment)")
     if not np.all(np.isfinite(values)) or np.any((values < 0) | (values > 1)):
         raise ValueError("confidences must be fractions in [0, 1]")
-    return pd.DataFrame({"segment": np.arange(values.size - 1), "confidence_before": values[:-1],
-                         "confidence_after": values[1:], "delta": np.diff(values)})
+    return pd.DataFrame(
+        {
+            "segment": np.arange(values.size - 1),
+            "confidence_before": values[:-1],
+            "confidence_after": values[1:],
+            "delta": np.diff(values),
+        }
+    )
 
 
 def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -105,8 +112,9 @@ def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_continuations(model, tokenizer, prompts: Sequence[str], n_samples: int, settings: SamplingSettings,
-                         seed: int) -> list[list[str]]:
+def sample_continuations(
+    model, tokenizer, prompts: Sequence[str], n_samples: int, settings: SamplingSettings, seed: int
+) -> list[list[str]]:
     """``n_samples`` continuations of every prompt, the prompt encoded once and its cache shared.
 
     Prompts are left-padded into one batch; after the prefill the key/value cache and the last
@@ -150,8 +158,9 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], n_samples: in
             if bool(finished.all()) or step == settings.max_new_tokens - 1:
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-            out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_position,
-                        cache=cache, use_cache=True)
+            out = model(
+                input_ids=token[:, None], attention_mask=mask, position_ids=next_position, cache=cache, use_cache=True
+            )
             cache = out.cache
             logits = out.logits[:, -1, :].float()
             next_position = next_position + 1
@@ -163,11 +172,12 @@ def sample_continuations(model, tokenizer, prompts: Sequence[str], n_samples: in
         if eos in row:
             row = row[: row.index(eos)]
         texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    return [texts[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
+    return [texts[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
 
 
 # ---------------------------------------------------------------------------------------------
 # Important / unimportant groups (Eq. 5-7 at the analysis thresholds)
+
 
 def group_summary(labelled: pd.DataFrame, value: str = "delta") -> pd.DataFrame:
     """``n``, mean, SEM and median of ``value`` for the important set, the unimportant set and each of
@@ -184,11 +194,21 @@ def group_summary(labelled: pd.DataFrame, value: str = "delta") -> pd.DataFrame:
 def delta_gap(labelled: pd.DataFrame, value: str = "delta") -> dict:
     """Important vs unimportant comparison of ``value``: ``compare_groups`` with ``gap`` = the
     difference of means."""
-    stats = compare_groups(labelled.loc[labelled["important"], value], labelled.loc[~labelled["important"], value],
-                           "important", "unimportant")
-    return {"n_important": stats["n_a"], "n_unimportant": stats["n_b"], "delta_important": stats["mean_a"],
-            "delta_unimportant": stats["mean_b"], "gap": stats["difference"], "p_value": stats["p_value"],
-            "note": stats["note"]}
+    stats = compare_groups(
+        labelled.loc[labelled["important"], value],
+        labelled.loc[~labelled["important"], value],
+        "important",
+        "unimportant",
+    )
+    return {
+        "n_important": stats["n_a"],
+        "n_unimportant": stats["n_b"],
+        "delta_important": stats["mean_a"],
+        "delta_unimportant": stats["mean_b"],
+        "gap": stats["difference"],
+        "p_value": stats["p_value"],
+        "note": stats["note"],
+    }
 
 
 def _threshold_table(table: pd.DataFrame, name: str, grid: Sequence[float], fixed: dict) -> pd.DataFrame:
@@ -232,7 +252,9 @@ def choose_threshold(search: pd.DataFrame, column: str = "tau"):
     admissible = admissible[admissible["gap"].astype(float) > 0]
     if admissible.empty:
         return None
-    best = admissible.assign(_gap=-admissible["gap"].astype(float), _unimp=admissible["delta_unimportant"].astype(float))
+    best = admissible.assign(
+        _gap=-admissible["gap"].astype(float), _unimp=admissible["delta_unimportant"].astype(float)
+    )
     best = best.sort_values(["_gap", "_unimp", column], kind="stable")
     return float(best[column].iloc[0])
 
@@ -243,8 +265,16 @@ def importance_shares(labelled: pd.DataFrame, important: str = "important") -> d
     if labelled.empty:
         return {"traces": 0, "segment_share": None, "token_share": None}
     per_trace = labelled.groupby("trace_id").apply(
-        lambda g: pd.Series({"segment_share": g[important].mean(),
-                             "token_share": g.loc[g[important], "n_tokens"].sum() / g["n_tokens"].sum()}),
-        include_groups=False)
-    return {"traces": int(len(per_trace)), "segment_share": float(per_trace["segment_share"].mean()),
-            "token_share": float(per_trace["token_share"].mean())}
+        lambda g: pd.Series(
+            {
+                "segment_share": g[important].mean(),
+                "token_share": g.loc[g[important], "n_tokens"].sum() / g["n_tokens"].sum(),
+            }
+        ),
+        include_groups=False,
+    )
+    return {
+        "traces": int(len(per_trace)),
+        "segment_share": float(per_trace["segment_share"].mean()),
+        "token_share": float(per_trace["token_share"].mean()),
+    }

@@ -12,7 +12,7 @@ mean and no p-value, and its ``note`` says why; callers print the note instead o
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,10 +36,12 @@ def describe(values: Sequence[float]) -> dict:
     single-value group does not have)."""
     array = _finite("values", values)
     n = int(array.size)
-    return {"n": n,
-            "mean": float(array.mean()) if n else None,
-            "sem": float(array.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
-            "median": float(np.median(array)) if n else None}
+    return {
+        "n": n,
+        "mean": float(array.mean()) if n else None,
+        "sem": float(array.std(ddof=1) / math.sqrt(n)) if n > 1 else None,
+        "median": float(np.median(array)) if n else None,
+    }
 
 
 def compare_groups(a: Sequence[float], b: Sequence[float], name_a: str = "a", name_b: str = "b") -> dict:
@@ -51,8 +53,17 @@ def compare_groups(a: Sequence[float], b: Sequence[float], name_a: str = "a", na
     """
     x, y = _finite(name_a, a), _finite(name_b, b)
     left, right = describe(x), describe(y)
-    result = {"n_a": left["n"], "n_b": right["n"], "mean_a": left["mean"], "mean_b": right["mean"],
-              "difference": None, "u": None, "p_value": None, "test": TEST_NAME, "note": ""}
+    result = {
+        "n_a": left["n"],
+        "n_b": right["n"],
+        "mean_a": left["mean"],
+        "mean_b": right["mean"],
+        "difference": None,
+        "u": None,
+        "p_value": None,
+        "test": TEST_NAME,
+        "note": "",
+    }
     empty = [name for name, group in ((name_a, x), (name_b, y)) if group.size == 0]
     if empty:
         result["note"] = f"no {' and no '.join(empty)} segments: nothing to compare"

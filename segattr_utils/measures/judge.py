@@ -31,8 +31,8 @@ from __future__ import annotations
 import hashlib
 import random
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
 
 from ..artifacts import RecordStore
 from ..llm.generation import SamplingSettings, derive_seed
@@ -44,7 +44,7 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 #: The task description (App. B, Table 5 analogue): what "truncated" means and how to answer.
 TASK_DESCRIPTION = (
     "You are given three consecutive segments of a long chain of thought. The chain of thought was split "
-    "into segments at transition words such as \"Wait\" or \"Alternatively\". Decide whether Segment 2 is a "
+    'into segments at transition words such as "Wait" or "Alternatively". Decide whether Segment 2 is a '
     "truncated thought: it breaks off before its idea is finished (for example in the middle of a sentence), "
     "and Segment 3 does not logically continue it but moves on to something else. A segment that finishes "
     "its thought is complete, even if it is short or repeats earlier work. An empty Segment 1 or Segment 3 "
@@ -81,33 +81,41 @@ class FewShotExample:
 #: Few-shot examples for real LLM judges (profile ``judge.few_shot``), written for this project.
 FEW_SHOT_EXAMPLES: tuple[FewShotExample, ...] = (
     FewShotExample(
-        Triple("So the perimeter is 2 * (7 + 3) = 20.",
-               "Wait, maybe I should double-check whether the",
-               "Alternatively, I could compute the area first: 7 * 3 = 21."),
-        "Segment 2 stops in the middle of a sentence (\"whether the\"), and Segment 3 starts a different "
+        Triple(
+            "So the perimeter is 2 * (7 + 3) = 20.",
+            "Wait, maybe I should double-check whether the",
+            "Alternatively, I could compute the area first: 7 * 3 = 21.",
+        ),
+        'Segment 2 stops in the middle of a sentence ("whether the"), and Segment 3 starts a different '
         "computation instead of finishing that check.",
         TRUNCATED,
     ),
     FewShotExample(
-        Triple("Substituting x = 2 gives 3 * 2 + 4 = 10.",
-               "Wait, the equation was 3x + 4 = 10, so x = 2 satisfies it. That checks out.",
-               "So the answer is x = 2."),
+        Triple(
+            "Substituting x = 2 gives 3 * 2 + 4 = 10.",
+            "Wait, the equation was 3x + 4 = 10, so x = 2 satisfies it. That checks out.",
+            "So the answer is x = 2.",
+        ),
         "Segment 2 is a short verification, but it states its check and its conclusion in full sentences. "
         "Its thought is finished.",
         COMPLETE,
     ),
     FewShotExample(
-        Triple("",
-               "Okay, so I need to count the integers from 1 to 100 that are divisible by 3 or 5.",
-               "Hmm, inclusion-exclusion should work here."),
+        Triple(
+            "",
+            "Okay, so I need to count the integers from 1 to 100 that are divisible by 3 or 5.",
+            "Hmm, inclusion-exclusion should work here.",
+        ),
         "Segment 2 opens the chain of thought (Segment 1 is empty) and states the task completely.",
         COMPLETE,
     ),
     FewShotExample(
-        Triple("There are 33 multiples of 3 and 20 multiples of 5.",
-               "Alternatively, there might be a faster way with modular arithmetic. Let me think about",
-               "Wait, the direct count is easy: 33 + 20 - 6 = 47."),
-        "Segment 2 announces another approach and breaks off at \"Let me think about\"; Segment 3 drops "
+        Triple(
+            "There are 33 multiples of 3 and 20 multiples of 5.",
+            "Alternatively, there might be a faster way with modular arithmetic. Let me think about",
+            "Wait, the direct count is easy: 33 + 20 - 6 = 47.",
+        ),
+        'Segment 2 announces another approach and breaks off at "Let me think about"; Segment 3 drops '
         "that approach and returns to the direct count.",
         TRUNCATED,
     ),
@@ -117,18 +125,21 @@ FEW_SHOT_EXAMPLES: tuple[FewShotExample, ...] = (
 # ---------------------------------------------------------------------------------------------
 # Triples and prompts
 
+
 def segment_triples(segments: Sequence[str]) -> list[Triple]:
     """One (Segment 1, Segment 2, Segment 3) triple per segment of a trace; the first segment gets an
     empty Segment 1 and the last an empty Segment 3 (App. B)."""
     segments = list(segments)
-    return [Triple(segments[i - 1] if i > 0 else "", segments[i], segments[i + 1] if i + 1 < len(segments) else "")
-            for i in range(len(segments))]
+    return [
+        Triple(segments[i - 1] if i > 0 else "", segments[i], segments[i + 1] if i + 1 < len(segments) else "")
+        for i in range(len(segments))
+    ]
 
 
 CLIP_MARK = "[...]"
 
 
-def clip_triple(triple: Triple, max_chars: Optional[int]) -> Triple:
+def clip_triple(triple: Triple, max_chars: int | None) -> Triple:
     """Shorten long segments for a judge with a small context (profile ``judge.max_segment_chars``):
     Segment 1 keeps its end, Segment 3 its beginning, and Segment 2 its beginning and its end (the end
     decides whether the thought was cut off). ``None`` keeps everything."""
@@ -141,29 +152,35 @@ def clip_triple(triple: Triple, max_chars: Optional[int]) -> Triple:
         if len(text) <= max_chars:
             return text
         half = (max_chars - len(CLIP_MARK)) // 2
-        return text[:half] + CLIP_MARK + text[len(text) - half:]
+        return text[:half] + CLIP_MARK + text[len(text) - half :]
 
-    before = triple.before if len(triple.before) <= max_chars else CLIP_MARK + triple.before[-(max_chars - len(CLIP_MARK)):]
-    after = triple.after if len(triple.after) <= max_chars else triple.after[:max_chars - len(CLIP_MARK)] + CLIP_MARK
+    before = (
+        triple.before if len(triple.before) <= max_chars else CLIP_MARK + triple.before[-(max_chars - len(CLIP_MARK)) :]
+    )
+    after = triple.after if len(triple.after) <= max_chars else triple.after[: max_chars - len(CLIP_MARK)] + CLIP_MARK
     return Triple(before, middle(triple.segment), after)
 
 
 def format_triple(triple: Triple) -> str:
     """The three segments, each between ``<<<`` and ``>>>`` (surrounding whitespace stripped: segments
     start with the "\\n\\n" of their transition)."""
-    return "\n".join(f"Segment {i}: <<<{text.strip()}>>>"
-                     for i, text in enumerate((triple.before, triple.segment, triple.after), start=1))
+    return "\n".join(
+        f"Segment {i}: <<<{text.strip()}>>>"
+        for i, text in enumerate((triple.before, triple.segment, triple.after), start=1)
+    )
 
 
 def few_shot_block(examples: Sequence[FewShotExample] = FEW_SHOT_EXAMPLES) -> str:
     parts = []
     for number, example in enumerate(examples, start=1):
-        parts.append(f"Example {number}:\n{format_triple(example.triple)}\n"
-                     f"Reasoning: {example.reasoning}\nAnswer: {example.label}")
+        parts.append(
+            f"Example {number}:\n{format_triple(example.triple)}\n"
+            f"Reasoning: {example.reasoning}\nAnswer: {example.label}"
+        )
     return "\n\n".join(parts)
 
 
-def judge_message(triple: Triple, few_shot: bool = False, max_segment_chars: Optional[int] = None) -> str:
+def judge_message(triple: Triple, few_shot: bool = False, max_segment_chars: int | None = None) -> str:
     """The user message of one judgement: task description, optional few-shot examples, the triple."""
     parts = [TASK_DESCRIPTION]
     if few_shot:
@@ -184,8 +201,9 @@ def judge_chat_prompt(tokenizer, message: str, enable_thinking: bool = True) -> 
         raise ValueError("the judge tokenizer has no chat template; set tokenizer.chat_template first")
     messages = [{"role": "user", "content": message}]
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                             enable_thinking=enable_thinking)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+        )
     except TypeError:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -206,13 +224,14 @@ def round2_prompt(prompt: str, round1_output: str) -> str:
 
 _SEGMENT_REFERENCE = re.compile(r"\bsegments?\s*\d+(?:\s*(?:,|and|or|&|-|to)\s*\d+)*", re.IGNORECASE)
 _DIGIT_END = r"(?!\w|\.\d)"  # "1." and "1)" end a digit; "10", "1a" and "0.5" are not the digit
-_MARKED = re.compile(r"(?:answer|judge?ment|verdict|label|decision)(?:\s+is)?[\s:=*_`'\"(\[]*([01])" + _DIGIT_END,
-                     re.IGNORECASE)
+_MARKED = re.compile(
+    r"(?:answer|judge?ment|verdict|label|decision)(?:\s+is)?[\s:=*_`'\"(\[]*([01])" + _DIGIT_END, re.IGNORECASE
+)
 _BOXED = re.compile(r"\\boxed\{\s*([01])\s*\}")
 _STANDALONE = re.compile(r"(?<![\w.])([01])" + _DIGIT_END)
 
 
-def final_answer_part(text: str, open_think: bool = False) -> Optional[str]:
+def final_answer_part(text: str, open_think: bool = False) -> str | None:
     """The part of a judge output after its reasoning: the text after the last ``</think>``; ``None``
     when a thinking block was opened (in ``text``, or by the prompt when ``open_think``) and never
     closed; the whole text when the output has no thinking block at all."""
@@ -224,7 +243,7 @@ def final_answer_part(text: str, open_think: bool = False) -> Optional[str]:
     return text
 
 
-def parse_judgement(text: str, open_think: bool = False) -> Optional[int]:
+def parse_judgement(text: str, open_think: bool = False) -> int | None:
     """The judge's decision (1 truncated, 0 complete) from its final answer, or ``None`` (undecided).
 
     Only the final answer after the reasoning counts (:func:`final_answer_part`); digits inside the
@@ -245,6 +264,7 @@ def parse_judgement(text: str, open_think: bool = False) -> Optional[int]:
 # ---------------------------------------------------------------------------------------------
 # The two-round protocol
 
+
 @dataclass(frozen=True)
 class JudgeSettings:
     """The protocol's settings (profile section ``judge``)."""
@@ -254,14 +274,14 @@ class JudgeSettings:
     enable_thinking: bool = True
     few_shot: bool = False
     batch_size: int = 64
-    max_segment_chars: Optional[int] = None
+    max_segment_chars: int | None = None
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"judge.batch_size must be positive, got {self.batch_size}")
 
     @classmethod
-    def from_profile(cls, profile) -> "JudgeSettings":
+    def from_profile(cls, profile) -> JudgeSettings:
         section = profile.get_path("judge")
 
         def sampling(name: str) -> SamplingSettings:
@@ -269,45 +289,77 @@ class JudgeSettings:
             unknown = set(values) - set(SamplingSettings.__dataclass_fields__)
             missing = set(SamplingSettings.__dataclass_fields__) - set(values)
             if unknown or missing:
-                raise ValueError(f"judge.{name} must set exactly {sorted(SamplingSettings.__dataclass_fields__)}; "
-                                 f"unknown {sorted(unknown)}, missing {sorted(missing)}")
+                raise ValueError(
+                    f"judge.{name} must set exactly {sorted(SamplingSettings.__dataclass_fields__)}; "
+                    f"unknown {sorted(unknown)}, missing {sorted(missing)}"
+                )
             return SamplingSettings(**values)
 
         for key in ("enable_thinking", "few_shot", "batch_size"):
             if key not in section:
                 raise KeyError(f"profile {profile.get('name')!r} has no setting 'judge.{key}'")
-        return cls(round1=sampling("round1"), round2=sampling("round2"), enable_thinking=bool(section["enable_thinking"]),
-                   few_shot=bool(section["few_shot"]), batch_size=int(section["batch_size"]),
-                   max_segment_chars=section.get("max_segment_chars"))
+        return cls(
+            round1=sampling("round1"),
+            round2=sampling("round2"),
+            enable_thinking=bool(section["enable_thinking"]),
+            few_shot=bool(section["few_shot"]),
+            batch_size=int(section["batch_size"]),
+            max_segment_chars=section.get("max_segment_chars"),
+        )
 
 
 def judge_prompts(tokenizer, triples: Mapping[str, Triple], settings: JudgeSettings) -> dict[str, str]:
     """The round-1 prompt of every triple (same keys)."""
-    return {key: judge_chat_prompt(tokenizer, judge_message(triple, settings.few_shot, settings.max_segment_chars),
-                                   settings.enable_thinking)
-            for key, triple in triples.items()}
+    return {
+        key: judge_chat_prompt(
+            tokenizer, judge_message(triple, settings.few_shot, settings.max_segment_chars), settings.enable_thinking
+        )
+        for key, triple in triples.items()
+    }
 
 
 def _prompt_digest(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def _run_round(generator, keys: list[str], inputs: Mapping[str, str], settings: SamplingSettings, round_number: int,
-               store: RecordStore, batch_size: int, seed: int, tag: str) -> None:
+def _run_round(
+    generator,
+    keys: list[str],
+    inputs: Mapping[str, str],
+    settings: SamplingSettings,
+    round_number: int,
+    store: RecordStore,
+    batch_size: int,
+    seed: int,
+    tag: str,
+) -> None:
     """Generate one round for ``keys`` in fixed batches (a batch is skipped when all its records exist)."""
-    batches = [keys[i:i + batch_size] for i in range(0, len(keys), batch_size)]
+    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
     todo = [(i, b) for i, b in enumerate(batches) if not all([k, round_number] in store for k in b)]
     for index, batch in progress(todo, desc=f"judge round {round_number}", unit="batch"):
         outputs = generator.generate([inputs[k] for k in batch], settings, derive_seed(seed, tag, round_number, index))
         if len(outputs) != len(batch):
             raise RuntimeError(f"the generator returned {len(outputs)} outputs for {len(batch)} prompts")
-        store.append([{"key": [k, round_number], "item": k, "round": round_number, "prompt_sha": _prompt_digest(inputs[k]),
-                       "text": out["text"], "n_tokens": int(out["n_tokens"]), "finished": bool(out["finished"])}
-                      for k, out in zip(batch, outputs) if [k, round_number] not in store])
+        store.append(
+            [
+                {
+                    "key": [k, round_number],
+                    "item": k,
+                    "round": round_number,
+                    "prompt_sha": _prompt_digest(inputs[k]),
+                    "text": out["text"],
+                    "n_tokens": int(out["n_tokens"]),
+                    "finished": bool(out["finished"]),
+                }
+                for k, out in zip(batch, outputs)
+                if [k, round_number] not in store
+            ]
+        )
 
 
-def run_judge(generator, prompts: Mapping[str, str], settings: JudgeSettings, store: RecordStore, seed: int,
-              tag: str = "judge") -> list[dict]:
+def run_judge(
+    generator, prompts: Mapping[str, str], settings: JudgeSettings, store: RecordStore, seed: int, tag: str = "judge"
+) -> list[dict]:
     """Judge every prompt with the two-round protocol of App. B (resumable through ``store``).
 
     Round 1 runs all prompts with ``settings.round1`` in fixed batches of ``settings.batch_size``;
@@ -324,8 +376,10 @@ def run_judge(generator, prompts: Mapping[str, str], settings: JudgeSettings, st
     records = {(r["item"], r["round"]): r for r in store.records()}
     for key in keys:
         if records[(key, 1)]["prompt_sha"] != _prompt_digest(prompts[key]):
-            raise ValueError(f"{store.path} holds a judgement of {key!r} made with a different prompt; "
-                             "delete the store to judge again with the current prompt")
+            raise ValueError(
+                f"{store.path} holds a judgement of {key!r} made with a different prompt; "
+                "delete the store to judge again with the current prompt"
+            )
     open_think = {key: opens_thinking(prompts[key]) for key in keys}
     round1_labels = {key: parse_judgement(records[(key, 1)]["text"], open_think[key]) for key in keys}
     undecided = [key for key in keys if round1_labels[key] is None]
@@ -337,28 +391,43 @@ def run_judge(generator, prompts: Mapping[str, str], settings: JudgeSettings, st
     results = []
     for key in keys:
         first = records[(key, 1)]
-        result = {"key": key, "label": round1_labels[key], "rounds": 1, "round1_output": first["text"],
-                  "round1_n_tokens": first["n_tokens"], "round1_finished": first["finished"],
-                  "round2_output": None, "round2_n_tokens": None, "round2_finished": None}
+        result = {
+            "key": key,
+            "label": round1_labels[key],
+            "rounds": 1,
+            "round1_output": first["text"],
+            "round1_n_tokens": first["n_tokens"],
+            "round1_finished": first["finished"],
+            "round2_output": None,
+            "round2_n_tokens": None,
+            "round2_finished": None,
+        }
         if round1_labels[key] is None:
             second = records[(key, 2)]
             # The final answer follows the early-stopping prompt, which closes the thinking block.
             full = first["text"] + EARLY_STOPPING_PROMPT + second["text"]
-            result.update(label=parse_judgement(full, open_think[key]), rounds=2, round2_output=second["text"],
-                          round2_n_tokens=second["n_tokens"], round2_finished=second["finished"])
+            result.update(
+                label=parse_judgement(full, open_think[key]),
+                rounds=2,
+                round2_output=second["text"],
+                round2_n_tokens=second["n_tokens"],
+                round2_finished=second["finished"],
+            )
         result["undecided"] = result["label"] is None
         results.append(result)
     return results
 
 
-def judge_triples(generator, tokenizer, triples: Mapping[str, Triple], settings: JudgeSettings, store: RecordStore,
-                  seed: int) -> list[dict]:
+def judge_triples(
+    generator, tokenizer, triples: Mapping[str, Triple], settings: JudgeSettings, store: RecordStore, seed: int
+) -> list[dict]:
     """:func:`judge_prompts` then :func:`run_judge`: the judge on its own, for any generator and tokenizer."""
     return run_judge(generator, judge_prompts(tokenizer, triples, settings), settings, store, seed)
 
 
 # ---------------------------------------------------------------------------------------------
 # Training data of the tiny world's judge
+
 
 def labelled_triples(traces: Sequence[tuple[Sequence[str], Sequence[str]]]) -> list[tuple[Triple, int]]:
     """(triple, label) for every segment of every ``(segments, kinds)`` trace; label 1 iff the
@@ -381,13 +450,15 @@ def balanced_triples(labelled: Sequence[tuple[Triple, int]], n: int, seed: int) 
     for label, count in ((TRUNCATED, n // 2), (COMPLETE, n - n // 2)):
         pool = [item for item in labelled if item[1] == label]
         if not pool:
-            raise ValueError(f"no {'truncated' if label else 'complete'} segments among the teacher traces: "
-                             "cannot build balanced judge training data")
+            raise ValueError(
+                f"no {'truncated' if label else 'complete'} segments among the teacher traces: "
+                "cannot build balanced judge training data"
+            )
         picked = []
         while len(picked) < count:
             shuffled = pool[:]
             rng.shuffle(shuffled)
-            picked += shuffled[:count - len(picked)]
+            picked += shuffled[: count - len(picked)]
         chosen += picked
     rng.shuffle(chosen)
     return chosen
@@ -401,8 +472,10 @@ def teacher_reasoning(triple: Triple, label: int) -> str:
     then drags the decision with it.
     """
     if label == TRUNCATED:
-        return ("Segment 2 stops without finishing its sentence: it breaks off in the middle and Segment 3 does not "
-                "continue it, so Segment 2 is truncated.")
+        return (
+            "Segment 2 stops without finishing its sentence: it breaks off in the middle and Segment 3 does not "
+            "continue it, so Segment 2 is truncated."
+        )
     return "Segment 2 ends with a finished sentence, so Segment 2 is complete."
 
 
@@ -411,8 +484,9 @@ def teacher_output(triple: Triple, label: int) -> str:
     return teacher_reasoning(triple, label) + f"\n{THINK_CLOSE}\n\n{label}"
 
 
-def judge_training_examples(tokenizer, labelled: Sequence[tuple[Triple, int]], settings: JudgeSettings,
-                            round2_share: float, seed: int):
+def judge_training_examples(
+    tokenizer, labelled: Sequence[tuple[Triple, int]], settings: JudgeSettings, round2_share: float, seed: int
+):
     """SFT examples for the tiny judge (prompt masked; the judge output and EOS trained).
 
     A ``round2_share`` of the examples take the round-2 form: the judge prompt, a cut-off prefix of the
@@ -426,13 +500,17 @@ def judge_training_examples(tokenizer, labelled: Sequence[tuple[Triple, int]], s
     rng = random.Random(f"judge-examples:{seed}")
     examples = []
     for triple, label in labelled:
-        prompt = judge_chat_prompt(tokenizer, judge_message(triple, settings.few_shot, settings.max_segment_chars),
-                                   settings.enable_thinking)
+        prompt = judge_chat_prompt(
+            tokenizer, judge_message(triple, settings.few_shot, settings.max_segment_chars), settings.enable_thinking
+        )
         reasoning = teacher_reasoning(clip_triple(triple, settings.max_segment_chars), label)
         if rng.random() < round2_share:
             cut = rng.randint(1, len(reasoning) - 1)
-            examples.append(build_training_example(tokenizer, prompt, [reasoning[:cut], EARLY_STOPPING_PROMPT],
-                                                   str(label), selected=[]))
+            examples.append(
+                build_training_example(
+                    tokenizer, prompt, [reasoning[:cut], EARLY_STOPPING_PROMPT], str(label), selected=[]
+                )
+            )
         else:
             examples.append(build_training_example(tokenizer, prompt, [reasoning], f"\n{THINK_CLOSE}\n\n{label}"))
     return examples

@@ -36,7 +36,8 @@ one-segment trace is still defined; a large increase marks a segment the rest of
 from __future__ import annotations
 
 import math
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -50,21 +51,26 @@ BleuReference = Literal["segments", "concatenation"]
 # ---------------------------------------------------------------------------------------------
 # Per-token statistics from logits (pure)
 
-def token_nll_and_entropy(logits: torch.Tensor, input_ids: torch.Tensor, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+
+def token_nll_and_entropy(
+    logits: torch.Tensor, input_ids: torch.Tensor, chunk: int = 512
+) -> tuple[np.ndarray, np.ndarray]:
     """NLL −log p(x_t | x_<t) and entropy H(p(· | x_<t)) of tokens t = 1..T−1, in nats.
 
     ``logits`` is ``[T, V]`` (position t predicts token t+1), ``input_ids`` is ``[T]``. Element i of
     each returned array belongs to token i + 1 (token 0 has no prediction).
     """
     if logits.ndim != 2 or input_ids.ndim != 1 or logits.shape[0] != input_ids.shape[0]:
-        raise ValueError(f"need logits [T, V] and input_ids [T], got {tuple(logits.shape)} and {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"need logits [T, V] and input_ids [T], got {tuple(logits.shape)} and {tuple(input_ids.shape)}"
+        )
     if input_ids.shape[0] < 2:
         raise ValueError("need at least two tokens: the first token has no prediction")
     targets = input_ids[1:].long()
     nll, entropy = [], []
     for start in range(0, targets.shape[0], chunk):  # chunks bound the memory of [T, V] in float64
-        log_probs = torch.log_softmax(logits[start:start + chunk][: targets.shape[0] - start].double(), dim=-1)
-        nll.append(-log_probs.gather(-1, targets[start:start + chunk, None]).squeeze(-1))
+        log_probs = torch.log_softmax(logits[start : start + chunk][: targets.shape[0] - start].double(), dim=-1)
+        nll.append(-log_probs.gather(-1, targets[start : start + chunk, None]).squeeze(-1))
         entropy.append(-(log_probs.exp() * log_probs).sum(-1))
     return torch.cat(nll).cpu().numpy(), torch.cat(entropy).cpu().numpy()
 
@@ -78,7 +84,7 @@ def span_means(per_token: np.ndarray, spans: Sequence[tuple[int, int]]) -> list[
             raise ValueError(f"token span ({start}, {end}) is empty: a segment must hold at least one token")
         if start < 1 or end - 1 > len(per_token):
             raise ValueError(f"token span ({start}, {end}) is outside the predicted tokens 1..{len(per_token)}")
-        means.append(float(np.mean(per_token[start - 1:end - 1])))
+        means.append(float(np.mean(per_token[start - 1 : end - 1])))
     return means
 
 
@@ -92,6 +98,7 @@ def perplexity(nll: Sequence[float]) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Model passes
+
 
 def _segment_char_spans(prompt: str, segments: Sequence[str]) -> list[tuple[int, int]]:
     spans, cursor = [], len(prompt)
@@ -114,8 +121,14 @@ def segment_perplexity_entropy(model, tokenizer, prompt: str, segments: Sequence
     ids = torch.tensor(input_ids, device=device)
     logits = model(input_ids=ids[None]).logits[0]
     nll, entropy = token_nll_and_entropy(logits, ids)
-    return pd.DataFrame({"segment": range(len(segments)), "n_tokens": [e - s for s, e in spans],
-                         "log_ppl": span_means(nll, spans), "entropy": span_means(entropy, spans)})
+    return pd.DataFrame(
+        {
+            "segment": range(len(segments)),
+            "n_tokens": [e - s for s, e in spans],
+            "log_ppl": span_means(nll, spans),
+            "entropy": span_means(entropy, spans),
+        }
+    )
 
 
 @torch.no_grad()
@@ -130,7 +143,7 @@ def output_perplexities(model, tokenizer, prompt: str, outputs: Sequence[str], b
         if not output:
             raise ValueError("an output is empty: its perplexity is undefined")
         ids, offsets = tokenize_with_offsets(tokenizer, prompt + output)
-        (start, end), = char_spans_to_token_spans(offsets, [(len(prompt), len(prompt) + len(output))])
+        ((start, end),) = char_spans_to_token_spans(offsets, [(len(prompt), len(prompt) + len(output))])
         if start < 1 or end <= start:
             raise ValueError("the output holds no token after the prompt's first token")
         encoded.append((ids, start, end))
@@ -138,22 +151,23 @@ def output_perplexities(model, tokenizer, prompt: str, outputs: Sequence[str], b
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     result = []
     for first in range(0, len(encoded), batch_size):
-        chunk = encoded[first:first + batch_size]
+        chunk = encoded[first : first + batch_size]
         width = max(len(ids) for ids, _, _ in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         for row, (ids, _, _) in enumerate(chunk):
-            input_ids[row, :len(ids)] = torch.tensor(ids)
-            mask[row, :len(ids)] = 1
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
         for row, (ids, start, end) in enumerate(chunk):
-            nll, _ = token_nll_and_entropy(logits[row, :len(ids)], input_ids[row, :len(ids)].to(device))
-            result.append(perplexity(nll[start - 1:end - 1]))
+            nll, _ = token_nll_and_entropy(logits[row, : len(ids)], input_ids[row, : len(ids)].to(device))
+            result.append(perplexity(nll[start - 1 : end - 1]))
     return result
 
 
-def removal_perplexity_increase(model, tokenizer, prompt: str, segments: Sequence[str], answer_part: str = "",
-                                batch_size: int = 16) -> list[float]:
+def removal_perplexity_increase(
+    model, tokenizer, prompt: str, segments: Sequence[str], answer_part: str = "", batch_size: int = 16
+) -> list[float]:
     """PPL(output without S_m) − PPL(output) for every segment S_m, where output = trace + ``answer_part``
     (Cui et al.'s segment perplexity; module docstring)."""
     if not segments or any(not s for s in segments):
@@ -166,6 +180,7 @@ def removal_perplexity_increase(model, tokenizer, prompt: str, segments: Sequenc
 
 # ---------------------------------------------------------------------------------------------
 # BLEU against the preceding segments
+
 
 def segment_bleu(segments: Sequence[str], reference: BleuReference = "segments") -> list[float]:
     """Sentence BLEU / 100 of every segment against the segments before it (module docstring); 0 for

@@ -30,7 +30,7 @@ unimportant before, 64% of low-strength unimportant before, 72% of high-consiste
 from __future__ import annotations
 
 import re
-from typing import Iterable, Mapping, Optional, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -105,6 +105,7 @@ def percent_grid(points: int = 101) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # Decision segment
 
+
 def contains_answer(text: str, answer: str) -> bool:
     """Whether ``answer`` occurs in ``text`` as a standalone expression: not preceded by a letter,
     digit, '.' or backslash and not followed by a letter, digit or a decimal part ("6" is in
@@ -116,7 +117,7 @@ def contains_answer(text: str, answer: str) -> bool:
     return re.search(pattern, text) is not None
 
 
-def decision_segment(segments: Sequence[str], answer: str) -> Optional[int]:
+def decision_segment(segments: Sequence[str], answer: str) -> int | None:
     """Index of the first segment that contains the gold answer (:func:`contains_answer`), or None."""
     for index, text in enumerate(segments):
         if contains_answer(text, answer):
@@ -124,7 +125,7 @@ def decision_segment(segments: Sequence[str], answer: str) -> Optional[int]:
     return None
 
 
-def world_decision_segment(problem: Problem, segments: Sequence[str]) -> Optional[int]:
+def world_decision_segment(problem: Problem, segments: Sequence[str]) -> int | None:
     """Tiny world: index of the first segment stating the chain's final equation, or None."""
     final_step = problem.steps[-1]
     for index, text in enumerate(segments):
@@ -136,14 +137,19 @@ def world_decision_segment(problem: Problem, segments: Sequence[str]) -> Optiona
 # ---------------------------------------------------------------------------------------------
 # Positional shares (App. A)
 
-POSITION_SETS: tuple[str, ...] = ("important", "unimportant", "low-strength unimportant", "high-consistency unimportant")
+POSITION_SETS: tuple[str, ...] = (
+    "important",
+    "unimportant",
+    "low-strength unimportant",
+    "high-consistency unimportant",
+)
 
 
 def relative_position(segment: int, decision: int) -> str:
     return "before" if segment < decision else ("at" if segment == decision else "after")
 
 
-def positional_shares(labelled: pd.DataFrame, decisions: Mapping[str, Optional[int]]) -> pd.DataFrame:
+def positional_shares(labelled: pd.DataFrame, decisions: Mapping[str, int | None]) -> pd.DataFrame:
     """Share of each set of :data:`POSITION_SETS` before, at and after the decision segment.
 
     ``labelled`` holds ``trace_id``, ``segment``, ``important``, ``high_strength`` and
@@ -157,9 +163,12 @@ def positional_shares(labelled: pd.DataFrame, decisions: Mapping[str, Optional[i
     table = labelled[labelled["trace_id"].map(lambda t: decisions.get(t) is not None)].copy()
     table["position"] = [relative_position(s, decisions[t]) for t, s in zip(table["trace_id"], table["segment"])]
     unimportant = ~table["important"]
-    selectors = {"important": table["important"], "unimportant": unimportant,
-                 "low-strength unimportant": unimportant & ~table["high_strength"],
-                 "high-consistency unimportant": unimportant & ~table["moderate_consistency"]}
+    selectors = {
+        "important": table["important"],
+        "unimportant": unimportant,
+        "low-strength unimportant": unimportant & ~table["high_strength"],
+        "high-consistency unimportant": unimportant & ~table["moderate_consistency"],
+    }
     rows = []
     for name in POSITION_SETS:
         positions = table.loc[selectors[name], "position"]

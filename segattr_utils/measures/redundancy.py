@@ -21,7 +21,7 @@ same counts has the expected precision and recall given in the ``random (expecte
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -57,8 +57,13 @@ def precision_recall(predicted: Sequence[bool], truth: Sequence[bool]) -> dict:
         raise ValueError("predicted and truth have different lengths")
     tp = int((predicted & truth).sum())
     n_pred, n_true = int(predicted.sum()), int(truth.sum())
-    return {"tp": tp, "predicted": n_pred, "actual": n_true,
-            "precision": tp / n_pred if n_pred else None, "recall": tp / n_true if n_true else None}
+    return {
+        "tp": tp,
+        "predicted": n_pred,
+        "actual": n_true,
+        "precision": tp / n_pred if n_pred else None,
+        "recall": tp / n_true if n_true else None,
+    }
 
 
 def is_redundant(kinds: Sequence[str], redundant_kinds: Sequence[str] = REDUNDANT_KINDS) -> np.ndarray:
@@ -81,18 +86,36 @@ def redundancy_table(table: pd.DataFrame, measures: Mapping[str, str], ours: str
         raise ValueError(f"the segment table lacks {sorted(missing)}")
     table = table.assign(unimportant=~table[ours].astype(bool))
     truth = is_redundant(table["kind"])
-    rows = [{"measure": "ours (IG strength + consistency)", "rule": "not in Eq. 7's important set",
-             **precision_recall(table["unimportant"], truth)}]
+    rows = [
+        {
+            "measure": "ours (IG strength + consistency)",
+            "rule": "not in Eq. 7's important set",
+            **precision_recall(table["unimportant"], truth),
+        }
+    ]
     for name, column in measures.items():
         predicted = matched_unimportant(table, column)
-        rows.append({"measure": name, "rule": f"lowest {column} per trace, same count as ours",
-                     **precision_recall(predicted, truth)})
-    rows.append({"measure": "random (expected)", "rule": "same count per trace, uniformly at random",
-                 **_random_expectation(table, truth)})
+        rows.append(
+            {
+                "measure": name,
+                "rule": f"lowest {column} per trace, same count as ours",
+                **precision_recall(predicted, truth),
+            }
+        )
+    rows.append(
+        {
+            "measure": "random (expected)",
+            "rule": "same count per trace, uniformly at random",
+            **_random_expectation(table, truth),
+        }
+    )
     result = pd.DataFrame(rows)
-    result["note"] = ["" if r["predicted"] and r["actual"] else
-                      ("no redundant segments" if not r["actual"] else "no segment called unimportant")
-                      for r in rows]
+    result["note"] = [
+        ""
+        if r["predicted"] and r["actual"]
+        else ("no redundant segments" if not r["actual"] else "no segment called unimportant")
+        for r in rows
+    ]
     return result
 
 
@@ -102,6 +125,10 @@ def _random_expectation(table: pd.DataFrame, truth: np.ndarray) -> dict:
     for _, trace in frame.groupby("trace_id"):
         expected_tp += trace["unimportant"].sum() * trace["_truth"].mean()
     n_pred, n_true = int(frame["unimportant"].sum()), int(truth.sum())
-    return {"tp": expected_tp, "predicted": n_pred, "actual": n_true,
-            "precision": expected_tp / n_pred if n_pred else None,
-            "recall": expected_tp / n_true if n_true else None}
+    return {
+        "tp": expected_tp,
+        "predicted": n_pred,
+        "actual": n_true,
+        "precision": expected_tp / n_pred if n_pred else None,
+        "recall": expected_tp / n_true if n_true else None,
+    }

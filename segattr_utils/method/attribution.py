@@ -36,8 +36,8 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import torch
 from captum.attr import IntegratedGradients, LayerIntegratedGradients
@@ -99,15 +99,28 @@ class _ChunkedRuleIG(IntegratedGradients):
         super().__init__(forward_func, multiply_by_inputs=True)
         self._weights, self._alphas, self._chunk_size = weights, alphas, chunk_size
 
-    def _attribute(self, inputs, baselines, target=None, additional_forward_args=None, n_steps=50,
-                   method="gausslegendre", step_sizes_and_alphas=None):
+    def _attribute(
+        self,
+        inputs,
+        baselines,
+        target=None,
+        additional_forward_args=None,
+        n_steps=50,
+        method="gausslegendre",
+        step_sizes_and_alphas=None,
+    ):
         total = None
         for start in range(0, len(self._alphas), self._chunk_size):
-            weights = self._weights[start:start + self._chunk_size]
-            alphas = self._alphas[start:start + self._chunk_size]
+            weights = self._weights[start : start + self._chunk_size]
+            alphas = self._alphas[start : start + self._chunk_size]
             part = super()._attribute(
-                inputs, baselines, target=target, additional_forward_args=additional_forward_args,
-                n_steps=len(alphas), method=method, step_sizes_and_alphas=(weights, alphas),
+                inputs,
+                baselines,
+                target=target,
+                additional_forward_args=additional_forward_args,
+                n_steps=len(alphas),
+                method=method,
+                step_sizes_and_alphas=(weights, alphas),
             )
             part = tuple(p.detach() for p in part)
             total = part if total is None else tuple(t + p for t, p in zip(total, part))
@@ -143,7 +156,7 @@ def _split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]
     return embedding, backbone, head
 
 
-def _max_positions(model: nn.Module) -> Optional[int]:
+def _max_positions(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions"):
         value = getattr(config, name, None)
@@ -179,7 +192,8 @@ def _validate_inputs(model, input_ids, target_span, interpolate, n_steps, intern
     if limit is not None and length > limit:
         raise ValueError(f"sequence of {length} tokens is longer than the model's maximum of {limit} positions")
     if (
-        not isinstance(target_span, (tuple, list)) or len(target_span) != 2
+        not isinstance(target_span, (tuple, list))
+        or len(target_span) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in target_span)
     ):
         raise TypeError(f"target_span must be a (start, end) pair of ints, got {target_span!r}")
@@ -200,8 +214,14 @@ def _validate_inputs(model, input_ids, target_span, interpolate, n_steps, intern
         raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
 
 
-def answer_log_prob(backbone: nn.Module, head: nn.Module, inputs_embeds: torch.Tensor, target_ids: torch.Tensor,
-                    target_span: tuple[int, int], softcap: Optional[float] = None) -> torch.Tensor:
+def answer_log_prob(
+    backbone: nn.Module,
+    head: nn.Module,
+    inputs_embeds: torch.Tensor,
+    target_ids: torch.Tensor,
+    target_span: tuple[int, int],
+    softcap: float | None = None,
+) -> torch.Tensor:
     """F for a batch of embedded sequences: summed log-probability of ``target_ids`` at ``target_span``.
 
     The head runs only on the hidden states at positions ``start-1 .. end-2`` (each predicts the next
@@ -209,7 +229,7 @@ def answer_log_prob(backbone: nn.Module, head: nn.Module, inputs_embeds: torch.T
     """
     start, end = target_span
     hidden = backbone(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
-    logits = head(hidden[:, start - 1:end - 1]).float()
+    logits = head(hidden[:, start - 1 : end - 1]).float()
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -221,11 +241,11 @@ def token_attributions(
     input_ids: torch.Tensor,
     target_span: tuple[int, int],
     *,
-    baseline_token_id: Optional[int] = None,
-    interpolate: Optional[torch.Tensor] = None,
+    baseline_token_id: int | None = None,
+    interpolate: torch.Tensor | None = None,
     n_steps: int = 50,
     method: str = "gausslegendre",
-    internal_batch_size: Optional[int] = None,
+    internal_batch_size: int | None = None,
 ) -> Attribution:
     """Integrated gradients (Eq. 1-2) of the answer log-probability w.r.t. every input token's embedding.
 
@@ -250,7 +270,11 @@ def token_attributions(
     if baseline_token_id is None:
         baseline_token_id = _default_baseline_token(model)
     vocab_size = embedding.weight.shape[0] if hasattr(embedding, "weight") else None
-    if not isinstance(baseline_token_id, int) or baseline_token_id < 0 or (vocab_size and baseline_token_id >= vocab_size):
+    if (
+        not isinstance(baseline_token_id, int)
+        or baseline_token_id < 0
+        or (vocab_size and baseline_token_id >= vocab_size)
+    ):
         raise ValueError(f"baseline_token_id {baseline_token_id!r} is not a valid token id")
     if hasattr(embedding, "weight") and not torch.any(embedding.weight[baseline_token_id]):
         warnings.warn(
@@ -267,7 +291,9 @@ def token_attributions(
     start, end = target_span
     ids = input_ids.to(device).unsqueeze(0)
     mask = torch.ones_like(input_ids, dtype=torch.bool) if interpolate is None else interpolate
-    baseline_ids = torch.where(mask.to(device), torch.full_like(input_ids.to(device), baseline_token_id), input_ids.to(device)).unsqueeze(0)
+    baseline_ids = torch.where(
+        mask.to(device), torch.full_like(input_ids.to(device), baseline_token_id), input_ids.to(device)
+    ).unsqueeze(0)
     target_ids = ids[:, start:end].clone()
     embed32 = _Float32Embedding(embedding)
 
@@ -285,8 +311,11 @@ def token_attributions(
         # captum validates the method name; the rule itself comes from _ChunkedRuleIG.
         captum_method = method if method in SUPPORTED_METHODS else "riemann_trapezoid"
         per_dim = lig.attribute(
-            ids, baselines=baseline_ids, additional_forward_args=(target_ids,),
-            n_steps=len(alphas), method=captum_method,
+            ids,
+            baselines=baseline_ids,
+            additional_forward_args=(target_ids,),
+            n_steps=len(alphas),
+            method=captum_method,
         )
     values = per_dim.detach().float().sum(-1).squeeze(0).cpu()
     values = torch.where(mask.cpu(), values, torch.zeros_like(values))  # values live on the CPU
@@ -295,5 +324,12 @@ def token_attributions(
             "integrated gradients produced non-finite values (NaN/inf); check the model dtype and inputs"
         )
     delta = f_input - f_baseline - float(values.double().sum())
-    return Attribution(values=values, f_input=f_input, f_baseline=f_baseline, delta=delta,
-                       target_span=(start, end), method=method, n_steps=n_steps)
+    return Attribution(
+        values=values,
+        f_input=f_input,
+        f_baseline=f_baseline,
+        delta=delta,
+        target_span=(start, end),
+        method=method,
+        n_steps=n_steps,
+    )

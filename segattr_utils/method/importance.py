@@ -13,7 +13,8 @@ consistency 0 (a 0/0 that would otherwise be NaN): it never passes the strength 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Literal, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -170,16 +171,22 @@ GROUPS: tuple[str, ...] = (
 IMPORTANT_GROUP = GROUPS[0]
 
 
-def segment_groups(norm_strength: Sequence[float], consistency: Sequence[float], tau: float, beta: float) -> pd.DataFrame:
+def segment_groups(
+    norm_strength: Sequence[float], consistency: Sequence[float], tau: float, beta: float
+) -> pd.DataFrame:
     """Per segment of ONE trace: the columns of :func:`importance_flags` and ``group`` (one of
     :data:`GROUPS`, the strength x consistency quadrant of Fig. 2)."""
     strength = np.asarray(list(norm_strength), dtype=np.float64)
     consistency = np.asarray(list(consistency), dtype=np.float64)
     if strength.size != consistency.size:
-        raise ValueError(f"norm_strength and consistency have different lengths ({strength.size} vs {consistency.size})")
+        raise ValueError(
+            f"norm_strength and consistency have different lengths ({strength.size} vs {consistency.size})"
+        )
     flags = importance_flags(strength, consistency, tau, beta)
-    flags["group"] = [f"{'high' if h else 'low'} strength, {'moderate' if m else 'high'} consistency"
-                      for h, m in zip(flags["high_strength"], flags["moderate_consistency"])]
+    flags["group"] = [
+        f"{'high' if h else 'low'} strength, {'moderate' if m else 'high'} consistency"
+        for h, m in zip(flags["high_strength"], flags["moderate_consistency"])
+    ]
     return flags
 
 
@@ -196,12 +203,18 @@ def label_segments(table: pd.DataFrame, tau: float, beta: float) -> pd.DataFrame
         labels.index = trace.index
         parts.append(trace.drop(columns=[c for c in labels.columns if c in trace.columns]).join(labels))
     if not parts:
-        return table.assign(high_strength=pd.Series(dtype=bool), moderate_consistency=pd.Series(dtype=bool),
-                            important=pd.Series(dtype=bool), group=pd.Series(dtype=object))
+        return table.assign(
+            high_strength=pd.Series(dtype=bool),
+            moderate_consistency=pd.Series(dtype=bool),
+            important=pd.Series(dtype=bool),
+            group=pd.Series(dtype=object),
+        )
     return pd.concat(parts).sort_values(["trace_id", "segment"]).reset_index(drop=True)
 
 
-def always_keep_indices(n_segments: int, rule: Literal["first_last", "official", "none"] = "first_last") -> tuple[int, ...]:
+def always_keep_indices(
+    n_segments: int, rule: Literal["first_last", "official", "none"] = "first_last"
+) -> tuple[int, ...]:
     """Segments kept in every variant (App. C.4).
 
     ``first_last``: the first and last segment, as the paper's text says. ``official``: the authors'

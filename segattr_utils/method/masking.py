@@ -11,7 +11,7 @@ Hugging Face models implement exactly this when the labels are the token ids whe
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 

@@ -8,8 +8,8 @@ keyword such as "\\n\\nWait"; the keyword (with its leading blank line) starts t
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Sequence
 
 #: The paper's transition list (App. C.2): Retro-Search's keywords with "But" narrowed to three
 #: specific variants and the fillers "Hmm"/"Hmmm" dropped.

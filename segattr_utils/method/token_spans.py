@@ -17,8 +17,9 @@ contains their position.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 BoundaryRule = Literal["first_char", "last_char"]
 
@@ -60,9 +61,7 @@ def char_spans_to_token_spans(
         if previous_end is not None and char_start < previous_end:
             raise ValueError("character spans must be sorted and must not overlap")
         previous_end = char_end
-        token_spans.append(
-            (bisect.bisect_left(anchors, char_start), bisect.bisect_left(anchors, char_end))
-        )
+        token_spans.append((bisect.bisect_left(anchors, char_start), bisect.bisect_left(anchors, char_end)))
     return token_spans
 
 

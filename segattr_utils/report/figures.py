@@ -29,9 +29,13 @@ def fig1_right_top(traces: pd.DataFrame):
     for ax, metric, label in zip(axes, ("n_segments", "n_tokens"), ("segments per trace", "tokens per trace")):
         means = [paired[paired["correct"] == c][metric].mean() for c in (True, False)]
         errors = [paired[paired["correct"] == c][metric].sem() for c in (True, False)]
-        ax.bar(["correct", "incorrect"], means, yerr=errors, color=[CORRECT_COLORS[True], CORRECT_COLORS[False]], capsize=4)
+        ax.bar(
+            ["correct", "incorrect"], means, yerr=errors, color=[CORRECT_COLORS[True], CORRECT_COLORS[False]], capsize=4
+        )
         ax.set_title(label)
-    fig.suptitle(f"Same questions, correct vs incorrect trace (n = {paired['question_id'].nunique()} questions)", fontsize=10)
+    fig.suptitle(
+        f"Same questions, correct vs incorrect trace (n = {paired['question_id'].nunique()} questions)", fontsize=10
+    )
     fig.tight_layout()
     return fig
 
@@ -42,8 +46,13 @@ def completeness_histogram(completeness: pd.DataFrame, threshold: float):
     values = completeness["relative_delta"].clip(lower=1e-8)
     bins = np.logspace(np.log10(values.min()), np.log10(max(values.max(), threshold * 2)), 30)
     for correct, group in completeness.groupby("correct"):
-        ax.hist(group["relative_delta"].clip(lower=1e-8), bins=bins, alpha=0.6, color=CORRECT_COLORS[bool(correct)],
-                label="correct" if correct else "incorrect")
+        ax.hist(
+            group["relative_delta"].clip(lower=1e-8),
+            bins=bins,
+            alpha=0.6,
+            color=CORRECT_COLORS[bool(correct)],
+            label="correct" if correct else "incorrect",
+        )
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"flag > {threshold:.0%}")
     ax.set_xscale("log")
     ax.set_xlabel("relative completeness error")
@@ -92,13 +101,25 @@ def fig2_confidence_delta(groups: pd.DataFrame, p_value_text: str, tau: float, b
     by_name = groups.set_index("group")
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
     pair = ["important", "unimportant"]
-    _bars(axes[0], pair, [by_name.loc[g, "mean"] for g in pair], [by_name.loc[g, "sem"] for g in pair],
-          [int(by_name.loc[g, "n"]) for g in pair], [IMPORTANCE_COLORS[g] for g in pair])
+    _bars(
+        axes[0],
+        pair,
+        [by_name.loc[g, "mean"] for g in pair],
+        [by_name.loc[g, "sem"] for g in pair],
+        [int(by_name.loc[g, "n"]) for g in pair],
+        [IMPORTANCE_COLORS[g] for g in pair],
+    )
     axes[0].set_ylabel("Δ correct-answer confidence")
     axes[0].set_title(f"τ = {tau:g}, β = {beta:g} ({p_value_text})", fontsize=9)
     four = [g for g in by_name.index if g not in pair]
-    _bars(axes[1], [g.replace(", ", "\n") for g in four], [by_name.loc[g, "mean"] for g in four],
-          [by_name.loc[g, "sem"] for g in four], [int(by_name.loc[g, "n"]) for g in four], list(GROUP_COLORS))
+    _bars(
+        axes[1],
+        [g.replace(", ", "\n") for g in four],
+        [by_name.loc[g, "mean"] for g in four],
+        [by_name.loc[g, "sem"] for g in four],
+        [int(by_name.loc[g, "n"]) for g in four],
+        list(GROUP_COLORS),
+    )
     axes[1].set_title("strength (top-τ) × consistency (≤ β)", fontsize=9)
     fig.tight_layout()
     return fig
@@ -110,24 +131,37 @@ def fig4_tau_search(search: pd.DataFrame, ablation: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     for ax, table, column in ((axes[0], search, "tau"), (axes[1], ablation, "beta")):
         x = table[column].to_numpy(dtype=float)
-        for key, label, color, style in (("delta_important", "important", IMPORTANCE_COLORS["important"], "-o"),
-                                         ("delta_unimportant", "unimportant", IMPORTANCE_COLORS["unimportant"], "-o")):
+        for key, label, color, style in (
+            ("delta_important", "important", IMPORTANCE_COLORS["important"], "-o"),
+            ("delta_unimportant", "unimportant", IMPORTANCE_COLORS["unimportant"], "-o"),
+        ):
             y = pd.to_numeric(table[key], errors="coerce").to_numpy(dtype=float)
             ax.plot(x, y, style, color=color, label=label, linewidth=2)
         group_columns = [c for c in table.columns if c.startswith("delta[")]
         for c, color in zip(group_columns, GROUP_COLORS):
             y = pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float)
-            ax.plot(x, y, ":", color=color, linewidth=1, label=c[len("delta["):-1])
+            ax.plot(x, y, ":", color=color, linewidth=1, label=c[len("delta[") : -1])
         chosen = table[table["selected"].astype(bool)]
         if len(chosen):
-            ax.plot(chosen[column], pd.to_numeric(chosen["delta_important"]), "*", color="red", markersize=16,
-                    label=f"{'τ' if column == 'tau' else 'β'}* = {float(chosen[column].iloc[0]):g}", zorder=5)
+            ax.plot(
+                chosen[column],
+                pd.to_numeric(chosen["delta_important"]),
+                "*",
+                color="red",
+                markersize=16,
+                label=f"{'τ' if column == 'tau' else 'β'}* = {float(chosen[column].iloc[0]):g}",
+                zorder=5,
+            )
         else:
-            ax.text(0.5, 0.95, "no admissible value (see table)", transform=ax.transAxes, ha="center", va="top", fontsize=8)
+            ax.text(
+                0.5, 0.95, "no admissible value (see table)", transform=ax.transAxes, ha="center", va="top", fontsize=8
+            )
         ax.axhline(0, color="black", linewidth=0.8)
         fixed = table["beta" if column == "tau" else "tau"].iloc[0] if len(table) else float("nan")
-        ax.set_xlabel(column.replace("tau", "τ").replace("beta", "β") +
-                      (f"  (β = {fixed:g})" if column == "tau" else f"  (τ = {fixed:g})"))
+        ax.set_xlabel(
+            column.replace("tau", "τ").replace("beta", "β")
+            + (f"  (β = {fixed:g})" if column == "tau" else f"  (τ = {fixed:g})")
+        )
     axes[0].set_ylabel("mean Δ correct-answer confidence")
     handles, labels = axes[0].get_legend_handles_labels()
     for handle, label in zip(*axes[1].get_legend_handles_labels()):
@@ -148,8 +182,13 @@ def fig3_linguistics(table: pd.DataFrame, comparisons: dict, bleu_threshold: flo
         groups = [table.loc[table["important"] == flag, column].to_numpy(dtype=float) for flag in (True, False)]
         present = [i for i, values in enumerate(groups) if values.size]
         if present:
-            parts = ax.boxplot([groups[i] for i in present], positions=[i + 1 for i in present], widths=0.6,
-                               patch_artist=True, showfliers=False)
+            parts = ax.boxplot(
+                [groups[i] for i in present],
+                positions=[i + 1 for i in present],
+                widths=0.6,
+                patch_artist=True,
+                showfliers=False,
+            )
             for patch, i in zip(parts["boxes"], present):
                 patch.set_facecolor(IMPORTANCE_COLORS["important" if i == 0 else "unimportant"])
         ax.set_xticks([1, 2], [f"important\nn = {groups[0].size}", f"unimportant\nn = {groups[1].size}"], fontsize=8)
@@ -215,7 +254,6 @@ def show(png: str | Path) -> None:
     display(Image(filename=str(png)))
 
 
-
 def fig1_left_segment_viewer(view: pd.DataFrame, title: str = "", width_chars: int = 90, max_chars: int = 600):
     """Fig. 1 left: a trace with one coloured block per segment (important green, unimportant gray) and
     its annotation (:mod:`segattr_utils.report.viewer`).
@@ -249,12 +287,30 @@ def fig1_left_segment_viewer(view: pd.DataFrame, title: str = "", width_chars: i
     for row, lines in blocks:
         height = (len(lines) + 1.3) * line_height
         color = IMPORTANT_COLOR if row["important"] else UNIMPORTANT_COLOR
-        ax.add_patch(FancyBboxPatch((0.02, y - height), 0.96, height, boxstyle="round,pad=0,rounding_size=0.05",
-                                    facecolor=color, edgecolor="none", mutation_aspect=1))
-        ax.text(0.03, y - 0.6 * line_height, _annotation(row), fontsize=7, color="#333333", va="center",
-                parse_math=False)
-        ax.text(0.03, y - 1.3 * line_height, "\n".join(lines), fontsize=7, family="monospace", va="top",
-                linespacing=1.25, parse_math=False)
+        ax.add_patch(
+            FancyBboxPatch(
+                (0.02, y - height),
+                0.96,
+                height,
+                boxstyle="round,pad=0,rounding_size=0.05",
+                facecolor=color,
+                edgecolor="none",
+                mutation_aspect=1,
+            )
+        )
+        ax.text(
+            0.03, y - 0.6 * line_height, _annotation(row), fontsize=7, color="#333333", va="center", parse_math=False
+        )
+        ax.text(
+            0.03,
+            y - 1.3 * line_height,
+            "\n".join(lines),
+            fontsize=7,
+            family="monospace",
+            va="top",
+            linespacing=1.25,
+            parse_math=False,
+        )
         y -= height + 0.3 * line_height
     return fig
 
@@ -273,8 +329,11 @@ def judge_confusion_matrix(matrix: pd.DataFrame, quality: pd.Series, n_segments:
     def fmt(value):
         return "n/a" if value != value else f"{value:.2f}"
 
-    ax.set_title(f"Truncation judge vs ground truth (n = {n_segments})\naccuracy {fmt(quality['accuracy'])}, "
-                 f"precision {fmt(quality['precision'])}, recall {fmt(quality['recall'])}", fontsize=9)
+    ax.set_title(
+        f"Truncation judge vs ground truth (n = {n_segments})\naccuracy {fmt(quality['accuracy'])}, "
+        f"precision {fmt(quality['precision'])}, recall {fmt(quality['recall'])}",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 

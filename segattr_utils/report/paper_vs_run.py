@@ -9,14 +9,14 @@ the assembled table is a view over them.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 
-from ..artifacts import atomic_write_text, write_table
 from .. import dag
+from ..artifacts import atomic_write_text, write_table
 from ..config import Profile, results_dir
 
 COLUMNS = ("section", "statistic", "paper", "run", "note")
@@ -72,9 +72,11 @@ def assemble_paper_vs_run(profile: Profile) -> pd.DataFrame:
         frame.insert(0, "notebook", path.parent.name)
         parts.append(frame)
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["notebook", *COLUMNS])
-    header = (f"# Paper vs this run ({profile.name} profile)\n\n"
-              "Each statistic the paper reports, next to the value this run measured. Written by the notebooks "
-              "(each notebook replaces its own rows); regenerate with `make reproduce`.\n\n")
+    header = (
+        f"# Paper vs this run ({profile.name} profile)\n\n"
+        "Each statistic the paper reports, next to the value this run measured. Written by the notebooks "
+        "(each notebook replaces its own rows); regenerate with `make reproduce`.\n\n"
+    )
     body = table.to_markdown(index=False) if len(table) else "_No notebook has written a comparison yet._"
     atomic_write_text(dag.profile_path(profile, dag.PAPER_VS_RUN_FILE), header + body + "\n")
     return table

@@ -22,7 +22,9 @@ NEWLINE_MARK = "↵"
 VIEW_COLUMNS = ("segment", "text", "important", "norm_strength", "consistency")
 
 
-def trace_view(scores: pd.DataFrame, segments: pd.DataFrame, trace_id: str, important: str = "important") -> pd.DataFrame:
+def trace_view(
+    scores: pd.DataFrame, segments: pd.DataFrame, trace_id: str, important: str = "important"
+) -> pd.DataFrame:
     """One trace's segments with ``text``, ``important`` (the column named by ``important``),
     ``norm_strength``, ``consistency`` and, where known, ``kind``; in segment order."""
     trace_scores = scores[scores["trace_id"] == trace_id]
@@ -47,8 +49,10 @@ def _validate(view: pd.DataFrame) -> None:
 def _annotation(row) -> str:
     label = "important" if row["important"] else "unimportant"
     kind = f" · {row['kind']}" if "kind" in row and isinstance(row["kind"], str) else ""
-    return (f"S{int(row['segment']) + 1} · {label} · strength {row['norm_strength']:.3f} · "
-            f"consistency {row['consistency']:.3f}{kind}")
+    return (
+        f"S{int(row['segment']) + 1} · {label} · strength {row['norm_strength']:.3f} · "
+        f"consistency {row['consistency']:.3f}{kind}"
+    )
 
 
 def _html_text(text: str) -> str:
@@ -75,13 +79,17 @@ def render_html(view: pd.DataFrame, title: str = "") -> str:
         ".text{white-space:pre-wrap;font-family:monospace;}.nl{color:#999;}"
         ".legend span{padding:2px 8px;margin-right:8px;border-radius:4px;}"
     )
-    legend = (f'<div class="legend"><span class="important">important</span>'
-              f'<span class="unimportant">unimportant</span> strength = normalised attribution strength (Eq. 4), '
-              "consistency = attribution direction consistency (Eq. 3)</div>")
+    legend = (
+        '<div class="legend"><span class="important">important</span>'
+        '<span class="unimportant">unimportant</span> strength = normalised attribution strength (Eq. 4), '
+        "consistency = attribution direction consistency (Eq. 3)</div>"
+    )
     escaped_title = html.escape(title)
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{escaped_title}</title><style>{style}</style></head><body>"
-            f"<h1>{escaped_title}</h1>{legend}<div class=\"trace\">\n" + "\n".join(blocks) + "\n</div></body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escaped_title}</title><style>{style}</style></head><body>"
+        f'<h1>{escaped_title}</h1>{legend}<div class="trace">\n' + "\n".join(blocks) + "\n</div></body></html>\n"
+    )
 
 
 def write_html(path: str | Path, view: pd.DataFrame, title: str = "") -> Path:

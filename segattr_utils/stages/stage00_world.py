@@ -43,14 +43,23 @@ def build_world(profile: Profile) -> dict:
     # traces of the training questions (LIMO's role) from the correct one.
     misconception = world_lib.Misconception.from_dict(world.get("pretrain_misconception"))
     max_value = world_lib.Arithmetic.from_dict(world.get("arithmetic")).max_value
-    traces = {"pretrain": teacher_traces(suites["pretrain"], world["rates"], seed, misconception, max_value),
-              "train": teacher_traces(suites["train"], world["rates"], seed + 1, None, max_value)}
+    traces = {
+        "pretrain": teacher_traces(suites["pretrain"], world["rates"], seed, misconception, max_value),
+        "train": teacher_traces(suites["train"], world["rates"], seed + 1, None, max_value),
+    }
     trace_rows = []
     for name in ("pretrain", "train"):
         for problem, trace in zip(suites[name], traces[name]):
-            trace_rows.append({"question_id": problem.id, "suite": name, "completion": trace.completion,
-                               "segments": trace.segments, "kinds": trace.kinds,
-                               "correct": trace.answer_text == problem.answer})
+            trace_rows.append(
+                {
+                    "question_id": problem.id,
+                    "suite": name,
+                    "completion": trace.completion,
+                    "segments": trace.segments,
+                    "kinds": trace.kinds,
+                    "correct": trace.answer_text == problem.answer,
+                }
+            )
     write_table(STAGE.path(profile, "teacher_traces"), pd.DataFrame(trace_rows))
 
     model_dir = services.model_path(profile, "generator")
@@ -85,9 +94,15 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
             AutoConfig.from_pretrained(path, local_files_only=True)
             rows.append({"what": f"model:{role}", "id": spec["id"], "available": True, "how_to_get": ""})
         except Exception as error:  # missing cache, missing folder, gated repo
-            rows.append({"what": f"model:{role}", "id": spec["id"], "available": False,
-                         "how_to_get": f"huggingface-cli download {spec['id']} --local-dir models/{spec['id'].split('/')[-1]} "
-                                       f"and set models.{role}.local_path ({type(error).__name__})"})
+            rows.append(
+                {
+                    "what": f"model:{role}",
+                    "id": spec["id"],
+                    "available": False,
+                    "how_to_get": f"huggingface-cli download {spec['id']} --local-dir models/{spec['id'].split('/')[-1]} "
+                    f"and set models.{role}.local_path ({type(error).__name__})",
+                }
+            )
     for name, spec in (profile.get("data") or {}).items():
         if not isinstance(spec, dict) or "hub_id" not in spec:
             continue
@@ -95,8 +110,14 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
             load_hub_questions(spec, name, limit=1)
             rows.append({"what": f"data:{name}", "id": spec["hub_id"], "available": True, "how_to_get": ""})
         except Exception as error:  # ModelUnavailableError, or whatever the datasets library raises
-            rows.append({"what": f"data:{name}", "id": spec["hub_id"], "available": False,
-                         "how_to_get": str(error).splitlines()[-1] if str(error) else type(error).__name__})
+            rows.append(
+                {
+                    "what": f"data:{name}",
+                    "id": spec["hub_id"],
+                    "available": False,
+                    "how_to_get": str(error).splitlines()[-1] if str(error) else type(error).__name__,
+                }
+            )
     report = pd.DataFrame(rows)
     write_table(STAGE.path(profile, "availability"), report)
     return report
@@ -105,19 +126,29 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
 def world_benchmarks(profile: Profile, suites: tuple[str, ...] = ("test_id", "test_ood")) -> list[Benchmark]:
     """The world's test suites as evaluation benchmarks (in-domain and out-of-domain)."""
     domains = {"test_id": "in", "test_ood": "out"}
-    return [Benchmark(name=suite, domain=domains.get(suite, "in"), questions=services.load_questions(profile, suite))
-            for suite in suites]
+    return [
+        Benchmark(name=suite, domain=domains.get(suite, "in"), questions=services.load_questions(profile, suite))
+        for suite in suites
+    ]
 
 
 def evaluate_base_model(profile: Profile) -> pd.DataFrame:
     """Greedy accuracy of the base generator on the world's test suites (resumable), through the same
     evaluation code as stage 09 (:func:`segattr_utils.llm.evaluation.evaluate_model`)."""
-    graded = evaluate_model(lambda: services.load_model(profile, "generator"), world_benchmarks(profile),
-                            STAGE.path(profile, "base_eval_outputs"), greedy=services.sampling_settings(profile, greedy=True),
-                            sampled=None, batch_size=profile.get_path("generation.batch_size"), seed=int(profile["seed"]),
-                            make_prompt=services.prompt)
-    rows = [{"suite": suite, **summarise_outputs(group.drop(columns=["benchmark"]))}
-            for suite, group in graded.groupby("benchmark", sort=False)]
+    graded = evaluate_model(
+        lambda: services.load_model(profile, "generator"),
+        world_benchmarks(profile),
+        STAGE.path(profile, "base_eval_outputs"),
+        greedy=services.sampling_settings(profile, greedy=True),
+        sampled=None,
+        batch_size=profile.get_path("generation.batch_size"),
+        seed=int(profile["seed"]),
+        make_prompt=services.prompt,
+    )
+    rows = [
+        {"suite": suite, **summarise_outputs(group.drop(columns=["benchmark"]))}
+        for suite, group in graded.groupby("benchmark", sort=False)
+    ]
     table = pd.DataFrame(rows)
     write_table(STAGE.path(profile, "base_eval"), table)
     return table
@@ -129,28 +160,48 @@ def run(profile: Profile) -> StageResult:
         report = check_hub_availability(profile)
         missing = report[~report["available"]]
         if len(missing):
-            raise RuntimeError("missing for the paper profile:\n"
-                               + "\n".join(f"- {r.what} {r.id}: {r.how_to_get}" for r in missing.itertuples()))
-        return finish(profile, STAGE, tables={"availability": report}, checks={"every model and dataset is available": True})
+            raise RuntimeError(
+                "missing for the paper profile:\n"
+                + "\n".join(f"- {r.what} {r.id}: {r.how_to_get}" for r in missing.itertuples())
+            )
+        return finish(
+            profile, STAGE, tables={"availability": report}, checks={"every model and dataset is available": True}
+        )
     training = build_world(profile)
     questions = read_table(STAGE.path(profile, "questions"))
     teacher = read_table(STAGE.path(profile, "teacher_traces"))
     problems = {r["id"]: world_lib.Problem.from_record(r) for r in questions.to_dict("records")}
-    suites = questions.groupby("suite").agg(questions=("id", "size"), steps_min=("ops", lambda s: min(map(len, s))),
-                                            steps_max=("ops", lambda s: max(map(len, s))))
+    suites = questions.groupby("suite").agg(
+        questions=("id", "size"),
+        steps_min=("ops", lambda s: min(map(len, s))),
+        steps_max=("ops", lambda s: max(map(len, s))),
+    )
     kinds = teacher.explode("kinds")["kinds"].value_counts(normalize=True).rename("share of segments").to_frame()
     base_eval = evaluate_base_model(profile)
     checks = {
-        "teacher traces segment as written": all(segment("".join(t.segments)) == list(t.segments) for t in teacher.itertuples()),
+        "teacher traces segment as written": all(
+            segment("".join(t.segments)) == list(t.segments) for t in teacher.itertuples()
+        ),
         "the classifier agrees with the generator's kinds": all(
-            world_lib.classify_segments(problems[t.question_id], list(t.segments)) == list(t.kinds) for t in teacher.itertuples()),
+            world_lib.classify_segments(problems[t.question_id], list(t.segments)) == list(t.kinds)
+            for t in teacher.itertuples()
+        ),
         "the base model answered every test question": bool((base_eval["questions"] > 0).all()),
     }
     example = teacher.iloc[0]
-    return finish(profile, STAGE, tables={"suites": suites, "segment_kinds": kinds,
-                                          "base_training": pd.Series(training).drop(labels=["settings"]).to_frame("base training"),
-                                          "base_eval": base_eval},
-                  checks=checks,
-                  values={"example_question": questions.set_index("id").loc[example.question_id, "question"],
-                          "example_segments": list(zip(example.segments, example.kinds)),
-                          "segments_per_trace": float(teacher["segments"].map(len).mean())})
+    return finish(
+        profile,
+        STAGE,
+        tables={
+            "suites": suites,
+            "segment_kinds": kinds,
+            "base_training": pd.Series(training).drop(labels=["settings"]).to_frame("base training"),
+            "base_eval": base_eval,
+        },
+        checks=checks,
+        values={
+            "example_question": questions.set_index("id").loc[example.question_id, "question"],
+            "example_segments": list(zip(example.segments, example.kinds)),
+            "segments_per_trace": float(teacher["segments"].map(len).mean()),
+        },
+    )

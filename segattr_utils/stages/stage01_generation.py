@@ -27,20 +27,48 @@ def generate_training_traces(profile: Profile) -> pd.DataFrame:
     model, tokenizer = services.load_model(profile, "generator")
     prompts = {row.id: services.prompt(tokenizer, row.question) for row in questions.itertuples()}
     gen = profile["generation"]
-    generator = make_generator(gen["backend"], model=model, tokenizer=tokenizer,
-                               model_path=services.model_path(profile, "generator"))
+    generator = make_generator(
+        gen["backend"], model=model, tokenizer=tokenizer, model_path=services.model_path(profile, "generator")
+    )
     store = RecordStore(STAGE.path(profile, "samples_store"))
     seed = int(profile["seed"])
-    run_generation(generator, prompts, 1, services.sampling_settings(profile, greedy=True), store, gen["batch_size"], seed, "greedy")
-    run_generation(generator, prompts, gen["n_samples"], services.sampling_settings(profile), store, gen["batch_size"], seed, "sample")
+    run_generation(
+        generator,
+        prompts,
+        1,
+        services.sampling_settings(profile, greedy=True),
+        store,
+        gen["batch_size"],
+        seed,
+        "greedy",
+    )
+    run_generation(
+        generator,
+        prompts,
+        gen["n_samples"],
+        services.sampling_settings(profile),
+        store,
+        gen["batch_size"],
+        seed,
+        "sample",
+    )
 
     answers = dict(zip(questions["id"], questions["answer"]))
     rows = []
     for record in store.records():
         verdict = grade(record["text"], answers[record["question_id"]])
-        rows.append({"question_id": record["question_id"], "tag": record["tag"], "sample": record["sample"],
-                     "text": record["text"], "n_tokens": record["n_tokens"], "finished": record["finished"],
-                     "pred": verdict["pred"], "correct": verdict["correct"]})
+        rows.append(
+            {
+                "question_id": record["question_id"],
+                "tag": record["tag"],
+                "sample": record["sample"],
+                "text": record["text"],
+                "n_tokens": record["n_tokens"],
+                "finished": record["finished"],
+                "pred": verdict["pred"],
+                "correct": verdict["correct"],
+            }
+        )
     samples = pd.DataFrame(rows).sort_values(["question_id", "tag", "sample"]).reset_index(drop=True)
     write_table(STAGE.path(profile, "samples"), samples)
     write_table(STAGE.path(profile, "kept_traces"), keep_shortest_traces(samples, questions))
@@ -64,10 +92,21 @@ def keep_shortest_traces(samples: pd.DataFrame, questions: pd.DataFrame) -> pd.D
     for (qid, correct), group in sampled.groupby(["question_id", "correct"], sort=True):
         best = group.sort_values(["n_tokens", "sample"]).iloc[0]
         _, reasoning, answer_part = split_output(best["text"])
-        kept.append({"trace_id": f"{qid}:{'correct' if correct else 'incorrect'}", "question_id": qid,
-                     "question": texts[qid], "answer": answers[qid], "correct": bool(correct),
-                     "sample": int(best["sample"]), "n_tokens": int(best["n_tokens"]), "text": best["text"],
-                     "reasoning": reasoning, "answer_part": answer_part, "pred": best["pred"]})
+        kept.append(
+            {
+                "trace_id": f"{qid}:{'correct' if correct else 'incorrect'}",
+                "question_id": qid,
+                "question": texts[qid],
+                "answer": answers[qid],
+                "correct": bool(correct),
+                "sample": int(best["sample"]),
+                "n_tokens": int(best["n_tokens"]),
+                "text": best["text"],
+                "reasoning": reasoning,
+                "answer_part": answer_part,
+                "pred": best["pred"],
+            }
+        )
     return pd.DataFrame(kept)
 
 
@@ -76,16 +115,22 @@ def generation_summary(samples: pd.DataFrame) -> pd.DataFrame:
     sampled = samples[samples["tag"] == "sample"]
     per_question = sampled.groupby("question_id")["correct"].agg(["sum", "count"])
     greedy = samples[samples["tag"] == "greedy"]
-    return pd.DataFrame([{
-        "questions": len(per_question),
-        "samples_per_question": int(per_question["count"].max()),
-        "greedy_accuracy": float(greedy["correct"].mean()),
-        "sample_accuracy": float(sampled["correct"].mean()),
-        "questions_with_correct_and_incorrect": float(((per_question["sum"] > 0) & (per_question["sum"] < per_question["count"])).mean()),
-        "questions_with_a_correct_sample": float((per_question["sum"] > 0).mean()),
-        "unfinished_share": float(1 - sampled["finished"].mean()),
-        "mean_output_tokens": float(sampled["n_tokens"].mean()),
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "questions": len(per_question),
+                "samples_per_question": int(per_question["count"].max()),
+                "greedy_accuracy": float(greedy["correct"].mean()),
+                "sample_accuracy": float(sampled["correct"].mean()),
+                "questions_with_correct_and_incorrect": float(
+                    ((per_question["sum"] > 0) & (per_question["sum"] < per_question["count"])).mean()
+                ),
+                "questions_with_a_correct_sample": float((per_question["sum"] > 0).mean()),
+                "unfinished_share": float(1 - sampled["finished"].mean()),
+                "mean_output_tokens": float(sampled["n_tokens"].mean()),
+            }
+        ]
+    )
 
 
 def run(profile: Profile) -> StageResult:
@@ -95,11 +140,19 @@ def run(profile: Profile) -> StageResult:
     summary = generation_summary(samples)
     fig = figures.correct_per_question(samples)
     correct = kept[kept["correct"]] if len(kept) else kept
-    return finish(profile, STAGE,
-                  tables={"summary": summary.T.rename(columns={0: profile.name}),
-                          "kept": kept.groupby("correct").agg(traces=("trace_id", "size"), mean_tokens=("n_tokens", "mean"))},
-                  figures={"gen_correct_samples_per_question": figures.save(fig, profile, "gen_correct_samples_per_question")},
-                  checks={"at least one trace is kept": bool(len(kept)),
-                          "every kept trace is reasoning + </think> + answer": all(
-                              t.answer_part.lstrip("\n").startswith("</think>") for t in kept.itertuples())},
-                  values={"example": correct.iloc[0] if len(correct) else None})
+    return finish(
+        profile,
+        STAGE,
+        tables={
+            "summary": summary.T.rename(columns={0: profile.name}),
+            "kept": kept.groupby("correct").agg(traces=("trace_id", "size"), mean_tokens=("n_tokens", "mean")),
+        },
+        figures={"gen_correct_samples_per_question": figures.save(fig, profile, "gen_correct_samples_per_question")},
+        checks={
+            "at least one trace is kept": bool(len(kept)),
+            "every kept trace is reasoning + </think> + answer": all(
+                t.answer_part.lstrip("\n").startswith("</think>") for t in kept.itertuples()
+            ),
+        },
+        values={"example": correct.iloc[0] if len(correct) else None},
+    )

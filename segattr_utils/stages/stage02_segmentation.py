@@ -29,13 +29,33 @@ def segment_kept_traces(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame]:
     segment_rows, trace_rows = [], []
     for trace in progress(kept.to_dict("records"), desc="segment", unit="trace"):
         segments = segment(trace["reasoning"], keywords)
-        kinds = world_lib.classify_segments(problems[trace["question_id"]], segments) if problems else [None] * len(segments)
+        kinds = (
+            world_lib.classify_segments(problems[trace["question_id"]], segments)
+            if problems
+            else [None] * len(segments)
+        )
         for index, (text, kind) in enumerate(zip(segments, kinds)):
-            segment_rows.append({"trace_id": trace["trace_id"], "question_id": trace["question_id"],
-                                 "correct": trace["correct"], "segment": index, "n_segments": len(segments),
-                                 "text": text, "n_chars": len(text), "kind": kind})
-        trace_rows.append({"trace_id": trace["trace_id"], "question_id": trace["question_id"],
-                           "correct": trace["correct"], "n_segments": len(segments), "n_tokens": trace["n_tokens"]})
+            segment_rows.append(
+                {
+                    "trace_id": trace["trace_id"],
+                    "question_id": trace["question_id"],
+                    "correct": trace["correct"],
+                    "segment": index,
+                    "n_segments": len(segments),
+                    "text": text,
+                    "n_chars": len(text),
+                    "kind": kind,
+                }
+            )
+        trace_rows.append(
+            {
+                "trace_id": trace["trace_id"],
+                "question_id": trace["question_id"],
+                "correct": trace["correct"],
+                "n_segments": len(segments),
+                "n_tokens": trace["n_tokens"],
+            }
+        )
     segments_table, traces_table = pd.DataFrame(segment_rows), pd.DataFrame(trace_rows)
     write_table(STAGE.path(profile, "segments"), segments_table)
     write_table(STAGE.path(profile, "trace_stats"), traces_table)
@@ -56,10 +76,19 @@ def paired_length_comparison(traces: pd.DataFrame) -> pd.DataFrame:
             continue
         correct, incorrect = pivot[(metric, True)], pivot[(metric, False)]
         differences = (incorrect - correct).to_numpy()
-        p_value = float(wilcoxon(differences).pvalue) if np.any(differences != 0) and len(differences) > 1 else float("nan")
-        rows.append({"metric": metric, "questions": len(pivot), "correct_mean": float(correct.mean()),
-                     "incorrect_mean": float(incorrect.mean()), "share_incorrect_longer": float((differences > 0).mean()),
-                     "wilcoxon_p": p_value})
+        p_value = (
+            float(wilcoxon(differences).pvalue) if np.any(differences != 0) and len(differences) > 1 else float("nan")
+        )
+        rows.append(
+            {
+                "metric": metric,
+                "questions": len(pivot),
+                "correct_mean": float(correct.mean()),
+                "incorrect_mean": float(incorrect.mean()),
+                "share_incorrect_longer": float((differences > 0).mean()),
+                "wilcoxon_p": p_value,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -69,11 +98,16 @@ def comparison_rows(comparison: pd.DataFrame) -> list[dict]:
     for row in comparison.to_dict("records"):
         if row.get("questions", 0):
             what = "segments" if row["metric"] == "n_segments" else "tokens"
-            rows.append(comparison_row(
-                "Fig. 1 right-top", f"{what} per trace, correct vs incorrect (same questions)",
-                paper("fig1.incorrect_longer"), f"{row['correct_mean']:.1f} vs {row['incorrect_mean']:.1f}",
-                f"incorrect longer for {row['share_incorrect_longer']:.0%} of {row['questions']} questions; "
-                f"Wilcoxon p = {row['wilcoxon_p']:.2g}"))
+            rows.append(
+                comparison_row(
+                    "Fig. 1 right-top",
+                    f"{what} per trace, correct vs incorrect (same questions)",
+                    paper("fig1.incorrect_longer"),
+                    f"{row['correct_mean']:.1f} vs {row['incorrect_mean']:.1f}",
+                    f"incorrect longer for {row['share_incorrect_longer']:.0%} of {row['questions']} questions; "
+                    f"Wilcoxon p = {row['wilcoxon_p']:.2g}",
+                )
+            )
     return rows
 
 
@@ -83,13 +117,22 @@ def run(profile: Profile) -> StageResult:
     kept = services.kept_traces(profile).set_index("trace_id")
     joined = segments.sort_values(["trace_id", "segment"]).groupby("trace_id")["text"].agg("".join)
     comparison = paired_length_comparison(traces)
-    tables = {"length_by_correctness": traces.groupby("correct")[["n_segments", "n_tokens"]].describe().T,
-              "paired_lengths": comparison}
+    tables = {
+        "length_by_correctness": traces.groupby("correct")[["n_segments", "n_tokens"]].describe().T,
+        "paired_lengths": comparison,
+    }
     if segments["kind"].notna().any():
         tables["kinds"] = segments.groupby("correct")["kind"].value_counts(normalize=True).unstack(0).fillna(0)
     fig = figures.fig1_right_top(traces)
-    return finish(profile, STAGE, comparison_rows(comparison), tables=tables,
-                  figures={"fig1_right_top_segments_tokens": figures.save(fig, profile, "fig1_right_top_segments_tokens")},
-                  checks={"segments concatenate back to every trace": bool(len(joined)) and bool(
-                      (joined == kept.loc[joined.index, "reasoning"]).all())},
-                  values={"n_traces": len(traces), "n_segments": len(segments)})
+    return finish(
+        profile,
+        STAGE,
+        comparison_rows(comparison),
+        tables=tables,
+        figures={"fig1_right_top_segments_tokens": figures.save(fig, profile, "fig1_right_top_segments_tokens")},
+        checks={
+            "segments concatenate back to every trace": bool(len(joined))
+            and bool((joined == kept.loc[joined.index, "reasoning"]).all())
+        },
+        values={"n_traces": len(traces), "n_segments": len(segments)},
+    )

@@ -35,24 +35,37 @@ STAGE = dag.IG_ATTRIBUTION
 def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: dict) -> dict:
     """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores."""
     prompt = services.prompt(tokenizer, trace["question"])
-    sequence = build_attribution_sequence(tokenizer, prompt, list(trace["segments"]), trace["answer"],
-                                          suffix_template=settings["answer_suffix"])
+    sequence = build_attribution_sequence(
+        tokenizer, prompt, list(trace["segments"]), trace["answer"], suffix_template=settings["answer_suffix"]
+    )
     record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
     if len(sequence) > settings["max_length"]:
         record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
         return record
     started = time.perf_counter()
-    result = token_attributions(model, torch.tensor(sequence.input_ids), sequence.answer_span,
-                                baseline_token_id=baseline, n_steps=settings["n_steps"],
-                                method=settings["method"], internal_batch_size=settings["internal_batch_size"])
+    result = token_attributions(
+        model,
+        torch.tensor(sequence.input_ids),
+        sequence.answer_span,
+        baseline_token_id=baseline,
+        n_steps=settings["n_steps"],
+        method=settings["method"],
+        internal_batch_size=settings["internal_batch_size"],
+    )
     values = result.values.tolist()
-    record.update({
-        "skipped": None, "seconds": round(time.perf_counter() - started, 3),
-        "f_input": result.f_input, "f_baseline": result.f_baseline, "delta": result.delta,
-        "relative_delta": result.relative_delta, "answer_span": list(sequence.answer_span),
-        "segment_spans": [list(s) for s in sequence.segment_spans],
-        "segment_values": [values[s:e] for s, e in sequence.segment_spans],
-    })
+    record.update(
+        {
+            "skipped": None,
+            "seconds": round(time.perf_counter() - started, 3),
+            "f_input": result.f_input,
+            "f_baseline": result.f_baseline,
+            "delta": result.delta,
+            "relative_delta": result.relative_delta,
+            "answer_span": list(sequence.answer_span),
+            "segment_spans": [list(s) for s in sequence.segment_spans],
+            "segment_values": [values[s:e] for s, e in sequence.segment_spans],
+        }
+    )
     return record
 
 
@@ -77,16 +90,21 @@ _WORKER_STATE: dict = {}
 
 def _init_attribution_worker(profile: Profile, device: str) -> None:
     model, tokenizer = services.load_model(profile, "generator", device=device)
-    _WORKER_STATE.update(model=model, tokenizer=tokenizer, baseline=services.baseline_token(profile, tokenizer),
-                         settings=profile["attribution"])
+    _WORKER_STATE.update(
+        model=model,
+        tokenizer=tokenizer,
+        baseline=services.baseline_token(profile, tokenizer),
+        settings=profile["attribution"],
+    )
 
 
 def _attribute_in_worker(trace: dict) -> dict:
     return attribution_record(trace=trace, **_WORKER_STATE)
 
 
-def attribute_traces(profile: Profile, traces: list[dict], store: RecordStore, desc: str,
-                     stage: dag.Stage = STAGE) -> list[dict]:
+def attribute_traces(
+    profile: Profile, traces: list[dict], store: RecordStore, desc: str, stage: dag.Stage = STAGE
+) -> list[dict]:
     """Token IG of the correct answer for every trace (``trace_id``, ``question``, ``answer``,
     ``segments``) not yet in ``store``; one record per trace, appended as soon as it is done.
 
@@ -103,8 +121,9 @@ def attribute_traces(profile: Profile, traces: list[dict], store: RecordStore, d
         baseline = services.baseline_token(profile, tokenizer)
         records = (attribution_record(model, tokenizer, baseline, settings, trace) for trace in todo)
     else:
-        records = map_in_workers(_attribute_in_worker, todo, devices, threads,
-                                 initializer=_init_attribution_worker, initargs=(profile,))
+        records = map_in_workers(
+            _attribute_in_worker, todo, devices, threads, initializer=_init_attribution_worker, initargs=(profile,)
+        )
     started = time.perf_counter()
     for record in progress(records, total=len(todo), desc=desc, unit="trace"):
         store.append([record])
@@ -152,11 +171,18 @@ def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame,
         scores["selected_for_sft"] = scores["important"] | scores["always_kept"]
         scores["kind"] = [kinds.get((record["trace_id"], i)) for i in range(n)]
         rows.append(scores)
-        completeness.append({"trace_id": record["trace_id"], "correct": correct[record["trace_id"]],
-                             "f_input": record["f_input"], "f_baseline": record["f_baseline"],
-                             "delta": record["delta"], "relative_delta": record["relative_delta"],
-                             "flagged": record["relative_delta"] > profile.get_path("attribution.flag_relative_delta"),
-                             "n_tokens": record["n_tokens"]})
+        completeness.append(
+            {
+                "trace_id": record["trace_id"],
+                "correct": correct[record["trace_id"]],
+                "f_input": record["f_input"],
+                "f_baseline": record["f_baseline"],
+                "delta": record["delta"],
+                "relative_delta": record["relative_delta"],
+                "flagged": record["relative_delta"] > profile.get_path("attribution.flag_relative_delta"),
+                "n_tokens": record["n_tokens"],
+            }
+        )
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     write_table(STAGE.path(profile, "segment_scores"), table)
     write_table(STAGE.path(profile, "completeness"), pd.DataFrame(completeness))
@@ -181,9 +207,11 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
 
     settings, selection = profile["attribution"], profile["selection"]
     spec = settings.get("sensitivity") or {}
-    records = {r["trace_id"]: r for r in RecordStore(STAGE.path(profile, "attributions_store"),
-                                                      key_fn=lambda r: r["trace_id"]).records()
-               if not r.get("skipped")}
+    records = {
+        r["trace_id"]: r
+        for r in RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"]).records()
+        if not r.get("skipped")
+    }
     kept = services.kept_traces(profile)
     candidates = sorted(t for t in kept.loc[kept["correct"], "trace_id"] if t in records)
     n_traces = min(int(spec.get("n_traces", 0)), len(candidates))
@@ -198,11 +226,23 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
         model, tokenizer = services.load_model(profile, "generator")
         baseline = services.baseline_token(profile, tokenizer)
     for trace_id, n_steps in progress(jobs, desc="IG with other J", unit="trace"):
-        trace = {"trace_id": trace_id, "question": questions.loc[trace_id, "question"],
-                 "answer": questions.loc[trace_id, "answer"], "segments": by_trace[trace_id]}
+        trace = {
+            "trace_id": trace_id,
+            "question": questions.loc[trace_id, "question"],
+            "answer": questions.loc[trace_id, "answer"],
+            "segments": by_trace[trace_id],
+        }
         record = attribution_record(model, tokenizer, baseline, dict(settings, n_steps=n_steps), trace)
-        store.append([{"trace_id": trace_id, "n_steps": n_steps, "relative_delta": record["relative_delta"],
-                       "segment_values": record["segment_values"]}])
+        store.append(
+            [
+                {
+                    "trace_id": trace_id,
+                    "n_steps": n_steps,
+                    "relative_delta": record["relative_delta"],
+                    "segment_values": record["segment_values"],
+                }
+            ]
+        )
     rows = []
     for record in store.records():
         if record["trace_id"] not in chosen or record["n_steps"] not in [int(j) for j in spec["n_steps"]]:
@@ -213,12 +253,20 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
         important = [_important_set(s, selection) for s in (ours, other)]
         union = important[0] | important[1]
         rho = spearmanr(ours["norm_strength"], other["norm_strength"])[0] if len(ours) > 2 else float("nan")
-        rows.append({"trace_id": record["trace_id"], "n_steps": record["n_steps"], "profile_n_steps": settings["n_steps"],
-                     "relative_delta": record["relative_delta"], "profile_relative_delta": reference["relative_delta"],
-                     "n_segments": len(ours), "spearman_norm_strength": rho,
-                     "max_norm_strength_change": float((ours["norm_strength"] - other["norm_strength"]).abs().max()),
-                     "max_consistency_change": float((ours["consistency"] - other["consistency"]).abs().max()),
-                     "important_jaccard": len(important[0] & important[1]) / len(union) if union else 1.0})
+        rows.append(
+            {
+                "trace_id": record["trace_id"],
+                "n_steps": record["n_steps"],
+                "profile_n_steps": settings["n_steps"],
+                "relative_delta": record["relative_delta"],
+                "profile_relative_delta": reference["relative_delta"],
+                "n_segments": len(ours),
+                "spearman_norm_strength": rho,
+                "max_norm_strength_change": float((ours["norm_strength"] - other["norm_strength"]).abs().max()),
+                "max_consistency_change": float((ours["consistency"] - other["consistency"]).abs().max()),
+                "important_jaccard": len(important[0] & important[1]) / len(union) if union else 1.0,
+            }
+        )
     table = pd.DataFrame(rows)
     write_table(STAGE.path(profile, "step_sensitivity"), table)
     return table
@@ -227,11 +275,21 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
 def completeness_summary(completeness: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Median, 90th percentile and maximum relative completeness error, and the flagged share."""
     rows = []
-    for name, group in [("all", completeness)] + [("correct" if c else "incorrect", g) for c, g in completeness.groupby("correct")]:
+    for name, group in [("all", completeness)] + [
+        ("correct" if c else "incorrect", g) for c, g in completeness.groupby("correct")
+    ]:
         rel = group["relative_delta"]
-        rows.append({"traces": name, "n": len(group), "median_rel_delta": rel.median(), "p90_rel_delta": rel.quantile(0.9),
-                     "max_rel_delta": rel.max(), f"flagged_share(>{threshold:g})": (rel > threshold).mean(),
-                     "median_abs_delta": group["delta"].abs().median()})
+        rows.append(
+            {
+                "traces": name,
+                "n": len(group),
+                "median_rel_delta": rel.median(),
+                "p90_rel_delta": rel.quantile(0.9),
+                "max_rel_delta": rel.max(),
+                f"flagged_share(>{threshold:g})": (rel > threshold).mean(),
+                "median_abs_delta": group["delta"].abs().median(),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -240,12 +298,21 @@ def selection_summary(scores: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for correct, group in scores.groupby("correct"):
         per_trace = group.groupby("trace_id").apply(
-            lambda g: pd.Series({"segments": len(g), "important_segment_share": g["important"].mean(),
-                                 "important_token_share": g.loc[g["important"], "n_tokens"].sum() / max(g["n_tokens"].sum(), 1),
-                                 "high_strength_share": g["high_strength"].mean(),
-                                 "selected_for_sft_token_share": g.loc[g["selected_for_sft"], "n_tokens"].sum() / max(g["n_tokens"].sum(), 1)}),
-            include_groups=False)
-        rows.append({"traces": "correct" if correct else "incorrect", "n": len(per_trace), **per_trace.mean().to_dict()})
+            lambda g: pd.Series(
+                {
+                    "segments": len(g),
+                    "important_segment_share": g["important"].mean(),
+                    "important_token_share": g.loc[g["important"], "n_tokens"].sum() / max(g["n_tokens"].sum(), 1),
+                    "high_strength_share": g["high_strength"].mean(),
+                    "selected_for_sft_token_share": g.loc[g["selected_for_sft"], "n_tokens"].sum()
+                    / max(g["n_tokens"].sum(), 1),
+                }
+            ),
+            include_groups=False,
+        )
+        rows.append(
+            {"traces": "correct" if correct else "incorrect", "n": len(per_trace), **per_trace.mean().to_dict()}
+        )
     return pd.DataFrame(rows)
 
 
@@ -255,17 +322,27 @@ def comparison_rows(profile: Profile, completeness: pd.DataFrame, sensitivity: p
     settings = profile["attribution"]
     summary = completeness_summary(completeness, settings["flag_relative_delta"]).set_index("traces")
     flag = f"flagged_share(>{settings['flag_relative_delta']:g})"
-    rows = [comparison_row(
-        "App. C.4", f"IG completeness error at J = {settings['n_steps']} ({settings['method']})",
-        paper("appC4.completeness"), f"median {summary.loc['all', 'median_rel_delta']:.2%}",
-        f"{summary.loc['all', flag]:.0%} of {int(summary.loc['all', 'n'])} traces over {settings['flag_relative_delta']:.0%}")]
+    rows = [
+        comparison_row(
+            "App. C.4",
+            f"IG completeness error at J = {settings['n_steps']} ({settings['method']})",
+            paper("appC4.completeness"),
+            f"median {summary.loc['all', 'median_rel_delta']:.2%}",
+            f"{summary.loc['all', flag]:.0%} of {int(summary.loc['all', 'n'])} traces over {settings['flag_relative_delta']:.0%}",
+        )
+    ]
     if len(sensitivity):
         for n_steps, group in sensitivity.groupby("n_steps"):
-            rows.append(comparison_row(
-                "App. C.4", f"IG completeness error at J = {n_steps} (sample of {len(group)} correct traces)",
-                paper("appC4.j"), f"median {group['relative_delta'].median():.2%}",
-                f"important sets vs J = {settings['n_steps']}: mean Jaccard {group['important_jaccard'].mean():.2f}; "
-                f"strength Spearman {group['spearman_norm_strength'].mean():.2f}"))
+            rows.append(
+                comparison_row(
+                    "App. C.4",
+                    f"IG completeness error at J = {n_steps} (sample of {len(group)} correct traces)",
+                    paper("appC4.j"),
+                    f"median {group['relative_delta'].median():.2%}",
+                    f"important sets vs J = {settings['n_steps']}: mean Jaccard {group['important_jaccard'].mean():.2f}; "
+                    f"strength Spearman {group['spearman_norm_strength'].mean():.2f}",
+                )
+            )
     return rows
 
 
@@ -276,20 +353,38 @@ def run(profile: Profile) -> StageResult:
     completeness = pd.read_parquet(STAGE.path(profile, "completeness"))
     kept = services.kept_traces(profile)
     sensitivity = ig_step_sensitivity(profile)
-    tables = {"completeness": completeness_summary(completeness, settings["flag_relative_delta"]),
-              "selection": selection_summary(scores)}
+    tables = {
+        "completeness": completeness_summary(completeness, settings["flag_relative_delta"]),
+        "selection": selection_summary(scores),
+    }
     correct = scores[scores["correct"]] if len(scores) else scores
     if len(correct):
         example_id = correct["trace_id"].iloc[0]
         segments = services.segment_table(profile)
         tables["example"] = scores[scores["trace_id"] == example_id].merge(
-            segments[["trace_id", "segment", "text"]], on=["trace_id", "segment"])[
-            ["segment", "kind", "n_tokens", "norm_strength", "consistency", "important", "text"]]
+            segments[["trace_id", "segment", "text"]], on=["trace_id", "segment"]
+        )[["segment", "kind", "n_tokens", "norm_strength", "consistency", "important", "text"]]
     if len(sensitivity):
-        tables["sensitivity"] = sensitivity.groupby(["n_steps", "profile_n_steps"])[
-            ["relative_delta", "profile_relative_delta", "spearman_norm_strength", "max_norm_strength_change",
-             "max_consistency_change", "important_jaccard"]].agg(["median", "mean"]).T
+        tables["sensitivity"] = (
+            sensitivity.groupby(["n_steps", "profile_n_steps"])[
+                [
+                    "relative_delta",
+                    "profile_relative_delta",
+                    "spearman_norm_strength",
+                    "max_norm_strength_change",
+                    "max_consistency_change",
+                    "important_jaccard",
+                ]
+            ]
+            .agg(["median", "mean"])
+            .T
+        )
     fig = figures.completeness_histogram(completeness, settings["flag_relative_delta"])
-    return finish(profile, STAGE, comparison_rows(profile, completeness, sensitivity), tables=tables,
-                  figures={"ig_completeness_delta": figures.save(fig, profile, "ig_completeness_delta")},
-                  checks={"every kept trace is attributed": set(completeness["trace_id"]) == set(kept["trace_id"])})
+    return finish(
+        profile,
+        STAGE,
+        comparison_rows(profile, completeness, sensitivity),
+        tables=tables,
+        figures={"ig_completeness_delta": figures.save(fig, profile, "ig_completeness_delta")},
+        checks={"every kept trace is attributed": set(completeness["trace_id"]) == set(kept["trace_id"])},
+    )

@@ -22,6 +22,8 @@ import pandas as pd
 
 from .. import dag, services
 from ..artifacts import RecordStore, read_table, write_table
+from ..config import Profile
+from ..llm.generation import HFGenerator, SamplingSettings, VLLMGenerator, derive_seed, vllm_available
 from ..measures.confidence import (
     beta_ablation,
     choose_threshold,
@@ -35,8 +37,6 @@ from ..measures.confidence import (
     sample_continuations,
     tau_search,
 )
-from ..config import Profile
-from ..llm.generation import HFGenerator, SamplingSettings, VLLMGenerator, derive_seed, vllm_available
 from ..measures.group_stats import MISSING_TEXT, format_p, readable
 from ..progress import progress
 from ..report import figures
@@ -58,8 +58,10 @@ def attributed_correct_traces(profile: Profile) -> tuple[pd.DataFrame, pd.DataFr
     for tid in ids:
         n_scored = int((scores["trace_id"] == tid).sum())
         if len(texts.get(tid, [])) != n_scored:
-            raise ValueError(f"trace {tid!r}: {len(texts.get(tid, []))} segments in stage 02 but {n_scored} scored in stage 03; "
-                             "rerun notebooks 02-03")
+            raise ValueError(
+                f"trace {tid!r}: {len(texts.get(tid, []))} segments in stage 02 but {n_scored} scored in stage 03; "
+                "rerun notebooks 02-03"
+            )
     return kept, scores, texts
 
 
@@ -73,7 +75,9 @@ def _forced_answer_sampler(profile: Profile):
     mode = profile.get_path("analysis.confidence.sampler")
     if mode == "shared_prefix":
         model, tokenizer = services.load_model(profile, "generator")
-        return tokenizer, lambda prompts, n, settings, seed: sample_continuations(model, tokenizer, prompts, n, settings, seed)
+        return tokenizer, lambda prompts, n, settings, seed: sample_continuations(
+            model, tokenizer, prompts, n, settings, seed
+        )
     if mode != "generator":
         raise ValueError(f"analysis.confidence.sampler must be 'shared_prefix' or 'generator', got {mode!r}")
     backend = profile.get_path("generation.backend")
@@ -88,7 +92,7 @@ def _forced_answer_sampler(profile: Profile):
     def sample(prompts, n, settings, seed):
         outputs = generator.generate([p for p in prompts for _ in range(n)], settings, seed)
         texts = [o["text"] for o in outputs]
-        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
     return tokenizer, sample
 
@@ -110,13 +114,17 @@ def measure_prefix_confidence(profile: Profile) -> pd.DataFrame:
     settings = confidence_settings(profile)
     # The key holds a fingerprint of the trace, the answer and the sampling settings: records of a trace
     # whose text changed upstream, or of other settings, are not reused.
-    store = RecordStore(STAGE.path(profile, "forced_answers_store"), key_fn=lambda r: [r["trace_id"], r["prefix"], r["fingerprint"]])
+    store = RecordStore(
+        STAGE.path(profile, "forced_answers_store"), key_fn=lambda r: [r["trace_id"], r["prefix"], r["fingerprint"]]
+    )
     rows = kept.set_index("trace_id")
-    fingerprints = {tid: _fingerprint(rows.loc[tid, "question"], rows.loc[tid, "answer"], texts[tid], spec)
-                    for tid in kept["trace_id"]}
+    fingerprints = {
+        tid: _fingerprint(rows.loc[tid, "question"], rows.loc[tid, "answer"], texts[tid], spec)
+        for tid in kept["trace_id"]
+    }
     jobs = prefix_jobs(kept, texts)
     per_batch = max(1, int(spec["batch_size"]) // n_samples)
-    batches = [jobs[i:i + per_batch] for i in range(0, len(jobs), per_batch)]
+    batches = [jobs[i : i + per_batch] for i in range(0, len(jobs), per_batch)]
     todo = [(i, b) for i, b in enumerate(batches) if not all([tid, k, fingerprints[tid]] in store for tid, k in b)]
     if todo:
         tokenizer, sample = _forced_answer_sampler(profile)
@@ -131,9 +139,17 @@ def measure_prefix_confidence(profile: Profile) -> pd.DataFrame:
                     continue
                 verdicts = grade_forced_answers(answers, rows.loc[tid, "answer"], lead_in)
                 n_correct = sum(v["correct"] for v in verdicts)
-                records.append({"trace_id": tid, "prefix": k, "fingerprint": fingerprints[tid], "n_samples": len(verdicts),
-                                "n_correct": n_correct, "confidence": n_correct / len(verdicts),
-                                "answers": [v["pred"] for v in verdicts]})
+                records.append(
+                    {
+                        "trace_id": tid,
+                        "prefix": k,
+                        "fingerprint": fingerprints[tid],
+                        "n_samples": len(verdicts),
+                        "n_correct": n_correct,
+                        "confidence": n_correct / len(verdicts),
+                        "answers": [v["pred"] for v in verdicts],
+                    }
+                )
             store.append(records)
     wanted = {(tid, k, fingerprints[tid]) for tid, k in jobs}
     records = [r for r in store.records() if (r["trace_id"], r["prefix"], r["fingerprint"]) in wanted]
@@ -151,9 +167,17 @@ def segment_confidence(profile: Profile) -> pd.DataFrame:
         table = confidence_deltas(group["confidence"].tolist())
         table.insert(0, "trace_id", tid)
         parts.append(table)
-    table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
-        {"trace_id": pd.Series(dtype=str), "segment": pd.Series(dtype="int64"),
-         **{c: pd.Series(dtype=float) for c in CONFIDENCE_COLUMNS[2:]}})
+    table = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(
+            {
+                "trace_id": pd.Series(dtype=str),
+                "segment": pd.Series(dtype="int64"),
+                **{c: pd.Series(dtype=float) for c in CONFIDENCE_COLUMNS[2:]},
+            }
+        )
+    )
     table = table[list(CONFIDENCE_COLUMNS)]
     write_table(STAGE.path(profile, "segment_confidence"), table)
     return table
@@ -182,15 +206,27 @@ def analyse(profile: Profile, table: pd.DataFrame) -> dict:
     ablation = beta_ablation(table, ablation_tau, analysis["beta_grid"])
     beta_star = choose_threshold(ablation, "beta")
     shares = importance_shares(table, "important")
-    shares_table = pd.DataFrame([{"tau": profile.get_path("selection.tau"), "beta": profile.get_path("selection.beta"),
-                                  **shares}])
+    shares_table = pd.DataFrame(
+        [{"tau": profile.get_path("selection.tau"), "beta": profile.get_path("selection.beta"), **shares}]
+    )
     write_table(STAGE.path(profile, "groups"), groups)
     write_table(STAGE.path(profile, "tau_search"), search)
     write_table(STAGE.path(profile, "beta_ablation"), ablation)
     write_table(STAGE.path(profile, "importance_shares"), shares_table)
-    return {"labelled": labelled, "groups": groups, "comparison": comparison, "tau_search": search,
-            "tau_star": tau_star, "beta_ablation": ablation, "ablation_tau": ablation_tau, "beta_star": beta_star,
-            "shares": shares, "shares_table": shares_table, "groups_tau": tau, "groups_beta": beta}
+    return {
+        "labelled": labelled,
+        "groups": groups,
+        "comparison": comparison,
+        "tau_search": search,
+        "tau_star": tau_star,
+        "beta_ablation": ablation,
+        "ablation_tau": ablation_tau,
+        "beta_star": beta_star,
+        "shares": shares,
+        "shares_table": shares_table,
+        "groups_tau": tau,
+        "groups_beta": beta,
+    }
 
 
 def _mean_text(value) -> str:
@@ -203,24 +239,47 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     sel = f"τ = {profile.get_path('selection.tau'):g}, β = {profile.get_path('selection.beta'):g}"
     empty_note = "no correct trace was attributed" if not shares["traces"] else f"{shares['traces']} correct traces"
     rows = [
-        comparison_row("Sec. 3.2", f"share of segments important ({sel})", paper("sec3_2.important_segment_share"),
-                       shares["segment_share"] if shares["segment_share"] is not None else MISSING_TEXT, empty_note, "{:.1%}"),
-        comparison_row("Sec. 3.2", f"share of tokens in important segments ({sel})", paper("sec3_2.important_token_share"),
-                       shares["token_share"] if shares["token_share"] is not None else MISSING_TEXT, empty_note, "{:.1%}"),
-        comparison_row("Sec. 3.1, Fig. 2",
-                       f"mean Δ confidence, important vs unimportant (τ = {results['groups_tau']:g}, β = {results['groups_beta']:g})",
-                       paper("fig2.delta"),
-                       f"{_mean_text(cmp['delta_important'])} vs {_mean_text(cmp['delta_unimportant'])} "
-                       f"({format_p(cmp['p_value'])})",
-                       f"n = {cmp['n_important']} vs {cmp['n_unimportant']}; Mann-Whitney U" + (f"; {cmp['note']}" if cmp["note"] else "")),
-        comparison_row("Sec. 3.2, Fig. 4", "τ* of the greedy search (largest Δ gap)", paper("sec3_2.tau_star"),
-                       results["tau_star"] if results["tau_star"] is not None else MISSING_TEXT,
-                       "" if results["tau_star"] is not None else "no τ on the grid gives important segments a larger mean Δ",
-                       "{:g}"),
-        comparison_row("Sec. 3.2, App. D", f"β with the largest Δ gap under τ = {results['ablation_tau']:g}",
-                       paper("sec3_2.beta"),
-                       results["beta_star"] if results["beta_star"] is not None else MISSING_TEXT,
-                       "Δ criterion only; the paper picks β by accuracy (App. D)", "{:g}"),
+        comparison_row(
+            "Sec. 3.2",
+            f"share of segments important ({sel})",
+            paper("sec3_2.important_segment_share"),
+            shares["segment_share"] if shares["segment_share"] is not None else MISSING_TEXT,
+            empty_note,
+            "{:.1%}",
+        ),
+        comparison_row(
+            "Sec. 3.2",
+            f"share of tokens in important segments ({sel})",
+            paper("sec3_2.important_token_share"),
+            shares["token_share"] if shares["token_share"] is not None else MISSING_TEXT,
+            empty_note,
+            "{:.1%}",
+        ),
+        comparison_row(
+            "Sec. 3.1, Fig. 2",
+            f"mean Δ confidence, important vs unimportant (τ = {results['groups_tau']:g}, β = {results['groups_beta']:g})",
+            paper("fig2.delta"),
+            f"{_mean_text(cmp['delta_important'])} vs {_mean_text(cmp['delta_unimportant'])} "
+            f"({format_p(cmp['p_value'])})",
+            f"n = {cmp['n_important']} vs {cmp['n_unimportant']}; Mann-Whitney U"
+            + (f"; {cmp['note']}" if cmp["note"] else ""),
+        ),
+        comparison_row(
+            "Sec. 3.2, Fig. 4",
+            "τ* of the greedy search (largest Δ gap)",
+            paper("sec3_2.tau_star"),
+            results["tau_star"] if results["tau_star"] is not None else MISSING_TEXT,
+            "" if results["tau_star"] is not None else "no τ on the grid gives important segments a larger mean Δ",
+            "{:g}",
+        ),
+        comparison_row(
+            "Sec. 3.2, App. D",
+            f"β with the largest Δ gap under τ = {results['ablation_tau']:g}",
+            paper("sec3_2.beta"),
+            results["beta_star"] if results["beta_star"] is not None else MISSING_TEXT,
+            "Δ criterion only; the paper picks β by accuracy (App. D)",
+            "{:g}",
+        ),
     ]
     return rows
 
@@ -233,19 +292,42 @@ def run(profile: Profile) -> StageResult:
     _, scores, _ = attributed_correct_traces(profile)
     results = analyse(profile, analysis_table(profile, confidence))
     comparison = results["comparison"]
-    fig2 = figures.fig2_confidence_delta(results["groups"], format_p(comparison["p_value"]), results["groups_tau"],
-                                         results["groups_beta"])
+    fig2 = figures.fig2_confidence_delta(
+        results["groups"], format_p(comparison["p_value"]), results["groups_tau"], results["groups_beta"]
+    )
     fig4 = figures.fig4_tau_search(results["tau_search"], results["beta_ablation"])
-    columns = ["tau", "beta", "n_important", "n_unimportant", "delta_important", "delta_unimportant", "gap", "p_value",
-               "selected", "note"]
+    columns = [
+        "tau",
+        "beta",
+        "n_important",
+        "n_unimportant",
+        "delta_important",
+        "delta_unimportant",
+        "gap",
+        "p_value",
+        "selected",
+        "note",
+    ]
     fractions = [i / spec["n_samples"] for i in range(spec["n_samples"] + 1)]
-    return finish(profile, STAGE, comparison_rows(profile, results),
-                  tables={"groups": readable(results["groups"]), "tau_search": readable(results["tau_search"][columns]),
-                          "beta_ablation": readable(results["beta_ablation"][columns]),
-                          "importance_shares": readable(results["shares_table"])},
-                  figures={"fig2_confidence_delta": figures.save(fig2, profile, "fig2_confidence_delta"),
-                           "fig4_tau_search": figures.save(fig4, profile, "fig4_tau_search")},
-                  checks={"one row per segment of every attributed correct trace": len(confidence) == len(scores),
-                          "confidences are fractions of the samples": bool(
-                              confidence[["confidence_before", "confidence_after"]].isin(fractions).all().all())},
-                  values={key: results[key] for key in ("comparison", "tau_star", "ablation_tau", "beta_star")})
+    return finish(
+        profile,
+        STAGE,
+        comparison_rows(profile, results),
+        tables={
+            "groups": readable(results["groups"]),
+            "tau_search": readable(results["tau_search"][columns]),
+            "beta_ablation": readable(results["beta_ablation"][columns]),
+            "importance_shares": readable(results["shares_table"]),
+        },
+        figures={
+            "fig2_confidence_delta": figures.save(fig2, profile, "fig2_confidence_delta"),
+            "fig4_tau_search": figures.save(fig4, profile, "fig4_tau_search"),
+        },
+        checks={
+            "one row per segment of every attributed correct trace": len(confidence) == len(scores),
+            "confidences are fractions of the samples": bool(
+                confidence[["confidence_before", "confidence_after"]].isin(fractions).all().all()
+            ),
+        },
+        values={key: results[key] for key in ("comparison", "tau_star", "ablation_tau", "beta_star")},
+    )

@@ -35,7 +35,16 @@ from ..world import REDUNDANT_KINDS
 from . import StageResult, finish
 
 STAGE = dag.LINGUISTICS
-LINGUISTIC_COLUMNS = ("trace_id", "segment", "correct", "n_tokens", "log_ppl", "entropy", "bleu", "removal_ppl_increase")
+LINGUISTIC_COLUMNS = (
+    "trace_id",
+    "segment",
+    "correct",
+    "n_tokens",
+    "log_ppl",
+    "entropy",
+    "bleu",
+    "removal_ppl_increase",
+)
 MEASURES = {"log_ppl": "log perplexity", "entropy": "entropy", "bleu": "BLEU vs preceding segments"}
 
 
@@ -61,8 +70,10 @@ def measure_linguistics(profile: Profile) -> pd.DataFrame:
     kept, texts = traces_to_measure(profile)
     # Keyed by trace and a fingerprint of its text and the BLEU setting: a changed trace is measured again.
     store = RecordStore(STAGE.path(profile, "linguistics_store"), key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
-    fingerprints = {t["trace_id"]: _fingerprint(t["question"], t["answer_part"], texts[t["trace_id"]], spec["bleu_reference"])
-                    for t in kept.to_dict("records")}
+    fingerprints = {
+        t["trace_id"]: _fingerprint(t["question"], t["answer_part"], texts[t["trace_id"]], spec["bleu_reference"])
+        for t in kept.to_dict("records")
+    }
     todo = [t for t in kept.to_dict("records") if [t["trace_id"], fingerprints[t["trace_id"]]] not in store]
     if todo:
         model, tokenizer = services.load_model(profile, "generator")
@@ -70,22 +81,40 @@ def measure_linguistics(profile: Profile) -> pd.DataFrame:
             segments = texts[trace["trace_id"]]
             prompt = services.prompt(tokenizer, trace["question"])
             stats = segment_perplexity_entropy(model, tokenizer, prompt, segments)
-            removal = removal_perplexity_increase(model, tokenizer, prompt, segments, trace["answer_part"],
-                                                  batch_size=int(spec["batch_size"]))
-            store.append([{"trace_id": trace["trace_id"], "fingerprint": fingerprints[trace["trace_id"]],
-                           "correct": bool(trace["correct"]),
-                           "n_tokens": stats["n_tokens"].tolist(), "log_ppl": stats["log_ppl"].tolist(),
-                           "entropy": stats["entropy"].tolist(),
-                           "bleu": segment_bleu(segments, spec["bleu_reference"]), "removal_ppl_increase": removal}])
+            removal = removal_perplexity_increase(
+                model, tokenizer, prompt, segments, trace["answer_part"], batch_size=int(spec["batch_size"])
+            )
+            store.append(
+                [
+                    {
+                        "trace_id": trace["trace_id"],
+                        "fingerprint": fingerprints[trace["trace_id"]],
+                        "correct": bool(trace["correct"]),
+                        "n_tokens": stats["n_tokens"].tolist(),
+                        "log_ppl": stats["log_ppl"].tolist(),
+                        "entropy": stats["entropy"].tolist(),
+                        "bleu": segment_bleu(segments, spec["bleu_reference"]),
+                        "removal_ppl_increase": removal,
+                    }
+                ]
+            )
     wanted = set(fingerprints.items())
     rows = []
     for record in store.records():
         if (record["trace_id"], record["fingerprint"]) not in wanted:
             continue
         for index in range(len(record["log_ppl"])):
-            rows.append({"trace_id": record["trace_id"], "segment": index, "correct": record["correct"],
-                         **{c: record[c][index] for c in LINGUISTIC_COLUMNS[3:]}})
-    table = pd.DataFrame(rows, columns=list(LINGUISTIC_COLUMNS)).sort_values(["trace_id", "segment"]).reset_index(drop=True)
+            rows.append(
+                {
+                    "trace_id": record["trace_id"],
+                    "segment": index,
+                    "correct": record["correct"],
+                    **{c: record[c][index] for c in LINGUISTIC_COLUMNS[3:]},
+                }
+            )
+    table = (
+        pd.DataFrame(rows, columns=list(LINGUISTIC_COLUMNS)).sort_values(["trace_id", "segment"]).reset_index(drop=True)
+    )
     write_table(STAGE.path(profile, "segment_linguistics"), table)
     return table
 
@@ -96,8 +125,11 @@ def analysis_table(profile: Profile, linguistics: pd.DataFrame) -> pd.DataFrame:
     selection thresholds (``important_selection``, Eq. 7 as in stage 03)."""
     scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
     scores = scores[scores["correct"].astype(bool)] if len(scores) else scores
-    table = scores.drop(columns=["n_tokens"]).rename(columns={"important": "important_selection"}).merge(
-        linguistics.drop(columns=["correct"]), on=["trace_id", "segment"], how="inner", validate="one_to_one")
+    table = (
+        scores.drop(columns=["n_tokens"])
+        .rename(columns={"important": "important_selection"})
+        .merge(linguistics.drop(columns=["correct"]), on=["trace_id", "segment"], how="inner", validate="one_to_one")
+    )
     confidence_path = dag.CONFIDENCE_DELTA.path(profile, "segment_confidence")
     if confidence_path.exists():
         confidence = read_table(confidence_path)[["trace_id", "segment", "delta"]]
@@ -110,8 +142,9 @@ def compare_measures(table: pd.DataFrame) -> pd.DataFrame:
     """Important vs unimportant for each measure of Fig. 3 (Mann-Whitney U)."""
     rows = []
     for column, name in MEASURES.items():
-        stats = compare_groups(table.loc[table["important"], column], table.loc[~table["important"], column],
-                               "important", "unimportant")
+        stats = compare_groups(
+            table.loc[table["important"], column], table.loc[~table["important"], column], "important", "unimportant"
+        )
         rows.append({"measure": name, "column": column, **stats})
     return pd.DataFrame(rows)
 
@@ -127,8 +160,14 @@ def bleu_shares(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
         values = table.loc[selector, "bleu"]
         high = int((values > threshold).sum())
         counts.append((high, int(len(values)) - high))
-        rows.append({"set": name, "n": int(len(values)), "n_above": high,
-                     "share_above": high / len(values) if len(values) else None})
+        rows.append(
+            {
+                "set": name,
+                "n": int(len(values)),
+                "n_above": high,
+                "share_above": high / len(values) if len(values) else None,
+            }
+        )
     p_value = float(fisher_exact(counts).pvalue) if all(sum(c) for c in counts) else None
     result = pd.DataFrame(rows)
     result["fisher_p"] = p_value
@@ -153,18 +192,24 @@ def redundancy_precision_recall(table: pd.DataFrame) -> pd.DataFrame:
     """Precision/recall of the unimportant sets against the redundant kinds (world profiles); ours at
     the profile's selection thresholds, the alternatives matched to the same count per trace."""
     if "delta" not in table.columns or table["delta"].isna().any():
-        raise FileNotFoundError("stage 04's segment_confidence.parquet is missing or incomplete: run notebook 04 first "
-                                "(the confidence-gain measure comes from it)")
-    measures = {"segment perplexity (removal, Cui et al.)": "removal_ppl_increase",
-                "segment entropy (Li et al.)": "entropy",
-                "confidence gain Δ (Xu et al.)": "delta"}
+        raise FileNotFoundError(
+            "stage 04's segment_confidence.parquet is missing or incomplete: run notebook 04 first "
+            "(the confidence-gain measure comes from it)"
+        )
+    measures = {
+        "segment perplexity (removal, Cui et al.)": "removal_ppl_increase",
+        "segment entropy (Li et al.)": "entropy",
+        "confidence gain Δ (Xu et al.)": "delta",
+    }
     return redundancy_table(table, measures, ours="important_selection")
 
 
 def analyse(profile: Profile, table: pd.DataFrame) -> dict:
     """Fig. 3 comparisons, BLEU shares and (world profiles) kinds and precision/recall (writes CSVs)."""
-    results = {"comparisons": compare_measures(table),
-               "bleu_shares": bleu_shares(table, profile.get_path("analysis.bleu_threshold"))}
+    results = {
+        "comparisons": compare_measures(table),
+        "bleu_shares": bleu_shares(table, profile.get_path("analysis.bleu_threshold")),
+    }
     write_table(STAGE.path(profile, "comparisons"), results["comparisons"])
     write_table(STAGE.path(profile, "bleu_shares"), results["bleu_shares"])
     if profile["kind"] == "world":
@@ -189,22 +234,42 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     expected = {column: paper(f"fig3.{column}") for column in MEASURES}
     rows = []
     for record in results["comparisons"].to_dict("records"):
-        rows.append(comparison_row(
-            "Sec. 3.1, Fig. 3", f"mean {record['measure']}, important vs unimportant ({where})", expected[record["column"]],
-            f"{_pair(record['mean_a'], record['mean_b'])} ({format_p(record['p_value'])})",
-            f"n = {record['n_a']} vs {record['n_b']}; Mann-Whitney U" + (f"; {record['note']}" if record["note"] else "")))
+        rows.append(
+            comparison_row(
+                "Sec. 3.1, Fig. 3",
+                f"mean {record['measure']}, important vs unimportant ({where})",
+                expected[record["column"]],
+                f"{_pair(record['mean_a'], record['mean_b'])} ({format_p(record['p_value'])})",
+                f"n = {record['n_a']} vs {record['n_b']}; Mann-Whitney U"
+                + (f"; {record['note']}" if record["note"] else ""),
+            )
+        )
     shares = results["bleu_shares"].set_index("set")
     threshold = profile.get_path("analysis.bleu_threshold")
-    rows.append(comparison_row(
-        "Sec. 3.1, Fig. 3", f"share with BLEU > {threshold:g}, important vs unimportant", paper("fig3.bleu_share"),
-        f"{_pair(shares.loc['important', 'share_above'], shares.loc['unimportant', 'share_above'], '{:.1%}')} "
-        f"({format_p(shares['fisher_p'].iloc[0])})", "Fisher exact test"))
+    rows.append(
+        comparison_row(
+            "Sec. 3.1, Fig. 3",
+            f"share with BLEU > {threshold:g}, important vs unimportant",
+            paper("fig3.bleu_share"),
+            f"{_pair(shares.loc['important', 'share_above'], shares.loc['unimportant', 'share_above'], '{:.1%}')} "
+            f"({format_p(shares['fisher_p'].iloc[0])})",
+            "Fisher exact test",
+        )
+    )
     if "kind_shares" in results:
         kinds = results["kind_shares"].set_index("set")
-        truncated = [kinds.loc[s, "truncated"] if "truncated" in kinds.columns else None for s in ("unimportant", "important")]
-        rows.append(comparison_row(
-            "Sec. 3.1", "share truncated, unimportant vs important", paper("fig3.truncated_share"),
-            _pair(*truncated, fmt="{:.1%}"), "the world's ground-truth kinds, not the judge of notebook 07"))
+        truncated = [
+            kinds.loc[s, "truncated"] if "truncated" in kinds.columns else None for s in ("unimportant", "important")
+        ]
+        rows.append(
+            comparison_row(
+                "Sec. 3.1",
+                "share truncated, unimportant vs important",
+                paper("fig3.truncated_share"),
+                _pair(*truncated, fmt="{:.1%}"),
+                "the world's ground-truth kinds, not the judge of notebook 07",
+            )
+        )
     return rows
 
 
@@ -216,17 +281,34 @@ def run(profile: Profile) -> StageResult:
     scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
     results = analyse(profile, table)
     columns = ["measure", "n_a", "n_b", "mean_a", "mean_b", "difference", "u", "p_value", "test", "note"]
-    tables = {"comparisons": readable(results["comparisons"][columns].rename(columns={
-                  "n_a": "n_important", "n_b": "n_unimportant", "mean_a": "mean_important", "mean_b": "mean_unimportant"})),
-              "bleu_shares": readable(results["bleu_shares"])}
+    tables = {
+        "comparisons": readable(
+            results["comparisons"][columns].rename(
+                columns={
+                    "n_a": "n_important",
+                    "n_b": "n_unimportant",
+                    "mean_a": "mean_important",
+                    "mean_b": "mean_unimportant",
+                }
+            )
+        ),
+        "bleu_shares": readable(results["bleu_shares"]),
+    }
     if "redundancy" in results:
         tables["kind_shares"] = readable(results["kind_shares"])
         tables["redundancy"] = readable(results["redundancy"])
     p_texts = {r["column"]: format_p(r["p_value"]) for r in results["comparisons"].to_dict("records")}
     fig = figures.fig3_linguistics(table, p_texts, profile.get_path("analysis.bleu_threshold"))
     measured = linguistics[["log_ppl", "entropy", "bleu", "removal_ppl_increase"]]
-    return finish(profile, STAGE, comparison_rows(profile, results), tables=tables,
-                  figures={"fig3_linguistics": figures.save(fig, profile, "fig3_linguistics")},
-                  checks={"every segment of every attributed correct trace is measured": len(table) == int(scores["correct"].sum()),
-                          "no missing value": not measured.isna().any().any(),
-                          "BLEU lies in [0, 1]": bool(linguistics["bleu"].between(0, 1).all())})
+    return finish(
+        profile,
+        STAGE,
+        comparison_rows(profile, results),
+        tables=tables,
+        figures={"fig3_linguistics": figures.save(fig, profile, "fig3_linguistics")},
+        checks={
+            "every segment of every attributed correct trace is measured": len(table) == int(scores["correct"].sum()),
+            "no missing value": not measured.isna().any().any(),
+            "BLEU lies in [0, 1]": bool(linguistics["bleu"].between(0, 1).all()),
+        },
+    )

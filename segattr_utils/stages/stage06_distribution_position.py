@@ -18,9 +18,6 @@ from .. import dag, services
 from ..artifacts import read_table, write_table
 from ..config import Profile
 from ..measures.group_stats import MISSING_TEXT, readable
-from ..method.importance import label_segments
-from ..report import figures
-from ..report.paper_vs_run import comparison_row, paper
 from ..measures.position import (
     curve_share_holding,
     decision_segment,
@@ -30,6 +27,9 @@ from ..measures.position import (
     share_holding,
     world_decision_segment,
 )
+from ..method.importance import label_segments
+from ..report import figures
+from ..report.paper_vs_run import comparison_row, paper
 from ..report.viewer import trace_view, write_html
 from . import StageResult, finish
 
@@ -48,18 +48,34 @@ def strength_cdf(profile: Profile, scores: pd.DataFrame) -> dict:
     curves, rows = {}, []
     for correct in (True, False):
         subset = scores[scores["correct"].astype(bool) == correct] if len(scores) else scores
-        traces = [g.sort_values("segment")["norm_strength"].to_numpy() for _, g in subset.groupby("trace_id")] if len(subset) else []
+        traces = (
+            [g.sort_values("segment")["norm_strength"].to_numpy() for _, g in subset.groupby("trace_id")]
+            if len(subset)
+            else []
+        )
         row = {"traces": LABELS[correct], "n_traces": len(traces), "mass": mass}
         if traces:
             curves[LABELS[correct]] = mean_cdf(traces, grid, profile.get_path("analysis.cdf_interpolation"))
             per_trace = [share_holding(t, mass) for t in traces]
-            row.update({"share_from_mean_curve": curve_share_holding(grid, curves[LABELS[correct]], mass),
-                        "mean_share_per_trace": float(pd.Series(per_trace).mean()),
-                        "median_share_per_trace": float(pd.Series(per_trace).median()),
-                        "mean_segments": float(pd.Series([len(t) for t in traces]).mean()), "note": ""})
+            row.update(
+                {
+                    "share_from_mean_curve": curve_share_holding(grid, curves[LABELS[correct]], mass),
+                    "mean_share_per_trace": float(pd.Series(per_trace).mean()),
+                    "median_share_per_trace": float(pd.Series(per_trace).median()),
+                    "mean_segments": float(pd.Series([len(t) for t in traces]).mean()),
+                    "note": "",
+                }
+            )
         else:
-            row.update({"share_from_mean_curve": None, "mean_share_per_trace": None, "median_share_per_trace": None,
-                        "mean_segments": None, "note": f"no attributed {LABELS[correct]} trace"})
+            row.update(
+                {
+                    "share_from_mean_curve": None,
+                    "mean_share_per_trace": None,
+                    "median_share_per_trace": None,
+                    "mean_segments": None,
+                    "note": f"no attributed {LABELS[correct]} trace",
+                }
+            )
         rows.append(row)
     write_table(STAGE.path(profile, "cdf"), pd.DataFrame({"fraction": grid, **curves}))
     summary = pd.DataFrame(rows)
@@ -74,7 +90,10 @@ def decision_segments(profile: Profile, scores: pd.DataFrame) -> pd.DataFrame:
     kept = services.kept_traces(profile)
     segments = services.segment_table(profile)
     ids = sorted(set(scores["trace_id"])) if len(scores) else []
-    texts = {tid: g.sort_values("segment")["text"].tolist() for tid, g in segments[segments["trace_id"].isin(ids)].groupby("trace_id")}
+    texts = {
+        tid: g.sort_values("segment")["text"].tolist()
+        for tid, g in segments[segments["trace_id"].isin(ids)].groupby("trace_id")
+    }
     kept = kept.set_index("trace_id")
     problems = services.world_problems(profile)
     rows = []
@@ -85,8 +104,15 @@ def decision_segments(profile: Profile, scores: pd.DataFrame) -> pd.DataFrame:
             index, rule = world_decision_segment(problems[trace["question_id"]], texts[tid]), "final equation (world)"
         if index is None:  # the general rule, and the world's fallback for traces that never state the final equation
             index, rule = decision_segment(texts[tid], trace["answer"]), "first segment containing the answer"
-        rows.append({"trace_id": tid, "correct": bool(trace["correct"]), "n_segments": len(texts[tid]),
-                     "decision_segment": index, "rule": rule})
+        rows.append(
+            {
+                "trace_id": tid,
+                "correct": bool(trace["correct"]),
+                "n_segments": len(texts[tid]),
+                "decision_segment": index,
+                "rule": rule,
+            }
+        )
     table = pd.DataFrame(rows, columns=["trace_id", "correct", "n_segments", "decision_segment", "rule"])
     table["decision_segment"] = table["decision_segment"].astype("Int64")
     write_table(STAGE.path(profile, "decision_segments"), table)
@@ -99,12 +125,13 @@ def position_analysis(profile: Profile, scores: pd.DataFrame, decisions: pd.Data
     correct = scores[scores["correct"].astype(bool)] if len(scores) else scores
     labelled = label_segments(correct, analysis["groups_tau"], analysis["groups_beta"])
     correct_decisions = decisions[decisions["correct"]]
-    mapping = {r.trace_id: (None if pd.isna(r.decision_segment) else int(r.decision_segment))
-               for r in correct_decisions.itertuples()}
+    mapping = {
+        r.trace_id: (None if pd.isna(r.decision_segment) else int(r.decision_segment))
+        for r in correct_decisions.itertuples()
+    }
     shares = positional_shares(labelled, mapping)
     write_table(STAGE.path(profile, "positional_shares"), shares)
-    return {"shares": shares, "n_traces": len(mapping),
-            "n_with_decision": sum(v is not None for v in mapping.values())}
+    return {"shares": shares, "n_traces": len(mapping), "n_with_decision": sum(v is not None for v in mapping.values())}
 
 
 def write_viewer_examples(profile: Profile, scores: pd.DataFrame, count: int | None = None) -> list[Path]:
@@ -117,8 +144,9 @@ def write_viewer_examples(profile: Profile, scores: pd.DataFrame, count: int | N
     for tid in chosen:
         view = trace_view(scores, segments, tid)
         name = tid.replace(":", "_")
-        paths.append(write_html(STAGE.path(profile, "viewer") / f"{name}.html", view,
-                                title=f"{tid} ({profile.name} profile)"))
+        paths.append(
+            write_html(STAGE.path(profile, "viewer") / f"{name}.html", view, title=f"{tid} ({profile.name} profile)")
+        )
     return paths
 
 
@@ -143,19 +171,43 @@ def comparison_rows(profile: Profile, cdf: dict, positions: dict) -> list[dict]:
     mass = cdf["mass"]
     rows = []
     for record in cdf["summary"].to_dict("records"):
-        note = (f"{record['n_traces']} traces; first grid point where the averaged CDF reaches {mass:.0%} "
-                f"(mean per-trace k*/n: {_fmt(record['mean_share_per_trace'])})") if record["n_traces"] else record["note"]
-        rows.append(comparison_row("Sec. 3, Fig. 1 right-bottom",
-                                   f"share of segments holding {mass:.0%} of the attribution, {record['traces']} traces",
-                                   paper("fig1.cdf_share"), _pct(record["share_from_mean_curve"]), note, "{:.0%}"))
+        note = (
+            (
+                f"{record['n_traces']} traces; first grid point where the averaged CDF reaches {mass:.0%} "
+                f"(mean per-trace k*/n: {_fmt(record['mean_share_per_trace'])})"
+            )
+            if record["n_traces"]
+            else record["note"]
+        )
+        rows.append(
+            comparison_row(
+                "Sec. 3, Fig. 1 right-bottom",
+                f"share of segments holding {mass:.0%} of the attribution, {record['traces']} traces",
+                paper("fig1.cdf_share"),
+                _pct(record["share_from_mean_curve"]),
+                note,
+                "{:.0%}",
+            )
+        )
     shares = positions["shares"].set_index("set")
     note = f"{positions['n_with_decision']} of {positions['n_traces']} correct traces have a decision segment"
-    for name, where, key in (("important", "after", "important_after"), ("unimportant", "before", "unimportant_before"),
-                             ("low-strength unimportant", "before", "low_strength_unimportant_before"),
-                             ("high-consistency unimportant", "after", "high_consistency_unimportant_after")):
+    for name, where, key in (
+        ("important", "after", "important_after"),
+        ("unimportant", "before", "unimportant_before"),
+        ("low-strength unimportant", "before", "low_strength_unimportant_before"),
+        ("high-consistency unimportant", "after", "high_consistency_unimportant_after"),
+    ):
         value = shares.loc[name, f"share_{where}"]
-        rows.append(comparison_row("App. A", f"share of {name} segments {where} the decision segment", paper(f"appA.{key}"),
-                                   _pct(value), f"{note}; n = {int(shares.loc[name, 'n'])}", "{:.0%}"))
+        rows.append(
+            comparison_row(
+                "App. A",
+                f"share of {name} segments {where} the decision segment",
+                paper(f"appA.{key}"),
+                _pct(value),
+                f"{note}; n = {int(shares.loc[name, 'n'])}",
+                "{:.0%}",
+            )
+        )
     return rows
 
 
@@ -169,26 +221,46 @@ def run(profile: Profile) -> StageResult:
     scores = load_scores(profile)
     cdf = strength_cdf(profile, scores)
     shares = {r["traces"]: r["share_from_mean_curve"] for r in cdf["summary"].to_dict("records") if r["n_traces"]}
-    saved = {"fig1_right_bottom_cdf": figures.save(figures.fig1_right_bottom_cdf(cdf["grid"], cdf["curves"], cdf["mass"], shares),
-                                                   profile, "fig1_right_bottom_cdf")}
+    saved = {
+        "fig1_right_bottom_cdf": figures.save(
+            figures.fig1_right_bottom_cdf(cdf["grid"], cdf["curves"], cdf["mass"], shares),
+            profile,
+            "fig1_right_bottom_cdf",
+        )
+    }
     decisions = decision_segments(profile, scores)
     positions = position_analysis(profile, scores, decisions)
-    saved["appA_decision_position"] = figures.save(figures.app_a_positions(positions["shares"]), profile,
-                                                   "appA_decision_position")
+    saved["appA_decision_position"] = figures.save(
+        figures.app_a_positions(positions["shares"]), profile, "appA_decision_position"
+    )
     viewer_paths = write_viewer_examples(profile, scores)
     if viewer_paths:
         example = example_traces(scores, 1)[0]
         view = trace_view(scores, services.segment_table(profile), example)
-        fig = figures.fig1_left_segment_viewer(view, title=f"{example}: important (green) and unimportant (gray) segments")
+        fig = figures.fig1_left_segment_viewer(
+            view, title=f"{example}: important (green) and unimportant (gray) segments"
+        )
         saved["fig1_left_segment_viewer"] = figures.save(fig, profile, "fig1_left_segment_viewer")
     curves = cdf["curves"].values()
-    return finish(profile, STAGE, comparison_rows(profile, cdf, positions),
-                  tables={"cdf_summary": readable(cdf["summary"]),
-                          "decisions": decisions.groupby(["correct", "rule"]).agg(
-                              traces=("trace_id", "size"), with_decision=("decision_segment", "count")).reset_index(),
-                          "positional_shares": readable(positions["shares"])},
-                  figures=saved,
-                  checks={"every averaged CDF ends at 1": all(abs(curve[-1] - 1) < 1e-9 for curve in curves),
-                          "every averaged CDF is non-decreasing": all(bool((c[1:] >= c[:-1] - 1e-12).all()) for c in curves)},
-                  values={"viewer": [p.relative_to(dag.profile_path(profile, dag.FIGURES_DIR).parent).as_posix()
-                                     for p in viewer_paths]})
+    return finish(
+        profile,
+        STAGE,
+        comparison_rows(profile, cdf, positions),
+        tables={
+            "cdf_summary": readable(cdf["summary"]),
+            "decisions": decisions.groupby(["correct", "rule"])
+            .agg(traces=("trace_id", "size"), with_decision=("decision_segment", "count"))
+            .reset_index(),
+            "positional_shares": readable(positions["shares"]),
+        },
+        figures=saved,
+        checks={
+            "every averaged CDF ends at 1": all(abs(curve[-1] - 1) < 1e-9 for curve in curves),
+            "every averaged CDF is non-decreasing": all(bool((c[1:] >= c[:-1] - 1e-12).all()) for c in curves),
+        },
+        values={
+            "viewer": [
+                p.relative_to(dag.profile_path(profile, dag.FIGURES_DIR).parent).as_posix() for p in viewer_paths
+            ]
+        },
+    )

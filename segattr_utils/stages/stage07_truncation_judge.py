@@ -24,15 +24,14 @@ resumable), ``judgements.parquet``, ``truncated_share.csv``, ``rounds.csv``, ``j
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..measures import judge as judge_lib
 from .. import dag, services
 from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
 from ..config import Profile
+from ..measures import judge as judge_lib
 from ..method.importance import label_segments
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
@@ -40,7 +39,10 @@ from ..run_log import log_seconds, log_timings
 from . import StageResult, finish
 
 STAGE = dag.TRUNCATION_JUDGE
-PAPER_TRUNCATED_SHARE = {"unimportant": paper("appB.unimportant_truncated"), "important": paper("appB.important_truncated")}
+PAPER_TRUNCATED_SHARE = {
+    "unimportant": paper("appB.unimportant_truncated"),
+    "important": paper("appB.important_truncated"),
+}
 
 
 def judge_settings(profile: Profile) -> judge_lib.JudgeSettings:
@@ -49,6 +51,7 @@ def judge_settings(profile: Profile) -> judge_lib.JudgeSettings:
 
 # ---------------------------------------------------------------------------------------------
 # The judge model: trained in the world, or the hub model of the paper profile
+
 
 def judge_training_triples(profile: Profile) -> list[tuple[judge_lib.Triple, int]]:
     """Balanced labelled triples from the world's pretraining teacher traces (``00_world``)."""
@@ -65,9 +68,9 @@ def train_tiny_judge(profile: Profile) -> dict:
     the generator's tokenizer never saw the task description's words and would spend several tokens
     on each. Architecture and schedule: profile ``judge.model``.
     """
+    from ..llm.training import TrainSettings, is_trained, train_sft
     from ..world.tiny_model import build_tiny_model
     from ..world.tokenizer import build_bpe_tokenizer
-    from ..llm.training import TrainSettings, is_trained, train_sft
 
     if profile["kind"] != "world":
         raise ValueError("only world profiles train their judge; the paper profile uses models.judge")
@@ -89,14 +92,19 @@ def train_tiny_judge(profile: Profile) -> dict:
         model, tokenizer = load_causal_lm(str(run_dir / "final"), dtype="float32", device="cpu")
         summary = {"resumed_from": "checkpoints/judge/final"}
     else:
-        summary = log_timings(profile, STAGE, "judge", train_sft(model, tokenizer, examples, train_settings, run_dir, seed))
+        summary = log_timings(
+            profile, STAGE, "judge", train_sft(model, tokenizer, examples, train_settings, run_dir, seed)
+        )
     log_seconds(profile, STAGE, "judge: build and train", time.time() - started)
-    summary.update({
-        "n_parameters": sum(p.numel() for p in model.parameters()),
-        "n_triples": len(triples), "n_truncated": sum(label for _, label in triples),
-        "mean_tokens_per_example": float(np.mean([len(e.input_ids) for e in examples])),
-        "vocab_size": len(tokenizer),
-    })
+    summary.update(
+        {
+            "n_parameters": sum(p.numel() for p in model.parameters()),
+            "n_triples": len(triples),
+            "n_truncated": sum(label for _, label in triples),
+            "mean_tokens_per_example": float(np.mean([len(e.input_ids) for e in examples])),
+            "vocab_size": len(tokenizer),
+        }
+    )
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     write_json(summary_path, summary)
@@ -116,13 +124,16 @@ def load_judge(profile: Profile):
     if backend == "vllm" or (backend == "auto" and vllm_available()):
         path = services.model_path(profile, "judge")
         tokenizer = services.load_role_tokenizer(profile, "judge")
-        return make_generator("vllm", model_path=path, dtype=profile.get_path("models.judge").get("dtype", "bfloat16")), tokenizer
+        return make_generator(
+            "vllm", model_path=path, dtype=profile.get_path("models.judge").get("dtype", "bfloat16")
+        ), tokenizer
     model, tokenizer = services.load_model(profile, "judge")
     return make_generator("hf", model=model, tokenizer=tokenizer), tokenizer
 
 
 # ---------------------------------------------------------------------------------------------
 # What is judged
+
 
 def segments_to_judge(profile: Profile) -> pd.DataFrame:
     """Every segment of the attributed correct traces with its neighbours, group and ground truth.
@@ -136,7 +147,9 @@ def segments_to_judge(profile: Profile) -> pd.DataFrame:
         raise ValueError("stage 03 attributed no trace: nothing to judge")
     scores = scores[scores["correct"]].copy()
     if scores.empty:
-        raise ValueError("stage 03 attributed no correct trace: there are no segments to judge (Sec. 3.1 uses correct traces)")
+        raise ValueError(
+            "stage 03 attributed no correct trace: there are no segments to judge (Sec. 3.1 uses correct traces)"
+        )
     scores = scores.sort_values(["trace_id", "segment"]).reset_index(drop=True)
     labelled = label_segments(scores, profile.get_path("analysis.groups_tau"), profile.get_path("analysis.groups_beta"))
     scores["important_groups"] = labelled["important"].to_numpy()
@@ -147,12 +160,24 @@ def segments_to_judge(profile: Profile) -> pd.DataFrame:
         if trace is None or trace["segment"].tolist() != trace_scores["segment"].tolist():
             raise ValueError(f"trace {trace_id}: stage 02 and stage 03 disagree on its segments; rerun stage 03")
         triples = judge_lib.segment_triples(trace["text"].tolist())
-        for (seg, triple, important, selected) in zip(trace.itertuples(), triples, trace_scores["important_groups"],
-                                                      trace_scores["important"]):
-            rows.append({"trace_id": trace_id, "question_id": seg.question_id, "segment": int(seg.segment),
-                         "n_segments": int(seg.n_segments), "text": triple.segment, "before": triple.before,
-                         "after": triple.after, "important": bool(important), "important_selection": bool(selected),
-                         "kind": seg.kind, "truth": (seg.kind == "truncated") if world else None})
+        for seg, triple, important, selected in zip(
+            trace.itertuples(), triples, trace_scores["important_groups"], trace_scores["important"]
+        ):
+            rows.append(
+                {
+                    "trace_id": trace_id,
+                    "question_id": seg.question_id,
+                    "segment": int(seg.segment),
+                    "n_segments": int(seg.n_segments),
+                    "text": triple.segment,
+                    "before": triple.before,
+                    "after": triple.after,
+                    "important": bool(important),
+                    "important_selection": bool(selected),
+                    "kind": seg.kind,
+                    "truth": (seg.kind == "truncated") if world else None,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -186,6 +211,7 @@ def judge_segments(profile: Profile, generator=None, tokenizer=None) -> pd.DataF
 # ---------------------------------------------------------------------------------------------
 # Summaries
 
+
 def truncated_share_table(judgements: pd.DataFrame) -> pd.DataFrame:
     """Truncated share among important vs unimportant segments, with Fisher's exact test.
 
@@ -206,18 +232,37 @@ def truncated_share_table(judgements: pd.DataFrame) -> pd.DataFrame:
             truncated = int((decided["label"] == judge_lib.TRUNCATED).sum())
             counts[group] = (truncated, len(decided) - truncated)
             truth = part["truth"].dropna()
-            rows.append({"grouping": grouping, "group": group, "segments": len(part), "decided": len(decided),
-                         "undecided": int(part["undecided"].sum()), "judged_truncated": truncated,
-                         "truncated_share": truncated / len(decided) if len(decided) else float("nan"),
-                         "truth_share": float(truth.mean()) if len(truth) else float("nan"),
-                         "paper_share": PAPER_TRUNCATED_SHARE[group] if grouping == "sec3.1" else "",
-                         "note": "; ".join(filter(None, ["" if len(decided) else "no decided judgement in this group",
-                                                         "" if len(truth) else "no ground-truth kinds"]))})
+            rows.append(
+                {
+                    "grouping": grouping,
+                    "group": group,
+                    "segments": len(part),
+                    "decided": len(decided),
+                    "undecided": int(part["undecided"].sum()),
+                    "judged_truncated": truncated,
+                    "truncated_share": truncated / len(decided) if len(decided) else float("nan"),
+                    "truth_share": float(truth.mean()) if len(truth) else float("nan"),
+                    "paper_share": PAPER_TRUNCATED_SHARE[group] if grouping == "sec3.1" else "",
+                    "note": "; ".join(
+                        filter(
+                            None,
+                            [
+                                "" if len(decided) else "no decided judgement in this group",
+                                "" if len(truth) else "no ground-truth kinds",
+                            ],
+                        )
+                    ),
+                }
+            )
         if all(sum(c) > 0 for c in counts.values()):
             odds, p_value = fisher_exact([counts["important"], counts["unimportant"]], alternative="two-sided")
             note = ""
         else:
-            odds, p_value, note = float("nan"), float("nan"), "Fisher's exact test needs decided judgements in both groups"
+            odds, p_value, note = (
+                float("nan"),
+                float("nan"),
+                "Fisher's exact test needs decided judgements in both groups",
+            )
         for row in rows[-2:]:
             row.update(fisher_odds_ratio=float(odds), fisher_p=float(p_value))
             row["note"] = "; ".join(filter(None, [row["note"], note]))
@@ -226,15 +271,19 @@ def truncated_share_table(judgements: pd.DataFrame) -> pd.DataFrame:
 
 def rounds_table(judgements: pd.DataFrame) -> pd.DataFrame:
     """How many segments were decided in round 1, in round 2, or stayed undecided after both."""
-    return pd.DataFrame([{
-        "segments": len(judgements),
-        "decided_round1": int(((judgements["rounds"] == 1) & ~judgements["undecided"]).sum()),
-        "round2_used": int((judgements["rounds"] == 2).sum()),
-        "decided_round2": int(((judgements["rounds"] == 2) & ~judgements["undecided"]).sum()),
-        "undecided": int(judgements["undecided"].sum()),
-        "round1_unfinished": int((~judgements["round1_finished"]).sum()),
-        "mean_round1_tokens": float(judgements["round1_n_tokens"].mean()) if len(judgements) else float("nan"),
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "segments": len(judgements),
+                "decided_round1": int(((judgements["rounds"] == 1) & ~judgements["undecided"]).sum()),
+                "round2_used": int((judgements["rounds"] == 2).sum()),
+                "decided_round2": int(((judgements["rounds"] == 2) & ~judgements["undecided"]).sum()),
+                "undecided": int(judgements["undecided"].sum()),
+                "round1_unfinished": int((~judgements["round1_finished"]).sum()),
+                "mean_round1_tokens": float(judgements["round1_n_tokens"].mean()) if len(judgements) else float("nan"),
+            }
+        ]
+    )
 
 
 def judge_confusion(judgements: pd.DataFrame) -> pd.DataFrame:
@@ -242,10 +291,16 @@ def judge_confusion(judgements: pd.DataFrame) -> pd.DataFrame:
     if judgements["truth"].isna().any():
         raise ValueError("judge quality needs ground-truth truncation labels (world profiles only)")
     truth = judgements["truth"].astype(bool)
-    judged = np.where(judgements["undecided"], "undecided",
-                      np.where(judgements["label"].fillna(-1) == judge_lib.TRUNCATED, "truncated", "complete"))
-    matrix = pd.crosstab(pd.Categorical(np.where(truth, "truncated", "complete"), ["complete", "truncated"]),
-                         pd.Categorical(judged, ["complete", "truncated", "undecided"]), dropna=False)
+    judged = np.where(
+        judgements["undecided"],
+        "undecided",
+        np.where(judgements["label"].fillna(-1) == judge_lib.TRUNCATED, "truncated", "complete"),
+    )
+    matrix = pd.crosstab(
+        pd.Categorical(np.where(truth, "truncated", "complete"), ["complete", "truncated"]),
+        pd.Categorical(judged, ["complete", "truncated", "undecided"]),
+        dropna=False,
+    )
     matrix.index.name, matrix.columns.name = "truth", "judged"
     return matrix
 
@@ -267,14 +322,24 @@ def judge_quality(judgements: pd.DataFrame) -> pd.DataFrame:
         notes.append("recall undefined: no decided segment is truly truncated")
     if decided == 0:
         notes.append("no decided judgement")
-    return pd.DataFrame([{
-        "segments": total, "decided": decided, "undecided": total - decided, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-        "accuracy": (tp + tn) / decided if decided else float("nan"),
-        "accuracy_all": (tp + tn) / total if total else float("nan"),
-        "precision": tp / (tp + fp) if tp + fp else float("nan"),
-        "recall": tp / (tp + fn) if tp + fn else float("nan"),
-        "note": "; ".join(notes),
-    }])
+    return pd.DataFrame(
+        [
+            {
+                "segments": total,
+                "decided": decided,
+                "undecided": total - decided,
+                "tp": tp,
+                "fp": fp,
+                "tn": tn,
+                "fn": fn,
+                "accuracy": (tp + tn) / decided if decided else float("nan"),
+                "accuracy_all": (tp + tn) / total if total else float("nan"),
+                "precision": tp / (tp + fp) if tp + fp else float("nan"),
+                "recall": tp / (tp + fn) if tp + fn else float("nan"),
+                "note": "; ".join(notes),
+            }
+        ]
+    )
 
 
 def write_summaries(profile: Profile, judgements: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -294,21 +359,48 @@ def comparison_rows(profile: Profile, tables: dict[str, pd.DataFrame]) -> list[d
     rows = []
     for group in ("unimportant", "important"):
         row = share.loc[group]
-        rows.append(comparison_row("Sec. 3.1 (3), App. B", f"{group} segments judged truncated",
-                                   PAPER_TRUNCATED_SHARE[group], float(row["truncated_share"]),
-                                   f"{int(row['decided'])} decided of {int(row['segments'])} segments (tau={tau}, beta={beta})",
-                                   fmt="{:.0%}"))
+        rows.append(
+            comparison_row(
+                "Sec. 3.1 (3), App. B",
+                f"{group} segments judged truncated",
+                PAPER_TRUNCATED_SHARE[group],
+                float(row["truncated_share"]),
+                f"{int(row['decided'])} decided of {int(row['segments'])} segments (tau={tau}, beta={beta})",
+                fmt="{:.0%}",
+            )
+        )
     p_value = float(share.loc["important", "fisher_p"])
-    rows.append(comparison_row("Sec. 3.1 (3), App. B", "Fisher's exact p, important vs unimportant", paper("appB.not_reported"),
-                               p_value, "two-sided, undecided judgements excluded"))
+    rows.append(
+        comparison_row(
+            "Sec. 3.1 (3), App. B",
+            "Fisher's exact p, important vs unimportant",
+            paper("appB.not_reported"),
+            p_value,
+            "two-sided, undecided judgements excluded",
+        )
+    )
     rounds = tables["rounds"].iloc[0]
-    rows.append(comparison_row("App. B", "segments needing round 2 / undecided after round 2", paper("appB.not_reported"),
-                               f"{int(rounds['round2_used'])} / {int(rounds['undecided'])} of {int(rounds['segments'])}"))
+    rows.append(
+        comparison_row(
+            "App. B",
+            "segments needing round 2 / undecided after round 2",
+            paper("appB.not_reported"),
+            f"{int(rounds['round2_used'])} / {int(rounds['undecided'])} of {int(rounds['segments'])}",
+        )
+    )
     if "judge_quality" in tables:
         quality = tables["judge_quality"].iloc[0]
         for metric in ("accuracy", "precision", "recall"):
-            rows.append(comparison_row("App. B (world ground truth)", f"judge {metric}", paper("appB.no_ground_truth"),
-                                       float(quality[metric]), "against kind == 'truncated'", fmt="{:.2f}"))
+            rows.append(
+                comparison_row(
+                    "App. B (world ground truth)",
+                    f"judge {metric}",
+                    paper("appB.no_ground_truth"),
+                    float(quality[metric]),
+                    "against kind == 'truncated'",
+                    fmt="{:.2f}",
+                )
+            )
     return rows
 
 
@@ -329,9 +421,22 @@ def run(profile: Profile) -> StageResult:
     columns = ["trace_id", "segment", "kind", "important", "label", "rounds", "text", "round1_output"]
     tables["examples_truncated"] = judgements[judgements["label"] == 1][columns].head(3)
     tables["examples_complete"] = judgements[judgements["label"] == 0][columns].head(3)
-    labels_ok = bool(judgements["label"].dropna().isin([0, 1]).all() and (judgements["label"].isna() == judgements["undecided"]).all())
-    return finish(profile, STAGE, comparison_rows(profile, tables), tables=tables, figures=saved, values=values,
-                  checks={"every segment of the attributed correct traces is judged": len(judgements) == len(expected),
-                          "labels are 0, 1 or undecided": labels_ok,
-                          "round 2 ran exactly for the round-1 undecided": bool(
-                              (judgements["round2_output"].notna() == (judgements["rounds"] == 2)).all())})
+    labels_ok = bool(
+        judgements["label"].dropna().isin([0, 1]).all()
+        and (judgements["label"].isna() == judgements["undecided"]).all()
+    )
+    return finish(
+        profile,
+        STAGE,
+        comparison_rows(profile, tables),
+        tables=tables,
+        figures=saved,
+        values=values,
+        checks={
+            "every segment of the attributed correct traces is judged": len(judgements) == len(expected),
+            "labels are 0, 1 or undecided": labels_ok,
+            "round 2 ran exactly for the round-1 undecided": bool(
+                (judgements["round2_output"].notna() == (judgements["rounds"] == 2)).all()
+            ),
+        },
+    )

@@ -18,9 +18,8 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -28,12 +27,24 @@ import pandas as pd
 from .. import dag, services
 from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
 from ..config import Profile, find_project_root, load_profile
+from ..llm.training import (
+    TrainingExample,
+    TrainSettings,
+    build_char_masked_example,
+    build_training_example,
+    is_trained,
+    train_sft,
+)
+from ..llm.variants import (
+    SelectionSettings,
+    TraceRecord,
+    TraceSelection,
+    get_variant,
+    selected_token_share,
+    variants_for,
+)
 from ..method.segmentation import segment
 from ..method.token_spans import build_attribution_sequence
-from ..llm.training import (TrainingExample, TrainSettings, build_char_masked_example, build_training_example, is_trained,
-                        train_sft)
-from ..llm.variants import (SelectionSettings, TraceRecord, TraceSelection, get_variant, selected_token_share,
-                            variants_for)
 from ..progress import progress
 from ..run_log import log_timings, read_run_log
 from . import StageResult, finish
@@ -56,7 +67,7 @@ class RunSpec:
     seed: int
     tables: tuple[str, ...]
     overrides: tuple[tuple[str, float], ...] = ()
-    keywords: Optional[str] = None
+    keywords: str | None = None
 
     @property
     def name(self) -> str:
@@ -107,14 +118,20 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     if "fig5" in tables:
         for name in sweeps:
             for tau in cfg.get("tau_sweep", []):
-                runs += [RunSpec(name, ablation_source, seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds]
+                runs += [
+                    RunSpec(name, ablation_source, seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds
+                ]
             for beta in cfg.get("beta_sweep", []):
-                runs += [RunSpec(name, ablation_source, seed, ("fig5",), (("beta", float(beta)),)) for seed in ablation_seeds]
+                runs += [
+                    RunSpec(name, ablation_source, seed, ("fig5",), (("beta", float(beta)),)) for seed in ablation_seeds
+                ]
     if "7" in tables:
         source = cfg.get("table7_source", ablation_source)
         for variant in variants_for("7"):
             if variant.mode != "full":
-                runs += [RunSpec(variant.name, source, seed, ("7",), keywords="retro_search") for seed in ablation_seeds]
+                runs += [
+                    RunSpec(variant.name, source, seed, ("7",), keywords="retro_search") for seed in ablation_seeds
+                ]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError("two planned runs share a name")
@@ -130,28 +147,34 @@ def run_label(spec: RunSpec) -> str:
     return f"{label} ({', '.join(details)})" if details else label
 
 
-def selection_settings(profile: Profile, spec: Optional[RunSpec] = None) -> SelectionSettings:
+def selection_settings(profile: Profile, spec: RunSpec | None = None) -> SelectionSettings:
     selection, cfg = profile["selection"], profile["training"]
     settings = SelectionSettings(
-        tau=float(selection["tau"]), beta=float(selection["beta"]), aggregation=selection["aggregation"],
-        always_keep=selection["always_keep"], random_segment_share=float(cfg.get("random_segment_share", 0.33)),
-        token_share=float(cfg.get("token_share", 0.45)), prune_token_share=float(cfg.get("prune_token_share", 0.30)),
-        seed=int(spec.seed) if spec else 0)
+        tau=float(selection["tau"]),
+        beta=float(selection["beta"]),
+        aggregation=selection["aggregation"],
+        always_keep=selection["always_keep"],
+        random_segment_share=float(cfg.get("random_segment_share", 0.33)),
+        token_share=float(cfg.get("token_share", 0.45)),
+        prune_token_share=float(cfg.get("prune_token_share", 0.30)),
+        seed=int(spec.seed) if spec else 0,
+    )
     return settings.with_overrides(**dict(spec.overrides)) if spec and spec.overrides else settings
 
 
 # ---------------------------------------------------------------------------------------------
 # Training traces with their signals
 
-def _keyword_list(profile: Profile, name: Optional[str]) -> tuple[str, ...]:
+
+def _keyword_list(profile: Profile, name: str | None) -> tuple[str, ...]:
     return services.keywords_for(profile, name)
 
 
-def _optional_table(path: Path) -> Optional[pd.DataFrame]:
+def _optional_table(path: Path) -> pd.DataFrame | None:
     return read_table(path) if path.exists() else None
 
 
-def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = None) -> list[TraceRecord]:
+def load_trace_records(profile: Profile, source: str, keywords: str | None = None) -> list[TraceRecord]:
     """The training traces of one source with IG per token and, where computed, the signals of stages
     04 (confidence gain) and 05 (perplexity, entropy), the decision segment and ground-truth kinds.
 
@@ -165,9 +188,18 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
         kept = kept[kept["correct"]]
         segments_table = services.segment_table(profile)
         grouped = {t: g.sort_values("segment") for t, g in segments_table.groupby("trace_id")}
-        traces = [{"trace_id": t["trace_id"], "question_id": t["question_id"], "question": t["question"], "answer": t["answer"],
-                   "segments": grouped[t["trace_id"]]["text"].tolist(), "kinds": grouped[t["trace_id"]]["kind"].tolist(),
-                   "answer_part": t["answer_part"]} for t in kept.to_dict("records")]
+        traces = [
+            {
+                "trace_id": t["trace_id"],
+                "question_id": t["question_id"],
+                "question": t["question"],
+                "answer": t["answer"],
+                "segments": grouped[t["trace_id"]]["text"].tolist(),
+                "kinds": grouped[t["trace_id"]]["kind"].tolist(),
+                "answer_part": t["answer_part"],
+            }
+            for t in kept.to_dict("records")
+        ]
         store_path = dag.IG_ATTRIBUTION.path(profile, "attributions_store")
     elif source == "reference":
         traces = services.reference_traces(profile).to_dict("records")
@@ -175,8 +207,10 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
     else:
         raise ValueError(f"unknown supervision source {source!r}; use {SOURCES}")
     if not store_path.exists():
-        raise FileNotFoundError(f"{store_path} does not exist: run notebook 03 (self-generated traces) or "
-                                "attribute_reference_traces (reference traces) first")
+        raise FileNotFoundError(
+            f"{store_path} does not exist: run notebook 03 (self-generated traces) or "
+            "attribute_reference_traces (reference traces) first"
+        )
     attributions = {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
     signals = _segment_signals(profile) if source == "self" and keywords is None else {}
     problems = services.world_problems(profile)
@@ -193,21 +227,33 @@ def load_trace_records(profile: Profile, source: str, keywords: Optional[str] = 
         if keywords is not None:
             segments = segment("".join(segments), _keyword_list(profile, keywords))
             kinds = [None] * len(segments)
-        sequence = build_attribution_sequence(tokenizer, prompt, segments, trace["answer"],
-                                              suffix_template=settings["answer_suffix"])
+        sequence = build_attribution_sequence(
+            tokenizer, prompt, segments, trace["answer"], suffix_template=settings["answer_suffix"]
+        )
         if sequence.trace_span[0] != trace_start or sequence.trace_span[1] - trace_start != len(flat_values):
-            raise ValueError(f"trace {trace['trace_id']}: its tokenisation no longer matches the attributed sequence; "
-                             "rerun notebook 03")
+            raise ValueError(
+                f"trace {trace['trace_id']}: its tokenisation no longer matches the attributed sequence; "
+                "rerun notebook 03"
+            )
         values, offsets = [], []
         for start, end in sequence.segment_spans:
-            values.append(flat_values[start - trace_start:end - trace_start])
+            values.append(flat_values[start - trace_start : end - trace_start])
             offsets.append([(s - len(prompt), e - len(prompt)) for s, e in sequence.offsets[start:end]])
         extra = signals.get(trace["trace_id"], {})
-        records.append(TraceRecord(trace_id=trace["trace_id"], question=trace["question"], answer=trace["answer"],
-                                   segments=segments, answer_part=trace["answer_part"], token_values=values,
-                                   token_offsets=offsets, kinds=kinds,
-                                   decision_segment=_decision(problems.get(trace.get("question_id")), segments,
-                                                              trace["answer"]), **extra))
+        records.append(
+            TraceRecord(
+                trace_id=trace["trace_id"],
+                question=trace["question"],
+                answer=trace["answer"],
+                segments=segments,
+                answer_part=trace["answer_part"],
+                token_values=values,
+                token_offsets=offsets,
+                kinds=kinds,
+                decision_segment=_decision(problems.get(trace.get("question_id")), segments, trace["answer"]),
+                **extra,
+            )
+        )
     if not records:
         raise ValueError(f"no attributed {source} traces to train on")
     return records
@@ -221,14 +267,24 @@ def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
     store = RecordStore(STAGE.path(profile, "reference_attributions_store"), key_fn=lambda r: r["trace_id"])
     records = attribute_traces(profile, reference.to_dict("records"), store, "integrated gradients (reference)", STAGE)
     threshold = profile.get_path("attribution.flag_relative_delta")
-    table = pd.DataFrame([{"trace_id": r["trace_id"], "n_tokens": r["n_tokens"], "skipped": r.get("skipped"),
-                           "relative_delta": r.get("relative_delta"), "delta": r.get("delta"),
-                           "flagged": (r.get("relative_delta") or 0) > threshold} for r in records])
+    table = pd.DataFrame(
+        [
+            {
+                "trace_id": r["trace_id"],
+                "n_tokens": r["n_tokens"],
+                "skipped": r.get("skipped"),
+                "relative_delta": r.get("relative_delta"),
+                "delta": r.get("delta"),
+                "flagged": (r.get("relative_delta") or 0) > threshold,
+            }
+            for r in records
+        ]
+    )
     write_table(STAGE.path(profile, "reference_completeness"), table)
     return table
 
 
-def _decision(problem, segments: list[str], answer: str) -> Optional[int]:
+def _decision(problem, segments: list[str], answer: str) -> int | None:
     """The first segment that reaches the answer (App. A): the world's rule when a problem is known."""
     from ..measures.position import decision_segment, world_decision_segment
 
@@ -256,7 +312,10 @@ def _segment_signals(profile: Profile) -> dict[str, dict]:
 # ---------------------------------------------------------------------------------------------
 # Supervision
 
-def build_examples(tokenizer, records: list[TraceRecord], selections: list[TraceSelection], mode: str) -> list[TrainingExample]:
+
+def build_examples(
+    tokenizer, records: list[TraceRecord], selections: list[TraceSelection], mode: str
+) -> list[TrainingExample]:
     """Training examples of one variant: the whole trace with a loss mask (``full``/``selective``,
     Eq. 8/9) or the trace with unselected segments deleted (``pruned``)."""
     examples = []
@@ -269,8 +328,11 @@ def build_examples(tokenizer, records: list[TraceRecord], selections: list[Trace
             # each kept segment keeps its own transition text, so the pruned trace still reads as paragraphs
             examples.append(build_training_example(tokenizer, prompt, kept, record.answer_part))
         elif mode == "selective" and not selection.tokens:
-            examples.append(build_training_example(tokenizer, prompt, record.segments, record.answer_part,
-                                                   selected=sorted(selection.segments)))
+            examples.append(
+                build_training_example(
+                    tokenizer, prompt, record.segments, record.answer_part, selected=sorted(selection.segments)
+                )
+            )
         elif mode == "selective":
             masks = selection.token_mask(record)
             spans = [span for offsets, mask in zip(record.token_offsets, masks) for span, m in zip(offsets, mask) if m]
@@ -282,15 +344,19 @@ def build_examples(tokenizer, records: list[TraceRecord], selections: list[Trace
     return examples
 
 
-def supervision_stats(records: list[TraceRecord], selections: list[TraceSelection], examples: list[TrainingExample],
-                      mode: str) -> dict:
+def supervision_stats(
+    records: list[TraceRecord], selections: list[TraceSelection], examples: list[TrainingExample], mode: str
+) -> dict:
     """How much of the traces a run learns from (segment and token shares, kinds in the tiny world)."""
     n_segments = sum(r.n_segments for r in records)
     chosen = sum(len(s.segments) for s in selections)
-    stats = {"traces": len(records), "segment_share": chosen / n_segments if n_segments else float("nan"),
-             "token_share": selected_token_share(records, selections),
-             "trained_tokens": int(sum(e.n_trained for e in examples)),
-             "sequence_tokens": int(sum(len(e.input_ids) for e in examples))}
+    stats = {
+        "traces": len(records),
+        "segment_share": chosen / n_segments if n_segments else float("nan"),
+        "token_share": selected_token_share(records, selections),
+        "trained_tokens": int(sum(e.n_trained for e in examples)),
+        "sequence_tokens": int(sum(len(e.input_ids) for e in examples)),
+    }
     if mode == "full":
         stats["segment_share"], stats["token_share"] = 1.0, 1.0
     kinds = [(k, i in s.segments) for r, s in zip(records, selections) for i, k in enumerate(r.kinds or []) if k]
@@ -318,13 +384,21 @@ def supervision_preview(profile: Profile) -> pd.DataFrame:
         selections = variant.selections(records, selection_settings(profile, spec))
         stats = supervision_stats(records, selections, [], variant.mode)
         stats.pop("trained_tokens"), stats.pop("sequence_tokens")
-        rows.append({"setting": spec.setting, "label": run_label(spec), "mode": variant.mode, "tables": ",".join(spec.tables),
-                     **stats})
+        rows.append(
+            {
+                "setting": spec.setting,
+                "label": run_label(spec),
+                "mode": variant.mode,
+                "tables": ",".join(spec.tables),
+                **stats,
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # Running
+
 
 def schedule(profile: Profile) -> list[TrainSettings]:
     """The training stages every variant runs: one stage (App. C.3 for R1-Distill models) or two
@@ -336,7 +410,10 @@ def schedule(profile: Profile) -> list[TrainSettings]:
     if cfg["schedule"] != "two_stage":
         raise ValueError(f"training.schedule must be 'one_stage' or 'two_stage', got {cfg['schedule']!r}")
     stages = cfg["two_stage"]
-    return [TrainSettings.from_dict({**base, **stages["stage1"]}), TrainSettings.from_dict({**base, **stages["stage2"]})]
+    return [
+        TrainSettings.from_dict({**base, **stages["stage1"]}),
+        TrainSettings.from_dict({**base, **stages["stage2"]}),
+    ]
 
 
 def run_dir(profile: Profile, spec: RunSpec) -> Path:
@@ -358,7 +435,9 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     stages = schedule(profile)
     # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed).
     model, tokenizer = services.load_model(profile, "student", device="cpu")
-    full_examples = build_examples(tokenizer, records, [TraceSelection(set(range(r.n_segments))) for r in records], "full")
+    full_examples = build_examples(
+        tokenizer, records, [TraceSelection(set(range(r.n_segments))) for r in records], "full"
+    )
     examples = build_examples(tokenizer, records, selections, variant.mode)
     stats = supervision_stats(records, selections, examples, variant.mode)
     started = time.time()
@@ -373,7 +452,11 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
             continue
         model.train()
         deepspeed = profile.get_path("training.deepspeed_config", None)
-        deepspeed = str(find_project_root() / deepspeed) if deepspeed and profile.get_path("training.launcher", "") == "accelerate" else None
+        deepspeed = (
+            str(find_project_root() / deepspeed)
+            if deepspeed and profile.get_path("training.launcher", "") == "accelerate"
+            else None
+        )
         summary = train_sft(model, tokenizer, stage_examples, stage_settings, out, seed=spec.seed, deepspeed=deepspeed)
         write_json(out / "stage_summary.json", summary)
         stage_summaries.append(summary)
@@ -388,12 +471,31 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     tmp_dir.rename(final_dir)
     steps = sum(s["steps"] for s in stage_summaries)
     runtime = sum(s.get("train_runtime", float("nan")) for s in stage_summaries)
-    summary = {"run": spec.name, "setting": spec.setting, "variant": spec.variant, "label": run_label(spec),
-               "mode": variant.mode, "source": spec.source, "seed": spec.seed, "tables": list(spec.tables),
-               "overrides": dict(spec.overrides), "keywords": spec.keywords or profile.get_path("segmentation.keywords"),
-               **stats, "steps": steps, "final_loss": stage_summaries[-1]["final_loss"]}
-    log_timings(profile, STAGE, spec.name, {"train_seconds": time.time() - started, "trainer_runtime": runtime,
-                                            "seconds_per_step": runtime / steps if steps else float("nan")})
+    summary = {
+        "run": spec.name,
+        "setting": spec.setting,
+        "variant": spec.variant,
+        "label": run_label(spec),
+        "mode": variant.mode,
+        "source": spec.source,
+        "seed": spec.seed,
+        "tables": list(spec.tables),
+        "overrides": dict(spec.overrides),
+        "keywords": spec.keywords or profile.get_path("segmentation.keywords"),
+        **stats,
+        "steps": steps,
+        "final_loss": stage_summaries[-1]["final_loss"],
+    }
+    log_timings(
+        profile,
+        STAGE,
+        spec.name,
+        {
+            "train_seconds": time.time() - started,
+            "trainer_runtime": runtime,
+            "seconds_per_step": runtime / steps if steps else float("nan"),
+        },
+    )
     write_json(summary_path, summary)
     return summary
 
@@ -405,7 +507,7 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def train_all(profile: Profile, only: Optional[list[str]] = None) -> pd.DataFrame:
+def train_all(profile: Profile, only: list[str] | None = None) -> pd.DataFrame:
     """Train every planned run (resumable) and write ``runs.parquet``; returns the run table."""
     runs = plan_runs(profile)
     if only:
@@ -439,13 +541,23 @@ def _launch_with_accelerate(profile: Profile, spec: RunSpec) -> dict:
     summary_path = run_dir(profile, spec) / "summary.json"
     if not summary_path.exists():
         config = find_project_root() / profile.get_path("training.accelerate_config")
-        command = ["accelerate", "launch", "--config_file", str(config), "-m", "segattr_utils.stages.stage08_selective_sft",
-                   "--profile", str(profile.source_path or profile.name), "--run", spec.name]
+        command = [
+            "accelerate",
+            "launch",
+            "--config_file",
+            str(config),
+            "-m",
+            "segattr_utils.stages.stage08_selective_sft",
+            "--profile",
+            str(profile.source_path or profile.name),
+            "--run",
+            spec.name,
+        ]
         subprocess.run(command, check=True)
     return read_json(summary_path)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """``python -m segattr_utils.stages.stage08_selective_sft --profile paper --run <name>``: train one run
     (what ``accelerate launch`` starts on each GPU)."""
     import argparse
@@ -472,22 +584,38 @@ def run(profile: Profile) -> StageResult:
     """Stage 08: IG of the reference traces (when a run trains on them), what every variant learns from,
     and every planned run (resumable)."""
     plan = plan_runs(profile)
-    tables = {"plan": pd.DataFrame([{"run": r.name, "variant": r.variant, "source": r.source, "seed": r.seed,
-                                     "tables": ",".join(r.tables)} for r in plan])}
+    tables = {
+        "plan": pd.DataFrame(
+            [
+                {"run": r.name, "variant": r.variant, "source": r.source, "seed": r.seed, "tables": ",".join(r.tables)}
+                for r in plan
+            ]
+        )
+    }
     values = {"n_runs": len(plan), "schedule": schedule(profile)}
     if "reference" in profile.get_path("training.sources"):
         reference = attribute_reference_traces(profile)
-        values["reference_ig"] = {"traces": len(reference), "median_relative_delta": float(reference["relative_delta"].median()),
-                                  "flagged_share": float(reference["flagged"].mean())}
+        values["reference_ig"] = {
+            "traces": len(reference),
+            "median_relative_delta": float(reference["relative_delta"].median()),
+            "flagged_share": float(reference["flagged"].mean()),
+        }
     preview = supervision_preview(profile)
     write_table(STAGE.path(profile, "supervision_preview"), preview)
     tables["supervision_preview"] = preview
     runs = train_all(profile)
     tables["runs"] = runs[["run", "mode", "token_share", "trained_tokens", "steps", "final_loss"]]
     log = read_run_log(profile, STAGE)
-    per_step = log[log["what"].str.endswith(": seconds_per_step")].assign(run=lambda t: t["what"].str.rsplit(":", n=1).str[0])
+    per_step = log[log["what"].str.endswith(": seconds_per_step")].assign(
+        run=lambda t: t["what"].str.rsplit(":", n=1).str[0]
+    )
     per_step = per_step.drop_duplicates("run", keep="last").merge(runs[["run", "mode"]], on="run")
     if len(per_step):
         tables["cost_per_step"] = per_step.groupby("mode")["seconds"].agg(["mean", "std", "count"])
-    return finish(profile, STAGE, tables=tables, values=values,
-                  checks={"every planned run finished": set(runs["run"]) == {r.name for r in plan}})
+    return finish(
+        profile,
+        STAGE,
+        tables=tables,
+        values=values,
+        checks={"every planned run finished": set(runs["run"]) == {r.name for r in plan}},
+    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -23,11 +22,10 @@ import pandas as pd
 from .. import dag, services
 from ..artifacts import read_table, write_table
 from ..config import Profile
-from ..llm.evaluation import pass_at_k
-from ..llm.generation import SamplingSettings
 from ..data.questions import load_hub_questions
-from ..llm.evaluation import Benchmark
+from ..llm.evaluation import Benchmark, pass_at_k
 from ..llm.evaluation import evaluate_model as evaluate_generator
+from ..llm.generation import SamplingSettings
 from ..progress import progress
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
@@ -45,8 +43,10 @@ def benchmarks(profile: Profile) -> list[dict]:
     """
     cfg = profile["evaluation"]
     if profile["kind"] == "world":
-        return [{"name": suite, "suite": suite, "domain": domain, "n_samples": int(cfg["n_samples"])}
-                for suite, domain in (("test_id", "in"), ("test_ood", "out"))]
+        return [
+            {"name": suite, "suite": suite, "domain": domain, "n_samples": int(cfg["n_samples"])}
+            for suite, domain in (("test_id", "in"), ("test_ood", "out"))
+        ]
     return [dict(spec, n_samples=int(spec.get("n_samples", cfg["n_samples"]))) for spec in cfg["benchmarks"]]
 
 
@@ -67,8 +67,14 @@ def models_to_evaluate(profile: Profile) -> list[dict]:
     if runs_path.exists():
         runs = read_table(runs_path)
         for run in runs.to_dict("records"):
-            models.append({"model": run["run"], "path": str(dag.SELECTIVE_SFT.path(profile, "models") / run["run"]),
-                           "setting": run["setting"], "seed": int(run["seed"])})
+            models.append(
+                {
+                    "model": run["run"],
+                    "path": str(dag.SELECTIVE_SFT.path(profile, "models") / run["run"]),
+                    "setting": run["setting"],
+                    "seed": int(run["seed"]),
+                }
+            )
     return models
 
 
@@ -76,9 +82,16 @@ def evaluation_benchmarks(profile: Profile) -> list[Benchmark]:
     """:func:`benchmarks` with their questions, as :class:`segattr_utils.llm.evaluation.Benchmark`."""
     out = []
     for bench in benchmarks(profile):
-        choices = "ABCDEFGHIJ"[:len(bench["choices"]["incorrect"]) + 1] if "choices" in bench else None
-        out.append(Benchmark(name=bench["name"], domain=bench["domain"], questions=benchmark_questions(profile, bench),
-                             n_samples=bench["n_samples"], choices=choices))
+        choices = "ABCDEFGHIJ"[: len(bench["choices"]["incorrect"]) + 1] if "choices" in bench else None
+        out.append(
+            Benchmark(
+                name=bench["name"],
+                domain=bench["domain"],
+                questions=benchmark_questions(profile, bench),
+                n_samples=bench["n_samples"],
+                choices=choices,
+            )
+        )
     return out
 
 
@@ -88,15 +101,25 @@ def evaluate_model(profile: Profile, entry: dict) -> pd.DataFrame:
     greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg["max_new_tokens"])
     sampled = SamplingSettings(temperature=cfg["temperature"], top_p=cfg["top_p"], max_new_tokens=cfg["max_new_tokens"])
     return evaluate_generator(
-        lambda: services.load_model(profile, "student", path=entry["path"]), evaluation_benchmarks(profile),
-        STAGE.path(profile, "outputs") / f"{entry['model']}.jsonl", greedy=greedy, sampled=sampled,
-        batch_size=cfg["batch_size"], seed=int(profile["seed"]), make_prompt=services.prompt,
-        backend=cfg.get("backend", "hf"), model_path=entry["path"], model_name=entry["model"])
+        lambda: services.load_model(profile, "student", path=entry["path"]),
+        evaluation_benchmarks(profile),
+        STAGE.path(profile, "outputs") / f"{entry['model']}.jsonl",
+        greedy=greedy,
+        sampled=sampled,
+        batch_size=cfg["batch_size"],
+        seed=int(profile["seed"]),
+        make_prompt=services.prompt,
+        backend=cfg.get("backend", "hf"),
+        model_path=entry["path"],
+        model_name=entry["model"],
+    )
 
 
 def evaluate_all(profile: Profile) -> pd.DataFrame:
     """Evaluate every model (resumable); writes ``graded`` (one row per output) and returns it."""
-    frames = [evaluate_model(profile, entry) for entry in progress(models_to_evaluate(profile), desc="evaluate", unit="model")]
+    frames = [
+        evaluate_model(profile, entry) for entry in progress(models_to_evaluate(profile), desc="evaluate", unit="model")
+    ]
     graded = pd.concat(frames, ignore_index=True)
     write_table(STAGE.path(profile, "graded"), graded)
     return graded
@@ -105,19 +128,27 @@ def evaluate_all(profile: Profile) -> pd.DataFrame:
 # ---------------------------------------------------------------------------------------------
 # Metrics
 
+
 def benchmark_metrics(graded: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
     """Per model and benchmark: greedy accuracy and tokens, pass@k (unbiased) and sampled tokens."""
     rows = []
     for (model, bench), group in graded.groupby(["model", "benchmark"], sort=False):
         greedy = group[group["mode"] == "greedy"]
         sampled = group[group["mode"] == "sample"]
-        row = {"model": model, "benchmark": bench, "domain": group["domain"].iloc[0],
-               "greedy_acc": greedy["correct"].mean() * 100, "greedy_tokens": greedy["n_tokens"].mean()}
+        row = {
+            "model": model,
+            "benchmark": bench,
+            "domain": group["domain"].iloc[0],
+            "greedy_acc": greedy["correct"].mean() * 100,
+            "greedy_tokens": greedy["n_tokens"].mean(),
+        }
         if len(sampled):
             per_question = sampled.groupby("question_id")["correct"].agg(["sum", "count"])
             for k in ks:
                 if k <= per_question["count"].min():
-                    row[f"pass@{k}"] = 100 * float(np.mean([pass_at_k(int(n), int(c), k) for c, n in per_question.itertuples(index=False)]))
+                    row[f"pass@{k}"] = 100 * float(
+                        np.mean([pass_at_k(int(n), int(c), k) for c, n in per_question.itertuples(index=False)])
+                    )
             row["sample_tokens"] = sampled["n_tokens"].mean()
         rows.append(row)
     return pd.DataFrame(rows)
@@ -146,15 +177,29 @@ def seed_summary(per_model: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     std = grouped[columns].std(ddof=1).add_suffix("_std")
     out = pd.concat([mean, std], axis=1)
     out["seeds"] = grouped.size()
-    for key in ("label", "variant", "source", "mode", "tables", "overrides", "keywords", "token_share", "segment_share"):
+    for key in (
+        "label",
+        "variant",
+        "source",
+        "mode",
+        "tables",
+        "overrides",
+        "keywords",
+        "token_share",
+        "segment_share",
+    ):
         if key in per_model.columns:
             out[key] = grouped[key].first()
     return out.reset_index()
 
 
 #: The per-question value behind each macro metric: (decoding mode, column of the graded outputs).
-PER_QUESTION = {"greedy_acc": ("greedy", "correct"), "pass@1": ("sample", "correct"),
-                "greedy_tokens": ("greedy", "n_tokens"), "sample_tokens": ("sample", "n_tokens")}
+PER_QUESTION = {
+    "greedy_acc": ("greedy", "correct"),
+    "pass@1": ("sample", "correct"),
+    "greedy_tokens": ("greedy", "n_tokens"),
+    "sample_tokens": ("sample", "n_tokens"),
+}
 
 
 def paired_tests(per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, column: str) -> dict:
@@ -169,9 +214,18 @@ def paired_tests(per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, 
     runs_a = per_model[per_model["setting"] == a].set_index("seed")[column]
     runs_b = per_model[per_model["setting"] == b].set_index("seed")[column]
     seeds = sorted(set(runs_a.index) & set(runs_b.index))
-    result = {"a": a, "b": b, "metric": column, "seeds": len(seeds),
-              "mean_difference": float(np.mean(runs_b.loc[seeds].to_numpy() - runs_a.loc[seeds].to_numpy())) if seeds else np.nan,
-              "t_test_p": np.nan, "questions": 0, "wilcoxon_p": np.nan}
+    result = {
+        "a": a,
+        "b": b,
+        "metric": column,
+        "seeds": len(seeds),
+        "mean_difference": float(np.mean(runs_b.loc[seeds].to_numpy() - runs_a.loc[seeds].to_numpy()))
+        if seeds
+        else np.nan,
+        "t_test_p": np.nan,
+        "questions": 0,
+        "wilcoxon_p": np.nan,
+    }
     if len(seeds) >= 2:
         diff = runs_b.loc[seeds].to_numpy() - runs_a.loc[seeds].to_numpy()
         result["t_test_p"] = float(ttest_rel(runs_b.loc[seeds], runs_a.loc[seeds]).pvalue) if np.any(diff != 0) else 1.0
@@ -201,6 +255,7 @@ def format_mean_std(mean: float, std: float, seeds: int, digits: int = 1) -> str
 # ---------------------------------------------------------------------------------------------
 # The paper's tables
 
+
 def per_model_table(profile: Profile, graded: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-benchmark metrics, per-model overall metrics with run descriptions)."""
     ks = sorted({1, *[int(k) for k in profile.get_path("evaluation.ks", [1])]})
@@ -209,12 +264,12 @@ def per_model_table(profile: Profile, graded: pd.DataFrame) -> tuple[pd.DataFram
     return metrics, overall
 
 
-def _k_column(overall: pd.DataFrame) -> Optional[str]:
+def _k_column(overall: pd.DataFrame) -> str | None:
     ks = [c for c in overall.columns if c.startswith("pass@") and c != "pass@1"]
     return max(ks, key=lambda c: int(c.split("@")[1])) if ks else None
 
 
-def comparison_table(overall: pd.DataFrame, settings: list[str], labels: Optional[dict] = None) -> pd.DataFrame:
+def comparison_table(overall: pd.DataFrame, settings: list[str], labels: dict | None = None) -> pd.DataFrame:
     """Rows = settings (seed mean ± std): greedy accuracy and length, sampled pass@1 (and pass@k) and length,
     plus the share of trace tokens each run learned from."""
     k_column = _k_column(overall)
@@ -225,15 +280,22 @@ def comparison_table(overall: pd.DataFrame, settings: list[str], labels: Optiona
     rows = []
     for row in summary.to_dict("records"):
         label = (labels or {}).get(row["setting"]) or row.get("label") or row["setting"]
-        entry = {"Method": label, "Seeds": int(row["seeds"]),
-                 "Greedy Acc.": format_mean_std(row["greedy_acc_mean"], row["greedy_acc_std"], row["seeds"]),
-                 "Greedy Length": format_mean_std(row["greedy_tokens_mean"], row["greedy_tokens_std"], row["seeds"], 0)}
+        entry = {
+            "Method": label,
+            "Seeds": int(row["seeds"]),
+            "Greedy Acc.": format_mean_std(row["greedy_acc_mean"], row["greedy_acc_std"], row["seeds"]),
+            "Greedy Length": format_mean_std(row["greedy_tokens_mean"], row["greedy_tokens_std"], row["seeds"], 0),
+        }
         if "pass@1" in columns:
             entry["Pass@1"] = format_mean_std(row["pass@1_mean"], row["pass@1_std"], row["seeds"])
         if k_column:
-            entry[k_column.replace("pass", "Pass")] = format_mean_std(row[f"{k_column}_mean"], row[f"{k_column}_std"], row["seeds"])
+            entry[k_column.replace("pass", "Pass")] = format_mean_std(
+                row[f"{k_column}_mean"], row[f"{k_column}_std"], row["seeds"]
+            )
         if "sample_tokens" in columns:
-            entry["Sampling Length"] = format_mean_std(row["sample_tokens_mean"], row["sample_tokens_std"], row["seeds"], 0)
+            entry["Sampling Length"] = format_mean_std(
+                row["sample_tokens_mean"], row["sample_tokens_std"], row["seeds"], 0
+            )
         share = row.get("token_share")
         entry["Trace tokens learned"] = "-" if share is None or share != share else f"{100 * share:.0f}%"
         rows.append(entry)
@@ -260,18 +322,26 @@ def table1(profile: Profile, metrics: pd.DataFrame, overall: pd.DataFrame) -> pd
                 if runs.empty:
                     continue
                 n = len(runs)
-                row = {"Decoding": decoding, "Source": source if setting != BASE else "-",
-                       "Method": runs["label"].iloc[0] if setting != BASE else "Base model (no SFT)", "Seeds": n}
+                row = {
+                    "Decoding": decoding,
+                    "Source": source if setting != BASE else "-",
+                    "Method": runs["label"].iloc[0] if setting != BASE else "Base model (no SFT)",
+                    "Seeds": n,
+                }
                 for bench in bench_names:
                     values = per_bench[per_bench["benchmark"] == bench][acc]
                     row[bench] = format_mean_std(values.mean(), values.std(ddof=1), n)
                 row["Acc./Pass@1"] = format_mean_std(runs[acc].mean(), runs[acc].std(ddof=1), n)
                 if decoding == "sampling" and k_column:
-                    row[k_column.replace("pass", "Pass")] = format_mean_std(runs[k_column].mean(), runs[k_column].std(ddof=1), n)
+                    row[k_column.replace("pass", "Pass")] = format_mean_std(
+                        runs[k_column].mean(), runs[k_column].std(ddof=1), n
+                    )
                 row["Length"] = format_mean_std(runs[tokens].mean(), runs[tokens].std(ddof=1), n, 0)
                 full = overall[overall["setting"] == f"full__{source}"]
                 if setting.startswith("selective") and len(full):
-                    row["vs full: acc."] = f"{100 * (runs[acc].mean() / full[acc].mean() - 1):+.1f}%" if full[acc].mean() else "n/a"
+                    row["vs full: acc."] = (
+                        f"{100 * (runs[acc].mean() / full[acc].mean() - 1):+.1f}%" if full[acc].mean() else "n/a"
+                    )
                     row["vs full: length"] = f"{100 * (runs[tokens].mean() / full[tokens].mean() - 1):+.1f}%"
                 rows.append(row)
     return pd.DataFrame(rows).fillna("")
@@ -298,9 +368,18 @@ def fig5_points(overall: pd.DataFrame, source: str, tau: float, beta: float, see
         run_tau, run_beta = overrides.get("tau", tau), overrides.get("beta", beta)
         for sweep, value, fixed in (("tau", run_tau, run_beta == beta), ("beta", run_beta, run_tau == tau)):
             if fixed:
-                rows.append({"sweep": sweep, "value": value, "seed": run["seed"], "greedy_acc": run["greedy_acc"],
-                             "pass@1": run.get("pass@1", np.nan), "greedy_tokens": run["greedy_tokens"],
-                             "sample_tokens": run.get("sample_tokens", np.nan), "token_share": run.get("token_share", np.nan)})
+                rows.append(
+                    {
+                        "sweep": sweep,
+                        "value": value,
+                        "seed": run["seed"],
+                        "greedy_acc": run["greedy_acc"],
+                        "pass@1": run.get("pass@1", np.nan),
+                        "greedy_tokens": run["greedy_tokens"],
+                        "sample_tokens": run.get("sample_tokens", np.nan),
+                        "token_share": run.get("token_share", np.nan),
+                    }
+                )
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
@@ -316,18 +395,23 @@ def save_paper_table(profile: Profile, name: str, frame: pd.DataFrame) -> Path:
 
 def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.DataFrame) -> list[dict]:
     """The headline numbers of Sec. 4 next to this run's (for ``paper_vs_run.md``)."""
+
     def mean(setting: str, column: str) -> float:
-        values = overall.loc[overall["setting"] == setting, column] if column in overall.columns else pd.Series(dtype=float)
+        values = (
+            overall.loc[overall["setting"] == setting, column] if column in overall.columns else pd.Series(dtype=float)
+        )
         return float(values.mean()) if len(values) else float("nan")
 
     def change(a: float, b: float) -> str:
         return f"{100 * (b / a - 1):+.1f}% ({a:.1f} → {b:.1f})" if a == a and b == b and a else "n/a"
 
     rows = []
-    statistics = {"greedy_acc": "Table 1 · greedy accuracy, selective vs full",
-                  "greedy_tokens": "Table 1 · greedy output length, selective vs full",
-                  "pass@1": "Table 1 · sampled pass@1, selective vs full",
-                  "sample_tokens": "Table 1 · sampled output length, selective vs full"}
+    statistics = {
+        "greedy_acc": "Table 1 · greedy accuracy, selective vs full",
+        "greedy_tokens": "Table 1 · greedy output length, selective vs full",
+        "pass@1": "Table 1 · sampled pass@1, selective vs full",
+        "sample_tokens": "Table 1 · sampled output length, selective vs full",
+    }
     for source in profile.get_path("training.sources"):
         for column, statistic in statistics.items():
             value = paper(f"table1.{column}")
@@ -342,8 +426,14 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
     full_acc = mean(f"full__{source}", "greedy_acc")
     pruned = overall[overall["variant"] == "pruned_ig"]
     if len(pruned):
-        rows.append(comparison_row("Sec. 4.3", "Table 2 · Pruned CoT SFT vs full, greedy accuracy", paper("table2.pruned"),
-                                   f"{pruned['greedy_acc'].mean():.1f} vs {full_acc:.1f}"))
+        rows.append(
+            comparison_row(
+                "Sec. 4.3",
+                "Table 2 · Pruned CoT SFT vs full, greedy accuracy",
+                paper("table2.pruned"),
+                f"{pruned['greedy_acc'].mean():.1f} vs {full_acc:.1f}",
+            )
+        )
     for table in ("2", "3"):
         paper_best = paper(f"table{table}.best")
         settings = table_settings(overall, table, source)
@@ -353,24 +443,44 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
             label = part.set_index("setting")["label"].to_dict()
             label[f"selective__{source}"] = "ours"
             first, runner_up = best.index[0], best.index[1]
-            other = (f"next: {label.get(runner_up, runner_up)} {best.iloc[1]:.1f}" if first == f"selective__{source}"
-                     else f"ours {mean(f'selective__{source}', 'greedy_acc'):.1f}")
-            rows.append(comparison_row(f"Sec. 4.{int(table) + 1}", f"Table {table} · best greedy accuracy", paper_best,
-                                       f"{label.get(first, first)} {best.iloc[0]:.1f} ({other})",
-                                       "one seed per variant; ours and full-CoT: seed mean"))
+            other = (
+                f"next: {label.get(runner_up, runner_up)} {best.iloc[1]:.1f}"
+                if first == f"selective__{source}"
+                else f"ours {mean(f'selective__{source}', 'greedy_acc'):.1f}"
+            )
+            rows.append(
+                comparison_row(
+                    f"Sec. 4.{int(table) + 1}",
+                    f"Table {table} · best greedy accuracy",
+                    paper_best,
+                    f"{label.get(first, first)} {best.iloc[0]:.1f} ({other})",
+                    "one seed per variant; ours and full-CoT: seed mean",
+                )
+            )
     confidence = overall[overall["variant"] == "confidence_gain"]
     if len(confidence) and "segment_share" in confidence.columns:
-        rows.append(comparison_row("Sec. 4.4", "Confidence-gain segments selected (share of segments)", paper("table3.confidence_gain_share"),
-                                   f"{100 * confidence['segment_share'].mean():.0f}%",
-                                   "includes the always-kept first and last segments"))
+        rows.append(
+            comparison_row(
+                "Sec. 4.4",
+                "Confidence-gain segments selected (share of segments)",
+                paper("table3.confidence_gain_share"),
+                f"{100 * confidence['segment_share'].mean():.0f}%",
+                "includes the always-kept first and last segments",
+            )
+        )
     retro = overall[(overall["variant"] == "selective") & (overall.get("keywords") == "retro_search")]
     if len(retro):
         seeds = set(retro["seed"])
         default = overall[(overall["setting"] == f"selective__{source}") & overall["seed"].isin(seeds)]
-        rows.append(comparison_row("App. C.2", "Table 7 · greedy accuracy, Retro-Search vs default keywords",
-                                   paper("table7.retro_search"),
-                                   f"{retro['greedy_acc'].mean():.1f} vs {default['greedy_acc'].mean():.1f} "
-                                   f"(length {retro['greedy_tokens'].mean():.0f} vs {default['greedy_tokens'].mean():.0f})"))
+        rows.append(
+            comparison_row(
+                "App. C.2",
+                "Table 7 · greedy accuracy, Retro-Search vs default keywords",
+                paper("table7.retro_search"),
+                f"{retro['greedy_acc'].mean():.1f} vs {default['greedy_acc'].mean():.1f} "
+                f"(length {retro['greedy_tokens'].mean():.0f} vs {default['greedy_tokens'].mean():.0f})",
+            )
+        )
     tau, beta = profile.get_path("selection.tau"), profile.get_path("selection.beta")
     points = fig5_points(overall, source, tau, beta, [int(s) for s in profile.get_path("training.ablation_seeds")])
     for sweep in ("tau", "beta"):
@@ -378,8 +488,14 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
         part = points[points["sweep"] == sweep] if len(points) else points
         if len(part) > 1:
             best = part.sort_values("pass@1", ascending=False).iloc[0]
-            rows.append(comparison_row("App. D", f"Fig. 5 · best {sweep} by sampled pass@1", paper_value,
-                                       f"{best['value']:g} (pass@1 {best['pass@1']:.1f})"))
+            rows.append(
+                comparison_row(
+                    "App. D",
+                    f"Fig. 5 · best {sweep} by sampled pass@1",
+                    paper_value,
+                    f"{best['value']:g} (pass@1 {best['pass@1']:.1f})",
+                )
+            )
     return rows
 
 
@@ -399,7 +515,9 @@ def run(profile: Profile) -> StageResult:
     tables["table1_paired_tests"] = tests
     source = profile.get_path("training.ablation_source")
     for table in ("2", "3", "4", "7"):
-        settings = table_settings(overall, table, source if table != "7" else profile.get_path("training.table7_source", source))
+        settings = table_settings(
+            overall, table, source if table != "7" else profile.get_path("training.table7_source", source)
+        )
         frame = comparison_table(overall, settings, labels={f"selective__{source}": "Segment Selective SFT (IG, ours)"})
         if len(frame) > 1:
             save_paper_table(profile, f"table{table}", frame)
@@ -411,6 +529,14 @@ def run(profile: Profile) -> StageResult:
         save_paper_table(profile, "fig5", points)
         tables["fig5"] = points
         saved["fig5_tau_beta"] = figures.save(figures.fig5_tau_beta(points, tau, beta), profile, "fig5_tau_beta")
-    return finish(profile, STAGE, paper_comparison_rows(profile, overall, tests), tables=tables, figures=saved,
-                  checks={"every model answered every question": bool(graded.groupby("model")["question_id"].nunique().nunique() == 1)},
-                  values={"n_models": graded["model"].nunique(), "source": source})
+    return finish(
+        profile,
+        STAGE,
+        paper_comparison_rows(profile, overall, tests),
+        tables=tables,
+        figures=saved,
+        checks={
+            "every model answered every question": bool(graded.groupby("model")["question_id"].nunique().nunique() == 1)
+        },
+        values={"n_models": graded["model"].nunique(), "source": source},
+    )

@@ -25,14 +25,21 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Optional, Sequence
 
 OPERATIONS = ("add", "subtract", "multiply")
 OP_SYMBOL = {"add": "+", "subtract": "-", "multiply": "*"}
 SYMBOL_OP = {v: k for k, v in OP_SYMBOL.items()}
 REDUNDANT_KINDS: tuple[str, ...] = ("repetition", "truncated", "superficial")
-SEGMENT_KINDS: tuple[str, ...] = ("productive", "wrong_exploration", "repetition", "truncated", "superficial", "verification")
+SEGMENT_KINDS: tuple[str, ...] = (
+    "productive",
+    "wrong_exploration",
+    "repetition",
+    "truncated",
+    "superficial",
+    "verification",
+)
 PROMPT_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 
@@ -62,7 +69,7 @@ class Arithmetic:
             raise ValueError(f"multipliers must be at least 2, got {self.multipliers}")
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "Arithmetic":
+    def from_dict(cls, values: dict | None) -> Arithmetic:
         values = dict(values or {})
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
@@ -88,7 +95,7 @@ class Misconception:
     """
 
     op: str = "subtract"
-    operand: Optional[int] = 3
+    operand: int | None = 3
     rate: float = 0.7
     offset: int = 1
 
@@ -104,7 +111,7 @@ class Misconception:
         return op == self.op and (self.operand is None or operand == self.operand)
 
     @classmethod
-    def from_dict(cls, values: dict | None) -> "Misconception | None":
+    def from_dict(cls, values: dict | None) -> Misconception | None:
         if not values:
             return None
         unknown = set(values) - set(cls.__dataclass_fields__)
@@ -112,7 +119,7 @@ class Misconception:
             raise ValueError(f"unknown world.pretrain_misconception settings: {sorted(unknown)}")
         return cls(**values)
 
-    def believed_steps(self, problem: "Problem", rng: random.Random, max_value: int) -> list[tuple[int, str, int, int]]:
+    def believed_steps(self, problem: Problem, rng: random.Random, max_value: int) -> list[tuple[int, str, int, int]]:
         """The chain as the weak teacher computes it: (left, symbol, operand, result) per step.
 
         Falls back to the true chain when the believed values would leave ``[1, max_value]``.
@@ -171,14 +178,24 @@ class Problem:
         return f"Start with {self.start}, then {steps}. What is the result?"
 
     def to_record(self) -> dict:
-        return {"id": self.id, "suite": self.suite, "start": self.start,
-                "ops": [f"{op}:{k}" for op, k in self.ops], "question": self.question, "answer": self.answer}
+        return {
+            "id": self.id,
+            "suite": self.suite,
+            "start": self.start,
+            "ops": [f"{op}:{k}" for op, k in self.ops],
+            "question": self.question,
+            "answer": self.answer,
+        }
 
     @classmethod
-    def from_record(cls, record: dict) -> "Problem":
+    def from_record(cls, record: dict) -> Problem:
         ops = [op.split(":") if isinstance(op, str) else op for op in record["ops"]]
-        return cls(id=record["id"], start=int(record["start"]),
-                   ops=tuple((op, int(k)) for op, k in ops), suite=record.get("suite", "train"))
+        return cls(
+            id=record["id"],
+            start=int(record["start"]),
+            ops=tuple((op, int(k)) for op, k in ops),
+            suite=record.get("suite", "train"),
+        )
 
 
 ORDINALS = ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth", "tenth")
@@ -199,8 +216,9 @@ def equation(left: int, symbol: str, operand: int, result: int) -> str:
     return f"{left} {symbol} {operand} = {result}"
 
 
-def random_problem(rng: random.Random, n_ops: int, problem_id: str, suite: str,
-                   arithmetic: Arithmetic = SINGLE_DIGIT) -> Problem:
+def random_problem(
+    rng: random.Random, n_ops: int, problem_id: str, suite: str, arithmetic: Arithmetic = SINGLE_DIGIT
+) -> Problem:
     """A chain of ``n_ops`` operations whose values all stay inside ``arithmetic``'s range."""
     if n_ops < 1:
         raise ValueError("a problem needs at least one operation")
@@ -222,8 +240,14 @@ def random_problem(rng: random.Random, n_ops: int, problem_id: str, suite: str,
     return Problem(id=problem_id, start=start, ops=tuple(ops), suite=suite)
 
 
-def make_problems(n: int, n_ops: Sequence[int], seed: int, suite: str, exclude: Iterable[Problem] = (),
-                  arithmetic: Arithmetic = SINGLE_DIGIT) -> list[Problem]:
+def make_problems(
+    n: int,
+    n_ops: Sequence[int],
+    seed: int,
+    suite: str,
+    exclude: Iterable[Problem] = (),
+    arithmetic: Arithmetic = SINGLE_DIGIT,
+) -> list[Problem]:
     """``n`` distinct problems with chain lengths drawn from ``n_ops``, none equal to one in ``exclude``."""
     rng = random.Random(f"{suite}:{seed}")
     seen = {(p.start, p.ops) for p in exclude}
@@ -294,12 +318,18 @@ _TRUNCATED = [
     "\n\nWait, maybe the next",
 ]
 _SUPERFICIAL = {
-    "add": ["\n\nHowever, adding {k} just means the number gets bigger by {k}.",
-            "\n\nNot sure it matters, but addition is the easy part."],
-    "subtract": ["\n\nHowever, subtracting {k} means taking {k} away.",
-                 "\n\nNot sure it matters, but subtraction makes the number smaller."],
-    "multiply": ["\n\nHowever, multiplying by {k} means adding the number {k} times.",
-                 "\n\nNot sure it matters, but multiplication scales the number."],
+    "add": [
+        "\n\nHowever, adding {k} just means the number gets bigger by {k}.",
+        "\n\nNot sure it matters, but addition is the easy part.",
+    ],
+    "subtract": [
+        "\n\nHowever, subtracting {k} means taking {k} away.",
+        "\n\nNot sure it matters, but subtraction makes the number smaller.",
+    ],
+    "multiply": [
+        "\n\nHowever, multiplying by {k} means adding the number {k} times.",
+        "\n\nNot sure it matters, but multiplication scales the number.",
+    ],
 }
 _CONCLUDE = ["So the result is {answer}.", "That gives {answer}."]
 
@@ -334,8 +364,13 @@ def _wrong_result(rng: random.Random, result: int) -> int:
     return wrong if wrong >= 0 and wrong != result else result + 1
 
 
-def teacher_trace(problem: Problem, rng: random.Random, rates: dict, misconception: Misconception | None = None,
-                  max_value: int = SINGLE_DIGIT.max_value) -> TeacherTrace:
+def teacher_trace(
+    problem: Problem,
+    rng: random.Random,
+    rates: dict,
+    misconception: Misconception | None = None,
+    max_value: int = SINGLE_DIGIT.max_value,
+) -> TeacherTrace:
     """An R1-style trace for ``problem`` with redundant segments mixed in at ``rates``.
 
     ``rates`` holds per-step probabilities ``repetition``, ``truncated``, ``superficial``,
@@ -348,6 +383,7 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict, misconcepti
     mistaken = steps != problem.steps
     segments: list[str] = []
     kinds: list[str] = []
+
     def statement(number: int, eq: str) -> dict:
         op, operand = problem.ops[number - 1]
         # "<ordinal> <operation>" exactly as in the question: the ordinal token alone locates the
@@ -356,8 +392,11 @@ def teacher_trace(problem: Problem, rng: random.Random, rates: dict, misconcepti
         return {"step": text, "Step": text[0].upper() + text[1:]}
 
     first_eq = equation(*steps[0])
-    segments.append(rng.choice(_INTRO).format(start=problem.start, n=len(steps)) + "\n\n"
-                    + rng.choice(_FIRST_STEP).format(**statement(1, first_eq)))
+    segments.append(
+        rng.choice(_INTRO).format(start=problem.start, n=len(steps))
+        + "\n\n"
+        + rng.choice(_FIRST_STEP).format(**statement(1, first_eq))
+    )
     kinds.append("productive")
     stated = [(1, first_eq)]
     for index in range(1, len(steps)):

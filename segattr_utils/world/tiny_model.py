@@ -5,15 +5,15 @@ architecture) built from a config and trained from scratch on teacher traces wit
 from __future__ import annotations
 
 import random
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from ..data.questions import chat_prompt
-from .tokenizer import build_bpe_tokenizer
 from ..llm.training import TrainingExample, build_training_example
 from . import Misconception, Problem, TeacherTrace, format_completion, teacher_trace, user_prompt
+from .tokenizer import build_bpe_tokenizer
 
 
 def answer_part(answer: str) -> str:
@@ -21,8 +21,9 @@ def answer_part(answer: str) -> str:
     return format_completion("", answer)
 
 
-def teacher_traces(problems: Sequence[Problem], rates: dict, seed: int, misconception: Optional[Misconception] = None,
-                   max_value: int = 9) -> list[TeacherTrace]:
+def teacher_traces(
+    problems: Sequence[Problem], rates: dict, seed: int, misconception: Misconception | None = None, max_value: int = 9
+) -> list[TeacherTrace]:
     """Teacher traces of ``problems``; with ``misconception`` they are the weak pretraining teacher's."""
     rng = random.Random(f"teacher:{seed}")
     return [teacher_trace(p, rng, rates, misconception, max_value) for p in problems]

@@ -19,10 +19,27 @@ def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
     return float(Fraction(hits, len(subsets)))
 
 
-@pytest.mark.parametrize("n, c, k", [
-    (1, 0, 1), (1, 1, 1), (2, 1, 1), (2, 1, 2), (4, 1, 2), (5, 2, 3), (6, 3, 2), (8, 1, 4),
-    (8, 5, 4), (10, 3, 1), (10, 3, 5), (10, 7, 4), (12, 2, 6), (12, 11, 1), (7, 0, 3), (7, 7, 3),
-])
+@pytest.mark.parametrize(
+    "n, c, k",
+    [
+        (1, 0, 1),
+        (1, 1, 1),
+        (2, 1, 1),
+        (2, 1, 2),
+        (4, 1, 2),
+        (5, 2, 3),
+        (6, 3, 2),
+        (8, 1, 4),
+        (8, 5, 4),
+        (10, 3, 1),
+        (10, 3, 5),
+        (10, 7, 4),
+        (12, 2, 6),
+        (12, 11, 1),
+        (7, 0, 3),
+        (7, 7, 3),
+    ],
+)
 def test_pass_at_k_matches_brute_force(n, c, k):
     assert pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
 
@@ -45,13 +62,16 @@ def test_pass_at_k_edge_cases():
     assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
 
 
-@pytest.mark.parametrize("n, c, k", [
-    (5, 6, 1),    # c > n
-    (5, -1, 1),   # c < 0
-    (5, 2, 0),    # k < 1
-    (5, 2, 6),    # k > n
-    (0, 0, 1),    # no samples
-])
+@pytest.mark.parametrize(
+    "n, c, k",
+    [
+        (5, 6, 1),  # c > n
+        (5, -1, 1),  # c < 0
+        (5, 2, 0),  # k < 1
+        (5, 2, 6),  # k > n
+        (0, 0, 1),  # no samples
+    ],
+)
 def test_pass_at_k_invalid(n, c, k):
     with pytest.raises(ValueError):
         pass_at_k(n, c, k)
@@ -65,8 +85,15 @@ def _graded():
     finished = {"q1": [True, True, True, False], "q2": [False] * 4, "q3": [True] * 4}
     for qid in ("q1", "q2", "q3"):
         for s in range(4):
-            rows.append({"question_id": qid, "sample": s, "correct": correct[qid][s],
-                         "n_tokens": tokens[qid][s], "finished": finished[qid][s]})
+            rows.append(
+                {
+                    "question_id": qid,
+                    "sample": s,
+                    "correct": correct[qid][s],
+                    "n_tokens": tokens[qid][s],
+                    "finished": finished[qid][s],
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -95,8 +122,14 @@ def test_summarise_outputs_skips_k_above_samples():
 
 
 def test_summarise_outputs_default_ks_and_unequal_samples():
-    frame = pd.DataFrame({"question_id": ["a", "a", "a", "b"], "correct": [True, False, False, True],
-                          "n_tokens": [3, 5, 7, 9], "finished": [True, True, True, True]})
+    frame = pd.DataFrame(
+        {
+            "question_id": ["a", "a", "a", "b"],
+            "correct": [True, False, False, True],
+            "n_tokens": [3, 5, 7, 9],
+            "finished": [True, True, True, True],
+        }
+    )
     summary = summarise_outputs(frame)
     # accuracy is over outputs, pass@1 is averaged over questions
     assert summary["accuracy"] == pytest.approx(2 / 4)
@@ -112,8 +145,13 @@ class _BoxedStub:
         out = []
         for position, prompt in enumerate(prompts):
             value = prompt.split()[-1] if position % 2 == 0 else "-1"
-            out.append({"text": f"Think.\n</think>\n\nThe final answer is \\boxed{{{value}}}.",
-                        "n_tokens": 5 + position, "finished": True})
+            out.append(
+                {
+                    "text": f"Think.\n</think>\n\nThe final answer is \\boxed{{{value}}}.",
+                    "n_tokens": 5 + position,
+                    "finished": True,
+                }
+            )
         return out
 
 
@@ -125,8 +163,17 @@ def test_generate_and_grade_with_stub(tmp_path):
     prompts = {"q1": "Say 1", "q2": "Say 2"}
     answers = {"q1": "1", "q2": "2.0"}
     store = RecordStore(tmp_path / "eval.jsonl")
-    graded = generate_and_grade(_BoxedStub(), prompts, answers, n_samples=2, settings=SamplingSettings(temperature=0),
-                                store=store, batch_size=4, seed=0, tag="greedy")
+    graded = generate_and_grade(
+        _BoxedStub(),
+        prompts,
+        answers,
+        n_samples=2,
+        settings=SamplingSettings(temperature=0),
+        store=store,
+        batch_size=4,
+        seed=0,
+        tag="greedy",
+    )
     # one batch of 4 jobs: (q1,0) (q1,1) (q2,0) (q2,1) at positions 0..3
     assert graded[["question_id", "sample"]].values.tolist() == [["q1", 0], ["q1", 1], ["q2", 0], ["q2", 1]]
     assert graded["correct"].tolist() == [True, False, True, False]

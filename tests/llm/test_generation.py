@@ -8,6 +8,7 @@ BPE tokenizer (nothing is downloaded).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -15,8 +16,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from segattr_utils.llm import generation
 from segattr_utils.artifacts import RecordStore
+from segattr_utils.llm import generation
 from segattr_utils.llm.generation import (
     HFGenerator,
     SamplingSettings,
@@ -34,7 +35,7 @@ from segattr_utils.world.tokenizer import build_bpe_tokenizer
 def test_derive_seed_stable_and_distinct():
     a = derive_seed(0, "sample", 3)
     assert a == derive_seed(0, "sample", 3)
-    assert isinstance(a, int) and 0 <= a < 2 ** 31
+    assert isinstance(a, int) and 0 <= a < 2**31
     # hand computation: first 4 bytes of sha256("0:sample:3"), little endian, top bit cleared
     digest = hashlib.sha256(b"0:sample:3").digest()
     assert a == int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
@@ -49,11 +50,17 @@ def test_sampling_settings_validation():
     assert s.temperature == 0.6 and not s.greedy
     assert SamplingSettings(temperature=0).greedy
     assert SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=1).greedy
-    for kwargs in ({"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_p": -1},
-                   {"max_new_tokens": 0}, {"max_new_tokens": -5}):
+    for kwargs in (
+        {"temperature": -0.1},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_p": -1},
+        {"max_new_tokens": 0},
+        {"max_new_tokens": -5},
+    ):
         with pytest.raises(ValueError):
             SamplingSettings(**kwargs)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         s.temperature = 1.0  # frozen
 
 
@@ -84,8 +91,13 @@ class StubGenerator:
         out = []
         for position, prompt in enumerate(prompts):
             h = hashlib.sha256(f"{prompt}|{seed}|{position}|{settings.temperature}".encode()).hexdigest()
-            out.append({"text": f"{prompt} -> {h[:12]}", "n_tokens": int(h[:4], 16) % 97 + 1,
-                        "finished": int(h[4], 16) % 2 == 0})
+            out.append(
+                {
+                    "text": f"{prompt} -> {h[:12]}",
+                    "n_tokens": int(h[:4], 16) % 97 + 1,
+                    "finished": int(h[4], 16) % 2 == 0,
+                }
+            )
         return out
 
 
@@ -239,10 +251,18 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         initializer_range=0.2)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,
+    )
     return Qwen2ForCausalLM(config).eval()
 
 
@@ -325,23 +345,28 @@ def test_hf_n_tokens_counts_tokens_before_eos(tokenizer):
     x = tokenizer("Wait", add_special_tokens=False)["input_ids"][0]
     a = tokenizer("Okay", add_special_tokens=False)["input_ids"][0]
     planned = [
-        [x, a, eos, eos, eos],      # 2 tokens, finished
-        [x, x, x, x, x],            # never finished: 5 tokens
+        [x, a, eos, eos, eos],  # 2 tokens, finished
+        [x, x, x, x, x],  # never finished: 5 tokens
         [eos, eos, eos, eos, eos],  # empty answer, finished
     ]
     model = FakeModel(planned)
     model.train()
     gen = HFGenerator(model, tokenizer)
-    out = gen.generate(["Start with 7.", "Okay, so 7 + 5 = 12. Then", "Step"],
-                       SamplingSettings(temperature=0, max_new_tokens=5), seed=0)
+    out = gen.generate(
+        ["Start with 7.", "Okay, so 7 + 5 = 12. Then", "Step"],
+        SamplingSettings(temperature=0, max_new_tokens=5),
+        seed=0,
+    )
     assert [o["n_tokens"] for o in out] == [2, 5, 0]
     assert [o["finished"] for o in out] == [True, False, True]
     assert out[0]["text"] == tokenizer.decode([x, a])
     assert out[2]["text"] == ""
     # left padding: the shorter prompts are padded on the left with the pad token and masked
     ids, mask = model.seen["input_ids"], model.seen["attention_mask"]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"])
-               for p in ["Start with 7.", "Okay, so 7 + 5 = 12. Then", "Step"]]
+    lengths = [
+        len(tokenizer(p, add_special_tokens=False)["input_ids"])
+        for p in ["Start with 7.", "Okay, so 7 + 5 = 12. Then", "Step"]
+    ]
     width = max(lengths)
     assert ids.shape[1] == width
     for row, n in enumerate(lengths):

@@ -20,10 +20,7 @@ R1_WRONG = (
     "</think>\n\n"
     "The final answer is \\boxed{26}."
 )
-R1_FRACTION = (
-    "Half of one is one half.\n</think>\n\n"
-    "Therefore the probability is \\boxed{\\frac{1}{2}}."
-)
+R1_FRACTION = "Half of one is one half.\n</think>\n\nTherefore the probability is \\boxed{\\frac{1}{2}}."
 R1_UNFINISHED = "Okay, so I need to compute 12 + 15. Let me think about 12 +"
 R1_NO_BOX = "Easy.\n</think>\n\nThe answer is 27."
 R1_CHOICE = "Option B fits, the others do not.\n</think>\n\nThe answer is \\boxed{B}."
@@ -34,29 +31,32 @@ R1_CHOICE_TEXT = "Comparing the options, (C) is right.\n</think>\n\n**Answer:** 
 # last_boxed
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("The answer is \\boxed{27}.", "27"),
-    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-    ("so \\boxed{\\sqrt{\\frac{a}{b}} + {c}} done", "\\sqrt{\\frac{a}{b}} + {c}"),
-    ("First \\boxed{1}, then \\boxed{2}, finally \\boxed{3}.", "3"),
-    ("\\fbox{7}", "7"),
-    ("\\boxed{5} but actually \\fbox{6}", "6"),
-    ("\\boxed{ 42 }", "42"),
-    ("x \\boxed {42} y", "42"),
-    ("no box here", None),
-    ("", None),
-    ("\\boxed{", None),
-    ("\\boxed{12", None),
-    ("\\boxed{1} and then \\boxed{2", "1"),             # unbalanced last box: the earlier one wins
-    ("\\boxed{\\frac{1}{2} and \\boxed{3}", "3"),       # the inner box is balanced
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("The answer is \\boxed{27}.", "27"),
+        ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("so \\boxed{\\sqrt{\\frac{a}{b}} + {c}} done", "\\sqrt{\\frac{a}{b}} + {c}"),
+        ("First \\boxed{1}, then \\boxed{2}, finally \\boxed{3}.", "3"),
+        ("\\fbox{7}", "7"),
+        ("\\boxed{5} but actually \\fbox{6}", "6"),
+        ("\\boxed{ 42 }", "42"),
+        ("x \\boxed {42} y", "42"),
+        ("no box here", None),
+        ("", None),
+        ("\\boxed{", None),
+        ("\\boxed{12", None),
+        ("\\boxed{1} and then \\boxed{2", "1"),  # unbalanced last box: the earlier one wins
+        ("\\boxed{\\frac{1}{2} and \\boxed{3}", "3"),  # the inner box is balanced
+    ],
+)
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
 
 
 def test_last_boxed_on_r1_outputs():
     assert last_boxed(R1_CORRECT) == "27"
-    assert last_boxed(R1_WRONG) == "26"       # the box inside the reasoning is not the last
+    assert last_boxed(R1_WRONG) == "26"  # the box inside the reasoning is not the last
     assert last_boxed(R1_FRACTION) == "\\frac{1}{2}"
     assert last_boxed(R1_UNFINISHED) is None
     assert last_boxed(R1_NO_BOX) is None
@@ -80,8 +80,10 @@ def test_split_reasoning_with_think_tags():
 
 def test_split_reasoning_r1_output():
     reasoning, answer = split_reasoning(R1_CORRECT)
-    assert reasoning == ("Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"
-                         "Wait, let me double check: 10 + 15 = 25, plus 2 is 27. So it is 27.")
+    assert reasoning == (
+        "Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"
+        "Wait, let me double check: 10 + 15 = 25, plus 2 is 27. So it is 27."
+    )
     assert answer == "\n\nThe sum is $12 + 15 = 27$.\n\nThe final answer is \\boxed{27}."
     # the reasoning is a prefix of the output (as the pipeline relies on)
     assert R1_CORRECT.startswith(reasoning)
@@ -101,28 +103,34 @@ def test_split_reasoning_only_first_close_tag():
 # grade / is_equivalent
 
 
-@pytest.mark.parametrize("pred, gold", [
-    ("1/2", "\\frac{1}{2}"),
-    ("\\frac{1}{2}", "1/2"),
-    ("0.5", "\\frac12"),
-    ("\\frac12", "0.5"),
-    ("27", "27.0"),
-    ("27.0", "27"),
-    ("27", "27"),
-    ("\\dfrac{1}{2}", "0.5"),
-    ("\\frac{2}{4}", "\\frac{1}{2}"),
-])
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("1/2", "\\frac{1}{2}"),
+        ("\\frac{1}{2}", "1/2"),
+        ("0.5", "\\frac12"),
+        ("\\frac12", "0.5"),
+        ("27", "27.0"),
+        ("27.0", "27"),
+        ("27", "27"),
+        ("\\dfrac{1}{2}", "0.5"),
+        ("\\frac{2}{4}", "\\frac{1}{2}"),
+    ],
+)
 def test_equivalent_answers(pred, gold):
     assert is_equivalent(pred, gold)
     assert grade(f"Reasoning.\n</think>\n\nSo \\boxed{{{pred}}}.", gold)["correct"] is True
 
 
-@pytest.mark.parametrize("pred, gold", [
-    ("28", "27"),
-    ("\\frac{1}{3}", "0.5"),
-    ("-27", "27"),
-    ("2", "\\frac{1}{2}"),
-])
+@pytest.mark.parametrize(
+    "pred, gold",
+    [
+        ("28", "27"),
+        ("\\frac{1}{3}", "0.5"),
+        ("-27", "27"),
+        ("2", "\\frac{1}{2}"),
+    ],
+)
 def test_wrong_answers(pred, gold):
     assert not is_equivalent(pred, gold)
     assert grade(f"\\boxed{{{pred}}}", gold)["correct"] is False

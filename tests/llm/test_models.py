@@ -15,10 +15,10 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from segattr_utils.llm.models import ModelUnavailableError, load_causal_lm, load_tokenizer, resolve_model_path
 from segattr_utils.data.questions import chat_prompt, load_hub_questions
-from segattr_utils.world.tokenizer import EOS, build_bpe_tokenizer
+from segattr_utils.llm.models import ModelUnavailableError, load_causal_lm, load_tokenizer, resolve_model_path
 from segattr_utils.llm.training import build_training_example
+from segattr_utils.world.tokenizer import EOS, build_bpe_tokenizer
 
 HUB_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 
@@ -56,9 +56,17 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def saved_model(tokenizer, tmp_path_factory):
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = Qwen2ForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp("tiny-model")
     model.save_pretrained(folder)
@@ -115,8 +123,10 @@ def test_local_tiny_model_round_trip(offline_env, tokenizer, saved_model):
         assert "Qwen" not in type(loaded_tok).__name__
         assert not loaded.training
         text = "Okay, so 7 + 5 = 12.\n\nWait, let me check</think>\n\nThe final answer is \\boxed{12}." + EOS
-        assert loaded_tok(text, add_special_tokens=False)["input_ids"] == \
-            tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert (
+            loaded_tok(text, add_special_tokens=False)["input_ids"]
+            == tokenizer(text, add_special_tokens=False)["input_ids"]
+        )
         assert loaded_tok.eos_token_id == tokenizer.eos_token_id
         assert loaded_tok.pad_token_id == tokenizer.pad_token_id
         assert loaded_tok.chat_template == tokenizer.chat_template
@@ -147,8 +157,16 @@ LIMO_FIELDS = {"question": "question", "solution": "solution", "answer": "answer
 
 
 def _expected(suite, rows=LIMO_ROWS):
-    return [{"id": f"{suite}-{i:05d}", "suite": suite, "question": r["question"], "answer": r["answer"].strip(),
-             "solution": r["solution"]} for i, r in enumerate(rows)]
+    return [
+        {
+            "id": f"{suite}-{i:05d}",
+            "suite": suite,
+            "question": r["question"],
+            "answer": r["answer"].strip(),
+            "solution": r["solution"],
+        }
+        for i, r in enumerate(rows)
+    ]
 
 
 def test_local_jsonl(offline_env, tmp_path):
@@ -177,8 +195,10 @@ def test_local_json_list(offline_env, tmp_path):
 
 
 def test_field_mapping(offline_env, tmp_path):
-    rows = [{"problem": "What is 6 / 3?", "final": 2, "extra": "x"},
-            {"problem": "What is 1 + 0?", "final": 1, "extra": "y"}]
+    rows = [
+        {"problem": "What is 6 / 3?", "final": 2, "extra": "x"},
+        {"problem": "What is 1 + 0?", "final": 1, "extra": "y"},
+    ]
     path = tmp_path / "other.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     spec = {"hub_id": "someone/other", "local_path": str(path), "fields": {"question": "problem", "answer": "final"}}
@@ -192,7 +212,8 @@ def test_default_fields(offline_env, tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text(json.dumps({"question": "Q?", "answer": "7"}) + "\n")
     assert load_hub_questions({"local_path": str(path)}, "s") == [
-        {"id": "s-00000", "suite": "s", "question": "Q?", "answer": "7"}]
+        {"id": "s-00000", "suite": "s", "question": "Q?", "answer": "7"}
+    ]
 
 
 def test_missing_field(offline_env, tmp_path):

@@ -38,13 +38,30 @@ CORPUS = [
 
 # (prompt, [trace segments], answer) -- segments as the keyword segmentation would cut them
 EXAMPLES = [
-    ("What is 12 + 30?", ["Let me add the tens first. 10 + 30 = 40. ", "Then 2 more gives 42.\n\n",
-                          "Wait, let me double check: 12 + 30 = 42.\n\n"], " The final answer is \\boxed{42}."),
-    ("Compute 7 * 6.", ["Seven sixes: 6, 12, 18, 24, 30, 36, 42.\n\n", "But wait, 7 * 6 = 42 indeed.\n\n"],
-     " The final answer is \\boxed{42}."),
-    ("What is 12 + 30?", ["Hmm, count up from 30 by 12. ", "Alternatively, 12 + 30 = 42.\n\n",
-                          "Let me verify. So the result holds.\n\n", "Maybe I should try another approach.\n\n"],
-     " So the answer is 42."),
+    (
+        "What is 12 + 30?",
+        [
+            "Let me add the tens first. 10 + 30 = 40. ",
+            "Then 2 more gives 42.\n\n",
+            "Wait, let me double check: 12 + 30 = 42.\n\n",
+        ],
+        " The final answer is \\boxed{42}.",
+    ),
+    (
+        "Compute 7 * 6.",
+        ["Seven sixes: 6, 12, 18, 24, 30, 36, 42.\n\n", "But wait, 7 * 6 = 42 indeed.\n\n"],
+        " The final answer is \\boxed{42}.",
+    ),
+    (
+        "What is 12 + 30?",
+        [
+            "Hmm, count up from 30 by 12. ",
+            "Alternatively, 12 + 30 = 42.\n\n",
+            "Let me verify. So the result holds.\n\n",
+            "Maybe I should try another approach.\n\n",
+        ],
+        " So the answer is 42.",
+    ),
     ("Compute 7 * 6.", ["Seven sixes make 42.\n\n"], " The final answer is \\boxed{42}."),
 ]
 # indices into the segment list (trace segments, then the answer as the last "segment")
@@ -60,8 +77,9 @@ def encode_example(tokenizer, prompt, segments, answer):
     """Token ids of ``prompt + segments + answer`` and the token span of every segment (answer last).
 
     Pieces are tokenised separately and concatenated, so the spans are exact by construction."""
-    prompt_text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                add_generation_prompt=True)
+    prompt_text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     spans = []
     for piece in [*segments, answer]:
@@ -88,10 +106,17 @@ def build_rows(tokenizer, selection):
 def tiny_model(tokenizer, seed=0):
     torch.manual_seed(seed)
     config = Qwen2Config(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, initializer_range=0.1,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.1,
     )
     return Qwen2ForCausalLM(config).float()
 

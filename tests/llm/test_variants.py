@@ -11,8 +11,16 @@ import math
 import numpy as np
 import pytest
 
-from segattr_utils.llm.variants import (REGISTRY, SelectionSettings, TraceRecord, TraceSelection, get_variant, register,
-                                    selected_token_share, threshold_by_token_share)
+from segattr_utils.llm.variants import (
+    REGISTRY,
+    SelectionSettings,
+    TraceRecord,
+    TraceSelection,
+    get_variant,
+    register,
+    selected_token_share,
+    threshold_by_token_share,
+)
 
 
 def record(values, trace_id="t0", **signals):
@@ -21,8 +29,16 @@ def record(values, trace_id="t0", **signals):
     for text, v in zip(segments, values):
         offsets.append([(cursor + 5 * j, cursor + 5 * j + 5) for j in range(len(v))])
         cursor += len(text)
-    return TraceRecord(trace_id=trace_id, question="q", answer="1", segments=segments, answer_part="a",
-                       token_values=[np.array(v, dtype=float) for v in values], token_offsets=offsets, **signals)
+    return TraceRecord(
+        trace_id=trace_id,
+        question="q",
+        answer="1",
+        segments=segments,
+        answer_part="a",
+        token_values=[np.array(v, dtype=float) for v in values],
+        token_offsets=offsets,
+        **signals,
+    )
 
 
 # Five segments of 4 tokens each.
@@ -146,8 +162,9 @@ def test_threshold_by_token_share_matches_the_target():
 
 
 def test_matched_baselines_use_our_token_share():
-    rec = record(VALUES, entropy=np.array([0.1, 0.2, 5.0, 0.3, 4.0]),
-                 removal_ppl_increase=np.array([0.0, 1.0, 0.5, 2.0, 0.1]))
+    rec = record(
+        VALUES, entropy=np.array([0.1, 0.2, 5.0, 0.3, 4.0]), removal_ppl_increase=np.array([0.0, 1.0, 0.5, 2.0, 0.1])
+    )
     ours = select("selective", [rec])[0]
     assert selected_token_share([rec], [ours]) == pytest.approx(0.4)
     (ppl,) = select("segment_perplexity", [rec])
@@ -165,9 +182,23 @@ def test_pruned_ig_tunes_tau_to_the_pruned_share():
 
 
 def test_registry_and_registration_errors():
-    for name in ("full", "selective", "random_segments", "abs_ig_tokens", "signed_ig_tokens", "high_strength",
-                 "first_correct", "confidence_gain", "segment_perplexity", "segment_entropy", "pruned_ig",
-                 "pruned_first_correct", "pruned_confidence_gain", "pruned_perplexity", "pruned_entropy"):
+    for name in (
+        "full",
+        "selective",
+        "random_segments",
+        "abs_ig_tokens",
+        "signed_ig_tokens",
+        "high_strength",
+        "first_correct",
+        "confidence_gain",
+        "segment_perplexity",
+        "segment_entropy",
+        "pruned_ig",
+        "pruned_first_correct",
+        "pruned_confidence_gain",
+        "pruned_perplexity",
+        "pruned_entropy",
+    ):
         assert name in REGISTRY
     with pytest.raises(KeyError, match="registered"):
         get_variant("nope")

@@ -15,6 +15,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from segattr_utils.llm.generation import HFGenerator, SamplingSettings
 from segattr_utils.measures.confidence import (
     GROUPS,
     _filter_top_p,
@@ -31,7 +32,6 @@ from segattr_utils.measures.confidence import (
     segment_groups,
     tau_search,
 )
-from segattr_utils.llm.generation import HFGenerator, SamplingSettings
 from segattr_utils.measures.group_stats import compare_groups, describe, format_p, readable
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
@@ -77,8 +77,12 @@ def test_confidence_deltas_hand_values():
 # Shared-prefix sampling
 
 
-CORPUS = ["Start with 7, then add 5. What is the result?", "Okay, so 7 + 5 = 12. Then 12 * 3 = 36.",
-          "\n\nWait, let me check 7 + 5 = 12 again.", "The final answer is \\boxed{36}."] * 5
+CORPUS = [
+    "Start with 7, then add 5. What is the result?",
+    "Okay, so 7 + 5 = 12. Then 12 * 3 = 36.",
+    "\n\nWait, let me check 7 + 5 = 12 again.",
+    "The final answer is \\boxed{36}.",
+] * 5
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +93,18 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model(tokenizer):
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,
+    )
     return Qwen2ForCausalLM(config).eval()
 
 
@@ -123,7 +136,9 @@ def test_sampling_is_seeded_and_follows_the_model_distribution(model, tokenizer)
     samples = sample_continuations(model, tokenizer, PROMPTS[:1], n, settings, seed=1)[0]
     # Several tokens (special tokens, EOS) decode to the same text: sum their probabilities.
     expected_text = tokenizer.decode([top], skip_special_tokens=True)
-    p = sum(float(probs[v]) for v in range(len(probs)) if tokenizer.decode([v], skip_special_tokens=True) == expected_text)
+    p = sum(
+        float(probs[v]) for v in range(len(probs)) if tokenizer.decode([v], skip_special_tokens=True) == expected_text
+    )
     frequency = sum(s == expected_text for s in samples) / n
     assert abs(frequency - p) < 5 * math.sqrt(p * (1 - p) / n)
 
@@ -155,8 +170,16 @@ def test_segment_groups_hand_example():
 
 def _hand_table():
     # One trace: strengths 0.4 > 0.3 > 0.2 > 0.1, every consistency moderate, Δ = 0.5, 0.3, -0.1, 0.0.
-    return pd.DataFrame({"trace_id": "t", "segment": [0, 1, 2, 3], "norm_strength": [0.4, 0.3, 0.2, 0.1],
-                         "consistency": [0.5] * 4, "delta": [0.5, 0.3, -0.1, 0.0], "n_tokens": [10, 10, 10, 10]})
+    return pd.DataFrame(
+        {
+            "trace_id": "t",
+            "segment": [0, 1, 2, 3],
+            "norm_strength": [0.4, 0.3, 0.2, 0.1],
+            "consistency": [0.5] * 4,
+            "delta": [0.5, 0.3, -0.1, 0.0],
+            "n_tokens": [10, 10, 10, 10],
+        }
+    )
 
 
 def test_group_summary_and_gap_hand_values():
@@ -185,8 +208,15 @@ def test_tau_search_picks_the_largest_gap():
 
 
 def test_choose_threshold_ties_and_inadmissible():
-    tied = pd.DataFrame({"tau": [0.5, 0.6, 0.7], "gap": [0.2, 0.2, 0.1], "n_important": [1, 1, 1],
-                         "n_unimportant": [1, 1, 1], "delta_unimportant": [0.1, -0.2, 0.0]})
+    tied = pd.DataFrame(
+        {
+            "tau": [0.5, 0.6, 0.7],
+            "gap": [0.2, 0.2, 0.1],
+            "n_important": [1, 1, 1],
+            "n_unimportant": [1, 1, 1],
+            "delta_unimportant": [0.1, -0.2, 0.0],
+        }
+    )
     assert choose_threshold(tied) == 0.6  # equal gaps: the lower unimportant Δ wins
     tied["delta_unimportant"] = [0.0, 0.0, 0.0]
     assert choose_threshold(tied) == 0.5  # then the smaller threshold
@@ -197,8 +227,16 @@ def test_choose_threshold_ties_and_inadmissible():
 def test_beta_ablation_hand_values():
     # tau = 1: both segments are high strength. beta 0.6: none important; 0.8: {0} (0.4 vs 0.1, gap 0.3);
     # 0.95: both important. Only beta = 0.8 is admissible.
-    table = pd.DataFrame({"trace_id": "t", "segment": [0, 1], "norm_strength": [0.5, 0.5],
-                          "consistency": [0.7, 0.9], "delta": [0.4, 0.1], "n_tokens": [3, 3]})
+    table = pd.DataFrame(
+        {
+            "trace_id": "t",
+            "segment": [0, 1],
+            "norm_strength": [0.5, 0.5],
+            "consistency": [0.7, 0.9],
+            "delta": [0.4, 0.1],
+            "n_tokens": [3, 3],
+        }
+    )
     ablation = beta_ablation(table, 1.0, [0.6, 0.8, 0.95])
     assert ablation["n_important"].tolist() == [0, 1, 2]
     assert ablation["gap"].iloc[1] == pytest.approx(0.3)
@@ -209,8 +247,13 @@ def test_beta_ablation_hand_values():
 def test_importance_shares_average_over_traces():
     # Trace a: tokens 10/20/30, only the first important -> 1/3 of segments, 10/60 of tokens.
     # Trace b: both important -> 1 and 1. Means: (1/3 + 1) / 2 = 2/3 and (1/6 + 1) / 2 = 7/12.
-    table = pd.DataFrame({"trace_id": ["a", "a", "a", "b", "b"], "n_tokens": [10, 20, 30, 5, 5],
-                          "important": [True, False, False, True, True]})
+    table = pd.DataFrame(
+        {
+            "trace_id": ["a", "a", "a", "b", "b"],
+            "n_tokens": [10, 20, 30, 5, 5],
+            "important": [True, False, False, True, True],
+        }
+    )
     shares = importance_shares(table)
     assert shares["traces"] == 2
     assert shares["segment_share"] == pytest.approx(2 / 3)
@@ -242,7 +285,12 @@ def test_compare_groups_empty_and_constant():
 
 
 def test_describe_format_and_readable():
-    assert describe([1.0, 3.0]) == {"n": 2, "mean": 2.0, "sem": pytest.approx(math.sqrt(2) / math.sqrt(2)), "median": 2.0}
+    assert describe([1.0, 3.0]) == {
+        "n": 2,
+        "mean": 2.0,
+        "sem": pytest.approx(math.sqrt(2) / math.sqrt(2)),
+        "median": 2.0,
+    }
     assert describe([])["mean"] is None
     assert format_p(None) == "n/a" and format_p(1e-12) == "p < 1e-10" and format_p(0.0123) == "p = 0.012"
     shown = readable(pd.DataFrame({"x": [0.12345, np.nan], "y": ["a", None]}))

@@ -10,10 +10,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from segattr_utils.measures import judge
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.config import load_profile
 from segattr_utils.llm.generation import SamplingSettings, derive_seed
+from segattr_utils.measures import judge
 from segattr_utils.measures.judge import (
     EARLY_STOPPING_PROMPT,
     JudgeSettings,
@@ -28,35 +28,38 @@ from segattr_utils.world.tokenizer import build_bpe_tokenizer
 # Parser
 
 
-@pytest.mark.parametrize("text, expected", [
-    # the digit after </think> decides; digits inside the reasoning never do
-    ("Segment 1 says 0 items, then 1 more. So 0? or 1?\n</think>\n\n1", 1),
-    ("I count 1 equation and 1 result.\n</think>\n\n0", 0),
-    ("reasoning with 0 and 1\n</think>\n\nAnswer: 1", 1),
-    ("reasoning 1\n</think>\n\n**Answer:** 0", 0),
-    ("reasoning\n</think>\n\nThe final answer is \\boxed{1}.", 1),
-    ("reasoning\n</think>\n\nSegment 2 ends mid-sentence, so Segment 3 cannot follow it.\n\n1", 1),
-    # trailing whitespace and punctuation
-    ("r\n</think>\n\n1.  \n", 1),
-    ("r\n</think>\n\n0\n\n", 0),
-    ("r\n</think>\n\n`0`!", 0),
-    ("r\n</think>\n\nAnswer: 1.", 1),
-    # both digits in the final answer: undecided
-    ("r\n</think>\n\n0 or 1", None),
-    ("r\n</think>\n\nAnswer: 0\nAnswer: 1", None),
-    # no digit in the final answer: undecided (even if the reasoning has one)
-    ("the answer is 1\n</think>\n\nIt is truncated.", None),
-    ("r\n</think>\n\n", None),
-    # not a 0/1 digit
-    ("r\n</think>\n\n10", None),
-    ("r\n</think>\n\n0.5", None),
-    ("r\n</think>\n\n2", None),
-    # a thinking block that never closed: undecided, whatever digits it holds
-    ("<think>\nAnswer: 1", None),
-    # no thinking block at all: the whole text is the final answer
-    ("Answer: 0", 0),
-    ("1", 1),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # the digit after </think> decides; digits inside the reasoning never do
+        ("Segment 1 says 0 items, then 1 more. So 0? or 1?\n</think>\n\n1", 1),
+        ("I count 1 equation and 1 result.\n</think>\n\n0", 0),
+        ("reasoning with 0 and 1\n</think>\n\nAnswer: 1", 1),
+        ("reasoning 1\n</think>\n\n**Answer:** 0", 0),
+        ("reasoning\n</think>\n\nThe final answer is \\boxed{1}.", 1),
+        ("reasoning\n</think>\n\nSegment 2 ends mid-sentence, so Segment 3 cannot follow it.\n\n1", 1),
+        # trailing whitespace and punctuation
+        ("r\n</think>\n\n1.  \n", 1),
+        ("r\n</think>\n\n0\n\n", 0),
+        ("r\n</think>\n\n`0`!", 0),
+        ("r\n</think>\n\nAnswer: 1.", 1),
+        # both digits in the final answer: undecided
+        ("r\n</think>\n\n0 or 1", None),
+        ("r\n</think>\n\nAnswer: 0\nAnswer: 1", None),
+        # no digit in the final answer: undecided (even if the reasoning has one)
+        ("the answer is 1\n</think>\n\nIt is truncated.", None),
+        ("r\n</think>\n\n", None),
+        # not a 0/1 digit
+        ("r\n</think>\n\n10", None),
+        ("r\n</think>\n\n0.5", None),
+        ("r\n</think>\n\n2", None),
+        # a thinking block that never closed: undecided, whatever digits it holds
+        ("<think>\nAnswer: 1", None),
+        # no thinking block at all: the whole text is the final answer
+        ("Answer: 0", 0),
+        ("1", 1),
+    ],
+)
 def test_parse_judgement(text, expected):
     assert parse_judgement(text) == expected
 
@@ -103,7 +106,7 @@ def test_judge_message_shows_the_triple_and_optional_few_shot():
 def test_clip_triple_keeps_the_ends_that_matter():
     long = "x" * 50 + "MIDDLE" + "y" * 50
     clipped = judge.clip_triple(Triple("A" * 30 + "end-of-one", long, "start-of-three" + "B" * 30), 20)
-    assert clipped.before == "[...]AAAAAend-of-one"        # 5 + 15 characters
+    assert clipped.before == "[...]AAAAAend-of-one"  # 5 + 15 characters
     assert clipped.after == "start-of-threeB[...]"
     assert clipped.segment == "x" * 7 + "[...]" + "y" * 7
     assert judge.clip_triple(Triple("a", "b", "c"), 20) == Triple("a", "b", "c")
@@ -207,10 +210,12 @@ class ScriptedGenerator:
 
 def test_round2_runs_only_for_undecided_items(tmp_path):
     prompts = {"a": "P-a<think>\n", "b": "P-b<think>\n", "c": "P-c<think>\n", "d": "P-d<think>\n"}
-    round1 = {"P-a<think>\n": "think 1\n</think>\n\n1",        # decided
-              "P-b<think>\n": "I think the answer is 0 or 1",  # never closes its thinking
-              "P-c<think>\n": "hmm\n</think>\n\n0 or 1",       # both digits
-              "P-d<think>\n": "ok\n</think>\n\n0"}             # decided
+    round1 = {
+        "P-a<think>\n": "think 1\n</think>\n\n1",  # decided
+        "P-b<think>\n": "I think the answer is 0 or 1",  # never closes its thinking
+        "P-c<think>\n": "hmm\n</think>\n\n0 or 1",  # both digits
+        "P-d<think>\n": "ok\n</think>\n\n0",
+    }  # decided
     generator = ScriptedGenerator(lambda p: round1[p], lambda p: "0")
     results = run_judge(generator, prompts, _settings(batch_size=2), RecordStore(tmp_path / "j.jsonl"), seed=7)
 
@@ -220,8 +225,10 @@ def test_round2_runs_only_for_undecided_items(tmp_path):
     assert [c[2] for c in round1_calls] == [derive_seed(7, "judge", 1, 0), derive_seed(7, "judge", 1, 1)]
     # round 2: only b and c, each = original input + round-1 output + early-stopping prompt, round-2 settings
     assert len(round2_calls) == 1
-    assert round2_calls[0][0] == ["P-b<think>\n" + round1["P-b<think>\n"] + EARLY_STOPPING_PROMPT,
-                                  "P-c<think>\n" + round1["P-c<think>\n"] + EARLY_STOPPING_PROMPT]
+    assert round2_calls[0][0] == [
+        "P-b<think>\n" + round1["P-b<think>\n"] + EARLY_STOPPING_PROMPT,
+        "P-c<think>\n" + round1["P-c<think>\n"] + EARLY_STOPPING_PROMPT,
+    ]
     assert round2_calls[0][2] == derive_seed(7, "judge", 2, 0)
     assert len(generator.calls) == 3
 
@@ -270,8 +277,10 @@ def test_judge_triples_uses_the_chat_template(tmp_path):
     class Echo:
         def generate(self, prompts, settings, seed):
             seen.extend(prompts)
-            return [{"text": "<think>\nSegment 2 ends with 1\n</think>\n\n1", "n_tokens": 9, "finished": True}
-                    for _ in prompts]
+            return [
+                {"text": "<think>\nSegment 2 ends with 1\n</think>\n\n1", "n_tokens": 9, "finished": True}
+                for _ in prompts
+            ]
 
     triples = {"x": Triple("", "Wait, maybe the", "So 2 + 2 = 4.")}
     results = judge.judge_triples(Echo(), tokenizer, triples, _settings(), RecordStore(tmp_path / "j.jsonl"), 0)
@@ -291,9 +300,15 @@ def test_generator_returning_too_few_outputs_is_an_error(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Tiny judge training data
 
-TRACE = (["Okay, start with 3.\n\nSo first add 2, so 3 + 2 = 5.", "\n\nWait, maybe I should",
-          "\n\nNot sure it matters, but addition is the easy part.", "\n\nAnother step, second add 1, so 5 + 1 = 6."],
-         ["productive", "truncated", "superficial", "productive"])
+TRACE = (
+    [
+        "Okay, start with 3.\n\nSo first add 2, so 3 + 2 = 5.",
+        "\n\nWait, maybe I should",
+        "\n\nNot sure it matters, but addition is the easy part.",
+        "\n\nAnother step, second add 1, so 5 + 1 = 6.",
+    ],
+    ["productive", "truncated", "superficial", "productive"],
+)
 
 
 def test_labelled_triples_mark_exactly_the_truncated_segments():
@@ -327,8 +342,14 @@ def test_teacher_output_has_the_protocol_format_and_the_right_digit():
 
 
 def test_training_examples_train_the_right_label():
-    tokenizer = build_bpe_tokenizer([m for t, l in judge.labelled_triples([TRACE]) for m in
-                                     (judge.judge_message(t), judge.teacher_output(t, l))], vocab_size=400)
+    tokenizer = build_bpe_tokenizer(
+        [
+            m
+            for t, label in judge.labelled_triples([TRACE])
+            for m in (judge.judge_message(t), judge.teacher_output(t, label))
+        ],
+        vocab_size=400,
+    )
     labelled = judge.labelled_triples([TRACE])
     settings = _settings()
     for share in (0.0, 1.0):
@@ -344,7 +365,7 @@ def test_training_examples_train_the_right_label():
             else:  # round-2 form: only the digit after the early-stopping prompt is trained
                 assert text == str(label)
                 assert EARLY_STOPPING_PROMPT in tokenizer.decode(example.input_ids)
-            assert parse_judgement(tokenizer.decode(example.input_ids)[len(prompt):], open_think=True) == label
+            assert parse_judgement(tokenizer.decode(example.input_ids)[len(prompt) :], open_think=True) == label
 
 
 # ----------------------------------------------------------------------------------------------
@@ -357,11 +378,24 @@ def test_protocol_end_to_end_with_a_tiny_random_model(tmp_path):
 
     labelled = judge.labelled_triples([TRACE])
     tokenizer = build_bpe_tokenizer(judge.judge_corpus(labelled, _settings()), vocab_size=300)
-    model = build_tiny_model(tokenizer, {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                                         "num_attention_heads": 2, "num_key_value_heads": 1,
-                                         "max_position_embeddings": 512}, seed=0)
-    settings = JudgeSettings(round1=SamplingSettings(0.2, 0.7, 6, 1.1), round2=SamplingSettings(0.1, 0.7, 3, 1.1),
-                             batch_size=3, max_segment_chars=60)
+    model = build_tiny_model(
+        tokenizer,
+        {
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "max_position_embeddings": 512,
+        },
+        seed=0,
+    )
+    settings = JudgeSettings(
+        round1=SamplingSettings(0.2, 0.7, 6, 1.1),
+        round2=SamplingSettings(0.1, 0.7, 3, 1.1),
+        batch_size=3,
+        max_segment_chars=60,
+    )
     triples = {str(i): t for i, (t, _) in enumerate(labelled)}
     store = RecordStore(tmp_path / "j.jsonl")
     results = judge.judge_triples(HFGenerator(model, tokenizer), tokenizer, triples, settings, store, seed=0)
@@ -374,13 +408,26 @@ def test_protocol_end_to_end_with_a_tiny_random_model(tmp_path):
         if r["rounds"] == 2:
             assert r["round2_n_tokens"] <= 3
             assert r["label"] == parse_judgement(r["round1_output"] + EARLY_STOPPING_PROMPT + r["round2_output"], True)
-    again = judge.judge_triples(HFGenerator(model, tokenizer), tokenizer, triples, settings, RecordStore(tmp_path / "k.jsonl"), 0)
+    again = judge.judge_triples(
+        HFGenerator(model, tokenizer), tokenizer, triples, settings, RecordStore(tmp_path / "k.jsonl"), 0
+    )
     assert again == results  # deterministic for a seed
 
 
 def _judgements(rows):
-    frame = pd.DataFrame(rows, columns=["important", "important_selection", "label", "undecided", "truth", "rounds",
-                                        "round1_finished", "round1_n_tokens"])
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "important",
+            "important_selection",
+            "label",
+            "undecided",
+            "truth",
+            "rounds",
+            "round1_finished",
+            "round1_n_tokens",
+        ],
+    )
     frame["label"] = frame["label"].astype("Int64")
     return frame
 
@@ -388,9 +435,13 @@ def _judgements(rows):
 def test_truncated_share_and_fisher_test_by_hand():
     from segattr_utils.stages.stage07_truncation_judge import truncated_share_table
 
-    rows = ([(True, True, 1, False, True, 1, True, 5)] * 2 + [(True, True, 0, False, False, 1, True, 5)] * 8
-            + [(False, False, 1, False, True, 1, True, 5)] * 6 + [(False, False, 0, False, False, 2, True, 5)] * 4
-            + [(False, False, None, True, True, 2, False, 5)])
+    rows = (
+        [(True, True, 1, False, True, 1, True, 5)] * 2
+        + [(True, True, 0, False, False, 1, True, 5)] * 8
+        + [(False, False, 1, False, True, 1, True, 5)] * 6
+        + [(False, False, 0, False, False, 2, True, 5)] * 4
+        + [(False, False, None, True, True, 2, False, 5)]
+    )
     table = truncated_share_table(_judgements(rows)).set_index(["grouping", "group"])
     important, unimportant = table.loc[("sec3.1", "important")], table.loc[("sec3.1", "unimportant")]
     assert (important["decided"], important["judged_truncated"]) == (10, 2)
@@ -400,6 +451,7 @@ def test_truncated_share_and_fisher_test_by_hand():
     assert unimportant["truth_share"] == pytest.approx(7 / 11)
     # hand computation: hypergeometric two-sided p for [[2, 8], [6, 4]] (row sums 10/10, column sums 8/12)
     from math import comb
+
     probabilities = [comb(8, k) * comb(12, 10 - k) / comb(20, 10) for k in range(0, 9)]
     observed = comb(8, 2) * comb(12, 8) / comb(20, 10)
     expected_p = sum(p for p in probabilities if p <= observed * (1 + 1e-7))
@@ -419,11 +471,13 @@ def test_fisher_test_without_data_is_explained():
 def test_judge_quality_by_hand():
     from segattr_utils.stages.stage07_truncation_judge import judge_confusion, judge_quality
 
-    rows = ([(True, True, 1, False, True, 1, True, 5)] * 3      # tp
-            + [(True, True, 0, False, True, 1, True, 5)] * 1    # fn
-            + [(True, True, 1, False, False, 1, True, 5)] * 2   # fp
-            + [(True, True, 0, False, False, 1, True, 5)] * 4   # tn
-            + [(True, True, None, True, True, 2, True, 5)] * 2)  # undecided, truly truncated
+    rows = (
+        [(True, True, 1, False, True, 1, True, 5)] * 3  # tp
+        + [(True, True, 0, False, True, 1, True, 5)] * 1  # fn
+        + [(True, True, 1, False, False, 1, True, 5)] * 2  # fp
+        + [(True, True, 0, False, False, 1, True, 5)] * 4  # tn
+        + [(True, True, None, True, True, 2, True, 5)] * 2
+    )  # undecided, truly truncated
     frame = _judgements(rows)
     quality = judge_quality(frame).iloc[0]
     assert (quality["tp"], quality["fn"], quality["fp"], quality["tn"], quality["undecided"]) == (3, 1, 2, 4, 2)
@@ -443,8 +497,14 @@ def test_important_groups_recomputed_at_the_analysis_thresholds():
     from segattr_utils.method.importance import label_segments
 
     # trace t: strengths 0.5, 0.3, 0.2 -> tau 0.8 keeps segments 0 and 1; beta 0.95 drops segment 1 (consistency 1)
-    scores = pd.DataFrame({"trace_id": ["t"] * 3 + ["u"] * 2, "segment": [0, 1, 2, 0, 1],
-                           "norm_strength": [0.5, 0.3, 0.2, 0.9, 0.1], "consistency": [0.4, 1.0, 0.1, 0.5, 0.5]})
+    scores = pd.DataFrame(
+        {
+            "trace_id": ["t"] * 3 + ["u"] * 2,
+            "segment": [0, 1, 2, 0, 1],
+            "norm_strength": [0.5, 0.3, 0.2, 0.9, 0.1],
+            "consistency": [0.4, 1.0, 0.1, 0.5, 0.5],
+        }
+    )
     assert label_segments(scores, 0.8, 0.95)["important"].tolist() == [True, False, False, True, False]
     assert label_segments(scores, 1.0, 1.0)["important"].tolist() == [True, True, True, True, True]
 
@@ -468,14 +528,43 @@ def test_segments_to_judge_builds_triples_groups_and_truth(tmp_path):
     texts = ["Okay, 3 + 2 = 5.", "\n\nWait, maybe I should", "\n\nSo 5 + 1 = 6."]
     kinds = ["productive", "truncated", "productive"]
     segments = pd.DataFrame(
-        [{"trace_id": "q:correct", "question_id": "q", "correct": True, "segment": i, "n_segments": 3, "text": t,
-          "n_chars": len(t), "kind": k} for i, (t, k) in enumerate(zip(texts, kinds))]
-        + [{"trace_id": "q:incorrect", "question_id": "q", "correct": False, "segment": 0, "n_segments": 1,
-            "text": "x", "n_chars": 1, "kind": "productive"}])
+        [
+            {
+                "trace_id": "q:correct",
+                "question_id": "q",
+                "correct": True,
+                "segment": i,
+                "n_segments": 3,
+                "text": t,
+                "n_chars": len(t),
+                "kind": k,
+            }
+            for i, (t, k) in enumerate(zip(texts, kinds))
+        ]
+        + [
+            {
+                "trace_id": "q:incorrect",
+                "question_id": "q",
+                "correct": False,
+                "segment": 0,
+                "n_segments": 1,
+                "text": "x",
+                "n_chars": 1,
+                "kind": "productive",
+            }
+        ]
+    )
     # strengths 0.6, 0.1, 0.3: tau 0.8 keeps segments 0 and 2; beta 0.95 drops segment 2 (consistency 0.99)
-    scores = pd.DataFrame({"trace_id": ["q:correct"] * 3 + ["q:incorrect"], "segment": [0, 1, 2, 0],
-                           "norm_strength": [0.6, 0.1, 0.3, 1.0], "consistency": [0.5, 0.2, 0.99, 0.5],
-                           "correct": [True, True, True, False], "important": [True, False, False, True]})
+    scores = pd.DataFrame(
+        {
+            "trace_id": ["q:correct"] * 3 + ["q:incorrect"],
+            "segment": [0, 1, 2, 0],
+            "norm_strength": [0.6, 0.1, 0.3, 1.0],
+            "consistency": [0.5, 0.2, 0.99, 0.5],
+            "correct": [True, True, True, False],
+            "important": [True, False, False, True],
+        }
+    )
     write_table(stage_dir(profile, "02_segmentation") / "segments.parquet", segments)
     write_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet", scores)
     table = segments_to_judge(profile)
@@ -494,10 +583,18 @@ def test_judge_training_triples_come_from_pretraining_teacher_traces(tmp_path):
 
     profile = _profile(tmp_path)
     profile["judge"]["n_training_triples"] = 6
-    traces = pd.DataFrame([
-        {"question_id": "p", "suite": "pretrain", "completion": "", "segments": TRACE[0], "kinds": TRACE[1]},
-        {"question_id": "t", "suite": "train", "completion": "", "segments": ["held out."], "kinds": ["productive"]},
-    ])
+    traces = pd.DataFrame(
+        [
+            {"question_id": "p", "suite": "pretrain", "completion": "", "segments": TRACE[0], "kinds": TRACE[1]},
+            {
+                "question_id": "t",
+                "suite": "train",
+                "completion": "",
+                "segments": ["held out."],
+                "kinds": ["productive"],
+            },
+        ]
+    )
     write_table(stage_dir(profile, "00_world") / "teacher_traces.parquet", traces)
     triples = judge_training_triples(profile)
     assert len(triples) == 6 and sum(label for _, label in triples) == 3

@@ -41,7 +41,9 @@ def test_token_nll_and_entropy_hand_values():
     assert entropy.tolist() == pytest.approx([math.log(4), -float((p * np.log(p)).sum())])
     # chunking does not change the result
     nll_chunked, entropy_chunked = token_nll_and_entropy(logits, torch.tensor([2, 0, 3]), chunk=1)
-    assert nll_chunked.tolist() == pytest.approx(nll.tolist()) and entropy_chunked.tolist() == pytest.approx(entropy.tolist())
+    assert nll_chunked.tolist() == pytest.approx(nll.tolist()) and entropy_chunked.tolist() == pytest.approx(
+        entropy.tolist()
+    )
     with pytest.raises(ValueError):
         token_nll_and_entropy(logits[:1], torch.tensor([2]))
 
@@ -61,8 +63,13 @@ def test_span_means_and_perplexity():
 # Model passes with a bigram language model
 
 
-CORPUS = ["Question: start with 7 and add 5", "Okay so seven plus five is twelve", "Wait let me check the sum",
-          "Alternatively count up from seven", "The final answer is twelve"] * 4
+CORPUS = [
+    "Question: start with 7 and add 5",
+    "Okay so seven plus five is twelve",
+    "Wait let me check the sum",
+    "Alternatively count up from seven",
+    "The final answer is twelve",
+] * 4
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +111,11 @@ def _bigram_entropy(model, previous: int) -> float:
 # Pieces end in a letter and the next starts with "\n\n" (its own pre-token), so tokenising the pieces
 # separately gives the tokens of the whole text: the reference below needs no offsets.
 PROMPT = "Question: start with 7 and add 5<think>"
-SEGMENTS = ["Okay so seven plus five is twelve", "\n\nWait let me check the sum", "\n\nAlternatively count up from seven"]
+SEGMENTS = [
+    "Okay so seven plus five is twelve",
+    "\n\nWait let me check the sum",
+    "\n\nAlternatively count up from seven",
+]
 
 
 def test_segment_perplexity_entropy_matches_token_by_token_reference(bigram, tokenizer):
@@ -149,11 +160,17 @@ def test_removal_perplexity_increase_hand_reference(bigram, tokenizer):
     for m in range(len(SEGMENTS)):
         rest = "".join(s for j, s in enumerate(SEGMENTS) if j != m) + answer
         expected.append(_reference_perplexity(bigram, tokenizer, PROMPT, rest) - full)
-    assert removal_perplexity_increase(bigram, tokenizer, PROMPT, SEGMENTS, answer, batch_size=2) == pytest.approx(expected, rel=1e-9)
+    assert removal_perplexity_increase(bigram, tokenizer, PROMPT, SEGMENTS, answer, batch_size=2) == pytest.approx(
+        expected, rel=1e-9
+    )
     # One segment: removing it leaves only the answer part, which is still scored.
     single = removal_perplexity_increase(bigram, tokenizer, PROMPT, SEGMENTS[:1], answer)
-    assert single == pytest.approx([_reference_perplexity(bigram, tokenizer, PROMPT, answer)
-                                    - _reference_perplexity(bigram, tokenizer, PROMPT, SEGMENTS[0] + answer)])
+    assert single == pytest.approx(
+        [
+            _reference_perplexity(bigram, tokenizer, PROMPT, answer)
+            - _reference_perplexity(bigram, tokenizer, PROMPT, SEGMENTS[0] + answer)
+        ]
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -79,17 +79,20 @@ def test_curve_share_holding_and_grid():
         curve_share_holding(grid, [0.0, 0.1, 0.2, 0.3, 0.4], 0.8)
 
 
-@pytest.mark.parametrize("text, answer, expected", [
-    ("so 3 + 3 = 6.", "6", True),
-    ("the result is \\boxed{6}", "6", True),
-    ("we get 16 here", "6", False),
-    ("about 6.5 units", "6", False),
-    ("x6 is a name", "6", False),
-    ("6", "6", True),
-    ("so it is -3, done", "-3", True),
-    ("so x = \\frac{1}{2}.", "\\frac{1}{2}", True),
-    ("value 1.6", "6", False),
-])
+@pytest.mark.parametrize(
+    "text, answer, expected",
+    [
+        ("so 3 + 3 = 6.", "6", True),
+        ("the result is \\boxed{6}", "6", True),
+        ("we get 16 here", "6", False),
+        ("about 6.5 units", "6", False),
+        ("x6 is a name", "6", False),
+        ("6", "6", True),
+        ("so it is -3, done", "-3", True),
+        ("so x = \\frac{1}{2}.", "\\frac{1}{2}", True),
+        ("value 1.6", "6", False),
+    ],
+)
 def test_contains_answer(text, answer, expected):
     assert contains_answer(text, answer) is expected
 
@@ -112,17 +115,21 @@ def test_world_decision_segment_uses_the_final_equation():
 
 def test_positional_shares_hand_example():
     # Trace a (decision segment 2), trace b (decision 0), trace c (no decision: left out).
-    labelled = pd.DataFrame({
-        "trace_id": ["a"] * 5 + ["b"] * 2 + ["c"],
-        "segment": [0, 1, 2, 3, 4, 0, 1, 0],
-        "important": [True, False, True, True, False, True, False, False],
-        "high_strength": [True, False, True, True, True, True, False, True],
-        "moderate_consistency": [True, True, True, True, False, True, False, False],
-    })
+    labelled = pd.DataFrame(
+        {
+            "trace_id": ["a"] * 5 + ["b"] * 2 + ["c"],
+            "segment": [0, 1, 2, 3, 4, 0, 1, 0],
+            "important": [True, False, True, True, False, True, False, False],
+            "high_strength": [True, False, True, True, True, True, False, True],
+            "moderate_consistency": [True, True, True, True, False, True, False, False],
+        }
+    )
     shares = positional_shares(labelled, {"a": 2, "b": 0, "c": None}).set_index("set")
     # important: a0 before, a2 at, a3 after, b0 at -> 1/4 before, 2/4 at, 1/4 after
     assert shares.loc["important", "n"] == 4
-    assert shares.loc["important", ["share_before", "share_at", "share_after"]].tolist() == pytest.approx([0.25, 0.5, 0.25])
+    assert shares.loc["important", ["share_before", "share_at", "share_after"]].tolist() == pytest.approx(
+        [0.25, 0.5, 0.25]
+    )
     # unimportant: a1 before, a4 after, b1 after -> 1/3 before, 2/3 after
     assert shares.loc["unimportant", ["share_before", "share_after"]].tolist() == pytest.approx([1 / 3, 2 / 3])
     # low-strength unimportant: a1 (before), b1 (after); high-consistency unimportant: a4, b1 (both after)

@@ -18,8 +18,13 @@ from segattr_utils.world import REDUNDANT_KINDS
 
 def test_redundant_kinds_are_the_papers_three():
     assert set(REDUNDANT_KINDS) == {"repetition", "truncated", "superficial"}
-    assert is_redundant(["productive", "repetition", "truncated", "superficial", "verification"]).tolist() == \
-        [False, True, True, True, False]
+    assert is_redundant(["productive", "repetition", "truncated", "superficial", "verification"]).tolist() == [
+        False,
+        True,
+        True,
+        True,
+        False,
+    ]
     with pytest.raises(ValueError):
         is_redundant(["productive", None])
 
@@ -37,7 +42,13 @@ def test_lowest_k_is_stable():
 def test_precision_recall_hand_counts():
     # predicted T T F F T, truth T F T F T -> tp = 2, predicted 3, actual 3
     result = precision_recall([True, True, False, False, True], [True, False, True, False, True])
-    assert result == {"tp": 2, "predicted": 3, "actual": 3, "precision": pytest.approx(2 / 3), "recall": pytest.approx(2 / 3)}
+    assert result == {
+        "tp": 2,
+        "predicted": 3,
+        "actual": 3,
+        "precision": pytest.approx(2 / 3),
+        "recall": pytest.approx(2 / 3),
+    }
     none = precision_recall([False, False], [False, True])
     assert none["precision"] is None and none["recall"] == 0.0
 
@@ -45,13 +56,15 @@ def test_precision_recall_hand_counts():
 def _table():
     # Trace a: kinds P R T P, ours calls segments 1 and 3 unimportant (2 of them).
     # Trace b: kinds P S, ours calls segment 1 unimportant.
-    return pd.DataFrame({
-        "trace_id": ["a", "a", "a", "a", "b", "b"],
-        "segment": [0, 1, 2, 3, 0, 1],
-        "kind": ["productive", "repetition", "truncated", "productive", "productive", "superficial"],
-        "important": [True, False, True, False, True, False],
-        "entropy": [0.5, 0.1, 0.2, 0.9, 0.4, 0.3],
-    })
+    return pd.DataFrame(
+        {
+            "trace_id": ["a", "a", "a", "a", "b", "b"],
+            "segment": [0, 1, 2, 3, 0, 1],
+            "kind": ["productive", "repetition", "truncated", "productive", "productive", "superficial"],
+            "important": [True, False, True, False, True, False],
+            "entropy": [0.5, 0.1, 0.2, 0.9, 0.4, 0.3],
+        }
+    )
 
 
 def test_matched_unimportant_uses_our_count_per_trace():

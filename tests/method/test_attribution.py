@@ -45,8 +45,15 @@ INIT_RANGE = 0.1
 
 def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
     kwargs = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=MAX_POS, initializer_range=INIT_RANGE, pad_token_id=None,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_POS,
+        initializer_range=INIT_RANGE,
+        pad_token_id=None,
     )
     kwargs.update(overrides)
     torch.manual_seed(seed)
@@ -56,8 +63,15 @@ def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
 def tiny_llama(seed: int = 1) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=MAX_POS, initializer_range=INIT_RANGE, pad_token_id=None,
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=MAX_POS,
+        initializer_range=INIT_RANGE,
+        pad_token_id=None,
     )
     return LlamaForCausalLM(cfg).float().eval()
 
@@ -65,7 +79,12 @@ def tiny_llama(seed: int = 1) -> LlamaForCausalLM:
 def tiny_gpt2(seed: int = 2) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     cfg = GPT2Config(
-        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=MAX_POS, initializer_range=INIT_RANGE,
+        vocab_size=VOCAB,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        n_positions=MAX_POS,
+        initializer_range=INIT_RANGE,
         pad_token_id=None,
     )
     return GPT2LMHeadModel(cfg).float().eval()
@@ -225,10 +244,17 @@ def test_captum_trapezoid_is_not_the_textbook_rule():
 # --------------------------------------------------------------------------- engine vs reference
 
 
-@pytest.mark.parametrize("method,n_steps", [
-    ("gausslegendre", 20), ("riemann_trapezoid", 12), ("official", 12),
-    ("riemann_left", 8), ("riemann_right", 8), ("riemann_middle", 8),
-])
+@pytest.mark.parametrize(
+    "method,n_steps",
+    [
+        ("gausslegendre", 20),
+        ("riemann_trapezoid", 12),
+        ("official", 12),
+        ("riemann_left", 8),
+        ("riemann_right", 8),
+        ("riemann_middle", 8),
+    ],
+)
 def test_engine_matches_hand_written_reference(qwen, ids, method, n_steps):
     weights, alphas = reference_rule(method, n_steps)
     expected = reference_ig(qwen, ids, SPAN, BASELINE, weights, alphas)
@@ -268,8 +294,9 @@ def test_engine_matches_reference_with_tied_embeddings(ids):
 def test_chunking_does_not_change_the_result(qwen, ids, method):
     n_steps = 15  # 7 does not divide it: the last chunk is short
     results = [
-        token_attributions(qwen, ids, SPAN, baseline_token_id=BASELINE, method=method, n_steps=n_steps,
-                           internal_batch_size=ibs)
+        token_attributions(
+            qwen, ids, SPAN, baseline_token_id=BASELINE, method=method, n_steps=n_steps, internal_batch_size=ibs
+        )
         for ibs in (None, 1, 7)
     ]
     reference = results[0]
@@ -450,27 +477,30 @@ def _ids(n=LENGTH):
     return torch.arange(4, 4 + n) % VOCAB
 
 
-@pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(target_span=(10, 10)), ValueError, "empty"),
-    (dict(target_span=(12, 10)), ValueError, "empty"),
-    (dict(target_span=(20, LENGTH + 1)), ValueError, "outside"),
-    (dict(target_span=(0, 3)), ValueError, "outside"),
-    (dict(target_span=(-2, 3)), ValueError, "outside"),
-    (dict(target_span=(1, 2, 3)), TypeError, "target_span"),
-    (dict(input_ids=_ids(MAX_POS + 1), target_span=(60, 65)), ValueError, "longer"),
-    (dict(input_ids=_ids().unsqueeze(0)), ValueError, "1-D"),
-    (dict(input_ids=_ids().to(torch.int32)), TypeError, "LongTensor"),
-    (dict(input_ids=_ids().tolist()), TypeError, "torch.Tensor"),
-    (dict(input_ids=torch.zeros(0, dtype=torch.long), target_span=(1, 2)), ValueError, "empty"),
-    (dict(interpolate=torch.ones(LENGTH - 1, dtype=torch.bool)), ValueError, "interpolate"),
-    (dict(interpolate=torch.ones(LENGTH, dtype=torch.long)), TypeError, "interpolate"),
-    (dict(interpolate=[True] * LENGTH), TypeError, "interpolate"),
-    (dict(method="simpson"), ValueError, "unknown IG method"),
-    (dict(n_steps=1), ValueError, "n_steps"),
-    (dict(n_steps=0), ValueError, "n_steps"),
-    (dict(internal_batch_size=0), ValueError, "internal_batch_size"),
-    (dict(internal_batch_size=-3), ValueError, "internal_batch_size"),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(target_span=(10, 10)), ValueError, "empty"),
+        (dict(target_span=(12, 10)), ValueError, "empty"),
+        (dict(target_span=(20, LENGTH + 1)), ValueError, "outside"),
+        (dict(target_span=(0, 3)), ValueError, "outside"),
+        (dict(target_span=(-2, 3)), ValueError, "outside"),
+        (dict(target_span=(1, 2, 3)), TypeError, "target_span"),
+        (dict(input_ids=_ids(MAX_POS + 1), target_span=(60, 65)), ValueError, "longer"),
+        (dict(input_ids=_ids().unsqueeze(0)), ValueError, "1-D"),
+        (dict(input_ids=_ids().to(torch.int32)), TypeError, "LongTensor"),
+        (dict(input_ids=_ids().tolist()), TypeError, "torch.Tensor"),
+        (dict(input_ids=torch.zeros(0, dtype=torch.long), target_span=(1, 2)), ValueError, "empty"),
+        (dict(interpolate=torch.ones(LENGTH - 1, dtype=torch.bool)), ValueError, "interpolate"),
+        (dict(interpolate=torch.ones(LENGTH, dtype=torch.long)), TypeError, "interpolate"),
+        (dict(interpolate=[True] * LENGTH), TypeError, "interpolate"),
+        (dict(method="simpson"), ValueError, "unknown IG method"),
+        (dict(n_steps=1), ValueError, "n_steps"),
+        (dict(n_steps=0), ValueError, "n_steps"),
+        (dict(internal_batch_size=0), ValueError, "internal_batch_size"),
+        (dict(internal_batch_size=-3), ValueError, "internal_batch_size"),
+    ],
+)
 def test_bad_input_raises(qwen, kwargs, exc, match):
     call = dict(input_ids=_ids(), target_span=SPAN, baseline_token_id=BASELINE, n_steps=4)
     call.update(kwargs)
@@ -495,8 +525,7 @@ def test_model_and_inputs_on_gpu(ids):
     weights, alphas = gauss_legendre_rule(12)
     expected = reference_ig(cpu_model, ids, SPAN, BASELINE, weights, alphas, interpolate=interpolate)
     for mask in (interpolate, interpolate.cuda()):
-        got = token_attributions(gpu_model, ids.cuda(), SPAN, baseline_token_id=BASELINE, interpolate=mask,
-                                 n_steps=12)
+        got = token_attributions(gpu_model, ids.cuda(), SPAN, baseline_token_id=BASELINE, interpolate=mask, n_steps=12)
         assert got.values.device.type == "cpu"
         torch.testing.assert_close(got.values.double(), expected, rtol=0, atol=1e-4)
     got = token_attributions(gpu_model, ids.cuda(), SPAN, baseline_token_id=BASELINE, n_steps=12)

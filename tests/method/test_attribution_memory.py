@@ -68,7 +68,12 @@ def test_peak_memory_far_below_full_logits(tmp_path):
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-c", SCRIPT],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     stats = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -78,7 +83,9 @@ def test_peak_memory_far_below_full_logits(tmp_path):
     # Conservative: the peak reached during the call minus the resident memory just before it (an upper
     # bound on what the call itself added, even if model construction had a higher transient peak).
     increase = stats["peak_after"] - stats["rss_before"]
-    print(f"peak RSS increase during token_attributions: {increase / 1e9:.3f} GB "
-          f"(full logits would need {FULL_LOGITS_BYTES / 1e9:.1f} GB)")
+    print(
+        f"peak RSS increase during token_attributions: {increase / 1e9:.3f} GB "
+        f"(full logits would need {FULL_LOGITS_BYTES / 1e9:.1f} GB)"
+    )
     assert increase < LIMIT_BYTES
     assert increase < FULL_LOGITS_BYTES / 10

@@ -267,7 +267,9 @@ def test_sequence_is_tokenised_once(tok, seq):
     full = tok(seq.text, add_special_tokens=False)["input_ids"]
     assert seq.input_ids == list(full)
     assert len(seq) == len(full)
-    assert seq.offsets == [tuple(o) for o in tok(seq.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]]
+    assert seq.offsets == [
+        tuple(o) for o in tok(seq.text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    ]
 
 
 def test_per_prefix_tokenisation_differs_from_single_tokenisation(tok, seq):
@@ -311,7 +313,7 @@ def test_spans_are_contiguous_and_partition_trace_tokens(tok, rule):
     assert seq.prompt_span == (0, len(_owner_tokens(seq.offsets, 0, trace_start, rule)))
     assert seq.offsets[seq.prompt_span[1]][0] == trace_start
     assert seq.segment_spans[0][0] == seq.prompt_span[1]
-    for (a0, b0), (a1, b1) in zip(seq.segment_spans, seq.segment_spans[1:]):
+    for (_, b0), (a1, _) in zip(seq.segment_spans, seq.segment_spans[1:]):
         assert b0 == a1
     assert seq.trace_span == (seq.prompt_span[1], seq.segment_spans[-1][1])
     last = seq.segment_spans[-1][1]

@@ -24,9 +24,16 @@ SEGMENTS = [
 
 
 def _view() -> pd.DataFrame:
-    return pd.DataFrame({"segment": range(4), "text": SEGMENTS, "important": [True, True, False, False],
-                         "norm_strength": [0.4, 0.35, 0.05, 0.2], "consistency": [0.61, 0.72, 0.99, 0.97],
-                         "kind": ["productive", "productive", "truncated", "superficial"]})
+    return pd.DataFrame(
+        {
+            "segment": range(4),
+            "text": SEGMENTS,
+            "important": [True, True, False, False],
+            "norm_strength": [0.4, 0.35, 0.05, 0.2],
+            "consistency": [0.61, 0.72, 0.99, 0.97],
+            "kind": ["productive", "productive", "truncated", "superficial"],
+        }
+    )
 
 
 class _SegmentParser(html.parser.HTMLParser):
@@ -93,9 +100,19 @@ def test_render_rejects_bad_views():
 
 
 def test_trace_view_joins_scores_and_texts():
-    scores = pd.DataFrame({"trace_id": ["t"] * 2 + ["u"], "segment": [1, 0, 0], "important": [False, True, True],
-                           "norm_strength": [0.3, 0.7, 1.0], "consistency": [0.99, 0.5, 0.4], "kind": ["repetition", "productive", None]})
-    segments = pd.DataFrame({"trace_id": ["t", "t", "u"], "segment": [0, 1, 0], "text": ["first", "\n\nsecond", "only"]})
+    scores = pd.DataFrame(
+        {
+            "trace_id": ["t"] * 2 + ["u"],
+            "segment": [1, 0, 0],
+            "important": [False, True, True],
+            "norm_strength": [0.3, 0.7, 1.0],
+            "consistency": [0.99, 0.5, 0.4],
+            "kind": ["repetition", "productive", None],
+        }
+    )
+    segments = pd.DataFrame(
+        {"trace_id": ["t", "t", "u"], "segment": [0, 1, 0], "text": ["first", "\n\nsecond", "only"]}
+    )
     view = trace_view(scores, segments, "t")
     assert view["segment"].tolist() == [0, 1] and view["text"].tolist() == ["first", "\n\nsecond"]
     assert view["important"].tolist() == [True, False]
@@ -139,13 +156,24 @@ def test_html_renders_every_segment_in_headless_chromium(tmp_path):
     page = write_html(tmp_path / "trace.html", _view(), title="render test")
     checked = tmp_path / "checked.html"
     checked.write_text(page.read_text(encoding="utf-8").replace("</body>", CHECK_SCRIPT + "</body>"), encoding="utf-8")
-    command = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", Path(checked).as_uri()]
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--dump-dom",
+        Path(checked).as_uri(),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     start = result.stdout.index('<pre id="render-check">') + len('<pre id="render-check">')
-    payload = html.unescape(result.stdout[start:result.stdout.index("</pre>", start)])
+    payload = html.unescape(result.stdout[start : result.stdout.index("</pre>", start)])
     report = json.loads(payload)
     assert report["title"] == "render test"  # the escaped <script> in a segment did not run
     assert [row["segment"] for row in report["rows"]] == ["0", "1", "2", "3"]

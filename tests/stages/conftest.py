@@ -12,44 +12,99 @@ from segattr_utils.config import Profile, load_profile, stage_dir
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 TRACES = {
-    "q0:correct": ["Okay, so 2 + 1 = 3.", "\n\nWait, so 2 + 1 = 3.", "\n\nAnother step, 3 * 2 = 6. So the result is 6."],
+    "q0:correct": [
+        "Okay, so 2 + 1 = 3.",
+        "\n\nWait, so 2 + 1 = 3.",
+        "\n\nAnother step, 3 * 2 = 6. So the result is 6.",
+    ],
     "q1:correct": ["Okay, 5 - 1 = 4. So the result is 4."],
     "q1:incorrect": ["Okay, 5 - 1 = 3.", "\n\nWait, what if I"],
 }
-QUESTIONS = {"q0": ("Start with 2, then first add 1, second multiply by 2. What is the result?", "6"),
-             "q1": ("Start with 5, then first subtract 1. What is the result?", "4")}
+QUESTIONS = {
+    "q0": ("Start with 2, then first add 1, second multiply by 2. What is the result?", "6"),
+    "q1": ("Start with 5, then first subtract 1. What is the result?", "4"),
+}
 
 
 @pytest.fixture()
 def profile(tmp_path):
-    corpus = [q for q, _ in QUESTIONS.values()] + ["".join(s) for s in TRACES.values()] + ["The final answer is \\boxed{6}."]
+    corpus = (
+        [q for q, _ in QUESTIONS.values()] + ["".join(s) for s in TRACES.values()] + ["The final answer is \\boxed{6}."]
+    )
     tokenizer = build_bpe_tokenizer(corpus * 3, vocab_size=300)
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                                         max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
-                                         eos_token_id=tokenizer.eos_token_id))
+    model = Qwen2ForCausalLM(
+        Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=512,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    )
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     base = load_profile("smoke")
-    profile = Profile({**base, "results_root": str(tmp_path / "results"),
-                       "models": {**base["models"], "generator": {**base["models"]["generator"], "local_path": str(model_dir)}}})
+    profile = Profile(
+        {
+            **base,
+            "results_root": str(tmp_path / "results"),
+            "models": {**base["models"], "generator": {**base["models"]["generator"], "local_path": str(model_dir)}},
+        }
+    )
     kept, segments, scores = [], [], []
     for tid, texts in TRACES.items():
         qid, label = tid.split(":")
         question, answer = QUESTIONS[qid]
         reasoning = "".join(texts)
-        kept.append({"trace_id": tid, "question_id": qid, "question": question, "answer": answer,
-                     "correct": label == "correct", "sample": 0, "n_tokens": 10, "text": reasoning,
-                     "reasoning": reasoning, "answer_part": f"\n</think>\n\nThe final answer is \\boxed{{{answer}}}.", "pred": answer})
+        kept.append(
+            {
+                "trace_id": tid,
+                "question_id": qid,
+                "question": question,
+                "answer": answer,
+                "correct": label == "correct",
+                "sample": 0,
+                "n_tokens": 10,
+                "text": reasoning,
+                "reasoning": reasoning,
+                "answer_part": f"\n</think>\n\nThe final answer is \\boxed{{{answer}}}.",
+                "pred": answer,
+            }
+        )
         n = len(texts)
         for index, text in enumerate(texts):
-            segments.append({"trace_id": tid, "question_id": qid, "correct": label == "correct", "segment": index,
-                             "n_segments": n, "text": text, "n_chars": len(text), "kind": "productive"})
-            scores.append({"trace_id": tid, "segment": index, "n_tokens": 5, "norm_strength": 1 / n,
-                           "consistency": 0.5, "correct": label == "correct", "n_segments": n, "important": index == 0,
-                           "high_strength": True, "kind": "productive"})
+            segments.append(
+                {
+                    "trace_id": tid,
+                    "question_id": qid,
+                    "correct": label == "correct",
+                    "segment": index,
+                    "n_segments": n,
+                    "text": text,
+                    "n_chars": len(text),
+                    "kind": "productive",
+                }
+            )
+            scores.append(
+                {
+                    "trace_id": tid,
+                    "segment": index,
+                    "n_tokens": 5,
+                    "norm_strength": 1 / n,
+                    "consistency": 0.5,
+                    "correct": label == "correct",
+                    "n_segments": n,
+                    "important": index == 0,
+                    "high_strength": True,
+                    "kind": "productive",
+                }
+            )
     write_table(stage_dir(profile, "01_generation") / "kept_traces.parquet", pd.DataFrame(kept))
     write_table(stage_dir(profile, "02_segmentation") / "segments.parquet", pd.DataFrame(segments))
     write_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet", pd.DataFrame(scores))

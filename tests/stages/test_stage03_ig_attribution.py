@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from segattr_utils.stages import stage03_ig_attribution as pipeline
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.config import load_profile
+from segattr_utils.stages import stage03_ig_attribution as pipeline
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
-from segattr_utils.workers import map_in_workers
 
 CORPUS = [
     "Start with 7. Step 1: add 5. Step 2: multiply by 3. Please reason step by step, and put your final "
@@ -22,8 +21,12 @@ CORPUS = [
 ] * 5
 
 TRACES = [
-    {"trace_id": f"q{i}:sample", "question": f"Start with {i}. Step 1: add 5.", "answer": str(i + 5),
-     "segments": [f"Okay, so {i} + 5 = {i + 5}.", f"\n\nWait, let me check: {i} + 5 = {i + 5}."]}
+    {
+        "trace_id": f"q{i}:sample",
+        "question": f"Start with {i}. Step 1: add 5.",
+        "answer": str(i + 5),
+        "segments": [f"Okay, so {i} + 5 = {i + 5}.", f"\n\nWait, let me check: {i} + 5 = {i + 5}."],
+    }
     for i in range(2, 7)
 ]
 
@@ -32,9 +35,17 @@ TRACES = [
 def world_profile(tmp_path_factory):
     tokenizer = build_bpe_tokenizer(CORPUS, vocab_size=320)
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     # no pad_token_id in the config: Qwen2 would zero the pad row, a degenerate IG baseline
     folder = tmp_path_factory.mktemp("generator")
     Qwen2ForCausalLM(config).save_pretrained(folder)
@@ -49,8 +60,9 @@ def test_attribution_in_two_workers_equals_one_process_and_resumes(world_profile
     serial_profile = load_profile("smoke")
     serial_profile.update({k: v for k, v in world_profile.items()})
     serial_profile["attribution"] = dict(world_profile["attribution"], workers=1)
-    serial = pipeline.attribute_traces(serial_profile, TRACES, RecordStore(tmp_path / "serial.jsonl",
-                                       key_fn=lambda r: r["trace_id"]), "serial")
+    serial = pipeline.attribute_traces(
+        serial_profile, TRACES, RecordStore(tmp_path / "serial.jsonl", key_fn=lambda r: r["trace_id"]), "serial"
+    )
 
     parallel_profile = load_profile("smoke")
     parallel_profile.update({k: v for k, v in world_profile.items()})

@@ -4,18 +4,9 @@ records of an uninterrupted run, and the BLEU column matches the segments' hand-
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
-import pytest
-import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from segattr_utils.artifacts import write_table
-from segattr_utils.config import Profile, load_profile, stage_dir
-from segattr_utils.stages import stage04_confidence_delta as confidence_delta, stage05_linguistics as linguistics
-from segattr_utils.world.tokenizer import build_bpe_tokenizer
-
+from segattr_utils.stages import stage05_linguistics as linguistics
 
 
 def test_linguistics_stage_columns_and_bleu(profile):

@@ -7,22 +7,21 @@ by enumeration), never by the function under test.
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from segattr_utils.config import Profile, load_profile
-from segattr_utils.data.questions import answer_text, multiple_choice_row
-from segattr_utils.stages import stage09_evaluation as ev
+from segattr_utils.llm.training import build_char_masked_example, build_training_example, tokenize_with_offsets
 from segattr_utils.stages import stage08_selective_sft as sft
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
-from segattr_utils.llm.training import build_char_masked_example, build_training_example, tokenize_with_offsets
 
-CORPUS = ["Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
-          "The final answer is \\boxed{15}.", "Please reason step by step."] * 5
+CORPUS = [
+    "Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
+    "The final answer is \\boxed{15}.",
+    "Please reason step by step.",
+] * 5
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,9 @@ ANSWER = "\n</think>\n\nThe final answer is \\boxed{15}."
 
 
 def test_char_masked_example_learns_exactly_the_chosen_tokens(tokenizer):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT_MSG}], tokenize=False, add_generation_prompt=True
+    )
     trace = "".join(SEGMENTS)
     ids, offsets = tokenize_with_offsets(tokenizer, prompt + trace + ANSWER)
     trace_tokens = [i for i, (s, _) in enumerate(offsets) if len(prompt) <= s < len(prompt) + len(trace)]
@@ -53,11 +53,14 @@ def test_char_masked_example_learns_exactly_the_chosen_tokens(tokenizer):
 
 
 def test_char_masked_example_with_whole_segments_equals_segment_selection(tokenizer):
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT_MSG}], tokenize=False,
-                                           add_generation_prompt=True)
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": PROMPT_MSG}], tokenize=False, add_generation_prompt=True
+    )
     # the second segment's characters: the segment-level builder must give the same labels
     start = len(SEGMENTS[0])
-    by_chars = build_char_masked_example(tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(start, start + len(SEGMENTS[1]))])
+    by_chars = build_char_masked_example(
+        tokenizer, prompt, "".join(SEGMENTS), ANSWER, [(start, start + len(SEGMENTS[1]))]
+    )
     by_segments = build_training_example(tokenizer, prompt, SEGMENTS, ANSWER, selected=[1])
     assert by_chars.input_ids == by_segments.input_ids
     assert by_chars.labels == by_segments.labels
@@ -113,16 +116,24 @@ def test_two_stage_schedule():
 def test_stop_after_epoch_ends_training_early(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from segattr_utils.llm.training import TrainSettings, TrainingExample, train_sft
+    from segattr_utils.llm.training import TrainingExample, TrainSettings, train_sft
 
     tok = build_bpe_tokenizer(CORPUS, vocab_size=300)
-    config = Qwen2Config(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64)
+    config = Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
     model = Qwen2ForCausalLM(config)
     ids = tok("12 + 3 = 15", add_special_tokens=False)["input_ids"]
     examples = [TrainingExample(ids, ids)] * 8
-    settings = TrainSettings(epochs=4, batch_size=4, stop_after_epoch=2, save_steps=1000, logging_steps=1,
-                             learning_rate=1e-3)
+    settings = TrainSettings(
+        epochs=4, batch_size=4, stop_after_epoch=2, save_steps=1000, logging_steps=1, learning_rate=1e-3
+    )
     summary = train_sft(model, tok, examples, settings, tmp_path / "run", seed=0)
     assert summary["steps"] == 4  # 2 steps per epoch, stopped after epoch 2 of 4
     assert math.isfinite(summary["final_loss"])
@@ -134,7 +145,8 @@ def test_the_registry_alone_drives_the_run_plan():
     profile = _profile(tables=["2"], ablation_seeds=[0])
     before = {r.name for r in sft.plan_runs(profile)}
     variants.register("my_rule", label="My Segments", mode="selective", tables=("2",))(
-        lambda records, settings: [variants.TraceSelection({0}) for _ in records])
+        lambda records, settings: [variants.TraceSelection({0}) for _ in records]
+    )
     try:
         after = {r.name for r in sft.plan_runs(profile)}
     finally:
@@ -146,7 +158,6 @@ def test_the_registry_alone_drives_the_run_plan():
 
 
 def test_a_variant_names_the_signal_it_needs():
-    import numpy as np
 
     from segattr_utils.llm.variants import SelectionSettings, TraceRecord, get_variant
 

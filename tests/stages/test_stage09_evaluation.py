@@ -8,38 +8,80 @@ by enumeration), never by the function under test.
 from __future__ import annotations
 
 import itertools
-import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from segattr_utils.config import Profile, load_profile
 from segattr_utils.data.questions import answer_text, multiple_choice_row
 from segattr_utils.stages import stage09_evaluation as ev
-from segattr_utils.stages import stage08_selective_sft as sft
-from segattr_utils.world.tokenizer import build_bpe_tokenizer
-from segattr_utils.llm.training import build_char_masked_example, build_training_example, tokenize_with_offsets
 
-CORPUS = ["Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
-          "The final answer is \\boxed{15}.", "Please reason step by step."] * 5
+CORPUS = [
+    "Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
+    "The final answer is \\boxed{15}.",
+    "Please reason step by step.",
+] * 5
 
 
 def _graded():
     rows = []
     # model m: bench A two questions, greedy right on q1 only; samples: q1 3/4 correct, q2 1/4
     for qid, greedy_ok, sampled in (("q1", True, [1, 1, 1, 0]), ("q2", False, [0, 0, 1, 0])):
-        rows.append({"model": "m", "benchmark": "A", "domain": "in", "mode": "greedy", "question_id": qid, "sample": 0,
-                     "correct": greedy_ok, "n_tokens": 100 if greedy_ok else 200, "finished": True})
+        rows.append(
+            {
+                "model": "m",
+                "benchmark": "A",
+                "domain": "in",
+                "mode": "greedy",
+                "question_id": qid,
+                "sample": 0,
+                "correct": greedy_ok,
+                "n_tokens": 100 if greedy_ok else 200,
+                "finished": True,
+            }
+        )
         for s, ok in enumerate(sampled):
-            rows.append({"model": "m", "benchmark": "A", "domain": "in", "mode": "sample", "question_id": qid,
-                         "sample": s, "correct": bool(ok), "n_tokens": 10 * (s + 1), "finished": True})
+            rows.append(
+                {
+                    "model": "m",
+                    "benchmark": "A",
+                    "domain": "in",
+                    "mode": "sample",
+                    "question_id": qid,
+                    "sample": s,
+                    "correct": bool(ok),
+                    "n_tokens": 10 * (s + 1),
+                    "finished": True,
+                }
+            )
     # bench B one question, greedy right, samples all wrong
-    rows.append({"model": "m", "benchmark": "B", "domain": "out", "mode": "greedy", "question_id": "b1", "sample": 0,
-                 "correct": True, "n_tokens": 50, "finished": True})
+    rows.append(
+        {
+            "model": "m",
+            "benchmark": "B",
+            "domain": "out",
+            "mode": "greedy",
+            "question_id": "b1",
+            "sample": 0,
+            "correct": True,
+            "n_tokens": 50,
+            "finished": True,
+        }
+    )
     for s in range(4):
-        rows.append({"model": "m", "benchmark": "B", "domain": "out", "mode": "sample", "question_id": "b1",
-                     "sample": s, "correct": False, "n_tokens": 40, "finished": True})
+        rows.append(
+            {
+                "model": "m",
+                "benchmark": "B",
+                "domain": "out",
+                "mode": "sample",
+                "question_id": "b1",
+                "sample": s,
+                "correct": False,
+                "n_tokens": 40,
+                "finished": True,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -64,16 +106,28 @@ def test_benchmark_metrics_and_macro_average():
 
 
 def test_paired_tests_over_seeds_and_questions():
-    per_model = pd.DataFrame({"model": ["f0", "f1", "f2", "s0", "s1", "s2"],
-                              "setting": ["full"] * 3 + ["sel"] * 3, "seed": [0, 1, 2] * 2,
-                              "greedy_acc": [40.0, 42.0, 41.0, 45.0, 46.0, 44.0]})
+    per_model = pd.DataFrame(
+        {
+            "model": ["f0", "f1", "f2", "s0", "s1", "s2"],
+            "setting": ["full"] * 3 + ["sel"] * 3,
+            "seed": [0, 1, 2] * 2,
+            "greedy_acc": [40.0, 42.0, 41.0, 45.0, 46.0, 44.0],
+        }
+    )
     rows = []
     rng = np.random.default_rng(0)
     for model in per_model["model"]:
         for q in range(30):
             p = 0.4 if model.startswith("f") else 0.6
-            rows.append({"model": model, "mode": "greedy", "benchmark": "A", "question_id": f"q{q}",
-                         "correct": bool(rng.random() < p)})
+            rows.append(
+                {
+                    "model": model,
+                    "mode": "greedy",
+                    "benchmark": "A",
+                    "question_id": f"q{q}",
+                    "correct": bool(rng.random() < p),
+                }
+            )
     graded = pd.DataFrame(rows)
     result = ev.paired_tests(per_model, graded, "full", "sel", "greedy_acc")
     from scipy.stats import ttest_rel, wilcoxon
@@ -81,7 +135,9 @@ def test_paired_tests_over_seeds_and_questions():
     assert result["seeds"] == 3
     assert result["mean_difference"] == pytest.approx(np.mean([5, 4, 3]))
     assert result["t_test_p"] == pytest.approx(ttest_rel([45, 46, 44], [40, 42, 41]).pvalue)
-    per_q = graded.assign(setting=graded["model"].str[0]).groupby(["setting", "question_id"])["correct"].mean().unstack(0)
+    per_q = (
+        graded.assign(setting=graded["model"].str[0]).groupby(["setting", "question_id"])["correct"].mean().unstack(0)
+    )
     diff = (per_q["s"] - per_q["f"]).to_numpy()
     assert result["questions"] == 30
     assert result["wilcoxon_p"] == pytest.approx(wilcoxon(diff).pvalue)
@@ -91,15 +147,38 @@ def test_paired_tests_over_seeds_and_questions():
 
 def test_paired_tests_use_the_metric_of_each_row():
     # greedy correctness identical, sampled lengths differ: only the length test may find a difference
-    per_model = pd.DataFrame({"model": ["f0", "s0"], "setting": ["full", "sel"], "seed": [0, 0],
-                              "greedy_acc": [50.0, 50.0], "sample_tokens": [20.0, 10.0]})
+    per_model = pd.DataFrame(
+        {
+            "model": ["f0", "s0"],
+            "setting": ["full", "sel"],
+            "seed": [0, 0],
+            "greedy_acc": [50.0, 50.0],
+            "sample_tokens": [20.0, 10.0],
+        }
+    )
     rows = []
     for model, length in (("f0", 20), ("s0", 10)):
         for q in range(12):
-            rows.append({"model": model, "mode": "greedy", "benchmark": "A", "question_id": f"q{q}",
-                         "correct": q % 2 == 0, "n_tokens": 100})
-            rows.append({"model": model, "mode": "sample", "benchmark": "A", "question_id": f"q{q}",
-                         "correct": True, "n_tokens": length + q})
+            rows.append(
+                {
+                    "model": model,
+                    "mode": "greedy",
+                    "benchmark": "A",
+                    "question_id": f"q{q}",
+                    "correct": q % 2 == 0,
+                    "n_tokens": 100,
+                }
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "mode": "sample",
+                    "benchmark": "A",
+                    "question_id": f"q{q}",
+                    "correct": True,
+                    "n_tokens": length + q,
+                }
+            )
     graded = pd.DataFrame(rows)
     assert ev.paired_tests(per_model, graded, "full", "sel", "greedy_acc")["wilcoxon_p"] == 1.0
     lengths = ev.paired_tests(per_model, graded, "full", "sel", "sample_tokens")
@@ -120,12 +199,16 @@ def test_multiple_choice_row_shuffles_with_a_fixed_seed():
     choices = {"question": "Q", "correct": "C", "incorrect": ["I1", "I2", "I3"]}
     letters = []
     for i in range(40):
-        row = multiple_choice_row({"Q": "Pick.", "C": "right", "I1": "w1", "I2": "w2", "I3": "w3"}, choices, seed=f"s:{i}")
+        row = multiple_choice_row(
+            {"Q": "Pick.", "C": "right", "I1": "w1", "I2": "w2", "I3": "w3"}, choices, seed=f"s:{i}"
+        )
         letter = row["answer"]
         assert f"({letter}) right" in row["question"]
         assert row["question"].count("(") == 4
         letters.append(letter)
-        again = multiple_choice_row({"Q": "Pick.", "C": "right", "I1": "w1", "I2": "w2", "I3": "w3"}, choices, seed=f"s:{i}")
+        again = multiple_choice_row(
+            {"Q": "Pick.", "C": "right", "I1": "w1", "I2": "w2", "I3": "w3"}, choices, seed=f"s:{i}"
+        )
         assert again == row
     assert len(set(letters)) == 4  # not every answer is "A"
 

@@ -31,8 +31,14 @@ from segattr_utils.world import (
     user_prompt,
 )
 
-RATES = {"repetition": 0.3, "truncated": 0.25, "superficial": 0.25, "wrong_exploration": 0.15,
-         "segment_step": 0.4, "verification": 0.5}
+RATES = {
+    "repetition": 0.3,
+    "truncated": 0.25,
+    "superficial": 0.25,
+    "wrong_exploration": 0.15,
+    "segment_step": 0.4,
+    "verification": 0.5,
+}
 
 # start 7, add 5 -> 12, multiply 3 -> 36, subtract 4 -> 32
 HAND = Problem(id="hand-0", start=7, ops=(("add", 5), ("multiply", 3), ("subtract", 4)), suite="test")
@@ -67,7 +73,10 @@ def test_apply_op_and_unknown_op():
 def test_equation_text():
     assert equation(7, "+", 5, 12) == "7 + 5 = 12"
     assert parse_equations("Step 1: 7 + 5 = 12. Then 12 * 3 = 36 and 36 - 4 = 32.") == [
-        (7, "+", 5, 12), (12, "*", 3, 36), (36, "-", 4, 32)]
+        (7, "+", 5, 12),
+        (12, "*", 3, 36),
+        (36, "-", 4, 32),
+    ]
 
 
 def test_question_contains_every_step_in_order():
@@ -144,8 +153,16 @@ def test_two_digit_arithmetic_stays_in_range(n_ops):
     assert multiplied
 
 
-@pytest.mark.parametrize("bad", [dict(start_min=0), dict(start_min=7, start_max=5), dict(start_max=12),
-                                 dict(max_operand=0), dict(multipliers=(1,))])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(start_min=0),
+        dict(start_min=7, start_max=5),
+        dict(start_max=12),
+        dict(max_operand=0),
+        dict(multipliers=(1,)),
+    ],
+)
 def test_arithmetic_rejects_bad_ranges(bad):
     with pytest.raises(ValueError):
         Arithmetic(**bad)
@@ -217,11 +234,14 @@ def test_teacher_segments_and_kinds_reproduced():
     assert set(kinds) == set(SEGMENT_KINDS), kinds
 
 
-@pytest.mark.parametrize("rates", [
-    {k: 1.0 for k in RATES},
-    {k: 0.0 for k in RATES},
-    dict(RATES, segment_step=1.0, verification=1.0),
-])
+@pytest.mark.parametrize(
+    "rates",
+    [
+        {k: 1.0 for k in RATES},
+        {k: 0.0 for k in RATES},
+        dict(RATES, segment_step=1.0, verification=1.0),
+    ],
+)
 def test_teacher_traces_extreme_rates(rates):
     for problem, trace in _traces(n_problems=40, seeds=(5,), rates=rates):
         assert segment(trace.reasoning) == trace.segments
@@ -291,15 +311,21 @@ def test_classify_out_of_order_new_step_is_productive():
 
 
 def test_classify_restated_step_before_final_is_repetition():
-    segs = ["Okay. Step 1: 7 + 5 = 12.", "\n\nWait, let me check step 1 again: 7 + 5 = 12.",
-            "\n\nAnother step: 12 * 3 = 36.", "\n\nGoing back, step 2: 12 * 3 = 36."]
+    segs = [
+        "Okay. Step 1: 7 + 5 = 12.",
+        "\n\nWait, let me check step 1 again: 7 + 5 = 12.",
+        "\n\nAnother step: 12 * 3 = 36.",
+        "\n\nGoing back, step 2: 12 * 3 = 36.",
+    ]
     assert classify_segments(HAND, segs) == ["productive", "repetition", "productive", "repetition"]
 
 
 def test_classify_restated_after_final_is_verification():
-    segs = ["Okay. Step 1: 7 + 5 = 12. Step 2: 12 * 3 = 36. Step 3: 36 - 4 = 32. So the result is 32.",
-            "\n\nBut just to be sure, let me verify step 3: 36 - 4 = 32. Yes, the result is 32.",
-            "\n\nAnother check of step 1: 7 + 5 = 12. Correct."]
+    segs = [
+        "Okay. Step 1: 7 + 5 = 12. Step 2: 12 * 3 = 36. Step 3: 36 - 4 = 32. So the result is 32.",
+        "\n\nBut just to be sure, let me verify step 3: 36 - 4 = 32. Yes, the result is 32.",
+        "\n\nAnother check of step 1: 7 + 5 = 12. Correct.",
+    ]
     assert classify_segments(HAND, segs) == ["productive", "verification", "verification"]
 
 
@@ -315,8 +341,12 @@ def test_classify_no_equation_mid_sentence_is_truncated():
 
 
 def test_classify_no_equation_full_sentence_is_superficial():
-    segs = ["Okay. Step 1: 7 + 5 = 12.", "\n\nHowever, multiplying by 3 means adding the number 3 times.",
-            "\n\nNot sure it matters, but is that obvious?", "\n\nHowever, nice!\n"]
+    segs = [
+        "Okay. Step 1: 7 + 5 = 12.",
+        "\n\nHowever, multiplying by 3 means adding the number 3 times.",
+        "\n\nNot sure it matters, but is that obvious?",
+        "\n\nHowever, nice!\n",
+    ]
     assert classify_segments(HAND, segs) == ["productive", "superficial", "superficial", "superficial"]
 
 
@@ -330,8 +360,10 @@ def test_classify_superficial_and_truncated_after_answer():
 
 
 def test_format_completion_layout():
-    assert format_completion("I think 7 + 5 = 12.", "12") == \
-        "I think 7 + 5 = 12.\n</think>\n\nThe final answer is \\boxed{12}."
+    assert (
+        format_completion("I think 7 + 5 = 12.", "12")
+        == "I think 7 + 5 = 12.\n</think>\n\nThe final answer is \\boxed{12}."
+    )
     assert format_completion("", "32") == "\n</think>\n\nThe final answer is \\boxed{32}."
 
 
