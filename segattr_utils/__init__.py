@@ -1,14 +1,17 @@
 """segattr_utils: segment-level attribution for selective learning of long reasoning traces.
 
-The pipeline of the paper, one concept per module:
+The package, grouped by concept (the README draws the tree):
 
-- :mod:`.segmentation`  split a trace at transition keywords (Sec. 2.1, App. C.2)
-- :mod:`.token_spans`   segment/answer token spans from one tokenisation (offsets)
-- :mod:`.attribution`   integrated gradients of the answer log-probability (Eq. 1-2)
-- :mod:`.quadrature`    path points and weights of the IG integral
-- :mod:`.importance`    strength, consistency, normalised strength, selection (Eq. 3-7)
-- :mod:`.masking`       selective-SFT labels (Eq. 9)
-- :mod:`.tokenizer`     a locally built byte-level BPE tokenizer (tiny world, tests)
+- :mod:`.method`    Sec. 2: segmentation, token spans, quadrature, IG attribution, importance (Eq. 3-7), masking (Eq. 9)
+- :mod:`.measures`  Sec. 3, App. A-B: confidence Δ, linguistics, position, the truncation judge, redundancy
+- :mod:`.llm`       loading models, generation, grading, SFT training, the variant registry, evaluation
+- :mod:`.data`      question sets (LIMO, the benchmarks)
+- :mod:`.world`     the tiny reasoning world, its tokenizer and model
+- :mod:`.stages`    one module per notebook: ``stageNN_name.run(profile) -> StageResult``
+- :mod:`.report`    figures, the segment viewer, the paper-vs-run table
+- :mod:`.dag`, :mod:`.services`, :mod:`.config`, :mod:`.artifacts`: data flow, shared services, profiles, files
+
+The names below are the library's public API (Sec. 2 of the paper, usable without the pipeline).
 """
 
 from .method.attribution import Attribution, DegenerateBaselineWarning, token_attributions

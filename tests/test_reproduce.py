@@ -270,3 +270,14 @@ def test_every_check_cell_of_the_notebooks_asserts():
             if not any(isinstance(node, ast.Assert) for node in ast.walk(ast.parse(python))):
                 without_assert.append(f"{path.name} cell {index}")
     assert not without_assert, f"check cells without an assert: {without_assert}"
+
+
+def test_kernels_get_a_fixed_hash_seed(monkeypatch):
+    import os
+
+    from segattr_utils.reproduce import kernel_environment
+
+    monkeypatch.setenv("PYTHONHASHSEED", "random")
+    with kernel_environment():
+        assert os.environ["PYTHONHASHSEED"] == "0"
+    assert os.environ["PYTHONHASHSEED"] == "random"
