@@ -6,6 +6,8 @@ Every stage asks this module, so each of these decisions is made in one place:
   (``generator``: writes and attributes traces; ``student``: the model every SFT variant fine-tunes;
   ``judge``: the truncation judge of App. B) or of a finished SFT run, on the device the profile's kind
   implies (the tiny world's models always run on the CPU).
+- :func:`load_generator`: a role's model as a sampler of the profile's generation backend (with vLLM
+  only the tokenizer is loaded in this process; the engine takes its settings from ``generation.vllm``).
 - :func:`load_questions`, :func:`world_problems`: question suites and the world's ground truth.
 - :func:`user_message`, :func:`prompt`: the R1 prompt format (question + "Please reason step by step,
   and put your final answer within \\boxed{}.", wrapped in the chat template).
@@ -25,7 +27,7 @@ from . import world as world_lib
 from .artifacts import read_table
 from .config import Profile
 from .data.questions import chat_prompt, load_hub_questions
-from .llm.generation import SamplingSettings
+from .llm.generation import SamplingSettings, VLLMGenerator, make_generator, vllm_available
 from .llm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
 
@@ -74,6 +76,25 @@ def load_model(profile: Profile, role: str, device: str | None = None, path: str
         return load_causal_lm(str(path), dtype=dtype, device=device)
     spec = profile.get_path(f"models.{role}")
     return load_causal_lm(spec["id"], spec.get("local_path"), dtype=dtype, device=device)
+
+
+def load_generator(profile: Profile, role: str, backend: str, path: str | Path | None = None) -> tuple:
+    """``(generator, tokenizer)`` sampling from ``role``'s model (or the fine-tuned model at ``path``)
+    with ``backend``: ``hf``, ``vllm`` or ``auto`` (vLLM when installed, else HF).
+
+    With vLLM only the tokenizer is loaded here: the engine loads the weights itself and claims
+    ``generation.vllm.gpu_memory_utilization`` of every GPU it uses, so a Hugging Face copy of the model
+    beside it would keep it from starting. The engine settings are the profile's ``generation.vllm``
+    section. Call ``generator.close()`` when done, before another model is loaded.
+    """
+    if backend == "auto":
+        backend = "vllm" if vllm_available() else "hf"
+    if backend == "vllm":
+        target = str(path) if path is not None else model_path(profile, role)
+        engine = profile.get_path("generation.vllm", {}) or {}
+        return VLLMGenerator(target, dtype=_dtype(profile, role), **engine), load_tokenizer(target)
+    model, tokenizer = load_model(profile, role, path=path)
+    return make_generator(backend, model=model, tokenizer=tokenizer), tokenizer
 
 
 def load_role_tokenizer(profile: Profile, role: str):

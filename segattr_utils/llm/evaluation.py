@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import RecordStore
-from .generation import SamplingSettings, make_generator, run_generation
+from .generation import GenerationTask, SamplingSettings, run_generation, run_generation_tasks, sample_jobs
 from .grading import grade
 
 
@@ -98,8 +98,6 @@ def evaluate_model(
     batch_size: int,
     seed: int,
     make_prompt: Callable,
-    backend: str = "hf",
-    model_path: str | None = None,
     model_name: str = "",
 ) -> pd.DataFrame:
     """Greedy (and, where a benchmark asks for samples, sampled) answers of one model on every benchmark,
@@ -107,25 +105,35 @@ def evaluate_model(
     ``sample``, ``correct``, ``n_tokens``, ``finished``).
 
     Generation is resumable in the record store at ``store_path`` (tags ``greedy-<benchmark>`` and
-    ``sample-<benchmark>``); ``load()`` returns ``(model, tokenizer)`` and is called only when
-    something is left to generate. ``make_prompt(tokenizer, question)`` builds the templated prompt.
+    ``sample-<benchmark>``), through :func:`~segattr_utils.llm.generation.run_generation_tasks` (vLLM:
+    every missing output of every benchmark in one call). ``load()`` returns ``(generator, tokenizer)``
+    (:func:`segattr_utils.services.load_generator`); it is called only when something is left to
+    generate, and the generator is closed afterwards, so that the next model finds the GPUs free.
+    ``make_prompt(tokenizer, question)`` builds the templated prompt.
     """
     store = RecordStore(store_path)
-    generator = None
+    wanted = []
     for bench in benchmarks:
-        jobs = [("greedy", 1, greedy)]
+        wanted.append((bench, f"greedy-{bench.name}", 1, greedy))
         if bench.n_samples > 0:
-            jobs.append(("sample", bench.n_samples, sampled))
-        for mode, n, settings in jobs:
-            tag = f"{mode}-{bench.name}"
-            missing = [qid for qid in bench.questions["id"] if not all([qid, tag, s] in store for s in range(n))]
-            if not missing:
-                continue
-            if generator is None:
-                model, tokenizer = load()
-                generator = make_generator(backend, model=model, tokenizer=tokenizer, model_path=model_path)
-            prompts = {r.id: make_prompt(tokenizer, r.question) for r in bench.questions.itertuples()}
-            run_generation(generator, prompts, n, settings, store, batch_size, seed, tag)
+            wanted.append((bench, f"sample-{bench.name}", bench.n_samples, sampled))
+    pending = [
+        (bench, tag, n, settings)
+        for bench, tag, n, settings in wanted
+        if any([qid, tag, s] not in store for qid, s in sample_jobs(list(bench.questions["id"]), n))
+    ]
+    if pending:
+        generator, tokenizer = load()
+        try:
+            tasks = [
+                GenerationTask(
+                    tag, {r.id: make_prompt(tokenizer, r.question) for r in bench.questions.itertuples()}, n, settings
+                )
+                for bench, tag, n, settings in pending
+            ]
+            run_generation_tasks(generator, tasks, store, batch_size, seed)
+        finally:
+            generator.close()
     records = store.records()
     rows = []
     for bench in benchmarks:

@@ -1,13 +1,20 @@
 """Sampling reasoning traces (Sec. 3 setup, Sec. 4.1): batched Hugging Face ``generate``, or vLLM
 when it is installed and the profile asks for it.
 
-Generation is organised in fixed batches of (question, sample) jobs; each batch is seeded from the
-run seed and its index, so a resumed run regenerates exactly the batches it had not finished, with
-the same results as an uninterrupted run.
+Every (question, sample) job is reproducible from the run seed, so a resumed run regenerates exactly
+the records it lacks, with the same results as an uninterrupted run:
+
+- Hugging Face: fixed batches of jobs, each batch seeded from the run seed and its index (the rows of a
+  batch are independent draws from one torch generator).
+- vLLM: every missing job of a stage in one ``LLM.generate`` call (the engine schedules them itself),
+  each request with its own seed ``derive_seed(seed, tag, question_id, sample)``: vLLM seeds one
+  generator per request from ``SamplingParams.seed``, so the K copies of a prompt under one shared seed
+  would be K identical samples.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import importlib.util
 from collections.abc import Sequence
@@ -51,6 +58,13 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
+def release_gpu_memory() -> None:
+    """Collect garbage and return PyTorch's cached CUDA memory to the device."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def left_padded_batch(tokenizer, prompts: Sequence[str], device) -> dict:
     """Prompts tokenised as one left-padded batch (the generated tokens then line up on the right), on
     ``device``; the tokenizer's own padding side is left as it was."""
@@ -67,6 +81,7 @@ class HFGenerator:
     """Batched sampling with ``model.generate`` (left padding, one seed per batch)."""
 
     name = "hf"
+    per_request_seeds = False
 
     def __init__(self, model, tokenizer):
         self.model, self.tokenizer = model, tokenizer
@@ -104,11 +119,22 @@ class HFGenerator:
             )
         return results
 
+    def close(self) -> None:
+        """Drop the model and release its GPU memory (the caller's own references keep it alive)."""
+        self.model = None
+        release_gpu_memory()
+
 
 class VLLMGenerator:
-    """Sampling with vLLM (paper profile on GPUs). Loaded lazily: vLLM is optional."""
+    """Sampling with vLLM (paper profile on GPUs). Loaded lazily: vLLM is optional.
+
+    ``engine_kwargs`` go to ``vllm.LLM`` as they are (the profile's ``generation.vllm`` section:
+    tensor_parallel_size, max_model_len, gpu_memory_utilization, ...). :meth:`generate` takes one seed
+    per request; :meth:`close` shuts the engine down so that the next model fits on the GPUs.
+    """
 
     name = "vllm"
+    per_request_seeds = True
 
     def __init__(self, model_path: str, dtype: str = "bfloat16", **engine_kwargs):
         if not vllm_available():
@@ -117,16 +143,27 @@ class VLLMGenerator:
 
         self.llm = LLM(model=model_path, dtype=dtype, **engine_kwargs)
 
-    def generate(self, prompts: Sequence[str], settings: SamplingSettings, seed: int) -> list[dict]:
+    def generate(
+        self, prompts: Sequence[str], settings: SamplingSettings | Sequence[SamplingSettings], seeds: Sequence[int]
+    ) -> list[dict]:
+        """All ``prompts`` in one call; request ``i`` is sampled with ``settings`` (one for all, or one per
+        prompt) and its own seed ``seeds[i]``, so copies of a prompt under distinct seeds are independent."""
         from vllm import SamplingParams
 
-        params = SamplingParams(
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_tokens=settings.max_new_tokens,
-            repetition_penalty=settings.repetition_penalty,
-            seed=seed,
-        )
+        if isinstance(settings, SamplingSettings):
+            settings = [settings] * len(prompts)
+        if not len(prompts) == len(settings) == len(seeds):
+            raise ValueError(f"{len(prompts)} prompts, {len(settings)} settings and {len(seeds)} seeds")
+        params = [
+            SamplingParams(
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_new_tokens,
+                repetition_penalty=s.repetition_penalty,
+                seed=int(seed),
+            )
+            for s, seed in zip(settings, seeds)
+        ]
         outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
         results = []
         for out in outputs:
@@ -139,6 +176,25 @@ class VLLMGenerator:
                 }
             )
         return results
+
+    def close(self) -> None:
+        """Shut the engine down and free its GPU memory: stop the engine core (its worker processes in
+        vLLM's V1 engine), drop the ``LLM``, tear down vLLM's model-parallel groups and distributed
+        environment, then collect garbage and empty the CUDA cache. Idempotent."""
+        if self.llm is None:
+            return
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()
+        self.llm = None
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+        except ImportError:  # an older or newer vLLM without these helpers: collecting the engine must do
+            pass
+        else:
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        release_gpu_memory()
 
 
 def make_generator(backend: str, model=None, tokenizer=None, model_path: str | None = None, **kwargs):
@@ -159,6 +215,18 @@ def sample_jobs(question_ids: Sequence[str], n_samples: int) -> list[tuple[str, 
     return [(qid, s) for qid in question_ids for s in range(n_samples)]
 
 
+@dataclass(frozen=True)
+class GenerationTask:
+    """``n_samples`` completions of every prompt (``{question_id: prompt}``) under one record ``tag``,
+    decoded with ``settings`` (e.g. stage 01's greedy output and K = 32 samples per question, Sec. 3 setup;
+    one benchmark's greedy or sampled answers, Sec. 4.1)."""
+
+    tag: str
+    prompts: dict[str, str]
+    n_samples: int
+    settings: SamplingSettings
+
+
 def run_generation(
     generator,
     prompts: dict[str, str],
@@ -170,24 +238,64 @@ def run_generation(
     tag: str,
     extra: dict | None = None,
 ) -> None:
-    """Generate ``n_samples`` completions for every prompt into ``store`` (resumable).
+    """Generate ``n_samples`` completions for every prompt into ``store`` (resumable): one
+    :class:`GenerationTask` of :func:`run_generation_tasks`."""
+    run_generation_tasks(generator, [GenerationTask(tag, prompts, n_samples, settings)], store, batch_size, seed, extra)
+
+
+def run_generation_tasks(
+    generator,
+    tasks: Sequence[GenerationTask],
+    store: RecordStore,
+    batch_size: int,
+    seed: int,
+    extra: dict | None = None,
+) -> None:
+    """Generate every task's records into ``store`` (resumable; a record that exists is never redone).
 
     Records: ``{"key": [question_id, tag, sample], "question_id", "sample", "tag", "text",
-    "n_tokens", "finished"}``. Batches are fixed by job order; a batch is skipped when all of its
-    records exist and otherwise regenerated whole, with the seed ``derive_seed(seed, tag, index)``.
+    "n_tokens", "finished"}`` (plus ``extra``).
+
+    - A generator with per-request seeds (vLLM) gets every missing job of every task in ONE call, job
+      ``(question_id, sample)`` of a task seeded with ``derive_seed(seed, tag, question_id, sample)``;
+      ``batch_size`` is not used. The records are appended when the call returns.
+    - Otherwise (Hugging Face) each task in turn is cut into fixed batches of ``batch_size`` jobs (job
+      order); a batch is skipped when all of its records exist and otherwise regenerated whole, with
+      the seed ``derive_seed(seed, tag, index)``, and appended when it finishes.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be positive")
-    jobs = sample_jobs(list(prompts), n_samples)
-    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
-    todo = [(i, b) for i, b in enumerate(batches) if not all([qid, tag, s] in store for qid, s in b)]
-    for index, batch in progress(todo, desc=f"generate[{tag}]", unit="batch"):
-        outputs = generator.generate([prompts[qid] for qid, _ in batch], settings, derive_seed(seed, tag, index))
-        records = []
-        for (qid, sample), out in zip(batch, outputs):
-            if [qid, tag, sample] in store:
-                continue
-            records.append(
-                {"key": [qid, tag, sample], "question_id": qid, "sample": sample, "tag": tag, **out, **(extra or {})}
+
+    def record(task, qid, sample, out):
+        return {"key": [qid, task.tag, sample], "question_id": qid, "sample": sample, "tag": task.tag, **out}
+
+    if getattr(generator, "per_request_seeds", False):
+        jobs = [
+            (task, qid, s)
+            for task in tasks
+            for qid, s in sample_jobs(list(task.prompts), task.n_samples)
+            if [qid, task.tag, s] not in store
+        ]
+        if jobs:
+            outputs = generator.generate(
+                [task.prompts[qid] for task, qid, _ in jobs],
+                [task.settings for task, _, _ in jobs],
+                [derive_seed(seed, task.tag, qid, s) for task, qid, s in jobs],
             )
-        store.append(records)
+            store.append([{**record(*job, out), **(extra or {})} for job, out in zip(jobs, outputs)])
+        return
+    for task in tasks:
+        jobs = sample_jobs(list(task.prompts), task.n_samples)
+        batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+        todo = [(i, b) for i, b in enumerate(batches) if not all([qid, task.tag, s] in store for qid, s in b)]
+        for index, batch in progress(todo, desc=f"generate[{task.tag}]", unit="batch"):
+            outputs = generator.generate(
+                [task.prompts[qid] for qid, _ in batch], task.settings, derive_seed(seed, task.tag, index)
+            )
+            store.append(
+                [
+                    {**record(task, qid, sample, out), **(extra or {})}
+                    for (qid, sample), out in zip(batch, outputs)
+                    if [qid, task.tag, sample] not in store
+                ]
+            )

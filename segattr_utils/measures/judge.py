@@ -18,7 +18,8 @@ The paper's prompt template (its Table 5) and early-stopping prompt (Table 6) ar
 task description, few-shot examples and early-stopping prompt below are this project's own.
 
 The judge works with any generator exposing ``generate(prompts, SamplingSettings, seed) -> [{"text",
-"n_tokens", "finished"}]`` (:class:`segattr_utils.llm.generation.HFGenerator`, ``VLLMGenerator`` or a stub)
+"n_tokens", "finished"}]`` (:class:`segattr_utils.llm.generation.HFGenerator` or a stub; a generator with
+``per_request_seeds``, :class:`~segattr_utils.llm.generation.VLLMGenerator`, takes one seed per prompt)
 and any tokenizer with a chat template. :func:`run_judge` runs both rounds batched and resumable in a
 :class:`~segattr_utils.artifacts.RecordStore`, with seeds from :func:`~segattr_utils.llm.generation.derive_seed`.
 
@@ -333,11 +334,22 @@ def _run_round(
     seed: int,
     tag: str,
 ) -> None:
-    """Generate one round for ``keys`` in fixed batches (a batch is skipped when all its records exist)."""
-    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-    todo = [(i, b) for i, b in enumerate(batches) if not all([k, round_number] in store for k in b)]
-    for index, batch in progress(todo, desc=f"judge round {round_number}", unit="batch"):
-        outputs = generator.generate([inputs[k] for k in batch], settings, derive_seed(seed, tag, round_number, index))
+    """Generate one round for ``keys``: with a per-request-seeded generator (vLLM) every missing key in
+    one call, key ``k`` seeded with ``derive_seed(seed, tag, round_number, k)``; otherwise in fixed
+    batches (a batch is skipped when all its records exist) seeded with ``derive_seed(seed, tag,
+    round_number, batch index)``."""
+    if getattr(generator, "per_request_seeds", False):
+        missing = [k for k in keys if [k, round_number] not in store]
+        todo = [(missing, [derive_seed(seed, tag, round_number, k) for k in missing])] if missing else []
+    else:
+        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+        todo = [
+            (b, derive_seed(seed, tag, round_number, i))
+            for i, b in enumerate(batches)
+            if not all([k, round_number] in store for k in b)
+        ]
+    for batch, seeds in progress(todo, desc=f"judge round {round_number}", unit="batch"):
+        outputs = generator.generate([inputs[k] for k in batch], settings, seeds)
         if len(outputs) != len(batch):
             raise RuntimeError(f"the generator returned {len(outputs)} outputs for {len(batch)} prompts")
         store.append(
@@ -362,10 +374,10 @@ def run_judge(
 ) -> list[dict]:
     """Judge every prompt with the two-round protocol of App. B (resumable through ``store``).
 
-    Round 1 runs all prompts with ``settings.round1`` in fixed batches of ``settings.batch_size``;
-    round 2 runs only the prompts left undecided, on :func:`round2_prompt`, with ``settings.round2``.
-    Batch seeds are ``derive_seed(seed, tag, round, batch index)``, so a resumed run gives the same
-    judgements as an uninterrupted one. Store records hold the raw outputs, keyed ``[key, round]``.
+    Round 1 runs all prompts with ``settings.round1`` in fixed batches of ``settings.batch_size`` (vLLM:
+    all in one call); round 2 runs only the prompts left undecided, on :func:`round2_prompt`, with
+    ``settings.round2``. Seeds are ``derive_seed(seed, tag, round, batch index)`` (vLLM: ``derive_seed(seed,
+    tag, round, key)`` per request), so a resumed run gives the same judgements as an uninterrupted one. Store records hold the raw outputs, keyed ``[key, round]``.
 
     Returns one dict per prompt (in ``prompts`` order): ``key``, ``label`` (1, 0 or ``None``),
     ``rounds`` (1 or 2), ``undecided`` (no decision after the last round), ``round1_output``,

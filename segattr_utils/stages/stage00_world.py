@@ -136,7 +136,7 @@ def evaluate_base_model(profile: Profile) -> pd.DataFrame:
     """Greedy accuracy of the base generator on the world's test suites (resumable), through the same
     evaluation code as stage 09 (:func:`segattr_utils.llm.evaluation.evaluate_model`)."""
     graded = evaluate_model(
-        lambda: services.load_model(profile, "generator"),
+        lambda: services.load_generator(profile, "generator", "hf"),
         world_benchmarks(profile),
         STAGE.path(profile, "base_eval_outputs"),
         greedy=services.sampling_settings(profile, greedy=True),

@@ -1,8 +1,10 @@
 """Stage 01 (notebook ``01_generation``): K sampled and one greedy output per training question, graded,
 and the shortest correct and shortest incorrect trace of each question (Sec. 3 setup, Sec. 4.1).
 
-Generation runs in fixed, seeded batches (HF ``generate``, or vLLM when configured) and every finished
-batch is appended to the ``samples_store`` record store, so an interrupted run resumes where it stopped.
+Generation runs in fixed, seeded batches (HF ``generate``) or, with vLLM, as one call holding every
+missing request, each with its own seed (:func:`segattr_utils.llm.generation.run_generation_tasks`);
+finished outputs are appended to the ``samples_store`` record store, so an interrupted run resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pandas as pd
 from .. import dag, services
 from ..artifacts import RecordStore, write_table
 from ..config import Profile
-from ..llm.generation import make_generator, run_generation
+from ..llm.generation import GenerationTask, run_generation_tasks
 from ..llm.grading import grade, split_output
 from ..report import figures
 from . import StageResult, finish
@@ -24,34 +26,18 @@ def generate_training_traces(profile: Profile) -> pd.DataFrame:
     """K samples (temperature from the profile) and one greedy output per training question, graded by
     the last ``\\boxed{}`` with math-verify. Writes and returns every graded output."""
     questions = services.load_questions(profile, "train")
-    model, tokenizer = services.load_model(profile, "generator")
-    prompts = {row.id: services.prompt(tokenizer, row.question) for row in questions.itertuples()}
     gen = profile["generation"]
-    generator = make_generator(
-        gen["backend"], model=model, tokenizer=tokenizer, model_path=services.model_path(profile, "generator")
-    )
+    generator, tokenizer = services.load_generator(profile, "generator", gen["backend"])
+    prompts = {row.id: services.prompt(tokenizer, row.question) for row in questions.itertuples()}
     store = RecordStore(STAGE.path(profile, "samples_store"))
-    seed = int(profile["seed"])
-    run_generation(
-        generator,
-        prompts,
-        1,
-        services.sampling_settings(profile, greedy=True),
-        store,
-        gen["batch_size"],
-        seed,
-        "greedy",
-    )
-    run_generation(
-        generator,
-        prompts,
-        gen["n_samples"],
-        services.sampling_settings(profile),
-        store,
-        gen["batch_size"],
-        seed,
-        "sample",
-    )
+    tasks = [
+        GenerationTask("greedy", prompts, 1, services.sampling_settings(profile, greedy=True)),
+        GenerationTask("sample", prompts, gen["n_samples"], services.sampling_settings(profile)),
+    ]
+    try:
+        run_generation_tasks(generator, tasks, store, gen["batch_size"], int(profile["seed"]))
+    finally:
+        generator.close()
 
     answers = dict(zip(questions["id"], questions["answer"]))
     rows = []

@@ -8,6 +8,8 @@ Artifacts in ``results/<profile>/04_confidence_delta/``:
   fingerprint of the trace text and sampling settings): the K graded answers and the confidence c_k. Prefixes are sampled in fixed batches of
   ``analysis.confidence.batch_size // n_samples`` prefixes (job order: trace, then k), each batch
   seeded with ``derive_seed(seed, "forced-answer", batch index)``; a finished batch is skipped on resume.
+  With vLLM every missing prefix goes in one call, answer j of prefix k of trace t seeded with
+  ``derive_seed(seed, "forced-answer", t, k, j)``.
 - ``segment_confidence.parquet``: trace_id, segment, confidence_before, confidence_after, delta
   (one row per segment of every attributed correct trace; read by the training notebook's Table 3).
 - ``groups.csv``, ``tau_search.csv``, ``beta_ablation.csv``, ``importance_shares.csv``.
@@ -23,7 +25,7 @@ import pandas as pd
 from .. import dag, services
 from ..artifacts import RecordStore, read_table, write_table
 from ..config import Profile
-from ..llm.generation import HFGenerator, SamplingSettings, VLLMGenerator, derive_seed, vllm_available
+from ..llm.generation import SamplingSettings, derive_seed
 from ..measures.confidence import (
     beta_ablation,
     choose_threshold,
@@ -71,30 +73,36 @@ def confidence_settings(profile: Profile) -> SamplingSettings:
 
 
 def _forced_answer_sampler(profile: Profile):
-    """(tokenizer, sample(prompts, n, settings, seed) -> [[text] * n]) for ``analysis.confidence.sampler``."""
+    """``(generator, tokenizer, sample)`` for ``analysis.confidence.sampler``, where ``sample(prompts, n,
+    settings, seed) -> [[text] * n]``.
+
+    ``shared_prefix``: each prefix encoded once, its KV cache shared by the n samples (HF). ``generator``:
+    the prompts repeated n times through ``generation.backend``. ``seed`` is one seed for the batch or,
+    when ``generator.per_request_seeds`` (vLLM), one list of n seeds per prompt: vLLM seeds every request
+    on its own, so n copies of a prompt under one seed would be n identical answers. The caller closes
+    ``generator``.
+    """
     mode = profile.get_path("analysis.confidence.sampler")
     if mode == "shared_prefix":
-        model, tokenizer = services.load_model(profile, "generator")
-        return tokenizer, lambda prompts, n, settings, seed: sample_continuations(
-            model, tokenizer, prompts, n, settings, seed
+        generator, tokenizer = services.load_generator(profile, "generator", "hf")
+        return (
+            generator,
+            tokenizer,
+            lambda prompts, n, settings, seed: sample_continuations(
+                generator.model, tokenizer, prompts, n, settings, seed
+            ),
         )
     if mode != "generator":
         raise ValueError(f"analysis.confidence.sampler must be 'shared_prefix' or 'generator', got {mode!r}")
-    backend = profile.get_path("generation.backend")
-    if backend == "vllm" or (backend == "auto" and vllm_available()):
-        path = services.model_path(profile, "generator")
-        tokenizer = services.load_role_tokenizer(profile, "generator")
-        generator = VLLMGenerator(path, dtype=profile.get_path("models.generator").get("dtype", "bfloat16"))
-    else:
-        model, tokenizer = services.load_model(profile, "generator")
-        generator = HFGenerator(model, tokenizer)
+    generator, tokenizer = services.load_generator(profile, "generator", profile.get_path("generation.backend"))
 
     def sample(prompts, n, settings, seed):
-        outputs = generator.generate([p for p in prompts for _ in range(n)], settings, seed)
+        seeds = [s for per_prompt in seed for s in per_prompt] if generator.per_request_seeds else seed
+        outputs = generator.generate([p for p in prompts for _ in range(n)], settings, seeds)
         texts = [o["text"] for o in outputs]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
-    return tokenizer, sample
+    return generator, tokenizer, sample
 
 
 def _fingerprint(*parts) -> str:
@@ -127,30 +135,41 @@ def measure_prefix_confidence(profile: Profile) -> pd.DataFrame:
     batches = [jobs[i : i + per_batch] for i in range(0, len(jobs), per_batch)]
     todo = [(i, b) for i, b in enumerate(batches) if not all([tid, k, fingerprints[tid]] in store for tid, k in b)]
     if todo:
-        tokenizer, sample = _forced_answer_sampler(profile)
+        generator, tokenizer, sample = _forced_answer_sampler(profile)
         prompts = {tid: services.prompt(tokenizer, rows.loc[tid, "question"]) for tid in kept["trace_id"]}
         seed = int(profile["seed"])
-        for index, batch in progress(todo, desc="forced answers", unit="batch"):
-            batch_prompts = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in batch]
-            continuations = sample(batch_prompts, n_samples, settings, derive_seed(seed, "forced-answer", index))
-            records = []
-            for (tid, k), answers in zip(batch, continuations):
-                if [tid, k, fingerprints[tid]] in store:
-                    continue
-                verdicts = grade_forced_answers(answers, rows.loc[tid, "answer"], lead_in)
-                n_correct = sum(v["correct"] for v in verdicts)
-                records.append(
-                    {
-                        "trace_id": tid,
-                        "prefix": k,
-                        "fingerprint": fingerprints[tid],
-                        "n_samples": len(verdicts),
-                        "n_correct": n_correct,
-                        "confidence": n_correct / len(verdicts),
-                        "answers": [v["pred"] for v in verdicts],
-                    }
-                )
-            store.append(records)
+        if generator.per_request_seeds:
+            # vLLM: every missing prefix in one call, answer j after k segments of trace t seeded with
+            # derive_seed(seed, "forced-answer", t, k, j).
+            missing = [(tid, k) for _, batch in todo for tid, k in batch if [tid, k, fingerprints[tid]] not in store]
+            seeds = [[derive_seed(seed, "forced-answer", tid, k, j) for j in range(n_samples)] for tid, k in missing]
+            todo = [(missing, seeds)]
+        else:
+            todo = [(batch, derive_seed(seed, "forced-answer", index)) for index, batch in todo]
+        try:
+            for batch, batch_seed in progress(todo, desc="forced answers", unit="batch"):
+                batch_prompts = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in batch]
+                continuations = sample(batch_prompts, n_samples, settings, batch_seed)
+                records = []
+                for (tid, k), answers in zip(batch, continuations):
+                    if [tid, k, fingerprints[tid]] in store:
+                        continue
+                    verdicts = grade_forced_answers(answers, rows.loc[tid, "answer"], lead_in)
+                    n_correct = sum(v["correct"] for v in verdicts)
+                    records.append(
+                        {
+                            "trace_id": tid,
+                            "prefix": k,
+                            "fingerprint": fingerprints[tid],
+                            "n_samples": len(verdicts),
+                            "n_correct": n_correct,
+                            "confidence": n_correct / len(verdicts),
+                            "answers": [v["pred"] for v in verdicts],
+                        }
+                    )
+                store.append(records)
+        finally:
+            generator.close()
     wanted = {(tid, k, fingerprints[tid]) for tid, k in jobs}
     records = [r for r in store.records() if (r["trace_id"], r["prefix"], r["fingerprint"]) in wanted]
     columns = ["trace_id", "prefix", "n_samples", "n_correct", "confidence"]

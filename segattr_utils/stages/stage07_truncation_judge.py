@@ -112,23 +112,15 @@ def train_tiny_judge(profile: Profile) -> dict:
 
 
 def load_judge(profile: Profile):
-    """``(generator, tokenizer)`` of the judge (:func:`segattr_utils.services.load_model`, role ``judge``).
+    """``(generator, tokenizer)`` of the judge (:func:`segattr_utils.services.load_generator`, role ``judge``).
 
     World: the trained tiny judge with batched HF generate. Paper: ``models.judge`` with the profile's
-    generation backend (vLLM when installed and ``generation.backend`` is ``auto``/``vllm``, else
-    batched HF generate); offline without a local copy it raises :class:`ModelUnavailableError`.
+    generation backend (vLLM when installed and ``generation.backend`` is ``auto``/``vllm``: only the
+    tokenizer is loaded here; else batched HF generate); offline without a local copy it raises
+    :class:`ModelUnavailableError`.
     """
-    from ..llm.generation import make_generator, vllm_available
-
     backend = "hf" if profile["kind"] == "world" else profile.get_path("generation.backend")
-    if backend == "vllm" or (backend == "auto" and vllm_available()):
-        path = services.model_path(profile, "judge")
-        tokenizer = services.load_role_tokenizer(profile, "judge")
-        return make_generator(
-            "vllm", model_path=path, dtype=profile.get_path("models.judge").get("dtype", "bfloat16")
-        ), tokenizer
-    model, tokenizer = services.load_model(profile, "judge")
-    return make_generator("hf", model=model, tokenizer=tokenizer), tokenizer
+    return services.load_generator(profile, "judge", backend)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +181,18 @@ def judge_segments(profile: Profile, generator=None, tokenizer=None) -> pd.DataF
     round2_output, round2_n_tokens, round2_finished.
     """
     table = segments_to_judge(profile)
-    if generator is None or tokenizer is None:
+    owned = generator is None or tokenizer is None
+    if owned:
         generator, tokenizer = load_judge(profile)
     settings = judge_settings(profile)
     keys = [f"{row.trace_id}#{row.segment}" for row in table.itertuples()]
     triples = {key: judge_lib.Triple(row.before, row.text, row.after) for key, row in zip(keys, table.itertuples())}
     store = RecordStore(STAGE.path(profile, "judgements_store"))
-    results = judge_lib.judge_triples(generator, tokenizer, triples, settings, store, int(profile["seed"]))
+    try:
+        results = judge_lib.judge_triples(generator, tokenizer, triples, settings, store, int(profile["seed"]))
+    finally:
+        if owned:  # a judge loaded here is released here (the GPUs go to the next stage's model)
+            generator.close()
     judged = pd.DataFrame(results).drop(columns="key")
     table = pd.concat([table.reset_index(drop=True), judged], axis=1)
     # Nullable dtypes: an undecided label, an unused round 2 and a missing ground truth are <NA>.

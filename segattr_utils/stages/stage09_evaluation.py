@@ -96,12 +96,14 @@ def evaluation_benchmarks(profile: Profile) -> list[Benchmark]:
 
 
 def evaluate_model(profile: Profile, entry: dict) -> pd.DataFrame:
-    """Greedy and sampled outputs of one model on every benchmark, graded; one row per output."""
+    """Greedy and sampled outputs of one model on every benchmark, graded; one row per output (Sec. 4.1).
+    The model is sampled with ``evaluation.backend`` (vLLM: the weights are loaded by the engine only)
+    and released before the next model is evaluated."""
     cfg = profile["evaluation"]
     greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg["max_new_tokens"])
     sampled = SamplingSettings(temperature=cfg["temperature"], top_p=cfg["top_p"], max_new_tokens=cfg["max_new_tokens"])
     return evaluate_generator(
-        lambda: services.load_model(profile, "student", path=entry["path"]),
+        lambda: services.load_generator(profile, "student", cfg.get("backend", "hf"), path=entry["path"]),
         evaluation_benchmarks(profile),
         STAGE.path(profile, "outputs") / f"{entry['model']}.jsonl",
         greedy=greedy,
@@ -109,8 +111,6 @@ def evaluate_model(profile: Profile, entry: dict) -> pd.DataFrame:
         batch_size=cfg["batch_size"],
         seed=int(profile["seed"]),
         make_prompt=services.prompt,
-        backend=cfg.get("backend", "hf"),
-        model_path=entry["path"],
         model_name=entry["model"],
     )
 

@@ -385,3 +385,21 @@ def test_hf_sampling_kwargs(tokenizer):
     gen.generate(["Step"], SamplingSettings(temperature=0.6, top_p=0.9, max_new_tokens=3), seed=1)
     assert model.seen["do_sample"] is True
     assert model.seen["temperature"] == 0.6 and model.seen["top_p"] == 0.9
+
+
+def test_tasks_on_hf_are_the_runs_of_each_task_in_turn(tmp_path):
+    """With a batch-seeded generator (HF), several tasks give exactly the records and batch seeds of one
+    ``run_generation`` per task (the vLLM-only single call must not change the HF path)."""
+    from segattr_utils.llm.generation import GenerationTask, run_generation_tasks
+
+    greedy = SamplingSettings(temperature=0, max_new_tokens=16)
+    separate, together = StubGenerator(), StubGenerator()
+    run_generation(separate, PROMPTS, 1, greedy, RecordStore(tmp_path / "a.jsonl"), 4, 7, "greedy")
+    run_generation(separate, PROMPTS, 3, SETTINGS, RecordStore(tmp_path / "a.jsonl"), 4, 7, "sample")
+    tasks = [GenerationTask("greedy", PROMPTS, 1, greedy), GenerationTask("sample", PROMPTS, 3, SETTINGS)]
+    run_generation_tasks(together, tasks, RecordStore(tmp_path / "b.jsonl"), 4, 7)
+    assert together.calls == separate.calls
+    assert [seed for _, seed in together.calls] == [derive_seed(7, "greedy", i) for i in range(2)] + [
+        derive_seed(7, "sample", i) for i in range(4)
+    ]
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()

@@ -1,0 +1,105 @@
+"""A CPU stand-in for the parts of vLLM the project calls (tests only; ``tests/conftest.py`` puts this folder
+first on ``sys.path`` through the ``fake_vllm`` fixture).
+
+It mirrors vLLM's API: ``LLM(model=..., dtype=..., **engine_kwargs)``, ``LLM.generate(prompts,
+sampling_params, use_tqdm=...)`` with one ``SamplingParams`` for all prompts or one per prompt, returning
+one ``RequestOutput`` per prompt whose ``outputs[0]`` has ``text``, ``token_ids`` and ``finish_reason``;
+``LLM.llm_engine.engine_core.shutdown()`` as in vLLM's V1 engine. Like real vLLM, a request with a seed is
+sampled from a generator seeded with that seed alone: its text is a pure function of (prompt, seed,
+temperature, max_tokens), so two requests with the same prompt and seed give the same sample. A request
+without a seed draws from the process-wide random state.
+
+Module state records what happened: ``ENGINES`` (every LLM built, in order), and each engine's ``calls``
+(one ``(prompts, params)`` pair per ``generate``), ``alive_at_start`` (engines not shut down when it
+was built) and ``llm_engine.engine_core.shutdown_calls``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+ENGINES: list[LLM] = []
+
+
+def reset() -> None:
+    ENGINES.clear()
+    from .distributed import parallel_state
+
+    parallel_state.CALLS.clear()
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = 16
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: str
+    outputs: list[CompletionOutput] = field(default_factory=list)
+
+
+class _EngineCore:
+    def __init__(self):
+        self.shutdown_calls = 0
+
+    def shutdown(self) -> None:
+        self.shutdown_calls += 1
+
+
+class _LLMEngine:
+    def __init__(self):
+        self.engine_core = _EngineCore()
+
+
+class LLM:
+    def __init__(self, model: str, dtype: str = "auto", **engine_kwargs):
+        self.model, self.dtype, self.engine_kwargs = model, dtype, engine_kwargs
+        self.llm_engine = _LLMEngine()
+        self.calls: list[tuple[list[str], list[SamplingParams]]] = []
+        # engines alive when this one started (real vLLM would find their GPU memory taken)
+        self.alive_at_start = sum(engine.llm_engine.engine_core.shutdown_calls == 0 for engine in ENGINES)
+        ENGINES.append(self)
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=True):
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            sampling_params = [sampling_params] * len(prompts)
+        if len(sampling_params) != len(prompts):
+            raise ValueError("the lengths of prompts and sampling_params must be the same")
+        self.calls.append((prompts, list(sampling_params)))
+        return [
+            RequestOutput(str(i), prompt, [_complete(prompt, params)])
+            for i, (prompt, params) in enumerate(zip(prompts, sampling_params))
+        ]
+
+
+def _complete(prompt: str, params: SamplingParams) -> CompletionOutput:
+    if params.temperature == 0:
+        draw = "greedy"
+    elif params.seed is None:
+        draw = str(random.random())
+    else:
+        draw = f"seed={params.seed}"
+    digest = hashlib.sha256(f"{prompt}|{draw}|{params.temperature}|{params.max_tokens}".encode()).hexdigest()
+    n_tokens = min(int(digest[:4], 16) % 12 + 1, params.max_tokens or 16)
+    finished = int(digest[4], 16) % 4 != 0
+    text = f"Think {digest[5:13]}.\n</think>\n\nThe final answer is \\boxed{{{int(digest[13], 16) % 4}}}."
+    return CompletionOutput(0, text, list(range(n_tokens)), "stop" if finished else "length")

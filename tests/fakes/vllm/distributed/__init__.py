@@ -1,0 +1,1 @@
+"""Fake ``vllm.distributed`` (see ``tests/fakes/vllm``)."""

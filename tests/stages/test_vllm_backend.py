@@ -1,0 +1,90 @@
+"""Stages 01, 04 and 09 with ``generation.backend`` / ``evaluation.backend`` vllm, on the CPU stand-in of
+``tests/fakes/vllm``: no stage loads Hugging Face weights (``services.load_model`` raises), every stage
+hands the engine all of its missing requests in one call with one seed per request, the samples of a
+question differ, and an engine is shut down before the next model's engine starts."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from segattr_utils import services
+from segattr_utils.config import stage_dir
+from segattr_utils.llm.evaluation import Benchmark
+from segattr_utils.stages import stage01_generation, stage09_evaluation
+from segattr_utils.stages import stage04_confidence_delta as confidence_delta
+
+from .conftest import QUESTIONS
+
+
+@pytest.fixture
+def vllm_profile(profile, fake_vllm, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("services.load_model was called with the vllm backend")
+
+    monkeypatch.setattr(services, "load_model", refuse)
+    profile["generation"] = {**profile["generation"], "backend": "vllm", "vllm": {"max_model_len": 1024}}
+    profile["evaluation"] = {**profile["evaluation"], "backend": "vllm"}
+    return profile
+
+
+def _questions() -> pd.DataFrame:
+    return pd.DataFrame([{"id": qid, "question": q, "answer": a} for qid, (q, a) in QUESTIONS.items()])
+
+
+def test_stage01_samples_with_one_engine_call(vllm_profile, fake_vllm, monkeypatch):
+    monkeypatch.setattr(services, "load_questions", lambda profile, suite: _questions())
+    samples = stage01_generation.generate_training_traces(vllm_profile)
+    (engine,) = fake_vllm.ENGINES
+    assert engine.engine_kwargs == {"max_model_len": 1024}
+    assert len(engine.calls) == 1  # greedy and sampled outputs of every question together
+    k = vllm_profile.get_path("generation.n_samples")
+    assert len(engine.calls[0][0]) == len(QUESTIONS) * (1 + k)
+    sampled = samples[samples["tag"] == "sample"]
+    assert (sampled.groupby("question_id")["text"].nunique() == k).all()  # K independent samples
+    assert engine.llm_engine.engine_core.shutdown_calls == 1
+
+
+def test_stage04_forced_answers_with_one_engine_call_and_resume(vllm_profile, fake_vllm):
+    vllm_profile["analysis"]["confidence"] = {**vllm_profile["analysis"]["confidence"], "sampler": "generator"}
+    table = confidence_delta.segment_confidence(vllm_profile)
+    assert table["trace_id"].tolist() == ["q0:correct"] * 3 + ["q1:correct"]
+    (engine,) = fake_vllm.ENGINES
+    n = vllm_profile.get_path("analysis.confidence.n_samples")
+    ((prompts, params),) = engine.calls
+    assert len(prompts) == (4 + 2) * n  # every prefix of both correct traces, n answers each
+    assert len({p.seed for p in params}) == len(params)  # the n copies of a prefix are independent draws
+    assert engine.llm_engine.engine_core.shutdown_calls == 1
+    # a resumed run generates only the missing prefixes and gives the uninterrupted run's table
+    store = stage_dir(vllm_profile, "04_confidence_delta") / "forced_answers.jsonl"
+    lines = store.read_text().splitlines()
+    store.write_text("\n".join(lines[:2]) + "\n")
+    resumed = confidence_delta.segment_confidence(vllm_profile)
+    pd.testing.assert_frame_equal(resumed, table)
+    assert len(fake_vllm.ENGINES) == 2 and len(fake_vllm.ENGINES[1].calls[0][0]) == 4 * n
+    assert sorted(store.read_text().splitlines()) == sorted(lines)
+
+
+def test_stage09_evaluates_each_model_with_its_own_engine(vllm_profile, fake_vllm, monkeypatch):
+    model_dir = vllm_profile.get_path("models.generator.local_path")
+    benchmarks = [
+        Benchmark("A", "in", _questions(), n_samples=3),
+        Benchmark("B", "out", _questions().assign(id=lambda f: "b" + f["id"]), n_samples=0),
+    ]
+    monkeypatch.setattr(stage09_evaluation, "evaluation_benchmarks", lambda profile: benchmarks)
+    entries = [
+        {"model": "base", "path": None, "setting": "base", "seed": None},
+        {"model": "run1", "path": model_dir, "setting": "full__reference", "seed": 1},
+    ]
+    monkeypatch.setattr(stage09_evaluation, "models_to_evaluate", lambda profile: entries)
+    graded = stage09_evaluation.evaluate_all(vllm_profile)
+    assert len(fake_vllm.ENGINES) == 2
+    for engine in fake_vllm.ENGINES:
+        assert engine.model == model_dir
+        assert len(engine.calls) == 1  # both benchmarks, greedy and sampled, in one call
+        assert len(engine.calls[0][0]) == 2 * (1 + 3) + 2 * 1
+        assert engine.alive_at_start == 0  # the previous model's engine was shut down first
+        assert engine.llm_engine.engine_core.shutdown_calls == 1
+    assert graded.groupby("model").size().tolist() == [10, 10]
+    sampled = graded[graded["mode"] == "sample"]
+    assert set(sampled["sample"]) == {0, 1, 2}
