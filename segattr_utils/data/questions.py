@@ -64,8 +64,10 @@ def _read_local_rows(path: Path) -> list[dict]:
 def load_hub_questions(spec: dict, suite: str, limit: int | None = None) -> list[dict]:
     """Questions from a hub dataset (``spec["hub_id"]``) or its local copy (``spec["local_path"]``).
 
-    ``spec["fields"]`` maps ``question``/``answer`` (and optionally ``solution``) to the dataset's
-    column names. Offline without a local copy raises :class:`ModelUnavailableError`.
+    ``spec["fields"]`` maps ``question``/``answer`` (and optionally ``solution`` and ``context``) to the
+    dataset's column names; a non-empty context precedes the question on its own line (OlympiadBench:
+    some problems state their setting there). Offline without a local copy raises
+    :class:`ModelUnavailableError`.
     """
     fields = spec.get("fields", {"question": "question", "answer": "answer"})
     local = spec.get("local_path")
@@ -98,10 +100,14 @@ def load_hub_questions(spec: dict, suite: str, limit: int | None = None) -> list
         missing = [name for key, name in fields.items() if name not in row]
         if missing:
             raise ValueError(f"row {index} of {spec.get('hub_id') or local} lacks fields {missing}")
+        question = str(row[fields["question"]])
+        context = row[fields["context"]] if "context" in fields else None
+        if isinstance(context, str) and context.strip():
+            question = f"{context.strip()}\n{question}"
         record = {
             "id": f"{suite}-{index:05d}",
             "suite": suite,
-            "question": str(row[fields["question"]]),
+            "question": question,
             "answer": answer_text(row[fields["answer"]]),
         }
         if "solution" in fields and fields["solution"] in row:

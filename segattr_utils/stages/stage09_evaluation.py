@@ -2,8 +2,10 @@
 
 Each model answers every question of every benchmark once greedily and ``n_samples`` times at the
 profile's temperature (paper: T = 0.6, top-p 1.0); answers are graded by the last ``\\boxed{}`` with
-math-verify (letters for multiple choice). Per benchmark: greedy accuracy, pass@1 and pass@k with the
-unbiased estimator, and mean output tokens; "overall" is the macro average over benchmarks (App. C.3).
+a numeric comparison, then math-verify (letters for multiple choice; see :mod:`segattr_utils.llm.grading`
+for where this differs from the authors' grader). Per benchmark: greedy accuracy, pass@1 and pass@k with
+the unbiased estimator, and mean output tokens; "overall" is the macro average over the benchmarks listed
+in ``evaluation.overall`` (App. C.3; Table 1 averages six benchmarks, AIME25 is reported beside them).
 Runs of one setting that differ only in their seed are summarised as mean ± standard deviation, and
 full-CoT vs segment-selective SFT is compared with paired tests (over seeds, and over questions).
 
@@ -154,8 +156,17 @@ def benchmark_metrics(graded: pd.DataFrame, ks: list[int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def overall_metrics(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Macro average over benchmarks (each benchmark counts equally, App. C.3), per model."""
+def overall_metrics(metrics: pd.DataFrame, benchmarks: list[str] | None = None) -> pd.DataFrame:
+    """Macro average over ``benchmarks`` (all when None; each counts equally, App. C.3), per model.
+
+    The paper's "Overall" (Table 1) averages MATH500, AMC23, AIME24, GPQA, Minerva and OlympiadBench,
+    not AIME25 (``evaluation.overall`` of the paper profile).
+    """
+    if benchmarks is not None:
+        unknown = sorted(set(benchmarks) - set(metrics["benchmark"]))
+        if unknown:
+            raise ValueError(f"overall benchmarks {unknown} were not evaluated")
+        metrics = metrics[metrics["benchmark"].isin(benchmarks)]
     value_columns = [c for c in metrics.columns if c not in ("model", "benchmark", "domain")]
     return metrics.groupby("model", sort=False)[value_columns].mean().reset_index()
 
@@ -257,10 +268,10 @@ def format_mean_std(mean: float, std: float, seeds: int, digits: int = 1) -> str
 
 
 def per_model_table(profile: Profile, graded: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-benchmark metrics, per-model overall metrics with run descriptions)."""
+    """(per-benchmark metrics, per-model overall metrics over ``evaluation.overall`` with run descriptions)."""
     ks = sorted({1, *[int(k) for k in profile.get_path("evaluation.ks", [1])]})
     metrics = benchmark_metrics(graded, ks)
-    overall = attach_runs(profile, overall_metrics(metrics))
+    overall = attach_runs(profile, overall_metrics(metrics, profile.get_path("evaluation.overall")))
     return metrics, overall
 
 
@@ -302,14 +313,24 @@ def comparison_table(overall: pd.DataFrame, settings: list[str], labels: dict | 
     return pd.DataFrame(rows)
 
 
+def _bench_cell(per_bench: pd.DataFrame, bench: str, column: str, seeds: int) -> str:
+    """One benchmark's ``column`` over a setting's seeds, as "mean ± std"."""
+    values = per_bench[per_bench["benchmark"] == bench][column]
+    return format_mean_std(values.mean(), values.std(ddof=1), seeds)
+
+
 def table1(profile: Profile, metrics: pd.DataFrame, overall: pd.DataFrame) -> pd.DataFrame:
     """Table 1: per benchmark and overall, base vs full-CoT vs segment-selective SFT, per source,
     greedy accuracy and sampled pass@1 (seed mean ± std) with output lengths and the relative change of
-    selective vs full."""
+    selective vs full. Benchmarks outside ``evaluation.overall`` (the paper profile's AIME25) follow the
+    overall columns."""
     k_column = _k_column(overall)
     rows = []
     sources = [s for s in profile.get_path("training.sources", ["self"])]
+    in_overall = profile.get_path("evaluation.overall")
     bench_names = list(dict.fromkeys(metrics["benchmark"]))
+    inside = [bench for bench in bench_names if bench in in_overall]
+    beside = [bench for bench in bench_names if bench not in in_overall]
     metrics = attach_runs(profile, metrics)
     for decoding, acc, tokens in (("greedy", "greedy_acc", "greedy_tokens"), ("sampling", "pass@1", "sample_tokens")):
         if acc not in overall.columns:
@@ -328,15 +349,16 @@ def table1(profile: Profile, metrics: pd.DataFrame, overall: pd.DataFrame) -> pd
                     "Method": runs["label"].iloc[0] if setting != BASE else "Base model (no SFT)",
                     "Seeds": n,
                 }
-                for bench in bench_names:
-                    values = per_bench[per_bench["benchmark"] == bench][acc]
-                    row[bench] = format_mean_std(values.mean(), values.std(ddof=1), n)
+                for bench in inside:
+                    row[bench] = _bench_cell(per_bench, bench, acc, n)
                 row["Acc./Pass@1"] = format_mean_std(runs[acc].mean(), runs[acc].std(ddof=1), n)
                 if decoding == "sampling" and k_column:
                     row[k_column.replace("pass", "Pass")] = format_mean_std(
                         runs[k_column].mean(), runs[k_column].std(ddof=1), n
                     )
                 row["Length"] = format_mean_std(runs[tokens].mean(), runs[tokens].std(ddof=1), n, 0)
+                for bench in beside:
+                    row[bench] = _bench_cell(per_bench, bench, acc, n)
                 full = overall[overall["setting"] == f"full__{source}"]
                 if setting.startswith("selective") and len(full):
                     row["vs full: acc."] = (
@@ -506,10 +528,11 @@ def run(profile: Profile) -> StageResult:
     tables = {"table1": table1(profile, metrics, overall)}
     save_paper_table(profile, "table1", tables["table1"])
     tests = []
+    overall_outputs = graded[graded["benchmark"].isin(profile.get_path("evaluation.overall"))]
     for source in profile.get_path("training.sources"):
         for metric in ("greedy_acc", "pass@1", "greedy_tokens", "sample_tokens"):
             if metric in overall.columns:
-                tests.append(paired_tests(overall, graded, f"full__{source}", f"selective__{source}", metric))
+                tests.append(paired_tests(overall, overall_outputs, f"full__{source}", f"selective__{source}", metric))
     tests = pd.DataFrame(tests)
     save_paper_table(profile, "table1_paired_tests", tests)
     tables["table1_paired_tests"] = tests

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from segattr_utils.llm.grading import grade, is_equivalent, last_boxed, split_reasoning
+from segattr_utils.llm.grading import grade, is_equivalent, last_boxed, numbers_equal, parse_number, split_reasoning
 
 R1_CORRECT = (
     "Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"
@@ -176,3 +176,78 @@ def test_multiple_choice_no_letter():
     # a letter that is not among the choices, or a letter inside a word, is not an answer
     assert grade("\\boxed{E}", "B", choices="ABCD") == {"pred": None, "correct": False}
     assert grade("\\boxed{\\text{BAD}}", "B", choices="ABCD") == {"pred": None, "correct": False}
+
+
+# ----------------------------------------------------------------------------------------------
+# numeric answers, as the authors' Qwen2.5-Math-style grader compares them (relative tolerance 1e-4)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("27", (27, False)),
+        ("-3", (-3, False)),
+        ("27.0", (27.0, False)),
+        ("4.5e33", (4.5e33, False)),
+        ("1.5E-3", (1.5e-3, False)),
+        ("4.5 \\times 10^{33}", (4.5e33, False)),
+        ("4.5\\cdot10^{-3}", (4.5e-3, False)),
+        ("2 \\times 10^3", (2000.0, False)),
+        ("1,000", (1000, False)),
+        ("1{,}234{,}567", (1234567, False)),
+        ("1\\,000.5", (1000.5, False)),
+        ("\\frac{3}{4}", (0.75, False)),
+        ("-\\dfrac{3}{4}", (-0.75, False)),
+        ("3/4", (0.75, False)),
+        ("50\\%", (50, True)),
+        ("12.5%", (12.5, True)),
+        ("$27$", (27, False)),
+        ("1,2", None),  # not a thousands separator
+        ("\\frac{1}{0}", None),
+        ("x + 1", None),
+        ("10^{33}", None),  # no mantissa: left to math-verify
+    ],
+)
+def test_parse_number(text, expected):
+    parsed = parse_number(text)
+    if expected is None:
+        assert parsed is None
+    else:
+        assert parsed[0] == pytest.approx(expected[0]) and parsed[1] is expected[1]
+        assert isinstance(parsed[0], int) is isinstance(expected[0], int)
+
+
+@pytest.mark.parametrize(
+    "pred, gold, correct",
+    [
+        ("4.5 \\times 10^{33}", "4.5e33", True),  # a Minerva gold answer in e-notation
+        ("4.5001e33", "4.5e33", True),  # relative difference 2e-5 < 1e-4
+        ("4.6e33", "4.5e33", False),
+        ("4.5\\cdot10^{33}", "4.5e33", True),
+        ("4.5 \\times 10^{32}", "4.5e33", False),
+        ("1,000", "1000", True),
+        ("1{,}000", "1000", True),
+        ("\\frac{1}{3}", "0.33333", True),
+        ("0.3", "\\frac{1}{3}", False),
+        ("50\\%", "0.5", True),  # a percentage matches its value, a hundredth or a hundred times it
+        ("0.5", "50\\%", True),
+        ("25\\%", "0.5", False),
+        ("200", "2", False),  # without a percent sign, no factor of 100 (the authors' grader accepts it)
+        ("100001", "100000", False),  # integers exactly (the authors' tolerance accepts it)
+        ("100001.0", "100000", True),
+    ],
+)
+def test_numeric_answers(pred, gold, correct):
+    assert numbers_equal(pred, gold) is correct
+    assert grade(f"Reasoning.\n</think>\n\nSo \\boxed{{{pred}}}.", gold)["correct"] is correct
+
+
+def test_numbers_equal_leaves_non_numbers_to_math_verify():
+    assert numbers_equal("\\sqrt{2}", "1.41421") is None
+    assert numbers_equal("x", "1") is None
+    assert is_equivalent("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}")
+
+
+def test_multiple_choice_takes_the_last_letter():
+    assert grade("\\boxed{B or D? final: D}", "D", choices="ABCD") == {"pred": "D", "correct": True}
+    assert grade("\\boxed{\\text{(A) or (C)}}", "A", choices="ABCD") == {"pred": "C", "correct": False}

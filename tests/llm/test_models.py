@@ -208,6 +208,28 @@ def test_field_mapping(offline_env, tmp_path):
     ]
 
 
+def test_olympiadbench_context_precedes_the_question(offline_env, tmp_path):
+    rows = [  # the hub schema of math-ai/olympiadbench: question, final_answer (a list), context
+        {"question": "Find $v$.", "final_answer": ["$3$"], "context": "A ball moves at speed $v$ with $v^2 = 9$."},
+        {"question": "Compute $1 + 1$.", "final_answer": ["$2$"], "context": None},
+        {"question": "Compute $2 + 2$.", "final_answer": ["4"], "context": ""},
+    ]
+    path = tmp_path / "olympiadbench.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    fields = {"question": "question", "answer": "final_answer", "context": "context"}
+    spec = {"hub_id": "math-ai/olympiadbench", "local_path": str(path), "fields": fields}
+    questions = load_hub_questions(spec, "OlympiadBench")
+    assert [q["question"] for q in questions] == [
+        "A ball moves at speed $v$ with $v^2 = 9$.\nFind $v$.",
+        "Compute $1 + 1$.",
+        "Compute $2 + 2$.",
+    ]
+    assert [q["answer"] for q in questions] == ["3", "2", "4"]
+    # without a context mapping the column is ignored, as for every other dataset
+    del spec["fields"]["context"]
+    assert load_hub_questions(spec, "OlympiadBench")[0]["question"] == "Find $v$."
+
+
 def test_default_fields(offline_env, tmp_path):
     path = tmp_path / "plain.jsonl"
     path.write_text(json.dumps({"question": "Q?", "answer": "7"}) + "\n")

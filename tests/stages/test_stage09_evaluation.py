@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from segattr_utils.config import load_profile
 from segattr_utils.data.questions import answer_text, multiple_choice_row
 from segattr_utils.stages import stage09_evaluation as ev
 
@@ -103,6 +104,51 @@ def test_benchmark_metrics_and_macro_average():
     # macro: each benchmark counts once, whatever its size
     assert overall.loc["m", "greedy_acc"] == pytest.approx((50 + 100) / 2)
     assert overall.loc["m", "pass@1"] == pytest.approx((50 + 0) / 2)
+
+
+#: Table 1 of the paper, R1-Distill-Qwen-1.5B, greedy accuracy per benchmark; "Overall" is 36.7.
+R1_1P5B_GREEDY = {"MATH500": 70.6, "AMC23": 52.5, "AIME24": 16.7, "GPQA": 27.3, "Minerva": 21.7, "OlympiadBench": 31.4}
+
+
+def _paper_metrics(aime25: float = 23.3) -> pd.DataFrame:
+    """A hand-made per-benchmark table for the base model: the paper's six numbers plus AIME25."""
+    scores = {**R1_1P5B_GREEDY, "AIME25": aime25}
+    return pd.DataFrame(
+        [
+            {"model": ev.BASE, "benchmark": b, "domain": "in", "greedy_acc": v, "greedy_tokens": 1000.0}
+            for b, v in scores.items()
+        ]
+    )
+
+
+def test_overall_is_the_mean_of_table1_benchmarks_without_aime25():
+    profile = load_profile("paper")
+    assert sorted(profile.get_path("evaluation.overall")) == sorted(R1_1P5B_GREEDY)
+    for aime25 in (0.0, 23.3, 100.0):
+        overall = ev.overall_metrics(_paper_metrics(aime25), profile.get_path("evaluation.overall"))
+        assert round(float(overall["greedy_acc"].iloc[0]), 1) == 36.7
+    everything = ev.overall_metrics(_paper_metrics(100.0))
+    assert float(everything["greedy_acc"].iloc[0]) == pytest.approx((220.2 + 100.0) / 7)
+    with pytest.raises(ValueError, match="AIME26"):
+        ev.overall_metrics(_paper_metrics(), ["AIME24", "AIME26"])
+
+
+def test_world_overall_averages_both_suites():
+    assert load_profile("tiny").get_path("evaluation.overall") == ["test_id", "test_ood"]
+    assert load_profile("smoke").get_path("evaluation.overall") == ["test_id", "test_ood"]
+
+
+def test_table1_reports_aime25_beside_the_overall(tmp_path):
+    profile = load_profile("paper")
+    profile["results_root"] = str(tmp_path)  # no runs: the base model only
+    metrics = _paper_metrics()
+    overall = ev.attach_runs(profile, ev.overall_metrics(metrics, profile.get_path("evaluation.overall")))
+    table = ev.table1(profile, metrics, overall)
+    columns = list(table.columns)
+    assert columns.index("AIME25") > columns.index("Acc./Pass@1")
+    assert all(columns.index(b) < columns.index("Acc./Pass@1") for b in R1_1P5B_GREEDY)
+    row = table.iloc[0]
+    assert row["Acc./Pass@1"] == "36.7" and row["AIME25"] == "23.3" and row["MATH500"] == "70.6"
 
 
 def test_paired_tests_over_seeds_and_questions():
