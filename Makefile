@@ -10,9 +10,10 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup browser reproduce test lint format test-unit test-notebooks bench bench-ig bench-sft lab clean-results help
+.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks bench bench-ig bench-sft lab clean-results help
 
 help:
+	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
 	@echo "make reproduce [PROFILE=tiny|smoke|paper]  run the notebooks in order with papermill"
 	@echo "make test                                  lint + unit tests + every notebook on the smoke profile (nbval)"
 	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
@@ -32,6 +33,13 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# A Linux x86_64 machine with CUDA 13 drivers: pyproject.toml's gpu extra with constraints-gpu.txt (the tested set
+# with numpy 2.3.5, as vLLM needs). A CPU build of torch is uninstalled first, so that pip installs PyPI's CUDA
+# build of the same version (pip's find-links must not offer the CPU wheel there).
+setup-gpu: $(STAMP)
+	$(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)" || $(PY) -m pip uninstall --quiet -y torch
+	$(PY) -m pip install --quiet -e ".[gpu]" -c constraints-gpu.txt
 
 # Headless Chromium renders the segment viewer's HTML in tests/test_viewer.py (skipped without it).
 browser:

@@ -58,7 +58,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     profile = load_profile("tiny")
     tokenizer, variants = examples(profile, args.examples, seed=0)
-    sft = dict(profile.get_path("training.sft"), epochs=1, save_steps=10_000, logging_steps=10_000)
+    sft = dict(profile.get_path("training.sft"), epochs=1, save_strategy="no", logging_steps=10_000)
     settings = TrainSettings.from_dict(sft)
     rows = []
     started = time.time()

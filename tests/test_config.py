@@ -90,7 +90,8 @@ def test_paper_profile_has_the_papers_settings():
     assert paper.get_path("generation.temperature") == 0.6
     assert paper.get_path("generation.max_new_tokens") == 32768
     assert paper.get_path("attribution.n_steps") == 50
-    assert paper.get_path("attribution.max_length") == 16384
+    assert paper.get_path("attribution.max_length") is None  # the authors attribute every trace
+    assert paper.get_path("training.sft.max_length") == 16384
     assert paper.get_path("selection.tau") == 0.7
     assert paper.get_path("selection.beta") == 0.8
     assert paper.get_path("models.generator.local_path") is None

@@ -34,11 +34,13 @@ def _pyproject() -> dict:
 
 
 def _pyproject_requirements() -> list[str]:
-    """The runtime dependencies and every extra's."""
+    """The runtime dependencies and every extra's but ``gpu`` (installed on GPU machines only:
+    constraints-gpu.txt)."""
     project = _pyproject()["project"]
     requirements = list(project["dependencies"])
-    for extra in project.get("optional-dependencies", {}).values():
-        requirements += list(extra)
+    for name, extra in project.get("optional-dependencies", {}).items():
+        if name != "gpu":
+            requirements += list(extra)
     return requirements
 
 
@@ -75,8 +77,9 @@ def _pins(requirements: list[str], source: str) -> dict[str, str]:
     return pins
 
 
-def _constraints() -> dict[str, str]:
-    return _pins(_constraints_requirements(), "constraints.txt")
+def _constraints(file: str = "constraints.txt") -> dict[str, str]:
+    lines = (ROOT / file).read_text(encoding="utf-8").splitlines()
+    return _pins([line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()], file)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,8 +106,10 @@ def test_pyproject_range_starts_at_the_tested_version_and_admits_it(name):
     pinned = _constraints()[name]
     operators = {s.operator: s.version for s in spec}
     assert set(operators) == {">=", "<"}, f"{name}: expected a range '>=tested,<next major', got {spec}"
-    assert Version(operators[">="]) == Version(pinned), (
-        f"{name}: lower bound {operators['>=']} is not the tested version {pinned} in constraints.txt"
+    # numpy: the GPU set's older version (constraints-gpu.txt) is the lower bound
+    oldest = min(Version(pinned), Version(_constraints("constraints-gpu.txt")[name]))
+    assert Version(operators[">="]) == oldest, (
+        f"{name}: lower bound {operators['>=']} is not the oldest of the tested and GPU versions ({oldest})"
     )
     assert spec.contains(pinned, prereleases=True), f"{name}: {spec} does not admit the tested {pinned}"
     lower, upper = Version(operators[">="]), Version(operators["<"])
@@ -173,6 +178,19 @@ def test_makefile_installs_with_the_constraints():
     assert f"-c constraints.txt torch=={_constraints()['torch']}" in makefile
     assert re.search(r'-e "\.\[[^"]*\]" -c constraints\.txt', makefile)
     assert re.search(r"^\$\(STAMP\):.*\bconstraints\.txt\b", makefile, re.M)
+
+
+def test_gpu_set_is_the_tested_set_with_numpy_2_3_and_the_gpu_extra():
+    gpu, tested = _constraints("constraints-gpu.txt"), _constraints()
+    extra = {
+        _canonical(Requirement(r).name): Requirement(r) for r in _pyproject()["project"]["optional-dependencies"]["gpu"]
+    }
+    assert set(extra) == {"vllm", "deepspeed", "bitsandbytes"}
+    assert {k: v for k, v in gpu.items() if k not in extra} == dict(tested, numpy="2.3.5")
+    for name, requirement in extra.items():
+        assert str(requirement.specifier) == f"=={gpu[name]}", f"{name}: the gpu extra and constraints-gpu.txt differ"
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r'^setup-gpu:.*\n(\t.*\n)*\t.*-e "\.\[gpu\]" -c constraints-gpu\.txt', makefile, re.M)
 
 
 def test_pre_commit_ruff_rev_matches_constraints():

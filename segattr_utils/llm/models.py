@@ -8,6 +8,7 @@ saying what to download and where to put it.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -93,3 +94,11 @@ def load_causal_lm(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     return model, tokenizer
+
+
+def free_accelerator_memory() -> None:
+    """Return the memory of models no longer referenced to the GPU (collected now, and the CUDA cache
+    emptied), so that the next stage or a training subprocess can use it."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -31,6 +31,10 @@ class TrainingExample:
     def n_trained(self) -> int:
         return sum(1 for label in self.labels if label != -100)
 
+    def truncated(self, max_length: int) -> TrainingExample:
+        """The example as SFT trains it: its first ``max_length`` tokens (TRL's ``keep_start``)."""
+        return TrainingExample(self.input_ids[:max_length], self.labels[:max_length])
+
 
 def build_training_example(
     tokenizer,
@@ -120,9 +124,14 @@ class TrainSettings:
     bf16: bool = False
     gradient_checkpointing: bool = False
     optim: str = "adamw_torch"
-    save_steps: int = 200
+    save_strategy: str = "epoch"  # a checkpoint per epoch (resumable); "steps" saves every save_steps
+    save_steps: int | None = None
     logging_steps: int = 20
     stop_after_epoch: float | None = None  # the authors' callback stops 10-epoch runs after epoch 9
+
+    def __post_init__(self):
+        if self.save_strategy == "steps" and not self.save_steps:
+            raise ValueError("save_strategy 'steps' needs save_steps")
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainSettings:
@@ -198,7 +207,7 @@ def train_sft(
         optim=settings.optim,
         seed=seed,
         data_seed=seed,
-        save_strategy="steps",
+        save_strategy=settings.save_strategy,
         save_steps=settings.save_steps,
         save_total_limit=1,
         logging_steps=settings.logging_steps,

@@ -3,13 +3,16 @@
 - World profiles (tiny, smoke): the questions, R1-style teacher traces with ground-truth segment
   kinds, a locally built tokenizer and the tiny generator trained from scratch with TRL; then the base
   model's greedy accuracy on the test suites.
-- Hub profiles (paper): which configured models and datasets are available locally, and how to get
-  the missing ones; the run stops there when something is missing.
+- Hub profiles (paper): which configured models and datasets are available locally, which GPU packages
+  the profile's settings need (vLLM, DeepSpeed, bitsandbytes) are installed, and how to get the missing
+  ones; the run stops there when something is missing.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import time
+import tomllib
 
 import numpy as np
 import pandas as pd
@@ -17,7 +20,7 @@ import pandas as pd
 from .. import dag, services
 from .. import world as world_lib
 from ..artifacts import read_json, read_table, write_json, write_table
-from ..config import Profile
+from ..config import Profile, find_project_root
 from ..data.questions import load_hub_questions, world_suites
 from ..llm.evaluation import Benchmark, evaluate_model, summarise_outputs
 from ..llm.models import resolve_model_path
@@ -118,9 +121,45 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
                     "how_to_get": str(error).splitlines()[-1] if str(error) else type(error).__name__,
                 }
             )
+    rows += gpu_package_rows(profile)
     report = pd.DataFrame(rows)
     write_table(STAGE.path(profile, "availability"), report)
     return report
+
+
+def gpu_package_rows(profile: Profile) -> list[dict]:
+    """One availability row per GPU package the profile's settings need: vLLM (a generation or evaluation
+    backend ``vllm``, or ``auto`` on a GPU), DeepSpeed (``training.deepspeed_config``) and bitsandbytes
+    (``optim: adamw_bnb_8bit``), each with the command that installs the version of the ``gpu`` extra."""
+    import torch
+
+    backends = {profile.get_path("generation.backend", "hf"), profile.get_path("evaluation.backend", "hf")}
+    cfg = profile.get("training") or {}
+    optims = {cfg.get("sft", {}).get("optim")} | {stage.get("optim") for stage in (cfg.get("two_stage") or {}).values()}
+    needed = {
+        "vllm": "vllm" in backends or ("auto" in backends and torch.cuda.is_available()),
+        "deepspeed": bool(cfg.get("deepspeed_config")),
+        "bitsandbytes": "adamw_bnb_8bit" in optims,
+    }
+    pins = _gpu_extra_pins()
+    return [
+        {
+            "what": f"package:{name}",
+            "id": pins[name],
+            "available": importlib.util.find_spec(name) is not None,
+            "how_to_get": f"make setup-gpu (or: pip install -c constraints.txt '{pins[name]}')",
+        }
+        for name, need in needed.items()
+        if need
+    ]
+
+
+def _gpu_extra_pins() -> dict[str, str]:
+    """The ``gpu`` extra of pyproject.toml ({name: "name==version"})."""
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((find_project_root() / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return {Requirement(r).name: r for r in project["optional-dependencies"]["gpu"]}
 
 
 def world_benchmarks(profile: Profile, suites: tuple[str, ...] = ("test_id", "test_ood")) -> list[Benchmark]:
@@ -161,11 +200,14 @@ def run(profile: Profile) -> StageResult:
         missing = report[~report["available"]]
         if len(missing):
             raise RuntimeError(
-                "missing for the paper profile:\n"
+                f"missing for the {profile.name} profile:\n"
                 + "\n".join(f"- {r.what} {r.id}: {r.how_to_get}" for r in missing.itertuples())
             )
         return finish(
-            profile, STAGE, tables={"availability": report}, checks={"every model and dataset is available": True}
+            profile,
+            STAGE,
+            tables={"availability": report},
+            checks={"every model, dataset and GPU package is available": True},
         )
     training = build_world(profile)
     questions = read_table(STAGE.path(profile, "questions"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 
 import pandas as pd
 import torch
@@ -19,6 +20,7 @@ import torch
 from .. import dag, services
 from ..artifacts import RecordStore, write_table
 from ..config import Profile
+from ..llm.models import free_accelerator_memory
 from ..method.attribution import token_attributions
 from ..method.importance import always_keep_indices, importance_flags, segment_scores
 from ..method.token_spans import build_attribution_sequence
@@ -33,13 +35,20 @@ STAGE = dag.IG_ATTRIBUTION
 
 
 def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: dict) -> dict:
-    """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores."""
+    """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores.
+
+    ``attribution.max_length`` is an optional cap: the authors attribute every trace (no cap, the paper
+    profile); a longer sequence is skipped, never truncated (IG needs the answer at the end of the sequence,
+    and a cut trace would leave segments without attributions), and its record says why, so that
+    :func:`over_length_traces` counts it and the stage's check "every kept trace is attributed" fails.
+    """
     prompt = services.prompt(tokenizer, trace["question"])
     sequence = build_attribution_sequence(
         tokenizer, prompt, list(trace["segments"]), trace["answer"], suffix_template=settings["answer_suffix"]
     )
     record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
-    if len(sequence) > settings["max_length"]:
+    cap = settings.get("max_length")
+    if cap is not None and len(sequence) > cap:
         record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
         return record
     started = time.perf_counter()
@@ -84,6 +93,11 @@ def attribution_workers(settings: dict, kind: str) -> tuple[list[str], int]:
     return devices, threads
 
 
+def over_length_traces(records: list[dict]) -> list[str]:
+    """The traces skipped because they exceed ``attribution.max_length`` (reported by notebooks 03 and 08)."""
+    return [r["trace_id"] for r in records if (r.get("skipped") or "").endswith("attribution.max_length")]
+
+
 # Filled once per worker process by _init_attribution_worker, so that each process loads the model once.
 _WORKER_STATE: dict = {}
 
@@ -117,9 +131,7 @@ def attribute_traces(
     if not todo:
         return store.records()
     if len(devices) == 1:
-        model, tokenizer = services.load_model(profile, "generator")
-        baseline = services.baseline_token(profile, tokenizer)
-        records = (attribution_record(model, tokenizer, baseline, settings, trace) for trace in todo)
+        records = _attribute_in_process(profile, settings, todo)
     else:
         records = map_in_workers(
             _attribute_in_worker, todo, devices, threads, initializer=_init_attribution_worker, initargs=(profile,)
@@ -128,7 +140,16 @@ def attribute_traces(
     for record in progress(records, total=len(todo), desc=desc, unit="trace"):
         store.append([record])
     log_seconds(profile, stage, f"{desc}: {len(todo)} traces", time.perf_counter() - started)
+    free_accelerator_memory()  # the generator is gone: SFT (notebook 08) gets the whole GPU
     return store.records()
+
+
+def _attribute_in_process(profile: Profile, settings: dict, traces: list[dict]):
+    """The records of ``traces`` in this process; the model is released once the last one is yielded."""
+    model, tokenizer = services.load_model(profile, "generator")
+    baseline = services.baseline_token(profile, tokenizer)
+    for trace in traces:
+        yield attribution_record(model, tokenizer, baseline, settings, trace)
 
 
 def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
@@ -380,11 +401,20 @@ def run(profile: Profile) -> StageResult:
             .T
         )
     fig = figures.completeness_histogram(completeness, settings["flag_relative_delta"])
+    store = RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"])
+    over_length = over_length_traces(store.records())
+    if over_length:
+        warnings.warn(
+            f"{len(over_length)} traces exceed attribution.max_length ({settings['max_length']} tokens) and were "
+            "skipped; the authors attribute every trace (attribution.max_length: null)",
+            stacklevel=2,
+        )
     return finish(
         profile,
         STAGE,
         comparison_rows(profile, completeness, sensitivity),
         tables=tables,
+        values={"over_length_skipped": len(over_length)},
         figures={"ig_completeness_delta": figures.save(fig, profile, "ig_completeness_delta")},
         checks={"every kept trace is attributed": set(completeness["trace_id"]) == set(kept["trace_id"])},
     )

@@ -8,16 +8,22 @@ same schedule and seed schedule; only the labels (selective) or the trace text (
 
 Each run is resumable (TRL checkpoints; a finished run has a completion marker and is never
 retrained) and writes its model to ``results/<profile>/08_selective_sft/models/<run>/``.
-``runs.parquet`` lists every run with its supervision statistics and cost.
+``runs.parquet`` lists every run with its supervision statistics and cost. ``training.launcher`` says
+where runs train: ``inprocess`` (one after another in this process: CPU, the tiny world), ``per_gpu``
+(the paper profile: each run on one GPU, the runs spread over the visible GPUs) or ``accelerate``
+(each run over ``training.accelerate_config``'s processes, DeepSpeed with ``training.deepspeed_config``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,7 +54,7 @@ from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
 from ..run_log import log_timings, read_run_log
 from . import StageResult, finish
-from .stage03_ig_attribution import attribute_traces
+from .stage03_ig_attribution import attribute_traces, over_length_traces
 
 STAGE = dag.SELECTIVE_SFT
 SOURCES = ("self", "reference")
@@ -212,6 +218,13 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
             "attribute_reference_traces (reference traces) first"
         )
     attributions = {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
+    over_length = over_length_traces(list(attributions.values()))
+    if over_length:
+        warnings.warn(
+            f"{len(over_length)} {source} traces exceed attribution.max_length and were not attributed: no run "
+            "learns from them (set attribution.max_length: null to attribute every trace, as the authors)",
+            stacklevel=2,
+        )
     signals = _segment_signals(profile) if source == "self" and keywords is None else {}
     problems = services.world_problems(profile)
     records = []
@@ -344,18 +357,29 @@ def build_examples(
     return examples
 
 
+def _whole_traces(records: list[TraceRecord]) -> list[TraceSelection]:
+    return [TraceSelection(set(range(r.n_segments))) for r in records]
+
+
 def supervision_stats(
-    records: list[TraceRecord], selections: list[TraceSelection], examples: list[TrainingExample], mode: str
+    records: list[TraceRecord],
+    selections: list[TraceSelection],
+    examples: list[TrainingExample],
+    mode: str,
+    max_length: int,
 ) -> dict:
-    """How much of the traces a run learns from (segment and token shares, kinds in the tiny world)."""
+    """How much of the traces a run learns from (segment and token shares, kinds in the tiny world), and
+    how many of its examples SFT truncates to their first ``max_length`` tokens (as the authors' trainer:
+    a long trace is kept and cut, never dropped; the token counts are those of the truncated examples)."""
     n_segments = sum(r.n_segments for r in records)
     chosen = sum(len(s.segments) for s in selections)
     stats = {
         "traces": len(records),
         "segment_share": chosen / n_segments if n_segments else float("nan"),
         "token_share": selected_token_share(records, selections),
-        "trained_tokens": int(sum(e.n_trained for e in examples)),
-        "sequence_tokens": int(sum(len(e.input_ids) for e in examples)),
+        "trained_tokens": int(sum(e.truncated(max_length).n_trained for e in examples)),
+        "sequence_tokens": int(sum(len(e.truncated(max_length).input_ids) for e in examples)),
+        "truncated_traces": sum(len(e.input_ids) > max_length for e in examples),
     }
     if mode == "full":
         stats["segment_share"], stats["token_share"] = 1.0, 1.0
@@ -369,20 +393,25 @@ def supervision_stats(
 
 def supervision_preview(profile: Profile) -> pd.DataFrame:
     """What every planned setting learns from, before any training: segment and token shares of the
-    traces (and, in the tiny world, the share of each ground-truth kind that is learned)."""
+    traces (and, in the tiny world, the share of each ground-truth kind that is learned), and how many
+    traces SFT truncates at ``max_length`` (the whole trace: full and selective; pruned: what is left)."""
     rows, cache = [], {}
     seen = set()
+    tokenizer = services.load_role_tokenizer(profile, "student")
+    max_length = schedule(profile)[-1].max_length
     for spec in plan_runs(profile):
         if spec.setting in seen:
             continue
         seen.add(spec.setting)
         key = (spec.source, spec.keywords)
         if key not in cache:
-            cache[key] = load_trace_records(profile, spec.source, spec.keywords)
-        records = cache[key]
+            records = load_trace_records(profile, spec.source, spec.keywords)
+            cache[key] = records, build_examples(tokenizer, records, _whole_traces(records), "full")
+        records, whole = cache[key]
         variant = get_variant(spec.variant)
         selections = variant.selections(records, selection_settings(profile, spec))
-        stats = supervision_stats(records, selections, [], variant.mode)
+        examples = build_examples(tokenizer, records, selections, "pruned") if variant.mode == "pruned" else whole
+        stats = supervision_stats(records, selections, examples, variant.mode, max_length)
         stats.pop("trained_tokens"), stats.pop("sequence_tokens")
         rows.append(
             {
@@ -435,11 +464,9 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     stages = schedule(profile)
     # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed).
     model, tokenizer = services.load_model(profile, "student", device="cpu")
-    full_examples = build_examples(
-        tokenizer, records, [TraceSelection(set(range(r.n_segments))) for r in records], "full"
-    )
+    full_examples = build_examples(tokenizer, records, _whole_traces(records), "full")
     examples = build_examples(tokenizer, records, selections, variant.mode)
-    stats = supervision_stats(records, selections, examples, variant.mode)
+    stats = supervision_stats(records, selections, examples, variant.mode, stages[-1].max_length)
     started = time.time()
     stage_summaries = []
     for index, stage_settings in enumerate(stages):
@@ -508,23 +535,22 @@ def _is_main_process() -> bool:
 
 
 def train_all(profile: Profile, only: list[str] | None = None) -> pd.DataFrame:
-    """Train every planned run (resumable) and write ``runs.parquet``; returns the run table."""
+    """Train every planned run (resumable) where ``training.launcher`` says and write ``runs.parquet``;
+    returns the run table."""
     runs = plan_runs(profile)
     if only:
         runs = [r for r in runs if r.name in only or r.setting in only]
-    cache: dict[tuple, list[TraceRecord]] = {}
-    summaries = []
     launcher = profile.get_path("training.launcher", "inprocess")
     if any(r.source == "reference" for r in runs):
         attribute_reference_traces(profile)
-    for spec in progress(runs, desc="SFT runs", unit="run"):
-        key = (spec.source, spec.keywords)
-        if launcher == "accelerate":
-            summaries.append(_launch_with_accelerate(profile, spec))
-            continue
-        if key not in cache:
-            cache[key] = load_trace_records(profile, spec.source, spec.keywords)
-        summaries.append(train_run(profile, spec, cache[key]))
+    if launcher == "inprocess":
+        summaries = _train_in_process(profile, runs)
+    elif launcher == "per_gpu":
+        summaries = _train_per_gpu(profile, runs)
+    elif launcher == "accelerate":
+        summaries = [_launch_with_accelerate(profile, spec) for spec in progress(runs, desc="SFT runs", unit="run")]
+    else:
+        raise ValueError(f"training.launcher must be 'inprocess', 'per_gpu' or 'accelerate', got {launcher!r}")
     table = pd.DataFrame(summaries)
     # A fixed column order: summaries read back from summary.json have sorted keys, fresh ones do not.
     kind_columns = sorted(c for c in table.columns if c.startswith("chosen_share_"))
@@ -535,25 +561,70 @@ def train_all(profile: Profile, only: list[str] | None = None) -> pd.DataFrame:
     return table
 
 
+def _train_in_process(profile: Profile, runs: list[RunSpec]) -> list[dict]:
+    """One run after another in this process (CPU, the tiny world)."""
+    cache: dict[tuple, list[TraceRecord]] = {}
+    summaries = []
+    for spec in progress(runs, desc="SFT runs", unit="run"):
+        key = (spec.source, spec.keywords)
+        if key not in cache:
+            cache[key] = load_trace_records(profile, spec.source, spec.keywords)
+        summaries.append(train_run(profile, spec, cache[key]))
+    return summaries
+
+
+def visible_gpus(profile: Profile) -> list[str]:
+    """The GPUs runs are spread over: ``training.gpus`` of the visible ones (null: all), by the ids that
+    ``CUDA_VISIBLE_DEVICES`` gives them in this process."""
+    import torch
+
+    count = torch.cuda.device_count()
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [d.strip() for d in listed.split(",")][:count] if listed else [str(i) for i in range(count)]
+    wanted = profile.get_path("training.gpus", None)
+    return ids[: int(wanted)] if wanted else ids
+
+
+def assign_gpus(runs: list[RunSpec], gpus: list[str]) -> dict[str, list[RunSpec]]:
+    """Round-robin: run i trains on GPU i mod len(gpus); each GPU trains its runs one after another."""
+    return {gpu: runs[index :: len(gpus)] for index, gpu in enumerate(gpus) if runs[index :: len(gpus)]}
+
+
+def _train_per_gpu(profile: Profile, runs: list[RunSpec]) -> list[dict]:
+    """The paper profile's default (the authors: one GPU, batch 2): every run is a subprocess of
+    :func:`main` that sees one GPU (``CUDA_VISIBLE_DEVICES``); the GPUs work through their runs at the
+    same time. A finished run is not relaunched."""
+    gpus = visible_gpus(profile)
+    if not gpus:
+        raise RuntimeError("training.launcher: per_gpu needs a CUDA GPU; use training.launcher: inprocess on a CPU")
+
+    def train_on(gpu: str, specs: list[RunSpec]) -> None:
+        for spec in specs:
+            if not (run_dir(profile, spec) / "summary.json").exists():
+                subprocess.run(_run_command(profile, spec), check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+
+    with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
+        for done in [pool.submit(train_on, gpu, specs) for gpu, specs in assign_gpus(runs, gpus).items()]:
+            done.result()  # a failed run raises here, after the other GPUs finished their runs
+    return [read_json(run_dir(profile, spec) / "summary.json") for spec in runs]
+
+
+def _run_command(profile: Profile, spec: RunSpec, launcher: list[str] | None = None) -> list[str]:
+    """``python -m segattr_utils.stages.stage08_selective_sft --profile ... --run ...`` (:func:`main`),
+    with this interpreter, so that it works without the environment's scripts on PATH (under ``make``)."""
+    module = ["-m", "segattr_utils.stages.stage08_selective_sft"]
+    arguments = ["--profile", str(profile.source_path or profile.name), "--run", spec.name]
+    return [sys.executable, *(launcher or []), *module, *arguments]
+
+
 def _launch_with_accelerate(profile: Profile, spec: RunSpec) -> dict:
-    """Multi-GPU runs (paper profile): one ``accelerate launch`` per run with the profile's
-    accelerate/DeepSpeed config; the launched process runs :func:`main` for this run only."""
+    """One ``accelerate launch`` per run with the profile's accelerate config (DeepSpeed with
+    ``training.deepspeed_config``); the launched processes run :func:`main` for this run only."""
     summary_path = run_dir(profile, spec) / "summary.json"
     if not summary_path.exists():
         config = find_project_root() / profile.get_path("training.accelerate_config")
-        command = [
-            "accelerate",
-            "launch",
-            "--config_file",
-            str(config),
-            "-m",
-            "segattr_utils.stages.stage08_selective_sft",
-            "--profile",
-            str(profile.source_path or profile.name),
-            "--run",
-            spec.name,
-        ]
-        subprocess.run(command, check=True)
+        launch = ["-m", "accelerate.commands.launch", "--config_file", str(config)]
+        subprocess.run(_run_command(profile, spec, launch), check=True)
     return read_json(summary_path)
 
 
@@ -603,6 +674,14 @@ def run(profile: Profile) -> StageResult:
     preview = supervision_preview(profile)
     write_table(STAGE.path(profile, "supervision_preview"), preview)
     tables["supervision_preview"] = preview
+    values["truncated_traces"] = int(preview["truncated_traces"].max())
+    if values["truncated_traces"]:
+        warnings.warn(
+            f"up to {values['truncated_traces']} traces per setting are longer than training.sft.max_length: SFT "
+            "keeps them and trains on their first max_length tokens, as the authors' trainer (column "
+            "truncated_traces of the supervision preview and of runs.parquet)",
+            stacklevel=2,
+        )
     runs = train_all(profile)
     tables["runs"] = runs[["run", "mode", "token_share", "trained_tokens", "steps", "final_loss"]]
     log = read_run_log(profile, STAGE)

@@ -294,3 +294,25 @@ def test_trl_drops_examples_without_any_label(tmp_path, tokenizer):
     model = trainer_nolimit.model.eval()
     loss = trainer_nolimit.compute_loss(model, dict(batch))
     torch.testing.assert_close(loss.detach().float(), manual_loss(model, batch)[0], rtol=0, atol=1e-5)
+
+
+def test_checkpoints_each_epoch_by_default_and_they_do_not_change_the_weights(tmp_path, tokenizer):
+    """save_strategy "epoch" (the default) writes a checkpoint per epoch; checkpoints never change training."""
+    from segattr_utils.llm.training import TrainingExample, TrainSettings, train_sft
+
+    assert TrainSettings().save_strategy == "epoch"
+    with pytest.raises(ValueError, match="save_steps"):
+        TrainSettings(save_strategy="steps")
+    ids = tokenizer("Okay, so 12 + 3 = 15.", add_special_tokens=False)["input_ids"]
+    examples = [TrainingExample(ids, ids)] * 8
+    weights = {}
+    for strategy, steps in (("epoch", None), ("steps", 3)):
+        model = tiny_model(tokenizer)
+        settings = TrainSettings(
+            epochs=2, batch_size=4, save_strategy=strategy, save_steps=steps, logging_steps=1, learning_rate=1e-3
+        )
+        train_sft(model, tokenizer, examples, settings, tmp_path / strategy, seed=0)
+        weights[strategy] = [p.detach().clone() for p in model.parameters()]
+    # save_total_limit=1 keeps the last checkpoint: step 4 = the end of epoch 2 (2 steps per epoch)
+    assert sorted(p.name for p in (tmp_path / "epoch").glob("checkpoint-*")) == ["checkpoint-4"]
+    assert all(torch.equal(a, b) for a, b in zip(weights["epoch"], weights["steps"]))

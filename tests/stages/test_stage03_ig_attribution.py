@@ -88,3 +88,54 @@ def test_attribution_workers_setting_is_validated():
     devices, threads = pipeline.attribution_workers({"workers": 2, "threads_per_worker": 1}, "world")
     assert devices == ["cpu", "cpu"] and threads == 1
     assert pipeline.attribution_workers({}, "world")[0] == ["cpu"]
+
+
+def test_attribution_max_length_is_an_optional_cap_whose_skips_are_counted(world_profile):
+    from segattr_utils import services
+
+    model, tokenizer = services.load_model(world_profile, "generator")
+    baseline = services.baseline_token(world_profile, tokenizer)
+    trace = dict(TRACES[0], segments=TRACES[0]["segments"] * 4)
+    # no cap (the authors: every trace is attributed)
+    record = pipeline.attribution_record(
+        model, tokenizer, baseline, dict(world_profile["attribution"], max_length=None), trace
+    )
+    assert record["skipped"] is None
+    assert (
+        sum(len(v) for v in record["segment_values"]) == record["segment_spans"][-1][1] - record["segment_spans"][0][0]
+    )
+    assert pipeline.over_length_traces([record]) == []
+    # a cap below the trace's length skips it, and the skip is counted
+    capped = dict(world_profile["attribution"], max_length=record["n_tokens"] - 1)
+    skipped = pipeline.attribution_record(model, tokenizer, baseline, capped, trace)
+    assert skipped["skipped"] and "segment_values" not in skipped
+    assert pipeline.over_length_traces([record, skipped]) == [trace["trace_id"]]
+
+
+def test_attribution_releases_the_model_before_freeing_gpu_memory(world_profile, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from segattr_utils import services
+
+    loaded = []
+    load_model = services.load_model
+
+    def tracked_load(*args, **kwargs):
+        model, tokenizer = load_model(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model, tokenizer
+
+    alive_when_freed = []
+
+    def fake_free():
+        gc.collect()
+        alive_when_freed.append(loaded[0]() is not None)
+
+    monkeypatch.setattr(services, "load_model", tracked_load)
+    monkeypatch.setattr(pipeline, "free_accelerator_memory", fake_free)
+    profile = load_profile("smoke")
+    profile.update({k: v for k, v in world_profile.items()})
+    store = RecordStore(tmp_path / "records.jsonl", key_fn=lambda r: r["trace_id"])
+    assert len(pipeline.attribute_traces(profile, TRACES[:2], store, "release")) == 2
+    assert alive_when_freed == [False]

@@ -164,3 +164,109 @@ def test_a_variant_names_the_signal_it_needs():
     record = TraceRecord("t", "q", "1", ["a", "b"], "x", [np.ones(1), np.ones(1)], [[(0, 1)], [(1, 2)]])
     with pytest.raises(ValueError, match="needs 'confidence_delta' .*notebook 04"):
         get_variant("confidence_gain").selections([record], SelectionSettings())
+
+
+# ---------------------------------------------------------------------------------------------
+# Launching runs (paper profile): one GPU per run, spread over the visible GPUs; accelerate as an option
+
+
+def _paper_profile(tmp_path, **training) -> Profile:
+    profile = load_profile("paper")
+    profile["results_root"] = str(tmp_path / "results")
+    profile["training"] = {**profile["training"], **training}
+    return profile
+
+
+def _fake_subprocess(profile, launched):
+    """subprocess.run that records (command, CUDA_VISIBLE_DEVICES) and writes the run's summary."""
+    import json
+
+    def fake_run(command, check, env=None):
+        run = command[command.index("--run") + 1]
+        launched.append((command, (env or {}).get("CUDA_VISIBLE_DEVICES")))
+        summary = sft.STAGE.path(profile, "run_folders") / run / "summary.json"
+        summary.parent.mkdir(parents=True, exist_ok=True)
+        summary.write_text(json.dumps({"run": run}))
+
+    return fake_run
+
+
+def test_default_paper_plan_trains_each_run_on_one_gpu_with_the_authors_batch(tmp_path, monkeypatch):
+    profile = _paper_profile(tmp_path)
+    assert profile.get_path("training.launcher") == "per_gpu"
+    (settings,) = sft.schedule(profile)
+    assert settings.batch_size == 2 and settings.gradient_accumulation_steps == 1
+    assert settings.save_strategy == "epoch"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 4)
+    runs = sft.plan_runs(profile)
+    assigned = sft.assign_gpus(runs, sft.visible_gpus(profile))
+    assert assigned == {str(gpu): runs[gpu::4] for gpu in range(4)}
+    # every run trains on exactly one GPU
+    assert sorted(r.name for specs in assigned.values() for r in specs) == sorted(r.name for r in runs)
+
+
+def test_runs_go_round_robin_to_the_visible_gpus_one_subprocess_each(tmp_path, monkeypatch):
+    import sys
+
+    profile = _paper_profile(tmp_path)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    launched = []
+    monkeypatch.setattr(sft.subprocess, "run", _fake_subprocess(profile, launched))
+    runs = sft.plan_runs(profile)[:5]
+    summaries = sft._train_per_gpu(profile, runs)
+    assert [s["run"] for s in summaries] == [r.name for r in runs]
+    gpu_of = {command[command.index("--run") + 1]: gpu for command, gpu in launched}
+    assert gpu_of == {r.name: gpu for r, gpu in zip(runs, ["3", "5", "3", "5", "3"])}
+    command = launched[0][0]
+    assert command[:3] == [sys.executable, "-m", "segattr_utils.stages.stage08_selective_sft"]
+    # finished runs are not relaunched; training.gpus limits the GPUs used
+    launched.clear()
+    assert len(sft._train_per_gpu(profile, runs)) == 5 and not launched
+    assert sft.visible_gpus(_paper_profile(tmp_path, gpus=1)) == ["3"]
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        sft._train_per_gpu(profile, sft.plan_runs(profile)[5:6])
+
+
+def test_accelerate_launch_runs_with_this_interpreter(tmp_path, monkeypatch):
+    import sys
+
+    profile = _paper_profile(tmp_path, launcher="accelerate")
+    launched = []
+    monkeypatch.setattr(sft.subprocess, "run", _fake_subprocess(profile, launched))
+    spec = sft.plan_runs(profile)[0]
+    assert sft._launch_with_accelerate(profile, spec) == {"run": spec.name}
+    ((command, _),) = launched
+    assert command[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", command[4]]
+    assert command[4].endswith("configs/accelerate_deepspeed_zero2.yaml")
+    assert command[5:] == ["-m", "segattr_utils.stages.stage08_selective_sft"] + command[7:]
+    assert command[command.index("--run") + 1] == spec.name
+
+
+# ---------------------------------------------------------------------------------------------
+# Over-length traces: kept, truncated at SFT, counted
+
+
+def test_an_over_length_trace_is_kept_truncated_and_counted(tokenizer):
+    from segattr_utils.llm.variants import TraceRecord, TraceSelection
+
+    long_segments = SEGMENTS * 6
+    records = [
+        TraceRecord("short", PROMPT_MSG, "15", SEGMENTS, ANSWER, [np.ones(1)] * 2, [[(0, 1)]] * 2),
+        TraceRecord("long", PROMPT_MSG, "15", long_segments, ANSWER, [np.ones(1)] * 12, [[(0, 1)]] * 12),
+    ]
+    selections = [TraceSelection({0}), TraceSelection({0})]
+    examples = sft.build_examples(tokenizer, records, selections, "selective")
+    short, long = (len(e.input_ids) for e in examples)
+    max_length = (short + long) // 2
+    assert short <= max_length < long
+    stats = sft.supervision_stats(records, selections, examples, "selective", max_length)
+    assert stats["traces"] == 2 and stats["truncated_traces"] == 1
+    # the long trace is trained on its first max_length tokens: its answer part is cut off
+    assert stats["sequence_tokens"] == short + max_length
+    assert stats["trained_tokens"] == examples[0].n_trained + sum(
+        label != -100 for label in examples[1].labels[:max_length]
+    )
+    assert sft.supervision_stats(records, selections, examples, "selective", long)["truncated_traces"] == 0
