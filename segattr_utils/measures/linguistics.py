@@ -193,5 +193,6 @@ def segment_bleu(segments: Sequence[str], reference: BleuReference = "segments")
     for index in range(1, len(segments)):
         previous = list(segments[:index])
         references = previous if reference == "segments" else ["".join(previous)]
-        scores.append(sacrebleu.sentence_bleu(segments[index], references).score / 100.0)
+        # sacrebleu's percentage can exceed 100 by a rounding error (a verbatim repeat scores 100.00000000000004)
+        scores.append(min(1.0, sacrebleu.sentence_bleu(segments[index], references).score / 100.0))
     return scores

@@ -201,3 +201,17 @@ def test_bleu_reference_modes():
     assert segment_bleu(segments, "concatenation")[2] == pytest.approx(math.exp(-1), rel=1e-9)
     with pytest.raises(ValueError):
         segment_bleu(segments, "mean")
+
+
+def test_bleu_of_a_verbatim_repeat_is_at_most_one():
+    # sacrebleu scores this repeat 100.00000000000004: divided by 100 it left [0, 1], which the tiny
+    # run's notebook check (BLEU lies in [0, 1]) caught once checks could fail
+    segments = [
+        "Okay, let's see. I begin with 4 and apply the steps one by one.\n\nNow first add 2, so 4 + 2 = 6.",
+        "\n\nWait, so first add 2, so 4 + 2 = 6.",
+        "\n\nAlternatively, I can just continue with second subtract 2, so 6 - 2 = 4.",
+        "\n\nWait, so first add 2, so 4 + 2 = 6.",
+    ]
+    scores = segment_bleu(segments)
+    assert scores[3] == 1.0
+    assert all(0.0 <= score <= 1.0 for score in scores)
