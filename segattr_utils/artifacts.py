@@ -10,6 +10,7 @@ so a resumed run skips what is done and never duplicates a record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -57,6 +58,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def fingerprint(*parts) -> str:
+    """A short stable digest of JSON-serialisable ``parts``: record-store keys that change when a trace
+    or a setting behind the record changes, so a resumed stage never reuses a stale record."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

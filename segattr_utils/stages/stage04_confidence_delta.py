@@ -17,13 +17,10 @@ Artifacts in ``results/<profile>/04_confidence_delta/``:
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import pandas as pd
 
 from .. import dag, services
-from ..artifacts import RecordStore, read_table, write_table
+from ..artifacts import RecordStore, fingerprint, read_table, write_table
 from ..config import Profile
 from ..llm.generation import SamplingSettings, derive_seed
 from ..measures.confidence import (
@@ -105,10 +102,6 @@ def _forced_answer_sampler(profile: Profile):
     return generator, tokenizer, sample
 
 
-def _fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def prefix_jobs(kept: pd.DataFrame, texts: dict[str, list[str]]) -> list[tuple[str, int]]:
     """Every (trace_id, k) with k = 0..n: the answer forced after k segments."""
     return [(tid, k) for tid in kept["trace_id"] for k in range(len(texts[tid]) + 1)]
@@ -127,7 +120,7 @@ def measure_prefix_confidence(profile: Profile) -> pd.DataFrame:
     )
     rows = kept.set_index("trace_id")
     fingerprints = {
-        tid: _fingerprint(rows.loc[tid, "question"], rows.loc[tid, "answer"], texts[tid], spec)
+        tid: fingerprint(rows.loc[tid, "question"], rows.loc[tid, "answer"], texts[tid], spec)
         for tid in kept["trace_id"]
     }
     jobs = prefix_jobs(kept, texts)

@@ -16,13 +16,10 @@ Artifacts in ``results/<profile>/05_linguistics/``:
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 import pandas as pd
 
 from .. import dag, services
-from ..artifacts import RecordStore, read_table, write_table
+from ..artifacts import RecordStore, fingerprint, read_table, write_table
 from ..config import Profile
 from ..measures.group_stats import compare_groups, format_p, readable
 from ..measures.linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
@@ -48,10 +45,6 @@ LINGUISTIC_COLUMNS = (
 MEASURES = {"log_ppl": "log perplexity", "entropy": "entropy", "bleu": "BLEU vs preceding segments"}
 
 
-def _fingerprint(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def traces_to_measure(profile: Profile) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     """The attributed kept traces (correct, plus incorrect when configured) and their segment texts."""
     scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
@@ -71,7 +64,7 @@ def measure_linguistics(profile: Profile) -> pd.DataFrame:
     # Keyed by trace and a fingerprint of its text and the BLEU setting: a changed trace is measured again.
     store = RecordStore(STAGE.path(profile, "linguistics_store"), key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
     fingerprints = {
-        t["trace_id"]: _fingerprint(t["question"], t["answer_part"], texts[t["trace_id"]], spec["bleu_reference"])
+        t["trace_id"]: fingerprint(t["question"], t["answer_part"], texts[t["trace_id"]], spec["bleu_reference"])
         for t in kept.to_dict("records")
     }
     todo = [t for t in kept.to_dict("records") if [t["trace_id"], fingerprints[t["trace_id"]]] not in store]
