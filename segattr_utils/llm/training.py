@@ -202,6 +202,8 @@ def train_sft(
         max_grad_norm=settings.max_grad_norm,
         max_length=settings.max_length,
         bf16=settings.bf16,
+        # Without CUDA, transformers refuses bf16 unless told the CPU is meant (it then autocasts there).
+        use_cpu=not torch.cuda.is_available(),
         # TrainingArguments' new name (`gradient_checkpointing` is its deprecated alias; TRL defaults it to True)
         activation_checkpointing=settings.gradient_checkpointing,
         optim=settings.optim,

@@ -91,7 +91,22 @@ class LLM:
         ]
 
 
+#: Sentences of the fake reasoning: the first opens the trace, the others start with the paper's
+#: transition words, so the traces have several segments (Sec. 2.1).
+OPENINGS = ("Okay, let me work through this.", "First, I restate the problem.", "Let me compute step by step.")
+CONTINUATIONS = (
+    "\n\nWait, let me check that again.",
+    "\n\nAlternatively, I can verify it another way.",
+    "\n\nHmm, that seems consistent.",
+    "\n\nBut wait, maybe I made an arithmetic slip.",
+    "\n\nAnother approach gives the same value.",
+)
+
+
 def _complete(prompt: str, params: SamplingParams) -> CompletionOutput:
+    """A sample that depends on (prompt, seed, temperature, max_tokens) alone: an R1-style trace of 1-4
+    segments and a boxed answer (a letter when the prompt lists options "(A)"..., else 0-3); after a
+    prompt ending in an open ``\\boxed{`` (a forced answer) only the answer and its closing brace."""
     if params.temperature == 0:
         draw = "greedy"
     elif params.seed is None:
@@ -101,5 +116,10 @@ def _complete(prompt: str, params: SamplingParams) -> CompletionOutput:
     digest = hashlib.sha256(f"{prompt}|{draw}|{params.temperature}|{params.max_tokens}".encode()).hexdigest()
     n_tokens = min(int(digest[:4], 16) % 12 + 1, params.max_tokens or 16)
     finished = int(digest[4], 16) % 4 != 0
-    text = f"Think {digest[5:13]}.\n</think>\n\nThe final answer is \\boxed{{{int(digest[13], 16) % 4}}}."
+    answer = "ABCD"[int(digest[13], 16) % 4] if "(A)" in prompt else str(int(digest[13], 16) % 4)
+    if prompt.endswith("\\boxed{"):
+        return CompletionOutput(0, answer + "}", [0, 1], "stop")
+    segments = [OPENINGS[int(digest[6], 16) % len(OPENINGS)], f" Think {digest[5:13]}."]
+    segments += [CONTINUATIONS[int(digest[14 + i], 16) % len(CONTINUATIONS)] for i in range(int(digest[7], 16) % 4)]
+    text = "".join(segments) + f"\n</think>\n\nThe final answer is \\boxed{{{answer}}}."
     return CompletionOutput(0, text, list(range(n_tokens)), "stop" if finished else "length")
