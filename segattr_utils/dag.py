@@ -110,6 +110,8 @@ CONFIDENCE_DELTA = Stage(
     {
         "forced_answers_store": "forced_answers.jsonl",
         "segment_confidence": "segment_confidence.parquet",
+        "reference_forced_answers_store": "reference_forced_answers.jsonl",
+        "reference_segment_confidence": "reference_segment_confidence.parquet",
         "groups": "groups.csv",
         "tau_search": "tau_search.csv",
         "beta_ablation": "beta_ablation.csv",
@@ -123,6 +125,8 @@ LINGUISTICS = Stage(
     {
         "linguistics_store": "linguistics.jsonl",
         "segment_linguistics": "segment_linguistics.parquet",
+        "reference_linguistics_store": "reference_linguistics.jsonl",
+        "reference_segment_linguistics": "reference_segment_linguistics.parquet",
         "comparisons": "comparisons.csv",
         "bleu_shares": "bleu_shares.csv",
         "kind_shares": "kind_shares.csv",

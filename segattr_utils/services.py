@@ -14,10 +14,13 @@ Every stage asks this module, so each of these decisions is made in one place:
 - :func:`keywords_for`: the segmentation keyword list (App. C.2) a profile or run asks for.
 - :func:`kept_traces`, :func:`segment_texts`, :func:`reference_traces`: the traces the stages read.
 - :func:`baseline_token`, :func:`sampling_settings`: the IG baseline and the decoding settings.
+- :func:`training_sources`, :func:`table_sources`, :func:`planned_signals`: which supervision source the
+  runs of each table train on, and so which per-segment signals stages 04 and 05 measure on which traces.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -29,10 +32,15 @@ from .config import Profile
 from .data.questions import chat_prompt, load_hub_questions
 from .llm.generation import SamplingSettings, VLLMGenerator, make_generator, vllm_available
 from .llm.models import load_causal_lm, load_tokenizer, resolve_model_path
+from .llm.variants import signals_needed
 from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
 
 ROLES = ("generator", "student", "judge")
 KEYWORD_LISTS = {"default": DEFAULT_KEYWORDS, "retro_search": RETRO_SEARCH_KEYWORDS}
+#: Supervision sources (Sec. 4): the model's own shortest correct traces, the reference traces.
+SOURCES = ("self", "reference")
+#: The table whose runs (full-CoT vs segment selective SFT) train on every source.
+MAIN_TABLE = "1"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,3 +235,45 @@ def reference_traces(profile: Profile) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# The training plan's sources and the signals it needs on them
+
+
+def training_sources(profile: Profile) -> list[str]:
+    """``training.sources``: the sources Table 1's runs train on (default: the self-generated traces)."""
+    sources = [str(s) for s in profile.get_path("training.sources", ["self"])]
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise ValueError(f"training.sources holds unknown sources {sorted(unknown)}; use {SOURCES}")
+    return sources
+
+
+def table_sources(profile: Profile) -> dict[str, str]:
+    """The source that the runs of each other table of ``training.tables`` train on (Sec. 4.3-4.5):
+    ``training.ablation_source`` (default: the first source; the paper: LIMO's reference CoTs) for
+    Tables 2-4 and Fig. 5, ``training.table7_source`` (default: the ablation source) for Table 7."""
+    cfg = profile.get("training") or {}
+    ablation_source = cfg.get("ablation_source", training_sources(profile)[0])
+    tables = [str(t) for t in cfg.get("tables", []) if str(t) != MAIN_TABLE]
+    return {t: cfg.get("table7_source", ablation_source) if t == "7" else ablation_source for t in tables}
+
+
+def planned_signals(profile: Profile) -> dict[str, frozenset[str]]:
+    """The per-segment signals the run plan needs on each source: the ``needs`` of the variants
+    registered for the tables that train on it (:func:`table_sources`; Table 1 on every source).
+
+    Stages 04 and 05 measure a source's traces when it needs one of their signals, so the paper profile's
+    Table 3-4 baselines (confidence gain, segment perplexity and entropy) get them on LIMO's CoTs.
+    """
+    needs = {source: signals_needed([MAIN_TABLE]) for source in training_sources(profile)}
+    for table, source in table_sources(profile).items():
+        needs[source] = needs.get(source, frozenset()) | signals_needed([table])
+    return needs
+
+
+def sources_needing(profile: Profile, signals: Iterable[str]) -> list[str]:
+    """The sources (in :data:`SOURCES` order) on which the run plan needs any of ``signals``."""
+    needs = planned_signals(profile)
+    return [source for source in SOURCES if needs.get(source, frozenset()) & set(signals)]

@@ -12,13 +12,15 @@ selection becomes supervision:
 
 The first and last segments are always learned, in every variant and mode (App. C.4): they set up the
 problem and format the answer. Adding a variant is one decorated function: its ``tables`` put it in the
-run plan of stage 08 (:func:`segattr_utils.stages.stage08_selective_sft.plan_runs` reads nothing else).
+run plan of stage 08 (:func:`segattr_utils.stages.stage08_selective_sft.plan_runs` reads nothing else),
+and its ``needs`` make stages 04 and 05 measure those signals on the traces its tables train on
+(:func:`signals_needed`, :func:`segattr_utils.services.planned_signals`).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,7 +38,8 @@ class TraceRecord:
     ``token_values`` holds the IG attribution of each token, per segment (stage 03); ``token_offsets``
     the character span of each of those tokens relative to the start of the trace. The optional
     signals come from stages 04 (``confidence_delta``) and 05 (``log_ppl``, ``entropy``,
-    ``removal_ppl_increase``); ``decision_segment`` is the first segment that reaches the answer.
+    ``removal_ppl_increase``), measured on the self-generated traces and, when a planned variant needs
+    them there, on the reference traces; ``decision_segment`` is the first segment that reaches the answer.
     """
 
     trace_id: str
@@ -149,9 +152,10 @@ class SelectionSettings:
 
 REGISTRY: dict[str, Variant] = {}
 
-#: Where each optional per-segment signal of a :class:`TraceRecord` comes from.
+#: Where each optional per-segment signal of a :class:`TraceRecord` comes from. Both notebooks measure
+#: the self-generated traces, and the reference traces when the run plan needs the signal there.
 SIGNAL_SOURCES = {
-    "confidence_delta": "notebook 04, self-generated traces only",
+    "confidence_delta": "notebook 04",
     "log_ppl": "notebook 05",
     "entropy": "notebook 05",
     "removal_ppl_increase": "notebook 05",
@@ -162,6 +166,12 @@ def variants_for(table: str) -> list[Variant]:
     """The registered variants that belong to one of the paper's tables (``"1"``, ``"2"``, ..., ``"fig5"``),
     in registration order."""
     return [variant for variant in REGISTRY.values() if table in variant.tables]
+
+
+def signals_needed(tables: Iterable[str]) -> frozenset[str]:
+    """The per-segment signals that the variants registered for any of ``tables`` need (the union of
+    their ``needs``): what stages 04 and 05 must measure on the traces those tables train on."""
+    return frozenset(name for table in tables for variant in variants_for(str(table)) for name in variant.needs)
 
 
 def register(name: str, *, label: str, mode: Mode, tables: Sequence[str], needs: Sequence[str] = ()):

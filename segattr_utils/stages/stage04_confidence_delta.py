@@ -11,11 +11,19 @@ Artifacts in ``results/<profile>/04_confidence_delta/``:
   With vLLM every missing prefix goes in one call, answer j of prefix k of trace t seeded with
   ``derive_seed(seed, "forced-answer", t, k, j)``.
 - ``segment_confidence.parquet``: trace_id, segment, confidence_before, confidence_after, delta
-  (one row per segment of every attributed correct trace; read by the training notebook's Table 3).
+  (one row per segment of every attributed correct trace; read by the training notebook's Tables 3-4).
+- ``reference_forced_answers.jsonl`` and ``reference_segment_confidence.parquet``: the same for the
+  reference traces of the training questions (``services.reference_traces``), measured only when the
+  run plan trains a variant that needs Δ on them (``training.ablation_source: reference``, the paper's
+  Tables 3-4 on LIMO's CoTs); same model, seeds ``derive_seed(seed, "reference-forced-answer", ...)``.
+  They feed training only: the analyses below use the self-generated traces.
 - ``groups.csv``, ``tau_search.csv``, ``beta_ablation.csv``, ``importance_shares.csv``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -44,6 +52,27 @@ from . import StageResult, finish
 
 STAGE = dag.CONFIDENCE_DELTA
 CONFIDENCE_COLUMNS = ("trace_id", "segment", "confidence_before", "confidence_after", "delta")
+#: The per-segment signal of this stage that training variants read (``TraceRecord.confidence_delta``).
+SIGNALS = ("confidence_delta",)
+
+
+@dataclass(frozen=True)
+class TraceSet:
+    """Where the forced answers of one source's traces go: its record store, its per-segment table and
+    the tag of its seeds. The self traces keep the tag they always had; the reference traces get their
+    own, so that their batches (numbered from 0 as well) draw other seeds than the self traces'."""
+
+    store: str
+    table: str
+    seed_tag: str
+
+
+#: The self-generated traces (Sec. 3's analyses and the self-source runs) and the reference traces
+#: (training only: the Table 3-4 baselines when they train on the reference traces, as in the paper).
+TRACE_SETS = {
+    "self": TraceSet("forced_answers_store", "segment_confidence", "forced-answer"),
+    "reference": TraceSet("reference_forced_answers_store", "reference_segment_confidence", "reference-forced-answer"),
+}
 
 
 def attributed_correct_traces(profile: Profile) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, list[str]]]:
@@ -102,76 +131,127 @@ def _forced_answer_sampler(profile: Profile):
     return generator, tokenizer, sample
 
 
-def prefix_jobs(kept: pd.DataFrame, texts: dict[str, list[str]]) -> list[tuple[str, int]]:
+def measured_sources(profile: Profile) -> list[str]:
+    """The sources whose traces stage 04 measures: the self-generated traces always, the reference
+    traces when the run plan trains a variant that needs Δ on them (the paper profile: Tables 3-4 on
+    LIMO's CoTs; :func:`segattr_utils.services.planned_signals`). The tiny profile measures no more than
+    its self traces."""
+    return ["self"] + [s for s in services.sources_needing(profile, SIGNALS) if s != "self"]
+
+
+def traces_to_measure(profile: Profile, source: str = "self") -> list[dict]:
+    """The traces of ``source`` whose every prefix is measured, by trace id, each with ``trace_id``,
+    ``question``, ``answer`` and ``segments``: the attributed correct kept traces (self), or the reference
+    traces of the training questions (reference)."""
+    if source == "self":
+        kept, _, texts = attributed_correct_traces(profile)
+        traces = [dict(t, segments=texts[t["trace_id"]]) for t in kept.to_dict("records")]
+    elif source == "reference":
+        traces = services.reference_traces(profile).to_dict("records")
+    else:
+        raise ValueError(f"unknown trace source {source!r}; use one of {', '.join(TRACE_SETS)}")
+    return sorted(traces, key=lambda t: t["trace_id"])
+
+
+class ForcedAnswerSampler:
+    """The sampler of :func:`_forced_answer_sampler`, loaded at the first missing prefix and shared by the
+    sources one run measures (a model is loaded once; a run whose records all exist loads none)."""
+
+    def __init__(self, profile: Profile):
+        self.profile = profile
+        self._loaded = None
+
+    def get(self) -> tuple:
+        """``(generator, tokenizer, sample)``."""
+        if self._loaded is None:
+            self._loaded = _forced_answer_sampler(self.profile)
+        return self._loaded
+
+    def close(self) -> None:
+        if self._loaded is not None:
+            self._loaded[0].close()
+            self._loaded = None
+
+    def __enter__(self) -> ForcedAnswerSampler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prefix_jobs(trace_ids: Iterable[str], texts: dict[str, list[str]]) -> list[tuple[str, int]]:
     """Every (trace_id, k) with k = 0..n: the answer forced after k segments."""
-    return [(tid, k) for tid in kept["trace_id"] for k in range(len(texts[tid]) + 1)]
+    return [(tid, k) for tid in trace_ids for k in range(len(texts[tid]) + 1)]
 
 
-def measure_prefix_confidence(profile: Profile) -> pd.DataFrame:
-    """Sample and grade the forced answers of every prefix (resumable); one row per (trace, k)."""
-    kept, _, texts = attributed_correct_traces(profile)
+def measure_prefix_confidence(
+    profile: Profile, source: str = "self", sampler: ForcedAnswerSampler | None = None
+) -> pd.DataFrame:
+    """Sample and grade the forced answers of every prefix of ``source``'s traces (resumable, in that
+    source's record store); one row per (trace, k). ``sampler`` may be shared with another source; by
+    default one is opened and closed here."""
+    if sampler is None:
+        with ForcedAnswerSampler(profile) as own:
+            return measure_prefix_confidence(profile, source, own)
+    traces = {t["trace_id"]: t for t in traces_to_measure(profile, source)}
+    texts = {tid: list(t["segments"]) for tid, t in traces.items()}
+    trace_set = TRACE_SETS[source]
     spec = profile.get_path("analysis.confidence")
     n_samples, lead_in = int(spec["n_samples"]), spec["answer_lead_in"]
     settings = confidence_settings(profile)
     # The key holds a fingerprint of the trace, the answer and the sampling settings: records of a trace
     # whose text changed upstream, or of other settings, are not reused.
     store = RecordStore(
-        STAGE.path(profile, "forced_answers_store"), key_fn=lambda r: [r["trace_id"], r["prefix"], r["fingerprint"]]
+        STAGE.path(profile, trace_set.store), key_fn=lambda r: [r["trace_id"], r["prefix"], r["fingerprint"]]
     )
-    rows = kept.set_index("trace_id")
-    fingerprints = {
-        tid: fingerprint(rows.loc[tid, "question"], rows.loc[tid, "answer"], texts[tid], spec)
-        for tid in kept["trace_id"]
-    }
-    jobs = prefix_jobs(kept, texts)
+    fingerprints = {tid: fingerprint(t["question"], t["answer"], texts[tid], spec) for tid, t in traces.items()}
+    jobs = prefix_jobs(traces, texts)
     per_batch = max(1, int(spec["batch_size"]) // n_samples)
     batches = [jobs[i : i + per_batch] for i in range(0, len(jobs), per_batch)]
     todo = [(i, b) for i, b in enumerate(batches) if not all([tid, k, fingerprints[tid]] in store for tid, k in b)]
     if todo:
-        generator, tokenizer, sample = _forced_answer_sampler(profile)
-        prompts = {tid: services.prompt(tokenizer, rows.loc[tid, "question"]) for tid in kept["trace_id"]}
-        seed = int(profile["seed"])
+        generator, tokenizer, sample = sampler.get()
+        prompts = {tid: services.prompt(tokenizer, t["question"]) for tid, t in traces.items()}
+        seed, tag = int(profile["seed"]), trace_set.seed_tag
         if generator.per_request_seeds:
             # vLLM: every missing prefix in one call, answer j after k segments of trace t seeded with
-            # derive_seed(seed, "forced-answer", t, k, j).
+            # derive_seed(seed, tag, t, k, j).
             missing = [(tid, k) for _, batch in todo for tid, k in batch if [tid, k, fingerprints[tid]] not in store]
-            seeds = [[derive_seed(seed, "forced-answer", tid, k, j) for j in range(n_samples)] for tid, k in missing]
+            seeds = [[derive_seed(seed, tag, tid, k, j) for j in range(n_samples)] for tid, k in missing]
             todo = [(missing, seeds)]
         else:
-            todo = [(batch, derive_seed(seed, "forced-answer", index)) for index, batch in todo]
-        try:
-            for batch, batch_seed in progress(todo, desc="forced answers", unit="batch"):
-                batch_prompts = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in batch]
-                continuations = sample(batch_prompts, n_samples, settings, batch_seed)
-                records = []
-                for (tid, k), answers in zip(batch, continuations):
-                    if [tid, k, fingerprints[tid]] in store:
-                        continue
-                    verdicts = grade_forced_answers(answers, rows.loc[tid, "answer"], lead_in)
-                    n_correct = sum(v["correct"] for v in verdicts)
-                    records.append(
-                        {
-                            "trace_id": tid,
-                            "prefix": k,
-                            "fingerprint": fingerprints[tid],
-                            "n_samples": len(verdicts),
-                            "n_correct": n_correct,
-                            "confidence": n_correct / len(verdicts),
-                            "answers": [v["pred"] for v in verdicts],
-                        }
-                    )
-                store.append(records)
-        finally:
-            generator.close()
+            todo = [(batch, derive_seed(seed, tag, index)) for index, batch in todo]
+        desc = "forced answers" if source == "self" else f"forced answers ({source})"
+        for batch, batch_seed in progress(todo, desc=desc, unit="batch"):
+            batch_prompts = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in batch]
+            continuations = sample(batch_prompts, n_samples, settings, batch_seed)
+            records = []
+            for (tid, k), answers in zip(batch, continuations):
+                if [tid, k, fingerprints[tid]] in store:
+                    continue
+                verdicts = grade_forced_answers(answers, traces[tid]["answer"], lead_in)
+                n_correct = sum(v["correct"] for v in verdicts)
+                records.append(
+                    {
+                        "trace_id": tid,
+                        "prefix": k,
+                        "fingerprint": fingerprints[tid],
+                        "n_samples": len(verdicts),
+                        "n_correct": n_correct,
+                        "confidence": n_correct / len(verdicts),
+                        "answers": [v["pred"] for v in verdicts],
+                    }
+                )
+            store.append(records)
     wanted = {(tid, k, fingerprints[tid]) for tid, k in jobs}
     records = [r for r in store.records() if (r["trace_id"], r["prefix"], r["fingerprint"]) in wanted]
     columns = ["trace_id", "prefix", "n_samples", "n_correct", "confidence"]
     return pd.DataFrame([{c: r[c] for c in columns} for r in records], columns=columns)
 
 
-def segment_confidence(profile: Profile) -> pd.DataFrame:
-    """Stage 04's main artifact: confidence before/after and Δ of every segment (writes the parquet)."""
-    prefixes = measure_prefix_confidence(profile)
+def deltas_by_trace(prefixes: pd.DataFrame) -> pd.DataFrame:
+    """Confidence before/after and Δ of every segment from the per-prefix confidences (one row per
+    (trace, k), every k = 0..n present)."""
     parts = []
     for tid, group in prefixes.sort_values(["trace_id", "prefix"]).groupby("trace_id", sort=True):
         if group["prefix"].tolist() != list(range(len(group))):
@@ -190,9 +270,23 @@ def segment_confidence(profile: Profile) -> pd.DataFrame:
             }
         )
     )
-    table = table[list(CONFIDENCE_COLUMNS)]
-    write_table(STAGE.path(profile, "segment_confidence"), table)
+    return table[list(CONFIDENCE_COLUMNS)]
+
+
+def segment_confidence(
+    profile: Profile, source: str = "self", sampler: ForcedAnswerSampler | None = None
+) -> pd.DataFrame:
+    """Stage 04's main artifact for ``source``: confidence before/after and Δ of every segment (writes
+    ``segment_confidence`` or ``reference_segment_confidence``)."""
+    table = deltas_by_trace(measure_prefix_confidence(profile, source, sampler))
+    write_table(STAGE.path(profile, TRACE_SETS[source].table), table)
     return table
+
+
+def segment_confidences(profile: Profile) -> dict[str, pd.DataFrame]:
+    """:func:`segment_confidence` of every source of :func:`measured_sources`, one sampler shared."""
+    with ForcedAnswerSampler(profile) as sampler:
+        return {source: segment_confidence(profile, source, sampler) for source in measured_sources(profile)}
 
 
 def analysis_table(profile: Profile, confidence: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -298,9 +392,10 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
 
 def run(profile: Profile) -> StageResult:
     """Stage 04: forced-answer confidence after every prefix, Δ per segment, Fig. 2, the τ search and the
-    β ablation (Fig. 4), the important shares."""
+    β ablation (Fig. 4), the important shares; Δ of the reference traces too when training needs it."""
     spec = profile.get_path("analysis.confidence")
-    confidence = segment_confidence(profile)
+    by_source = segment_confidences(profile)
+    confidence = by_source["self"]
     _, scores, _ = attributed_correct_traces(profile)
     results = analyse(profile, analysis_table(profile, confidence))
     comparison = results["comparison"]
@@ -321,6 +416,15 @@ def run(profile: Profile) -> StageResult:
         "note",
     ]
     fractions = [i / spec["n_samples"] for i in range(spec["n_samples"] + 1)]
+    checks = {
+        "one row per segment of every attributed correct trace": len(confidence) == len(scores),
+        "confidences are fractions of the samples": bool(
+            confidence[["confidence_before", "confidence_after"]].isin(fractions).all().all()
+        ),
+    }
+    if "reference" in by_source:  # only when an ablation trains on the reference traces
+        n_segments = sum(len(t["segments"]) for t in traces_to_measure(profile, "reference"))
+        checks["one row per segment of every reference trace"] = len(by_source["reference"]) == n_segments
     return finish(
         profile,
         STAGE,
@@ -335,11 +439,6 @@ def run(profile: Profile) -> StageResult:
             "fig2_confidence_delta": figures.save(fig2, profile, "fig2_confidence_delta"),
             "fig4_tau_search": figures.save(fig4, profile, "fig4_tau_search"),
         },
-        checks={
-            "one row per segment of every attributed correct trace": len(confidence) == len(scores),
-            "confidences are fractions of the samples": bool(
-                confidence[["confidence_before", "confidence_after"]].isin(fractions).all().all()
-            ),
-        },
+        checks=checks,
         values={key: results[key] for key in ("comparison", "tau_star", "ablation_tau", "beta_star")},
     )

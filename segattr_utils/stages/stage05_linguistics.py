@@ -10,11 +10,17 @@ Artifacts in ``results/<profile>/05_linguistics/``:
   trace id and a fingerprint of its text, so a changed trace is measured again);
 - ``segment_linguistics.parquet``: trace_id, segment, correct, n_tokens, log_ppl, entropy, bleu,
   removal_ppl_increase for every attributed correct trace (and the incorrect ones when
-  ``analysis.linguistics.include_incorrect``); read by the training notebook's Table 3;
+  ``analysis.linguistics.include_incorrect``); read by the training notebook's Tables 3-4;
+- ``reference_linguistics.jsonl`` and ``reference_segment_linguistics.parquet``: the same for the
+  reference traces of the training questions (``services.reference_traces``), measured with the same
+  model only when the run plan trains a variant that needs these signals on them
+  (``training.ablation_source: reference``, the paper's Tables 3-4 on LIMO's CoTs); training only;
 - ``comparisons.csv``, ``bleu_shares.csv``, ``kind_shares.csv``, ``redundancy_precision_recall.csv``.
 """
 
 from __future__ import annotations
+
+import functools
 
 import pandas as pd
 
@@ -45,57 +51,68 @@ LINGUISTIC_COLUMNS = (
 MEASURES = {"log_ppl": "log perplexity", "entropy": "entropy", "bleu": "BLEU vs preceding segments"}
 
 
-def traces_to_measure(profile: Profile) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """The attributed kept traces (correct, plus incorrect when configured) and their segment texts."""
-    scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
-    kept = services.kept_traces(profile)
-    ids = set(scores["trace_id"]) if len(scores) else set()
-    kept = kept[kept["trace_id"].isin(ids)]
-    if not profile.get_path("analysis.linguistics.include_incorrect"):
-        kept = kept[kept["correct"].astype(bool)]
-    kept = kept.sort_values("trace_id").reset_index(drop=True)
-    return kept, services.segment_texts(services.segment_table(profile), kept["trace_id"])
+#: The per-segment signals of this stage that training variants read (``TraceRecord`` fields).
+SIGNALS = ("log_ppl", "entropy", "removal_ppl_increase")
+#: Per source: the record store and the per-segment table. The self-generated traces serve Sec. 3's
+#: analyses and the self-source runs; the reference traces only training (the paper's Table 3-4
+#: baselines on LIMO's CoTs).
+TRACE_SETS = {
+    "self": ("linguistics_store", "segment_linguistics"),
+    "reference": ("reference_linguistics_store", "reference_segment_linguistics"),
+}
 
 
-def measure_linguistics(profile: Profile) -> pd.DataFrame:
-    """Measure every trace (resumable, one record per trace) and write ``segment_linguistics.parquet``."""
-    spec = profile.get_path("analysis.linguistics")
-    kept, texts = traces_to_measure(profile)
-    # Keyed by trace and a fingerprint of its text and the BLEU setting: a changed trace is measured again.
-    store = RecordStore(STAGE.path(profile, "linguistics_store"), key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
-    fingerprints = {
-        t["trace_id"]: fingerprint(t["question"], t["answer_part"], texts[t["trace_id"]], spec["bleu_reference"])
-        for t in kept.to_dict("records")
+def measured_sources(profile: Profile) -> list[str]:
+    """The sources whose traces stage 05 measures: the self-generated traces always, the reference
+    traces when the run plan trains a variant that needs one of :data:`SIGNALS` on them
+    (:func:`segattr_utils.services.planned_signals`)."""
+    return ["self"] + [s for s in services.sources_needing(profile, SIGNALS) if s != "self"]
+
+
+def traces_to_measure(profile: Profile, source: str = "self") -> list[dict]:
+    """The traces of ``source`` to measure, by trace id, each with ``trace_id``, ``question``,
+    ``answer_part``, ``correct`` and ``segments``: the attributed kept traces (correct, plus incorrect
+    when configured), or the reference traces of the training questions."""
+    if source == "self":
+        scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
+        kept = services.kept_traces(profile)
+        ids = set(scores["trace_id"]) if len(scores) else set()
+        kept = kept[kept["trace_id"].isin(ids)]
+        if not profile.get_path("analysis.linguistics.include_incorrect"):
+            kept = kept[kept["correct"].astype(bool)]
+        texts = services.segment_texts(services.segment_table(profile), kept["trace_id"])
+        traces = [dict(t, segments=texts[t["trace_id"]]) for t in kept.to_dict("records")]
+    elif source == "reference":
+        # The reference traces are trained on as correct solutions (Sec. 4), so they count as correct.
+        traces = [dict(t, correct=True) for t in services.reference_traces(profile).to_dict("records")]
+    else:
+        raise ValueError(f"unknown trace source {source!r}; use one of {', '.join(TRACE_SETS)}")
+    return sorted(traces, key=lambda t: t["trace_id"])
+
+
+def linguistics_record(model, tokenizer, trace: dict, spec: dict) -> dict:
+    """Per-segment token counts, log-perplexity, entropy, BLEU and removal perplexity of one trace."""
+    segments = list(trace["segments"])
+    prompt = services.prompt(tokenizer, trace["question"])
+    stats = segment_perplexity_entropy(model, tokenizer, prompt, segments)
+    removal = removal_perplexity_increase(
+        model, tokenizer, prompt, segments, trace["answer_part"], batch_size=int(spec["batch_size"])
+    )
+    return {
+        "trace_id": trace["trace_id"],
+        "correct": bool(trace["correct"]),
+        "n_tokens": stats["n_tokens"].tolist(),
+        "log_ppl": stats["log_ppl"].tolist(),
+        "entropy": stats["entropy"].tolist(),
+        "bleu": segment_bleu(segments, spec["bleu_reference"]),
+        "removal_ppl_increase": removal,
     }
-    todo = [t for t in kept.to_dict("records") if [t["trace_id"], fingerprints[t["trace_id"]]] not in store]
-    if todo:
-        model, tokenizer = services.load_model(profile, "generator")
-        for trace in progress(todo, desc="perplexity, entropy, BLEU", unit="trace"):
-            segments = texts[trace["trace_id"]]
-            prompt = services.prompt(tokenizer, trace["question"])
-            stats = segment_perplexity_entropy(model, tokenizer, prompt, segments)
-            removal = removal_perplexity_increase(
-                model, tokenizer, prompt, segments, trace["answer_part"], batch_size=int(spec["batch_size"])
-            )
-            store.append(
-                [
-                    {
-                        "trace_id": trace["trace_id"],
-                        "fingerprint": fingerprints[trace["trace_id"]],
-                        "correct": bool(trace["correct"]),
-                        "n_tokens": stats["n_tokens"].tolist(),
-                        "log_ppl": stats["log_ppl"].tolist(),
-                        "entropy": stats["entropy"].tolist(),
-                        "bleu": segment_bleu(segments, spec["bleu_reference"]),
-                        "removal_ppl_increase": removal,
-                    }
-                ]
-            )
-    wanted = set(fingerprints.items())
+
+
+def segment_rows(records: list[dict]) -> pd.DataFrame:
+    """One row per segment of the per-trace records, by trace and segment."""
     rows = []
-    for record in store.records():
-        if (record["trace_id"], record["fingerprint"]) not in wanted:
-            continue
+    for record in records:
         for index in range(len(record["log_ppl"])):
             rows.append(
                 {
@@ -105,11 +122,42 @@ def measure_linguistics(profile: Profile) -> pd.DataFrame:
                     **{c: record[c][index] for c in LINGUISTIC_COLUMNS[3:]},
                 }
             )
-    table = (
+    return (
         pd.DataFrame(rows, columns=list(LINGUISTIC_COLUMNS)).sort_values(["trace_id", "segment"]).reset_index(drop=True)
     )
-    write_table(STAGE.path(profile, "segment_linguistics"), table)
+
+
+def measure_linguistics(profile: Profile, source: str = "self", load_model=None) -> pd.DataFrame:
+    """Measure every trace of ``source`` (resumable, one record per trace in that source's store) and
+    write its table (``segment_linguistics`` or ``reference_segment_linguistics``). ``load_model()``
+    returns ``(model, tokenizer)``; pass one that caches to share the model between sources."""
+    spec = profile.get_path("analysis.linguistics")
+    store_name, table_name = TRACE_SETS[source]
+    traces = traces_to_measure(profile, source)
+    # Keyed by trace and a fingerprint of its text and the BLEU setting: a changed trace is measured again.
+    store = RecordStore(STAGE.path(profile, store_name), key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
+    fingerprints = {
+        t["trace_id"]: fingerprint(t["question"], t["answer_part"], list(t["segments"]), spec["bleu_reference"])
+        for t in traces
+    }
+    todo = [t for t in traces if [t["trace_id"], fingerprints[t["trace_id"]]] not in store]
+    if todo:
+        model, tokenizer = load_model() if load_model else services.load_model(profile, "generator")
+        desc = "perplexity, entropy, BLEU" if source == "self" else f"perplexity, entropy, BLEU ({source})"
+        for trace in progress(todo, desc=desc, unit="trace"):
+            record = linguistics_record(model, tokenizer, trace, spec)
+            store.append([{**record, "fingerprint": fingerprints[trace["trace_id"]]}])
+    wanted = set(fingerprints.items())
+    table = segment_rows([r for r in store.records() if (r["trace_id"], r["fingerprint"]) in wanted])
+    write_table(STAGE.path(profile, table_name), table)
     return table
+
+
+def linguistics_tables(profile: Profile) -> dict[str, pd.DataFrame]:
+    """:func:`measure_linguistics` of every source of :func:`measured_sources`; the generator is loaded
+    once, and only when some trace is not measured yet."""
+    load_model = functools.cache(lambda: services.load_model(profile, "generator"))
+    return {source: measure_linguistics(profile, source, load_model) for source in measured_sources(profile)}
 
 
 def analysis_table(profile: Profile, linguistics: pd.DataFrame) -> pd.DataFrame:
@@ -268,8 +316,10 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
 
 def run(profile: Profile) -> StageResult:
     """Stage 05: log-perplexity, entropy and BLEU of every segment (Fig. 3), the removal perplexity of
-    Cui et al., and (world profiles) precision/recall against the ground-truth redundant kinds."""
-    linguistics = measure_linguistics(profile)
+    Cui et al., and (world profiles) precision/recall against the ground-truth redundant kinds; the
+    reference traces' measures too when training needs them."""
+    by_source = linguistics_tables(profile)
+    linguistics = by_source["self"]  # Sec. 3's analyses: the self-generated traces only
     table = analysis_table(profile, linguistics)
     scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
     results = analyse(profile, table)
@@ -293,15 +343,22 @@ def run(profile: Profile) -> StageResult:
     p_texts = {r["column"]: format_p(r["p_value"]) for r in results["comparisons"].to_dict("records")}
     fig = figures.fig3_linguistics(table, p_texts, profile.get_path("analysis.bleu_threshold"))
     measured = linguistics[["log_ppl", "entropy", "bleu", "removal_ppl_increase"]]
+    checks = {
+        "every segment of every attributed correct trace is measured": len(table) == int(scores["correct"].sum()),
+        "no missing value": not measured.isna().any().any(),
+        "BLEU lies in [0, 1]": bool(linguistics["bleu"].between(0, 1).all()),
+    }
+    if "reference" in by_source:  # only when an ablation trains on the reference traces
+        reference = by_source["reference"]
+        n_segments = sum(len(t["segments"]) for t in traces_to_measure(profile, "reference"))
+        checks["one row per segment of every reference trace, no missing value"] = len(reference) == n_segments and (
+            not reference[list(SIGNALS)].isna().any().any()
+        )
     return finish(
         profile,
         STAGE,
         comparison_rows(profile, results),
         tables=tables,
         figures={"fig3_linguistics": figures.save(fig, profile, "fig3_linguistics")},
-        checks={
-            "every segment of every attributed correct trace is measured": len(table) == int(scores["correct"].sum()),
-            "no missing value": not measured.isna().any().any(),
-            "BLEU lies in [0, 1]": bool(linguistics["bleu"].between(0, 1).all()),
-        },
+        checks=checks,
     )

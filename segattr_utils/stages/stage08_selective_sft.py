@@ -57,7 +57,12 @@ from . import StageResult, finish
 from .stage03_ig_attribution import attribute_traces, over_length_traces
 
 STAGE = dag.SELECTIVE_SFT
-SOURCES = ("self", "reference")
+SOURCES = services.SOURCES
+#: The artifacts of stages 04 and 05 holding each source's per-segment signals (Δ; perplexity, entropy).
+SIGNAL_ARTIFACTS = {
+    "self": ("segment_confidence", "segment_linguistics"),
+    "reference": ("reference_segment_confidence", "reference_segment_linguistics"),
+}
 
 
 @dataclass(frozen=True)
@@ -95,18 +100,17 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     The variant registry (:mod:`segattr_utils.llm.variants`) alone says which variant belongs to which
     table: Table 1 is full-CoT vs segment selective SFT with ``training.main_seeds`` on every source;
     each other table of ``training.tables`` adds its registered variants with ``training.ablation_seeds``
-    on the ablation source (a variant in several tables is one run); Table 7 re-segments with the
-    Retro-Search keywords and Fig. 5 sweeps τ and β of the variants registered for them.
+    on the source :func:`segattr_utils.services.table_sources` gives it (the ablation source; a variant
+    in several tables is one run); Table 7 re-segments with the Retro-Search keywords and Fig. 5 sweeps
+    τ and β of the variants registered for them. The same table-to-source map decides which signals
+    stages 04 and 05 measure on which traces (:func:`segattr_utils.services.planned_signals`).
     """
     cfg = profile["training"]
     main_seeds = [int(s) for s in cfg["main_seeds"]]
     ablation_seeds = [int(s) for s in cfg.get("ablation_seeds", main_seeds[:1])]
-    sources = list(cfg.get("sources", ["self"]))
-    unknown = set(sources) - set(SOURCES)
-    if unknown:
-        raise ValueError(f"training.sources holds unknown sources {sorted(unknown)}; use {SOURCES}")
-    ablation_source = cfg.get("ablation_source", sources[0])
-    tables = [str(t) for t in cfg.get("tables", [])]
+    sources = services.training_sources(profile)
+    source_of = services.table_sources(profile)
+    tables = list(source_of)
     main = [v.name for v in variants_for("1")]
     runs: list[RunSpec] = []
     for source in sources:
@@ -119,24 +123,25 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
                 if variant.name not in main:
                     planned.setdefault(variant.name, []).append(table)
     for name, in_tables in planned.items():
-        runs += [RunSpec(name, ablation_source, seed, tuple(in_tables)) for seed in ablation_seeds]
+        runs += [RunSpec(name, source_of[in_tables[0]], seed, tuple(in_tables)) for seed in ablation_seeds]
     sweeps = [v.name for v in variants_for("fig5") if v.mode != "full"]
     if "fig5" in tables:
         for name in sweeps:
             for tau in cfg.get("tau_sweep", []):
                 runs += [
-                    RunSpec(name, ablation_source, seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds
+                    RunSpec(name, source_of["fig5"], seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds
                 ]
             for beta in cfg.get("beta_sweep", []):
                 runs += [
-                    RunSpec(name, ablation_source, seed, ("fig5",), (("beta", float(beta)),)) for seed in ablation_seeds
+                    RunSpec(name, source_of["fig5"], seed, ("fig5",), (("beta", float(beta)),))
+                    for seed in ablation_seeds
                 ]
     if "7" in tables:
-        source = cfg.get("table7_source", ablation_source)
         for variant in variants_for("7"):
             if variant.mode != "full":
                 runs += [
-                    RunSpec(variant.name, source, seed, ("7",), keywords="retro_search") for seed in ablation_seeds
+                    RunSpec(variant.name, source_of["7"], seed, ("7",), keywords="retro_search")
+                    for seed in ablation_seeds
                 ]
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
@@ -181,8 +186,9 @@ def _optional_table(path: Path) -> pd.DataFrame | None:
 
 
 def load_trace_records(profile: Profile, source: str, keywords: str | None = None) -> list[TraceRecord]:
-    """The training traces of one source with IG per token and, where computed, the signals of stages
-    04 (confidence gain) and 05 (perplexity, entropy), the decision segment and ground-truth kinds.
+    """The training traces of one source with IG per token and, where computed for that source, the
+    signals of stages 04 (confidence gain) and 05 (perplexity, entropy), the decision segment and
+    ground-truth kinds.
 
     ``keywords`` re-segments the traces with another keyword list (Table 7): token attributions do not
     depend on segmentation, so the tokens of the attributed sequence are regrouped by the new spans.
@@ -225,7 +231,8 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
             "learns from them (set attribution.max_length: null to attribute every trace, as the authors)",
             stacklevel=2,
         )
-    signals = _segment_signals(profile) if source == "self" and keywords is None else {}
+    # Table 7 re-segments the traces: the signals of stages 04-05 belong to the profile's own segments.
+    signals = _segment_signals(profile, source) if keywords is None else {}
     problems = services.world_problems(profile)
     records = []
     for trace in traces:
@@ -305,10 +312,12 @@ def _decision(problem, segments: list[str], answer: str) -> int | None:
     return found if found is not None else decision_segment(segments, answer)
 
 
-def _segment_signals(profile: Profile) -> dict[str, dict]:
-    """Per-trace arrays of the optional signals written by notebooks 04 and 05 (absent: None)."""
-    confidence = _optional_table(dag.CONFIDENCE_DELTA.path(profile, "segment_confidence"))
-    linguistics = _optional_table(dag.LINGUISTICS.path(profile, "segment_linguistics"))
+def _segment_signals(profile: Profile, source: str) -> dict[str, dict]:
+    """Per-trace arrays of the optional signals that notebooks 04 and 05 wrote for ``source``'s traces
+    (absent: None, and a variant that needs one names the notebook that computes it)."""
+    confidence_artifact, linguistics_artifact = SIGNAL_ARTIFACTS[source]
+    confidence = _optional_table(dag.CONFIDENCE_DELTA.path(profile, confidence_artifact))
+    linguistics = _optional_table(dag.LINGUISTICS.path(profile, linguistics_artifact))
     out: dict[str, dict] = {}
     if confidence is not None:
         for trace_id, group in confidence.groupby("trace_id"):

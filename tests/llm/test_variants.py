@@ -214,3 +214,21 @@ def test_trace_record_checks_lengths():
     with pytest.raises(ValueError, match="offsets"):
         TraceRecord("t", "q", "1", ["a"], "x", [np.zeros(2)], [[(0, 1)]])
     assert math.isclose(record(VALUES).scores()["strength"].iloc[1], 5.0)
+
+
+def test_signals_needed_is_the_union_of_the_needs_of_a_tables_variants():
+    from segattr_utils.llm.variants import SIGNAL_SOURCES, signals_needed
+
+    # Tables 3 and 4: confidence gain (Δ of notebook 04), removal perplexity and entropy (notebook 05)
+    baselines = {"confidence_delta", "removal_ppl_increase", "entropy"}
+    assert signals_needed(["3"]) == signals_needed(["4"]) == signals_needed(["1", "3", "4"]) == baselines
+    assert signals_needed(["1", "2", "7", "fig5"]) == frozenset() and signals_needed([]) == frozenset()
+    for variant in REGISTRY.values():
+        assert set(variant.needs) <= set(SIGNAL_SOURCES), variant.name
+    register("needs_log_ppl", label="Low Log-PPL", mode="selective", tables=("2",), needs=("log_ppl",))(
+        lambda records, settings: [TraceSelection({0}) for _ in records]
+    )
+    try:
+        assert signals_needed(["2"]) == {"log_ppl"}
+    finally:
+        del REGISTRY["needs_log_ppl"]

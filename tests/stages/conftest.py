@@ -1,4 +1,5 @@
-"""Shared fixtures of the stage tests: hand-made stage 01-03 artifacts and a tiny random model."""
+"""Shared fixtures of the stage tests: hand-made stage 01-03 artifacts and a tiny random model; and the
+same with the paper's ablation source (reference traces of hand-made world questions)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import write_table
 from segattr_utils.config import Profile, load_profile, stage_dir
+from segattr_utils.world import Problem
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
 TRACES = {
@@ -23,6 +25,13 @@ TRACES = {
 QUESTIONS = {
     "q0": ("Start with 2, then first add 1, second multiply by 2. What is the result?", "6"),
     "q1": ("Start with 5, then first subtract 1. What is the result?", "4"),
+}
+#: The world problems behind QUESTIONS (their questions are the same text) and their reference traces
+#: (the world's correct teacher; LIMO's provided CoTs on the paper profile): 3 + 2 segments.
+PROBLEMS = {"q0": (2, (("add", 1), ("multiply", 2))), "q1": (5, (("subtract", 1),))}
+REFERENCE = {
+    "q0": ["Okay, 2 + 1 = 3.", "\n\nAnother step, 3 * 2 = 6.", "\n\nWait, so 3 * 2 = 6. So the result is 6."],
+    "q1": ["Okay, 5 - 1 = 4.", "\n\nWait, 5 - 1 = 4. So the result is 4."],
 }
 
 
@@ -109,3 +118,29 @@ def profile(tmp_path):
     write_table(stage_dir(profile, "02_segmentation") / "segments.parquet", pd.DataFrame(segments))
     write_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet", pd.DataFrame(scores))
     return profile
+
+
+@pytest.fixture()
+def reference_profile(profile):
+    """``profile`` with the paper's ablation source: Tables 2-4, 7 and Fig. 5 train on the reference
+    traces (``training.ablation_source: reference``; every run on them, so stage 08 needs no IG of the
+    self traces), whose world questions and teacher traces stage 00 would have written."""
+    derived = Profile(
+        {**profile, "training": {**profile["training"], "sources": ["reference"], "ablation_source": "reference"}}
+    )
+    questions = [Problem(qid, start, ops, suite="train").to_record() for qid, (start, ops) in PROBLEMS.items()]
+    assert [(q["question"], q["answer"]) for q in questions] == list(QUESTIONS.values())
+    teacher = [
+        {
+            "question_id": qid,
+            "suite": "train",
+            "completion": "".join(segments),
+            "segments": segments,
+            "kinds": ["productive"] * len(segments),
+            "correct": True,
+        }
+        for qid, segments in REFERENCE.items()
+    ]
+    write_table(stage_dir(derived, "00_world") / "questions.parquet", pd.DataFrame(questions))
+    write_table(stage_dir(derived, "00_world") / "teacher_traces.parquet", pd.DataFrame(teacher))
+    return derived

@@ -1,6 +1,7 @@
-"""Stages 04 and 05 end to end on hand-made stage 01-03 artifacts and a tiny random model: the
-artifact columns other notebooks read, one row per segment, resuming after an interruption gives the
-records of an uninterrupted run, and the BLEU column matches the segments' hand-computed values."""
+"""Stage 04 end to end on hand-made stage 01-03 artifacts and a tiny random model: the artifact columns
+other notebooks read, one row per segment, resuming after an interruption gives the records of an
+uninterrupted run; with the paper's ablation source the reference traces are measured too (and only
+then), Δ of each recomputed from the stored forced answers."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ import json
 
 import pandas as pd
 
+from segattr_utils import dag
+from segattr_utils.artifacts import RecordStore, read_table
 from segattr_utils.config import stage_dir
 from segattr_utils.stages import stage04_confidence_delta as confidence_delta
+
+from .conftest import QUESTIONS, REFERENCE
 
 
 def test_confidence_stage_columns_rows_and_resume(profile):
@@ -33,3 +38,83 @@ def test_confidence_stage_columns_rows_and_resume(profile):
     resumed = confidence_delta.segment_confidence(profile)
     pd.testing.assert_frame_equal(resumed, table)
     assert sorted(store.read_text().splitlines()) == sorted(lines)
+
+
+def test_reference_traces_are_measured_when_an_ablation_trains_on_them(reference_profile):
+    tables = confidence_delta.segment_confidences(reference_profile)
+    assert list(tables) == ["self", "reference"]
+    reference = tables["reference"]
+    pd.testing.assert_frame_equal(
+        read_table(dag.CONFIDENCE_DELTA.path(reference_profile, "reference_segment_confidence")), reference
+    )
+    # one row per reference segment (3 + 2); the self table is the Sec. 3 one, without reference traces
+    assert reference["trace_id"].tolist() == ["q0:reference"] * 3 + ["q1:reference"] * 2
+    assert reference["segment"].tolist() == [0, 1, 2, 0, 1]
+    assert tables["self"]["trace_id"].tolist() == ["q0:correct"] * 3 + ["q1:correct"]
+
+    # Δ recomputed from the stored forced answers: c_k = correct answers / samples after k segments
+    n_samples = reference_profile.get_path("analysis.confidence.n_samples")
+    store = dag.CONFIDENCE_DELTA.path(reference_profile, "reference_forced_answers_store")
+    records = RecordStore(store, key_fn=lambda r: [r["trace_id"], r["prefix"]]).records()
+    assert len(records) == (3 + 1) + (2 + 1)
+    assert all(len(r["answers"]) == r["n_samples"] == n_samples for r in records)
+    for qid, segments in REFERENCE.items():
+        by_prefix = {
+            r["prefix"]: r["n_correct"] / r["n_samples"] for r in records if r["trace_id"] == f"{qid}:reference"
+        }
+        c = [by_prefix[k] for k in range(len(segments) + 1)]
+        rows = reference[reference["trace_id"] == f"{qid}:reference"]
+        assert rows["delta"].tolist() == [c[k + 1] - c[k] for k in range(len(segments))]
+        assert rows["confidence_before"].tolist() == c[:-1]
+
+    # reproducible: measured again from an empty store, the same answers (seeds from the seed and a tag)
+    lines = sorted(store.read_text().splitlines())
+    store.unlink()
+    again = confidence_delta.segment_confidence(reference_profile, "reference")
+    pd.testing.assert_frame_equal(again, reference)
+    assert sorted(store.read_text().splitlines()) == lines
+
+
+def test_no_reference_measurement_when_the_ablations_train_on_self(profile):
+    assert profile.get_path("training.ablation_source") == "self"
+    assert confidence_delta.measured_sources(profile) == ["self"]
+    # the fixture has no world questions: reading the reference traces would fail
+    assert list(confidence_delta.segment_confidences(profile)) == ["self"]
+    for artifact in ("reference_forced_answers_store", "reference_segment_confidence"):
+        assert not dag.CONFIDENCE_DELTA.path(profile, artifact).exists()
+
+
+def test_reference_delta_by_hand_with_one_sampler_for_both_sources(reference_profile, monkeypatch):
+    """A stand-in sampler answers correctly once the forced prefix states the answer ("= 6"): Δ is 1 at
+    the first segment that reaches it, 0 elsewhere. Both sources share one sampler, loaded once."""
+    from segattr_utils import services
+
+    tokenizer = services.load_role_tokenizer(reference_profile, "generator")
+    gold = {question: answer for question, answer in QUESTIONS.values()}
+    events = []
+
+    class Generator:
+        per_request_seeds = False
+
+        def close(self):
+            events.append("close")
+
+    def sample(prompts, n, settings, seed):
+        answers = []
+        for prompt in prompts:
+            answer = next(a for q, a in gold.items() if q in prompt)
+            answers.append([f"{answer}}}." if f"= {answer}" in prompt else "0}."] * n)
+        return answers
+
+    def load(profile):
+        events.append("load")
+        return Generator(), tokenizer, sample
+
+    monkeypatch.setattr(confidence_delta, "_forced_answer_sampler", load)
+    tables = confidence_delta.segment_confidences(reference_profile)
+    assert events == ["load", "close"]
+    # q0: "Okay, 2 + 1 = 3." | "Another step, 3 * 2 = 6." | "Wait, so 3 * 2 = 6. ..."; q1: "Okay, 5 - 1 = 4." | ...
+    assert tables["reference"]["delta"].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0]
+    assert tables["reference"]["confidence_after"].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]
+    # the self traces: q0 reaches "= 6" in its last segment, q1 in its only one
+    assert tables["self"]["delta"].tolist() == [0.0, 0.0, 1.0, 1.0]

@@ -1,12 +1,23 @@
-"""Stages 04 and 05 end to end on hand-made stage 01-03 artifacts and a tiny random model: the
-artifact columns other notebooks read, one row per segment, resuming after an interruption gives the
-records of an uninterrupted run, and the BLEU column matches the segments' hand-computed values."""
+"""Stage 05 end to end on hand-made stage 01-03 artifacts and a tiny random model: the artifact columns
+other notebooks read, one row per segment, a resumed run gives the same table, and the BLEU column
+matches the segments' hand-computed values; with the paper's ablation source the reference traces are
+measured too (and only then), their perplexity and entropy checked against a forward pass by hand."""
 
 from __future__ import annotations
 
-import pandas as pd
+import math
 
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from segattr_utils import dag, services
+from segattr_utils.artifacts import read_table
 from segattr_utils.stages import stage05_linguistics as linguistics
+from segattr_utils.world.tiny_model import answer_part as world_answer_part
+
+from .conftest import QUESTIONS, REFERENCE
 
 
 def test_linguistics_stage_columns_and_bleu(profile):
@@ -21,3 +32,59 @@ def test_linguistics_stage_columns_and_bleu(profile):
     assert (table["n_tokens"] > 0).all() and (table["entropy"] > 0).all()
     again = linguistics.measure_linguistics(profile)  # resumed: nothing recomputed, same table
     pd.testing.assert_frame_equal(again, table)
+
+
+def test_reference_traces_are_measured_when_an_ablation_trains_on_them(reference_profile):
+    tables = linguistics.linguistics_tables(reference_profile)
+    assert list(tables) == ["self", "reference"]
+    reference = tables["reference"]
+    pd.testing.assert_frame_equal(
+        read_table(dag.LINGUISTICS.path(reference_profile, "reference_segment_linguistics")), reference
+    )
+    assert reference["trace_id"].tolist() == ["q0:reference"] * 3 + ["q1:reference"] * 2
+    assert reference["segment"].tolist() == [0, 1, 2, 0, 1] and reference["correct"].all()
+    assert not reference[list(linguistics.SIGNALS)].isna().any().any()
+    assert set(tables["self"]["trace_id"]) == {"q0:correct", "q1:correct", "q1:incorrect"}
+
+    # q0's reference trace by hand: one unbatched forward pass per text, NLL and entropy in float64,
+    # a token in the segment (or output) that holds its first character
+    model, tokenizer = services.load_model(reference_profile, "generator")
+    question, answer = QUESTIONS["q0"]
+    segments = REFERENCE["q0"]
+    prompt = services.prompt(tokenizer, question)
+
+    def per_token(text):
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = torch.tensor(encoded["input_ids"])
+        with torch.no_grad():
+            log_probs = torch.log_softmax(model(input_ids=ids[None]).logits[0, :-1].double(), dim=-1)
+        nll = -log_probs[torch.arange(len(ids) - 1), ids[1:]]
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        starts = [start for start, _ in encoded["offset_mapping"][1:]]  # token t + 1 of each prediction t
+        return nll.numpy(), entropy.numpy(), np.array(starts)
+
+    nll, entropy, starts = per_token(prompt + "".join(segments))
+    cursor = len(prompt)
+    rows = reference[reference["trace_id"] == "q0:reference"]
+    for index, text in enumerate(segments):
+        inside = (starts >= cursor) & (starts < cursor + len(text))
+        cursor += len(text)
+        assert rows["n_tokens"].iloc[index] == inside.sum()
+        assert rows["log_ppl"].iloc[index] == pytest.approx(nll[inside].mean(), rel=1e-6)
+        assert rows["entropy"].iloc[index] == pytest.approx(entropy[inside].mean(), rel=1e-6)
+
+    def output_perplexity(output):
+        nll, _, starts = per_token(prompt + output)
+        return math.exp(nll[starts >= len(prompt)].mean())
+
+    answer_part = world_answer_part(answer)  # the reference trace's answer part (R1 layout)
+    full = output_perplexity("".join(segments) + answer_part)
+    without_second = output_perplexity(segments[0] + segments[2] + answer_part)
+    assert rows["removal_ppl_increase"].iloc[1] == pytest.approx(without_second - full, rel=1e-4, abs=1e-6)
+
+
+def test_no_reference_measurement_when_the_ablations_train_on_self(profile):
+    assert linguistics.measured_sources(profile) == ["self"]
+    assert list(linguistics.linguistics_tables(profile)) == ["self"]  # no world questions: none are read
+    for artifact in ("reference_linguistics_store", "reference_segment_linguistics"):
+        assert not dag.LINGUISTICS.path(profile, artifact).exists()

@@ -270,3 +270,85 @@ def test_an_over_length_trace_is_kept_truncated_and_counted(tokenizer):
         label != -100 for label in examples[1].labels[:max_length]
     )
     assert sft.supervision_stats(records, selections, examples, "selective", long)["truncated_traces"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Ablations on the reference traces (the paper profile): their signals come from stages 04-05
+
+ABLATIONS_WITH_SIGNALS = {
+    "confidence_gain": "confidence_delta",
+    "pruned_confidence_gain": "confidence_delta",
+    "segment_perplexity": "removal_ppl_increase",
+    "pruned_perplexity": "removal_ppl_increase",
+    "segment_entropy": "entropy",
+    "pruned_entropy": "entropy",
+}
+
+
+@pytest.mark.parametrize("name", ["tiny", "smoke", "paper"])
+def test_planned_signals_are_the_needs_of_the_planned_runs(name):
+    from segattr_utils import services
+    from segattr_utils.llm.variants import get_variant
+
+    profile = load_profile(name)
+    planned: dict[str, set] = {}
+    for spec in sft.plan_runs(profile):
+        planned.setdefault(spec.source, set()).update(get_variant(spec.variant).needs)
+    assert {s: set(n) for s, n in services.planned_signals(profile).items()} == planned
+    ablation = profile.get_path("training.ablation_source")
+    assert planned[ablation] == set(ABLATIONS_WITH_SIGNALS.values())
+    other = "self" if ablation == "reference" else "reference"
+    assert not planned[other]  # the main comparison needs no signal: nothing is measured for it
+
+
+def test_stages_04_and_05_compute_every_signal_a_variant_may_need():
+    from segattr_utils.llm.variants import SIGNAL_SOURCES
+    from segattr_utils.stages import stage04_confidence_delta, stage05_linguistics
+
+    for stage in (stage04_confidence_delta, stage05_linguistics):
+        for signal in stage.SIGNALS:
+            assert SIGNAL_SOURCES[signal] == f"notebook {stage.STAGE.number}"
+    assert set(stage04_confidence_delta.SIGNALS) | set(stage05_linguistics.SIGNALS) == set(SIGNAL_SOURCES)
+
+
+def test_ablations_on_reference_traces_carry_the_signals_of_stages_04_and_05(reference_profile):
+    from segattr_utils import dag
+    from segattr_utils.artifacts import read_table
+    from segattr_utils.llm.variants import get_variant
+    from segattr_utils.stages import stage04_confidence_delta, stage05_linguistics
+
+    profile = reference_profile
+    sft.attribute_reference_traces(profile)
+    settings = sft.selection_settings(profile)
+    # before notebooks 04-05 measured the reference traces: the variant names the notebook it needs
+    records = sft.load_trace_records(profile, "reference")
+    assert all(r.confidence_delta is None and r.entropy is None for r in records)
+    with pytest.raises(ValueError, match="needs 'confidence_delta' .*notebook 04"):
+        get_variant("confidence_gain").selections(records, settings)
+    with pytest.raises(ValueError, match="needs 'removal_ppl_increase' .*notebook 05"):
+        get_variant("pruned_perplexity").selections(records, settings)
+
+    # notebooks 04 and 05 as they run: the Sec. 3 analyses on the self traces, the signals of both sources
+    results = [stage.run(profile) for stage in (stage04_confidence_delta, stage05_linguistics)]
+    records = sft.load_trace_records(profile, "reference")
+    assert [r.trace_id for r in records] == ["q0:reference", "q1:reference"]
+    for name in ABLATIONS_WITH_SIGNALS:  # before this change: "variant ... needs 'confidence_delta'"
+        selections = get_variant(name).selections(records, settings)
+        assert len(selections) == 2 and all(s.segments for s in selections)
+    for result in results:
+        assert not result.failed_checks()
+        assert any("every reference trace" in check for check in result.checks)
+    confidence = read_table(dag.CONFIDENCE_DELTA.path(profile, "reference_segment_confidence"))
+    measures = read_table(dag.LINGUISTICS.path(profile, "reference_segment_linguistics"))
+    for record in records:
+        rows = confidence[confidence["trace_id"] == record.trace_id].sort_values("segment")
+        assert record.confidence_delta.tolist() == rows["delta"].tolist()
+        rows = measures[measures["trace_id"] == record.trace_id].sort_values("segment")
+        assert len(rows) == record.n_segments
+        for column in ("log_ppl", "entropy", "removal_ppl_increase"):
+            assert getattr(record, column).tolist() == rows[column].tolist()
+    # every planned setting (all on the reference traces) builds its supervision
+    preview = sft.supervision_preview(profile)
+    planned = {f"{name}__reference" for name in ABLATIONS_WITH_SIGNALS}
+    assert planned <= set(preview["setting"])
+    assert (preview["traces"] == 2).all()

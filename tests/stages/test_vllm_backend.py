@@ -88,3 +88,28 @@ def test_stage09_evaluates_each_model_with_its_own_engine(vllm_profile, fake_vll
     assert graded.groupby("model").size().tolist() == [10, 10]
     sampled = graded[graded["mode"] == "sample"]
     assert set(sampled["sample"]) == {0, 1, 2}
+
+
+def test_stage04_measures_both_sources_with_one_engine(reference_profile, fake_vllm, monkeypatch):
+    """With the paper's ablation source the reference traces' prefixes go to the same engine, each answer
+    seeded from its trace id, prefix and sample (reproducible, independent of the self traces' seeds)."""
+    from segattr_utils.llm.generation import derive_seed
+
+    from .conftest import REFERENCE
+
+    monkeypatch.setattr(services, "load_model", lambda *a, **k: pytest.fail("HF weights loaded with vllm"))
+    profile = reference_profile
+    profile["generation"] = {**profile["generation"], "backend": "vllm", "vllm": {"max_model_len": 1024}}
+    profile["analysis"]["confidence"] = {**profile["analysis"]["confidence"], "sampler": "generator"}
+    tables = confidence_delta.segment_confidences(profile)
+    assert len(tables["reference"]) == 3 + 2
+    (engine,) = fake_vllm.ENGINES
+    assert len(engine.calls) == 2 and engine.llm_engine.engine_core.shutdown_calls == 1
+    n, seed = profile.get_path("analysis.confidence.n_samples"), int(profile["seed"])
+    expected = [
+        derive_seed(seed, "reference-forced-answer", f"{qid}:reference", k, j)
+        for qid, segments in REFERENCE.items()
+        for k in range(len(segments) + 1)
+        for j in range(n)
+    ]
+    assert [p.seed for p in engine.calls[1][1]] == expected
