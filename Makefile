@@ -10,12 +10,13 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks bench bench-ig bench-sft lab clean-results help
+.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-dry-run bench bench-ig bench-sft lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
 	@echo "make reproduce [PROFILE=tiny|smoke|paper]  run the notebooks in order with papermill"
 	@echo "make test                                  lint + unit tests + every notebook on the smoke profile (nbval)"
+	@echo "                                           + the paper profile's notebooks on local stand-ins (test-dry-run)"
 	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
 	@echo "make bench                                 IG engine + SFT step-cost benchmarks -> results/benchmarks/"
@@ -48,7 +49,7 @@ browser:
 reproduce: $(STAMP)
 	$(PY) -m segattr_utils.reproduce --profile $(PROFILE)
 
-test: lint test-unit test-notebooks
+test: lint test-unit test-notebooks test-dry-run
 
 LINT_PATHS := segattr_utils tests benchmarks
 
@@ -63,7 +64,12 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 test-unit: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not dry_run" tests
+
+# notebooks 00-09 on the paper profile with local stand-ins (tiny models, LIMO and benchmark files, a fake
+# vLLM, accelerate on the CPU); see tests/dry_run/test_paper_dry_run.py
+test-dry-run: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m dry_run tests/dry_run
 
 test-notebooks: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m segattr_utils.reproduce --profile smoke --nbval --fresh

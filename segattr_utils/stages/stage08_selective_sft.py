@@ -521,6 +521,9 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
         **stats,
         "steps": steps,
         "final_loss": stage_summaries[-1]["final_loss"],
+        # How the run was actually started (accelerate's launcher sets ACCELERATE_MIXED_PRECISION for its processes).
+        "accelerate_launch": "ACCELERATE_MIXED_PRECISION" in os.environ,
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
     log_timings(
         profile,
@@ -538,8 +541,6 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
 
 def _is_main_process() -> bool:
     """Under ``accelerate launch`` only rank 0 writes the final model and summary."""
-    import os
-
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -656,10 +657,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def run(profile: Profile) -> StageResult:
     """Stage 08: IG of the reference traces (when a run trains on them), what every variant learns from,
     and every planned run (resumable)."""
@@ -707,3 +704,7 @@ def run(profile: Profile) -> StageResult:
         values=values,
         checks={"every planned run finished": set(runs["run"]) == {r.name for r in plan}},
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -11,16 +11,28 @@ without a seed draws from the process-wide random state.
 
 Module state records what happened: ``ENGINES`` (every LLM built, in order), and each engine's ``calls``
 (one ``(prompts, params)`` pair per ``generate``), ``alive_at_start`` (engines not shut down when it
-was built) and ``llm_engine.engine_core.shutdown_calls``.
+was built) and ``llm_engine.engine_core.shutdown_calls``. When ``FAKE_VLLM_LOG`` names a file, every
+engine start, ``generate`` call and shutdown is also appended to it as one JSON line, so that a test can
+see what notebook kernels (other processes) did with vLLM.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 from dataclasses import dataclass, field
 
 ENGINES: list[LLM] = []
+
+
+def _log(event: str, engine: LLM, **fields) -> None:
+    path = os.environ.get("FAKE_VLLM_LOG")
+    if path:
+        record = {"event": event, "pid": os.getpid(), "engine": id(engine), "model": engine.model, **fields}
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
 
 
 def reset() -> None:
@@ -55,26 +67,30 @@ class RequestOutput:
 
 
 class _EngineCore:
-    def __init__(self):
+    def __init__(self, owner=None):
         self.shutdown_calls = 0
+        self.owner = owner
 
     def shutdown(self) -> None:
         self.shutdown_calls += 1
+        if self.owner is not None:
+            _log("shutdown", self.owner)
 
 
 class _LLMEngine:
-    def __init__(self):
-        self.engine_core = _EngineCore()
+    def __init__(self, owner=None):
+        self.engine_core = _EngineCore(owner)
 
 
 class LLM:
     def __init__(self, model: str, dtype: str = "auto", **engine_kwargs):
         self.model, self.dtype, self.engine_kwargs = model, dtype, engine_kwargs
-        self.llm_engine = _LLMEngine()
+        self.llm_engine = _LLMEngine(self)
         self.calls: list[tuple[list[str], list[SamplingParams]]] = []
         # engines alive when this one started (real vLLM would find their GPU memory taken)
         self.alive_at_start = sum(engine.llm_engine.engine_core.shutdown_calls == 0 for engine in ENGINES)
         ENGINES.append(self)
+        _log("start", self, dtype=dtype, engine_kwargs=engine_kwargs)
 
     def generate(self, prompts, sampling_params=None, use_tqdm=True):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -85,6 +101,14 @@ class LLM:
         if len(sampling_params) != len(prompts):
             raise ValueError("the lengths of prompts and sampling_params must be the same")
         self.calls.append((prompts, list(sampling_params)))
+        _log(
+            "generate",
+            self,
+            requests=[
+                {"prompt": hashlib.sha256(p.encode()).hexdigest()[:16], "seed": q.seed, "temperature": q.temperature}
+                for p, q in zip(prompts, sampling_params)
+            ],
+        )
         return [
             RequestOutput(str(i), prompt, [_complete(prompt, params)])
             for i, (prompt, params) in enumerate(zip(prompts, sampling_params))
