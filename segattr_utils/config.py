@@ -111,13 +111,19 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     return profile
 
 
+def _is_project(folder: Path) -> bool:
+    return (folder / "pyproject.toml").is_file() and (folder / "segattr_utils").is_dir()
+
+
 def find_project_root(start: str | os.PathLike | None = None) -> Path:
-    """The folder holding ``pyproject.toml`` above ``start`` (default: cwd), or ``$SEGATTR_ROOT``."""
+    """``$SEGATTR_ROOT``, else the folder holding ``pyproject.toml`` above ``start`` (default: cwd), else the
+    checkout this package was imported from (an editable install run from elsewhere: a notebook kernel or an
+    SFT subprocess whose working directory is a results folder outside the project)."""
     if os.environ.get("SEGATTR_ROOT"):
         return Path(os.environ["SEGATTR_ROOT"]).resolve()
     here = Path(start or os.getcwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").is_file() and (folder / "segattr_utils").is_dir():
+    for folder in (here, *here.parents, Path(__file__).resolve().parents[1]):
+        if _is_project(folder):
             return folder
     raise FileNotFoundError("cannot find the segattr project root (pyproject.toml); set SEGATTR_ROOT")
 

@@ -210,10 +210,14 @@ def test_find_project_root_search(tmp_path, monkeypatch):
     assert find_project_root(deep) == project.resolve()
     monkeypatch.chdir(deep)
     assert find_project_root() == project.resolve()
-    # a pyproject.toml without the package folder is not the project
+    # a pyproject.toml without the package folder is not the project: outside any project, the checkout the
+    # package was imported from is (an SFT subprocess started in a results folder outside the project)
     other = tmp_path / "other"
     other.mkdir()
     (other / "pyproject.toml").write_text("")
+    checkout = Path(config.__file__).resolve().parents[1]
+    assert find_project_root(other) == checkout
+    monkeypatch.setattr(config, "__file__", str(other / "segattr_utils" / "config.py"))
     with pytest.raises(FileNotFoundError, match="SEGATTR_ROOT"):
         find_project_root(other)
 

@@ -36,8 +36,10 @@ FAKES = ROOT / "tests" / "fakes"
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
-    """Build the stand-ins, run every notebook on them; ``(profile, vLLM event log)``."""
-    folder = tmp_path_factory.mktemp("paper_dry_run")
+    """Build the stand-ins, run every notebook on them; ``(profile, vLLM event log)``. ``SEGATTR_DRY_RUN_DIR``
+    keeps everything in that folder (to look at a failed run) instead of a temporary one."""
+    kept = os.environ.get("SEGATTR_DRY_RUN_DIR")
+    folder = Path(kept) if kept else tmp_path_factory.mktemp("paper_dry_run")
     profile_path = build(folder)
     log = folder / "vllm_events.jsonl"
     environment = {
@@ -50,7 +52,9 @@ def dry_run(tmp_path_factory):
     }
     command = [sys.executable, "-m", "segattr_utils.reproduce", "--profile", str(profile_path), "--nbval", "--fresh"]
     finished = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
-    assert finished.returncode == 0, f"notebooks failed on the paper profile:\n{finished.stdout[-6000:]}"
+    first_failure = finished.stdout.find("FAILURES")
+    report = finished.stdout[first_failure : first_failure + 8000] if first_failure >= 0 else finished.stdout[-8000:]
+    assert finished.returncode == 0, f"notebooks failed on the paper profile:\n{report}\n{finished.stderr[-2000:]}"
     events = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
     return load_profile(profile_path), events
 
