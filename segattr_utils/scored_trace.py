@@ -365,6 +365,8 @@ def training_example(
     else:
         # each kept segment keeps its own transition words, so the pruned trace still reads as paragraphs
         kept = [segments[i] for i in selected]
+        if not kept:
+            raise ValueError("mask 'pruned' needs a selected segment: this trace has none (always_keep='none'?)")
         example = build_training_example(tokenizer, scored.prompt, kept, scored.answer_part)
     example = fit_length(example, max_length, overlength)
     if example is None:

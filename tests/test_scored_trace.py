@@ -151,6 +151,12 @@ def test_full_and_pruned_masks(loaded, scored):
     assert pruned["labels"] == [IGNORE] * n_prompt + expected[n_prompt:]
     with pytest.raises(ValueError, match="mask"):
         make_example(tokenizer, trace, mask="everything")
+    nothing = trace.rescored(beta=0.0, always_keep="none")  # no segment has consistency 0: none is important
+    assert nothing.selected == []
+    selective = make_example(tokenizer, nothing)  # only the answer part and EOS are trained
+    assert selective["labels"] == _hand_labels(tokenizer, trace, set())[1]
+    with pytest.raises(ValueError, match="pruned"):
+        make_example(tokenizer, nothing, mask="pruned")
 
 
 def test_over_length_policy_truncates_or_skips(loaded, scored):

@@ -79,7 +79,11 @@ def build_rows(tokenizer, scored: dict, mask: str, max_length, overlength: str, 
             detail = f"predicted {trace.predicted!r}, gold {trace.gold_answer!r}"
             skipped.append({"trace_id": trace_id, "reason": "incorrect answer", "detail": detail})
             continue
-        whole = training_example(tokenizer, trace, mask)
+        try:
+            whole = training_example(tokenizer, trace, mask)
+        except ValueError as error:  # e.g. pruned with no selected segment: listed, the export goes on
+            skipped.append({"trace_id": trace_id, "reason": "invalid", "detail": str(error)})
+            continue
         example = training_example(tokenizer, trace, mask, max_length=max_length, overlength=overlength)
         if example is None:
             what = "skip policy" if overlength == "skip" else "no labelled token within it"
