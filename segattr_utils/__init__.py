@@ -11,10 +11,13 @@ The package, grouped by concept (the README draws the tree):
 - :mod:`.report`    figures, the segment viewer, the paper-vs-run table
 - :mod:`.dag`, :mod:`.services`, :mod:`.config`, :mod:`.artifacts`: data flow, shared services, profiles, files
 
-The names below are the library's public API (Sec. 2 of the paper, usable without the pipeline).
+The names below are the library's public API (Sec. 2 of the paper, usable without the pipeline):
+:func:`score_trace` goes from (model, tokenizer, question, output, gold answer) to a :class:`ScoredTrace`,
+and :func:`training_example` from a scored trace to TRL-ready ``input_ids``, ``labels`` and
+``completion_mask`` (:mod:`.scored_trace`); the step-by-step functions are below it.
 """
 
-from .method.attribution import Attribution, DegenerateBaselineWarning, token_attributions
+from .method.attribution import Attribution, CompletenessWarning, DegenerateBaselineWarning, token_attributions
 from .method.importance import (
     AGGREGATIONS,
     always_keep_indices,
@@ -34,21 +37,27 @@ from .method.token_spans import (
     char_span_to_covering_tokens,
     char_spans_to_token_spans,
 )
+from .scored_trace import OverLengthError, ScoredTrace, TraceFormatError, score_trace, training_example
 
 __all__ = [
     "AGGREGATIONS",
     "Attribution",
     "AttributionSequence",
+    "CompletenessWarning",
     "DEFAULT_ANSWER_SUFFIX",
     "DEFAULT_KEYWORDS",
     "DegenerateBaselineWarning",
     "METHODS",
+    "OverLengthError",
     "RETRO_SEARCH_KEYWORDS",
+    "ScoredTrace",
+    "TraceFormatError",
     "always_keep_indices",
     "build_attribution_sequence",
     "char_span_to_covering_tokens",
     "char_spans_to_token_spans",
     "quadrature_rule",
+    "score_trace",
     "segment",
     "segment_char_spans",
     "segment_consistency",
@@ -58,6 +67,7 @@ __all__ = [
     "selective_labels",
     "token_attributions",
     "top_strength_segments",
+    "training_example",
 ]
 
 __version__ = "0.1.0"

@@ -1,7 +1,9 @@
 """The ``segattr`` command: one front end for the toolkit's tasks.
 
 ``segattr reproduce --profile tiny`` runs the numbered notebooks (the same as
-``python -m segattr_utils.reproduce``); ``segattr --help`` lists every subcommand.
+``python -m segattr_utils.reproduce``); ``segattr score``, ``segattr view`` and ``segattr export`` take a
+model and a JSONL of R1 traces to segment scores, an HTML view and a TRL-ready dataset
+(:mod:`segattr_utils.commands`); ``segattr --help`` lists every subcommand.
 
 A subcommand is one function registered with :func:`subcommand`. It receives the parsed
 :class:`argparse.Namespace` and returns an exit status (``None`` counts as 0)::
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from . import reproduce
+from .commands import export, score, view
 
 Handler = Callable[[argparse.Namespace], int | None]
 Arguments = Callable[[argparse.ArgumentParser], None]
@@ -110,6 +113,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 )
 def _reproduce(args: argparse.Namespace) -> int:
     return reproduce.run(args)
+
+
+@subcommand(
+    "score",
+    help="segment, attribute (IG) and score the traces of an R1 JSONL file with a model",
+    arguments=score.add_arguments,
+    description=score.__doc__,
+)
+def _score(args: argparse.Namespace) -> int:
+    return score.run(args)
+
+
+@subcommand(
+    "view",
+    help="one scored trace as a standalone HTML page",
+    arguments=view.add_arguments,
+    description=view.__doc__,
+)
+def _view(args: argparse.Namespace) -> int:
+    return view.run(args)
+
+
+@subcommand(
+    "export",
+    help="a TRL-ready SFT dataset (input_ids, labels, completion_mask) from scored traces",
+    arguments=export.add_arguments,
+    description=export.__doc__,
+)
+def _export(args: argparse.Namespace) -> int:
+    return export.run(args)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,26 @@ def test_reproduce_help_shows_the_runner_options(capsys, calls):
     assert calls == []
 
 
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        (
+            "score",
+            ("--model", "--traces", "--out", "--n-steps", "--method", "--tau", "--beta", "--max-length", "--keywords"),
+        ),
+        ("view", ("--scores", "--trace", "--out")),
+        ("export", ("--scores", "--out", "--format", "--mask", "--max-length", "--overlength")),
+    ],
+)
+def test_bring_your_own_traces_subcommands_have_help(capsys, name, options):
+    status, out, _ = _run([name, "--help"], capsys)
+    assert status == 0 and out.startswith(f"usage: segattr {name}")
+    description = cli.SUBCOMMANDS[name].description
+    assert description.splitlines()[0] in out and "Example:" in out  # the module docstring heads the help
+    for option in options:
+        assert option in out
+
+
 def test_reproduce_defaults_match_python_m_reproduce(calls):
     assert cli.main(["reproduce"]) == 0
     (args,) = calls

@@ -8,6 +8,7 @@ saying what to download and where to put it.
 
 from __future__ import annotations
 
+import difflib
 import gc
 import json
 import os
@@ -33,17 +34,58 @@ def offline() -> bool:
     )
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` means a folder rather than a hub id: written as a path (a leading ``/``, ``.`` or
+    ``~``, more than one ``/``, a trailing ``/``) or an ``owner/name`` whose ``owner`` is an existing local
+    folder (``models/R1-7B`` next to a ``models`` folder)."""
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name in (".", "..")
+        or name.count("/") > 1
+        or "\\" in name
+        or name.endswith("/")
+        or ("/" in name and Path(name.split("/")[0]).expanduser().is_dir())
+    )
+
+
+def _missing_folder(folder: str, model_id: str | None) -> ModelUnavailableError:
+    """The error for a model folder that does not exist: says so first (a typo is the usual cause), names
+    the nearest existing parent and its closest entries, then how to download the model there."""
+    path = Path(folder).expanduser()
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    hint = ""
+    if parent.is_dir():
+        names = sorted(p.name for p in parent.iterdir() if p.is_dir())
+        close = difflib.get_close_matches(path.relative_to(parent).parts[0], names, n=3, cutoff=0.6)
+        hint = f"\nThe nearest existing folder is {str(parent)!r}" + (
+            f"; did you mean {', '.join(repr(str(parent / c)) for c in close)}?" if close else "."
+        )
+    what = "is a file, not a model folder" if path.exists() else "does not exist (check the path for a typo)"
+    message = f"the model folder {folder!r} {what}.{hint}"
+    if model_id and model_id != folder:
+        message += (
+            f"\nIf {model_id!r} is not downloaded yet, download it there with\n"
+            f"    huggingface-cli download {model_id} --local-dir {folder}\n"
+            "or clear local_path in the profile to use the Hugging Face cache."
+        )
+    return ModelUnavailableError(message)
+
+
 def resolve_model_path(model_id: str, local_path: str | None = None) -> str:
-    """A local folder if ``local_path`` (or ``model_id`` itself) is one, else the hub id."""
+    """A local folder if ``local_path`` (or ``model_id`` itself) is one, else the hub id.
+
+    A ``local_path`` that is not a folder, or a ``model_id`` written as a path (``./models/x``,
+    ``/data/x``) that is not one, raises :class:`ModelUnavailableError` saying the folder does not exist.
+    """
     for candidate in (local_path, model_id):
         if candidate and Path(candidate).expanduser().is_dir():
             return str(Path(candidate).expanduser())
     if local_path:
-        raise ModelUnavailableError(
-            f"local_path {local_path!r} for {model_id!r} does not exist. Download the model there with\n"
-            f"    huggingface-cli download {model_id} --local-dir {local_path}\n"
-            "or clear local_path in the profile to use the Hugging Face cache."
-        )
+        raise _missing_folder(local_path, model_id)
+    if looks_like_path(model_id):
+        raise _missing_folder(model_id, None)
     return model_id
 
 

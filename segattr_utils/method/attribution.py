@@ -29,6 +29,12 @@ Degenerate baseline: if the baseline token's embedding row is all zeros (a pad r
 LayerNorm are scale-invariant away from 0, so F is constant along the path for alpha > 0 and jumps at
 alpha = 0: no quadrature converges to F(x) - F(x'), the attributions are meaningless and ``delta`` is
 large. The engine warns (``DegenerateBaselineWarning``); pick another baseline token.
+
+Incomplete attributions: too few path points J leave a quadrature error that can reach tens of percent of
+F(x) - F(x') (the authors' rule at small J). The engine warns (``CompletenessWarning``) when the relative
+completeness error ``|delta| / |F(x) - F(x')|`` exceeds ``warn_relative_delta`` (5% by default, the
+profiles' ``attribution.flag_relative_delta``); raise J or use Gauss-Legendre. Callers that record and
+flag every trace's error themselves (stage 03, ``segattr score``) pass ``warn_relative_delta=None``.
 """
 
 from __future__ import annotations
@@ -49,6 +55,15 @@ from .quadrature import quadrature_rule
 
 class DegenerateBaselineWarning(UserWarning):
     """The IG baseline embedding is all zeros: the straight-line path is degenerate for normed models."""
+
+
+class CompletenessWarning(UserWarning):
+    """The relative completeness error of an IG run exceeds the threshold: sum(IG) does not split
+    F(x) - F(x') (Eq. 2) closely enough; raise n_steps (J) or use ``method="gausslegendre"``."""
+
+
+#: Default threshold of :class:`CompletenessWarning` (the profiles' ``attribution.flag_relative_delta``).
+FLAG_RELATIVE_DELTA = 0.05
 
 
 @dataclass(frozen=True)
@@ -246,6 +261,7 @@ def token_attributions(
     n_steps: int = 50,
     method: str = "gausslegendre",
     internal_batch_size: int | None = None,
+    warn_relative_delta: float | None = FLAG_RELATIVE_DELTA,
 ) -> Attribution:
     """Integrated gradients (Eq. 1-2) of the answer log-probability w.r.t. every input token's embedding.
 
@@ -260,6 +276,8 @@ def token_attributions(
         method: ``riemann_left/right/middle/trapezoid``, ``gausslegendre`` or ``official`` (the
             authors' J inclusive evenly spaced points with weight 1/J).
         internal_batch_size: path points per forward/backward pass (default: all at once).
+        warn_relative_delta: warn (:class:`CompletenessWarning`) when the relative completeness error
+            exceeds this (default 5%); ``None`` never warns.
 
     Returns:
         :class:`Attribution` with float32 ``values`` of length L and the completeness ``delta``.
@@ -324,7 +342,7 @@ def token_attributions(
             "integrated gradients produced non-finite values (NaN/inf); check the model dtype and inputs"
         )
     delta = f_input - f_baseline - float(values.double().sum())
-    return Attribution(
+    result = Attribution(
         values=values,
         f_input=f_input,
         f_baseline=f_baseline,
@@ -333,3 +351,12 @@ def token_attributions(
         method=method,
         n_steps=n_steps,
     )
+    if warn_relative_delta is not None and result.relative_delta > warn_relative_delta:
+        warnings.warn(
+            f"integrated gradients are incomplete: sum(IG) misses F(x) - F(x') = {f_input - f_baseline:.4g} by "
+            f"{result.relative_delta:.1%} (threshold {warn_relative_delta:.0%}) at J = {n_steps} ({method}); raise "
+            "n_steps" + ("" if method == "gausslegendre" else " or use method='gausslegendre'"),
+            CompletenessWarning,
+            stacklevel=2,
+        )
+    return result

@@ -98,10 +98,37 @@ def test_missing_local_path(offline_env, tmp_path):
     with pytest.raises(ModelUnavailableError) as info:
         load_causal_lm(HUB_MODEL, local_path=str(missing))
     message = str(info.value)
-    assert str(missing) in message and HUB_MODEL in message
+    # first that the folder does not exist (a typo is the usual cause), then how to download the model there
+    assert message.startswith(f"the model folder {str(missing)!r} does not exist")
     assert f"huggingface-cli download {HUB_MODEL} --local-dir {missing}" in message
-    with pytest.raises(ModelUnavailableError):
+    assert message.index("does not exist") < message.index("download")
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
         resolve_model_path(HUB_MODEL, str(missing))
+
+
+def test_misspelt_local_path_names_the_close_folder(offline_env, tmp_path):
+    (tmp_path / "models" / "R1-Distill-7B").mkdir(parents=True)
+    typo = tmp_path / "models" / "R1-Distil-7B"
+    with pytest.raises(ModelUnavailableError) as info:
+        load_causal_lm(HUB_MODEL, local_path=str(typo))
+    message = str(info.value)
+    assert "does not exist" in message and str(tmp_path / "models" / "R1-Distill-7B") in message
+
+
+@pytest.mark.parametrize("written", ["{tmp}/no-such-model", "./no-such-folder/model", "~/no/such/model/folder"])
+def test_model_id_written_as_a_missing_folder(offline_env, tmp_path, written):
+    name = written.format(tmp=tmp_path)
+    with pytest.raises(ModelUnavailableError, match="does not exist") as info:
+        load_causal_lm(name)
+    assert "huggingface-cli" not in str(info.value)  # a path is not a hub id: no download advice
+
+
+def test_owner_slash_name_next_to_a_local_folder_is_a_path(offline_env, tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelUnavailableError, match="'models/R1' does not exist"):
+        resolve_model_path("models/R1")
+    assert resolve_model_path(HUB_MODEL) == HUB_MODEL  # no deepseek-ai folder here: a hub id
 
 
 def test_unknown_dtype(offline_env):

@@ -26,7 +26,12 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from segattr_utils.method.attribution import Attribution, DegenerateBaselineWarning, token_attributions
+from segattr_utils.method.attribution import (
+    Attribution,
+    CompletenessWarning,
+    DegenerateBaselineWarning,
+    token_attributions,
+)
 from segattr_utils.method.quadrature import quadrature_rule
 
 VOCAB = 128
@@ -462,6 +467,24 @@ def test_non_zero_baseline_does_not_warn(qwen, ids):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DegenerateBaselineWarning)
         token_attributions(qwen, ids, SPAN, baseline_token_id=BASELINE, n_steps=4)
+
+
+def test_incomplete_attributions_warn_above_the_threshold(qwen, ids):
+    # J = 2 of the authors' rule leaves a large quadrature error; Gauss-Legendre at J = 50 does not
+    with pytest.warns(CompletenessWarning, match="incomplete") as caught:
+        coarse = token_attributions(qwen, ids, SPAN, baseline_token_id=BASELINE, n_steps=2, method="official")
+    error = abs(coarse.f_input - coarse.f_baseline - float(coarse.values.double().sum()))
+    relative = error / abs(coarse.f_input - coarse.f_baseline)  # recomputed from the returned parts
+    assert relative > 0.05 and len(caught) == 1 and f"{relative:.1%}" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CompletenessWarning)
+        fine = token_attributions(qwen, ids, SPAN, baseline_token_id=BASELINE, n_steps=50)
+        assert fine.relative_delta < 0.05
+        token_attributions(
+            qwen, ids, SPAN, baseline_token_id=BASELINE, n_steps=2, method="official", warn_relative_delta=None
+        )
+    with pytest.warns(CompletenessWarning):  # a stricter threshold is the caller's choice
+        token_attributions(qwen, ids, SPAN, baseline_token_id=BASELINE, n_steps=50, warn_relative_delta=0.0)
 
 
 @pytest.mark.parametrize("bad", [-1, VOCAB, 10_000])

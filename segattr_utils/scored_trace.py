@@ -1,0 +1,378 @@
+"""A reasoning trace scored end to end (Sec. 2), and the selective-SFT example it gives (Sec. 2.3).
+
+:func:`score_trace` takes what a user has: a model, its tokenizer, a question, one R1-format output
+(reasoning, ``</think>``, an answer with ``\\boxed{}``) and the gold answer, and returns a
+:class:`ScoredTrace`:
+
+1. the output is split at ``</think>`` into the reasoning T and the trace's own answer part
+   (:func:`segattr_utils.llm.grading.split_output`; the answer part keeps the newlines before ``</think>``);
+2. T is split into segments at transition keywords (Sec. 2.1, App. C.2);
+3. ``prompt + T + "</think> So, the final answer is \\boxed{gold}"`` is tokenised once and integrated
+   gradients of the gold answer's log-probability give every token an attribution (Eq. 1-2, App. C.4);
+4. per segment: strength and consistency (Eq. 3), normalised strength (Eq. 4), high strength (top-k*
+   holding tau of the strength, Eq. 5-6), important = high strength and consistency <= beta (Eq. 7), and
+   the always-kept first and last segments (App. C.4).
+
+:func:`training_example` turns a scored trace into ``input_ids``, ``labels`` and ``completion_mask`` for
+TRL's ``SFTTrainer``. The training sequence is NOT the attributed one: it is ``prompt + T + the trace's
+own answer part + EOS`` (the synthetic answer suffix only serves as the IG target). Labels are -100 on the
+prompt and on unselected segments; the selected segments (important or always kept), the answer part
+and EOS are labelled, so the model's loss is Eq. 9 (``mask="selective"``); ``mask="full"`` labels every
+segment (Eq. 8); ``mask="pruned"`` deletes the unselected segments from the text and labels the rest.
+
+Over-length policy (``max_length``): ``overlength="truncate"`` keeps the first ``max_length`` tokens, as
+TRL's ``truncation_mode="keep_start"`` and the authors' trainer do (the answer part and EOS of a cut
+trace are then not trained); ``overlength="skip"`` drops the example. Either way :func:`training_example`
+returns ``None`` for an example that is dropped, and an example left with no labelled token after
+truncation is dropped too (TRL would silently drop it). The callers list what they dropped
+(``segattr export`` writes ``skipped.csv``). Attribution itself never truncates: IG needs the answer at
+the end of the sequence, so a trace longer than ``score_trace``'s ``max_length`` (or the model's
+positions) raises :class:`OverLengthError` and is listed as skipped by ``segattr score``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import pandas as pd
+import torch
+
+from .data.questions import chat_prompt
+from .llm.grading import is_equivalent, last_boxed, split_output
+from .llm.training import TrainingExample, build_training_example
+from .method.attribution import FLAG_RELATIVE_DELTA, token_attributions
+from .method.importance import always_keep_indices, importance_flags, segment_scores
+from .method.segmentation import DEFAULT_KEYWORDS, segment
+from .method.token_spans import DEFAULT_ANSWER_SUFFIX, build_attribution_sequence
+from .world import PROMPT_SUFFIX
+
+Mask = Literal["selective", "full", "pruned"]
+Overlength = Literal["truncate", "skip"]
+MASKS: tuple[str, ...] = ("selective", "full", "pruned")
+OVERLENGTH_POLICIES: tuple[str, ...] = ("truncate", "skip")
+IGNORE_INDEX = -100
+
+
+class TraceFormatError(ValueError):
+    """An output that cannot be scored as an R1 trace; ``reason`` is a short tag for tables
+    (``no </think>``, ``empty reasoning``, ``no boxed answer``)."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class OverLengthError(ValueError):
+    """The attribution sequence is longer than allowed (``max_length``, or the model's positions)."""
+
+    reason = "over-length"
+
+    def __init__(self, n_tokens: int, limit: int, what: str):
+        super().__init__(
+            f"the attribution sequence has {n_tokens} tokens, more than {what} ({limit}); IG needs the whole "
+            "trace and the answer after it, so the trace is skipped, not truncated"
+        )
+        self.n_tokens, self.limit = n_tokens, limit
+
+
+def segment_table(
+    token_attributions: Sequence[Sequence[float]],
+    tau: float,
+    beta: float,
+    aggregation: str = "sqrt_len",
+    always_keep: str = "first_last",
+) -> pd.DataFrame:
+    """One row per segment: the columns of :func:`segment_scores` (Eq. 3-4), ``high_strength``,
+    ``moderate_consistency`` and ``important`` (Eq. 5-7), ``always_kept`` (App. C.4) and ``selected``
+    (important or always kept: the segments selective SFT trains on, Eq. 9)."""
+    table = segment_scores(list(token_attributions), aggregation=aggregation)
+    flags = importance_flags(table["norm_strength"], table["consistency"], tau, beta)
+    kept = set(always_keep_indices(len(table), always_keep))
+    table.insert(0, "segment", range(len(table)))
+    for column in ("high_strength", "moderate_consistency", "important"):
+        table[column] = flags[column].to_numpy()
+    table["always_kept"] = table["segment"].isin(kept)
+    table["selected"] = table["important"] | table["always_kept"]
+    return table
+
+
+@dataclass(frozen=True, eq=False)
+class ScoredTrace:
+    """One trace with its segments, token attributions and segment scores (Sec. 2).
+
+    ``prompt + "".join(segments) + answer_part`` is the trace as trained; ``answer_part`` is the trace's
+    own answer (from the newlines before ``</think>`` to the end), ``predicted`` its last ``\\boxed{}`` and
+    ``correct`` whether that equals ``gold_answer``. ``token_ids`` and ``token_attributions`` hold, per
+    segment, the tokens of the attributed sequence and their IG values (Eq. 2); ``f_input``,
+    ``f_baseline`` and ``delta`` its completeness (``delta = F(x) - F(x') - sum IG``), ``n_tokens`` its
+    length. ``settings`` records how it was scored (J, method, keywords, tau, beta, ...); :attr:`scores`
+    is the per-segment table at ``settings``' tau and beta (:meth:`rescored` changes them without
+    recomputing IG).
+    """
+
+    question: str
+    gold_answer: str
+    prompt: str
+    segments: tuple[str, ...]
+    answer_part: str
+    predicted: str | None
+    correct: bool
+    token_ids: tuple[tuple[int, ...], ...]
+    token_attributions: tuple[tuple[float, ...], ...]
+    f_input: float
+    f_baseline: float
+    delta: float
+    n_tokens: int
+    settings: dict = field(default_factory=dict)
+
+    @cached_property
+    def scores(self) -> pd.DataFrame:
+        table = segment_table(
+            self.token_attributions,
+            self.settings.get("tau", 0.7),
+            self.settings.get("beta", 0.8),
+            self.settings.get("aggregation", "sqrt_len"),
+            self.settings.get("always_keep", "first_last"),
+        )
+        table.insert(1, "text", list(self.segments))
+        return table
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.segments)
+
+    @property
+    def n_segments(self) -> int:
+        return len(self.segments)
+
+    @property
+    def important(self) -> list[int]:
+        """Indices of the important segments (Eq. 7)."""
+        return [int(i) for i in self.scores.index[self.scores["important"]]]
+
+    @property
+    def selected(self) -> list[int]:
+        """Indices of the segments selective SFT trains on: important or always kept (Eq. 9, App. C.4)."""
+        return [int(i) for i in self.scores.index[self.scores["selected"]]]
+
+    @property
+    def relative_delta(self) -> float:
+        """|delta| / |F(x) - F(x')|: the relative completeness error of the attributions."""
+        gap = abs(self.f_input - self.f_baseline)
+        return abs(self.delta) / gap if gap > 0 else (0.0 if self.delta == 0 else math.inf)
+
+    def rescored(self, **selection) -> ScoredTrace:
+        """The same trace with other selection settings (``tau``, ``beta``, ``aggregation``,
+        ``always_keep``); the attributions are reused."""
+        unknown = set(selection) - {"tau", "beta", "aggregation", "always_keep"}
+        if unknown:
+            raise ValueError(f"rescored() takes tau, beta, aggregation, always_keep; got {sorted(unknown)}")
+        return dataclasses.replace(self, settings={**self.settings, **selection})
+
+    def to_record(self) -> dict:
+        """A JSON-serialisable dict (:meth:`from_record` restores the trace)."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        record["segments"] = list(self.segments)
+        record["token_ids"] = [list(t) for t in self.token_ids]
+        record["token_attributions"] = [list(v) for v in self.token_attributions]
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict) -> ScoredTrace:
+        values = {f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record}
+        values["segments"] = tuple(values["segments"])
+        values["token_ids"] = tuple(tuple(int(t) for t in ids) for ids in values["token_ids"])
+        values["token_attributions"] = tuple(tuple(float(v) for v in vs) for vs in values["token_attributions"])
+        return cls(**values)
+
+
+def r1_prompt(tokenizer, question: str) -> str:
+    """The R1 prompt of a question: the question and the instruction to box the answer, in the
+    tokenizer's chat template with the generation prompt (the pipeline's prompt)."""
+    return chat_prompt(tokenizer, question + PROMPT_SUFFIX)
+
+
+def _text(name: str, value, *, allow_number: bool = False) -> str:
+    if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}: {str(value)[:80]!r}")
+    return value
+
+
+def split_trace(output: str, prompt: str) -> tuple[str, str, str]:
+    """``(prompt, reasoning, answer_part)`` of an R1 output, or :class:`TraceFormatError`.
+
+    A leading ``<think>`` in the output is dropped when the prompt already opens the thinking block (the
+    R1-Distill template's generation prompt ends with ``<think>\\n``) and otherwise moved to the prompt:
+    it is context, neither segmented, attributed nor trained.
+    """
+    try:
+        prefix, reasoning, answer_part = split_output(output)
+    except ValueError:
+        raise TraceFormatError("no </think>", "the output has no </think>: there is no finished reasoning") from None
+    if not reasoning.strip():
+        raise TraceFormatError("empty reasoning", "the output has no reasoning before </think>")
+    if prefix and not prompt.rstrip().endswith("<think>"):
+        prompt = prompt + prefix
+    return prompt, reasoning, answer_part
+
+
+def score_trace(
+    model,
+    tokenizer,
+    question: str,
+    output: str,
+    gold_answer: str,
+    *,
+    n_steps: int = 50,
+    method: str = "gausslegendre",
+    tau: float = 0.7,
+    beta: float = 0.8,
+    keywords: Sequence[str] = DEFAULT_KEYWORDS,
+    aggregation: str = "sqrt_len",
+    always_keep: str = "first_last",
+    baseline_token_id: int | None = None,
+    internal_batch_size: int | None = None,
+    answer_suffix: str = DEFAULT_ANSWER_SUFFIX,
+    max_length: int | None = None,
+    prompt: str | None = None,
+    warn_relative_delta: float | None = FLAG_RELATIVE_DELTA,
+) -> ScoredTrace:
+    """Segment, attribute and score one R1 output (Sec. 2: Eq. 1-7, App. C.2, C.4).
+
+    Args:
+        model, tokenizer: a Hugging Face causal LM and its fast tokenizer (with a chat template unless
+            ``prompt`` is given).
+        question: the question as the user asked it; the prompt is :func:`r1_prompt` unless ``prompt``
+            (the fully templated prompt text) is given.
+        output: the model's output: reasoning, ``</think>``, an answer with ``\\boxed{}``.
+        gold_answer: the correct answer; its log-probability after the trace is the IG target.
+        n_steps, method: the IG path points J and quadrature rule (``official`` is the authors' rule).
+        tau, beta, aggregation, always_keep: the selection of Eq. 5-7 and App. C.4.
+        keywords: the transition keywords (:data:`DEFAULT_KEYWORDS`, or ``RETRO_SEARCH_KEYWORDS``).
+        baseline_token_id: the IG baseline token (default: the tokenizer's pad token).
+        internal_batch_size: path points per forward/backward pass (default: all J at once).
+        answer_suffix: the forced answer after the trace, with ``{answer}`` (App. C.4).
+        max_length: longest attribution sequence accepted (default: the model's positions).
+        warn_relative_delta: warn (``CompletenessWarning``) above this relative completeness error.
+
+    Raises :class:`TraceFormatError` (no ``</think>``, empty reasoning, no ``\\boxed{}`` answer) and
+    :class:`OverLengthError`, each with a ``reason`` tag.
+    """
+    question = _text("question", question)
+    output = _text("output", output)
+    gold_answer = _text("gold_answer", gold_answer, allow_number=True).strip()
+    if not gold_answer:
+        raise ValueError("gold_answer is empty: IG needs the correct answer as its target")
+    prompt = r1_prompt(tokenizer, question) if prompt is None else _text("prompt", prompt)
+    prompt, reasoning, answer_part = split_trace(output, prompt)
+    predicted = last_boxed(answer_part)
+    if predicted is None:
+        raise TraceFormatError("no boxed answer", "the answer part after </think> has no \\boxed{} answer")
+    segments = segment(reasoning, keywords)
+    sequence = build_attribution_sequence(tokenizer, prompt, segments, gold_answer, suffix_template=answer_suffix)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if max_length is not None and len(sequence) > max_length:
+        raise OverLengthError(len(sequence), max_length, "max_length")
+    if isinstance(positions, int) and len(sequence) > positions:
+        raise OverLengthError(len(sequence), positions, "the model's maximum positions")
+    if baseline_token_id is None:
+        baseline_token_id = tokenizer.pad_token_id  # App. C.4: the pad token (R1: pad = EOS)
+    attribution = token_attributions(
+        model,
+        torch.tensor(sequence.input_ids),
+        sequence.answer_span,
+        baseline_token_id=baseline_token_id,
+        n_steps=n_steps,
+        method=method,
+        internal_batch_size=internal_batch_size,
+        warn_relative_delta=warn_relative_delta,
+    )
+    values = attribution.values.tolist()
+    return ScoredTrace(
+        question=question,
+        gold_answer=gold_answer,
+        prompt=prompt,
+        segments=tuple(segments),
+        answer_part=answer_part,
+        predicted=predicted,
+        correct=is_equivalent(predicted, gold_answer),
+        token_ids=tuple(tuple(sequence.input_ids[s:e]) for s, e in sequence.segment_spans),
+        token_attributions=tuple(tuple(values[s:e]) for s, e in sequence.segment_spans),
+        f_input=attribution.f_input,
+        f_baseline=attribution.f_baseline,
+        delta=attribution.delta,
+        n_tokens=len(sequence),
+        settings={
+            "n_steps": n_steps,
+            "method": method,
+            "tau": tau,
+            "beta": beta,
+            "aggregation": aggregation,
+            "always_keep": always_keep,
+            "keywords": list(keywords),
+            "baseline_token_id": baseline_token_id,
+            "answer_suffix": answer_suffix,
+        },
+    )
+
+
+def fit_length(example: TrainingExample, max_length: int | None, overlength: Overlength = "truncate"):
+    """``example`` under the over-length policy (module docstring): unchanged when it fits, its first
+    ``max_length`` tokens (``truncate``) or ``None`` (``skip``, or nothing labelled is left)."""
+    if overlength not in OVERLENGTH_POLICIES:
+        raise ValueError(f"overlength must be one of {', '.join(OVERLENGTH_POLICIES)}, got {overlength!r}")
+    if max_length is not None and not (isinstance(max_length, int) and max_length > 0):
+        raise ValueError(f"max_length must be a positive int or None, got {max_length!r}")
+    if max_length is None or len(example.input_ids) <= max_length:
+        return example
+    if overlength == "skip":
+        return None
+    cut = example.truncated(max_length)
+    return cut if cut.n_trained else None
+
+
+def training_example(
+    tokenizer,
+    scored: ScoredTrace,
+    mask: Mask = "selective",
+    max_length: int | None = None,
+    overlength: Overlength = "truncate",
+) -> dict | None:
+    """The SFT example of a scored trace: ``{"input_ids", "labels", "completion_mask"}`` (Sec. 2.3).
+
+    The sequence is ``prompt + trace + the trace's own answer part + EOS``, tokenised once. Labels are
+    the token ids where the loss applies and -100 elsewhere: never on the prompt; on the selected
+    segments (important or always kept) for ``selective`` (Eq. 9), on every segment for ``full``
+    (Eq. 8), on what is left after deleting the unselected segments for ``pruned``; always on the answer
+    part and EOS. ``completion_mask`` is 1 exactly where a label is set, so TRL trains the same tokens
+    from ``labels`` (which it uses as they are) or, without them, from ``completion_mask``
+    (``completion_only_loss``). Returns ``None`` when the over-length policy drops the example.
+    """
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
+    segments, selected = list(scored.segments), scored.selected
+    if mask == "selective":
+        example = build_training_example(tokenizer, scored.prompt, segments, scored.answer_part, selected=selected)
+    elif mask == "full":
+        example = build_training_example(tokenizer, scored.prompt, segments, scored.answer_part)
+    else:
+        # each kept segment keeps its own transition words, so the pruned trace still reads as paragraphs
+        kept = [segments[i] for i in selected]
+        if not kept:
+            raise ValueError("mask 'pruned' needs a selected segment: this trace has none (always_keep='none'?)")
+        example = build_training_example(tokenizer, scored.prompt, kept, scored.answer_part)
+    example = fit_length(example, max_length, overlength)
+    if example is None:
+        return None
+    return {
+        "input_ids": list(example.input_ids),
+        "labels": list(example.labels),
+        "completion_mask": [int(label != IGNORE_INDEX) for label in example.labels],
+    }
