@@ -10,12 +10,13 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-dry-run bench bench-ig bench-sft lab clean-results help
+.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
 	@echo "make reproduce [PROFILE=tiny|smoke|paper]  run the notebooks in order with papermill"
 	@echo "make test                                  lint + unit tests + every notebook on the smoke profile (nbval)"
+	@echo "                                           + notebooks 00-07 on an imported trace file (test-import)"
 	@echo "                                           + the paper profile's notebooks on local stand-ins (test-dry-run)"
 	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
@@ -49,7 +50,7 @@ browser:
 reproduce: $(STAMP)
 	$(PY) -m segattr_utils.reproduce --profile $(PROFILE)
 
-test: lint test-unit test-notebooks test-dry-run
+test: lint test-unit test-notebooks test-import test-dry-run
 
 LINT_PATHS := segattr_utils tests benchmarks
 
@@ -64,7 +65,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 test-unit: $(STAMP)
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not dry_run" tests
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not dry_run and not import_smoke" tests
 
 # notebooks 00-09 on the paper profile with local stand-ins (tiny models, LIMO and benchmark files, a fake
 # vLLM, accelerate on the CPU); see tests/dry_run/test_paper_dry_run.py
@@ -73,6 +74,12 @@ test-dry-run: $(STAMP)
 
 test-notebooks: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m segattr_utils.reproduce --profile smoke --nbval --fresh
+
+# notebooks 00-07 of the smoke profile on an R1-format trace file (data.traces) that tests/fixtures/r1_traces.py
+# writes with its profile into pytest's temporary folder (results there too, never in results/smoke); 00 trains
+# the smoke model the later stages use. See tests/data/test_import_smoke.py
+test-import: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m import_smoke tests/data
 
 bench: bench-ig bench-sft
 

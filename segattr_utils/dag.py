@@ -80,6 +80,9 @@ GENERATION = Stage(
         "samples_store": "samples.jsonl",
         "samples": "samples.parquet",
         "kept_traces": "kept_traces.parquet",
+        # imported traces (profile data.traces) instead of generation: their questions and the outputs left out
+        "imported_questions": "imported_questions.parquet",
+        "rejected_outputs": "rejected_outputs.csv",
     },
 )
 SEGMENTATION = Stage(

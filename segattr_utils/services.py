@@ -8,7 +8,9 @@ Every stage asks this module, so each of these decisions is made in one place:
   implies (the tiny world's models always run on the CPU).
 - :func:`load_generator`: a role's model as a sampler of the profile's generation backend (with vLLM
   only the tokenizer is loaded in this process; the engine takes its settings from ``generation.vllm``).
-- :func:`load_questions`, :func:`world_problems`: question suites and the world's ground truth.
+- :func:`load_questions`, :func:`world_problems`: question suites and the world's ground truth
+  (:func:`imported_traces`: the training questions and their traces come from a file instead,
+  ``data.traces``; the world's ground truth then does not apply, :func:`world_ground_truth`).
 - :func:`user_message`, :func:`prompt`: the R1 prompt format (question + "Please reason step by step,
   and put your final answer within \\boxed{}.", wrapped in the chat template).
 - :func:`keywords_for`: the segmentation keyword list (App. C.2) a profile or run asks for.
@@ -114,8 +116,26 @@ def load_role_tokenizer(profile: Profile, role: str):
 # Questions and prompts
 
 
+def imported_traces(profile: Profile) -> dict | None:
+    """The ``data.traces`` section when the profile reads traces one already has (stage 01 then grades and
+    keeps them instead of generating; :mod:`segattr_utils.data.traces`), else None."""
+    return profile.get_path("data.traces", None) or None
+
+
+def world_ground_truth(profile: Profile) -> bool:
+    """Whether the world's ground truth (segment kinds, truncation labels) describes the kept traces: a
+    world profile whose traces its own model generated. Imported traces have none, as hub traces."""
+    return profile["kind"] == "world" and imported_traces(profile) is None
+
+
 def load_questions(profile: Profile, suite: str) -> pd.DataFrame:
-    """Questions of one suite from stage 00 (world) or from the hub data (paper)."""
+    """Questions of one suite from stage 00 (world) or from the hub data (paper); with imported traces
+    (``data.traces``) the training questions are those of the trace file, as stage 01 read them."""
+    if suite == "train" and imported_traces(profile) is not None:
+        path = dag.GENERATION.path(profile, "imported_questions")
+        if not path.is_file():
+            raise FileNotFoundError(f"the imported training questions are missing at {path}: run notebook 01 first")
+        return read_table(path)
     if profile["kind"] == "world":
         questions = read_table(dag.WORLD.path(profile, "questions"))
         return questions[questions["suite"] == suite].reset_index(drop=True)
@@ -125,8 +145,8 @@ def load_questions(profile: Profile, suite: str) -> pd.DataFrame:
 
 def world_problems(profile: Profile) -> dict[str, world_lib.Problem]:
     """Every question of a world profile as a :class:`~segattr_utils.world.Problem`, by id (empty on hub
-    profiles, whose traces have no ground truth)."""
-    if profile["kind"] != "world":
+    profiles and for imported traces, which have no ground truth: :func:`world_ground_truth`)."""
+    if not world_ground_truth(profile):
         return {}
     questions = read_table(dag.WORLD.path(profile, "questions"))
     return {r["id"]: world_lib.Problem.from_record(r) for r in questions.to_dict("records")}
@@ -196,7 +216,8 @@ def segment_texts(segments: pd.DataFrame, trace_ids=None) -> dict[str, list[str]
 
 def reference_traces(profile: Profile) -> pd.DataFrame:
     """The reference CoT of every training question, segmented with the profile's keywords: the world's
-    teacher traces (tiny/smoke) or the ``solution`` field of the training data (LIMO, paper profile).
+    teacher traces (tiny/smoke) or the ``solution`` field of the training data (LIMO, paper profile; with
+    imported traces, the field ``data.traces.fields.solution`` names).
 
     Columns: trace_id ("<qid>:reference"), question_id, question, answer, segments, kinds, answer_part.
     """
@@ -205,24 +226,26 @@ def reference_traces(profile: Profile) -> pd.DataFrame:
     questions = load_questions(profile, "train")
     keywords = keywords_for(profile)
     rows = []
-    if profile["kind"] == "world":
+    world = world_ground_truth(profile)
+    if world:
         teacher = read_table(dag.WORLD.path(profile, "teacher_traces"))
         teacher = teacher[teacher["suite"] == "train"].set_index("question_id")
     problems = world_problems(profile)
+    field = "data.traces.fields.solution" if imported_traces(profile) is not None else "data.train.fields.solution"
     for question in questions.to_dict("records"):
         qid = question["id"]
-        if profile["kind"] == "world":
+        if world:
             reasoning = "".join(teacher.loc[qid, "segments"])
         else:
-            if "solution" not in question or not str(question["solution"]).strip():
-                raise ValueError(f"training question {qid} has no reference solution (data.train.fields.solution)")
-            reasoning = str(question["solution"]).strip()
+            solution = question.get("solution")
+            if not isinstance(solution, str) or not solution.strip():
+                raise ValueError(
+                    f"training question {qid} has no reference solution ({field}); "
+                    "without one, train on the self traces only (training.sources: [self])"
+                )
+            reasoning = solution.strip()
         segments = segment(reasoning, keywords)
-        kinds = (
-            world_lib.classify_segments(problems[qid], segments)
-            if profile["kind"] == "world"
-            else [None] * len(segments)
-        )
+        kinds = world_lib.classify_segments(problems[qid], segments) if world else [None] * len(segments)
         rows.append(
             {
                 "trace_id": f"{qid}:reference",

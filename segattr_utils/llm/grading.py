@@ -45,11 +45,13 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def split_output(output: str) -> tuple[str, str, str]:
+def split_output(output: str, last: bool = False) -> tuple[str, str, str]:
     """(prefix, reasoning, answer part) with ``prefix + reasoning + answer_part == output``.
 
     ``prefix`` is a leading ``<think>`` line (absent when the chat template opened it), the reasoning ends
-    before the newlines preceding ``</think>``, and the answer part starts there. Raises ``ValueError``
+    before the newlines preceding ``</think>``, and the answer part starts there. The split is at the
+    first ``</think>``, or with ``last`` at the last one (imported outputs, where an earlier ``</think>``
+    is quoted inside the reasoning and the answer part follows only the last). Raises ``ValueError``
     without ``</think>``.
     """
     if THINK_CLOSE not in output:
@@ -58,7 +60,8 @@ def split_output(output: str) -> tuple[str, str, str]:
     match = re.match(r"<think>\n*", output)
     if match:
         prefix = match.group(0)
-    head = output[len(prefix) : output.index(THINK_CLOSE)]
+    close = output.rindex(THINK_CLOSE) if last else output.index(THINK_CLOSE)
+    head = output[len(prefix) : close]
     reasoning = head.rstrip("\n")
     return prefix, reasoning, output[len(prefix) + len(reasoning) :]
 

@@ -107,6 +107,10 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
                 }
             )
     for name, spec in (profile.get("data") or {}).items():
+        if name == "traces":  # imported traces (stage 01 reads them instead of generating)
+            if spec:
+                rows.append(trace_source_row(spec))
+            continue
         if not isinstance(spec, dict) or "hub_id" not in spec:
             continue
         try:
@@ -125,6 +129,19 @@ def check_hub_availability(profile: Profile) -> pd.DataFrame:
     report = pd.DataFrame(rows)
     write_table(STAGE.path(profile, "availability"), report)
     return report
+
+
+def trace_source_row(spec: dict) -> dict:
+    """The availability row of ``data.traces``: its file, folder or hub dataset can be read (the records
+    themselves are validated by stage 01)."""
+    from ..data.traces import TraceSettings, read_records
+
+    row = {"what": "data:traces", "id": spec.get("path") or spec.get("hub_id"), "available": True, "how_to_get": ""}
+    try:
+        read_records(TraceSettings.from_spec(spec))
+    except Exception as error:  # a missing file, an unreadable one, an unreachable hub dataset
+        row.update(available=False, how_to_get=str(error).splitlines()[-1] if str(error) else type(error).__name__)
+    return row
 
 
 def gpu_package_rows(profile: Profile) -> list[dict]:

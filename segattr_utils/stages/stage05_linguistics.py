@@ -246,14 +246,15 @@ def redundancy_precision_recall(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def analyse(profile: Profile, table: pd.DataFrame) -> dict:
-    """Fig. 3 comparisons, BLEU shares and (world profiles) kinds and precision/recall (writes CSVs)."""
+    """Fig. 3 comparisons, BLEU shares and (world profiles, not on imported traces) kinds and
+    precision/recall (writes CSVs)."""
     results = {
         "comparisons": compare_measures(table),
         "bleu_shares": bleu_shares(table, profile.get_path("analysis.bleu_threshold")),
     }
     write_table(STAGE.path(profile, "comparisons"), results["comparisons"])
     write_table(STAGE.path(profile, "bleu_shares"), results["bleu_shares"])
-    if profile["kind"] == "world":
+    if services.world_ground_truth(profile):  # segment kinds exist for the world's own traces only
         results["kind_shares"] = kind_shares(table)
         results["redundancy"] = redundancy_precision_recall(table)
         write_table(STAGE.path(profile, "kind_shares"), results["kind_shares"])

@@ -145,7 +145,7 @@ def segments_to_judge(profile: Profile) -> pd.DataFrame:
     scores = scores.sort_values(["trace_id", "segment"]).reset_index(drop=True)
     labelled = label_segments(scores, profile.get_path("analysis.groups_tau"), profile.get_path("analysis.groups_beta"))
     scores["important_groups"] = labelled["important"].to_numpy()
-    rows, world = [], profile["kind"] == "world"
+    rows, world = [], services.world_ground_truth(profile)  # imported traces have no truncation labels
     by_trace = {tid: g.sort_values("segment") for tid, g in segments.groupby("trace_id")}
     for trace_id, trace_scores in scores.groupby("trace_id", sort=True):
         trace, trace_scores = by_trace.get(trace_id), trace_scores.sort_values("segment")
@@ -342,7 +342,7 @@ def judge_quality(judgements: pd.DataFrame) -> pd.DataFrame:
 def write_summaries(profile: Profile, judgements: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Write ``truncated_share.csv``, ``rounds.csv`` and (world) ``judge_quality.csv``; return them."""
     tables = {"truncated_share": truncated_share_table(judgements), "rounds": rounds_table(judgements)}
-    if profile["kind"] == "world":
+    if services.world_ground_truth(profile):
         tables["judge_quality"] = judge_quality(judgements)
     for name, table in tables.items():
         write_table(STAGE.path(profile, name), table)
@@ -411,7 +411,7 @@ def run(profile: Profile) -> StageResult:
     expected = segments_to_judge(profile)
     tables = write_summaries(profile, judgements)
     saved = {}
-    if profile["kind"] == "world":
+    if "judge_quality" in tables:
         tables["confusion"] = judge_confusion(judgements)
         fig = figures.judge_confusion_matrix(tables["confusion"], tables["judge_quality"].iloc[0], len(judgements))
         saved["judge_confusion_matrix"] = figures.save(fig, profile, "judge_confusion_matrix")

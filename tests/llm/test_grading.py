@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import pytest
 
-from segattr_utils.llm.grading import grade, is_equivalent, last_boxed, numbers_equal, parse_number, split_reasoning
+from segattr_utils.llm.grading import (
+    grade,
+    is_equivalent,
+    last_boxed,
+    numbers_equal,
+    parse_number,
+    split_output,
+    split_reasoning,
+)
 
 R1_CORRECT = (
     "Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"
@@ -251,3 +259,16 @@ def test_numbers_equal_leaves_non_numbers_to_math_verify():
 def test_multiple_choice_takes_the_last_letter():
     assert grade("\\boxed{B or D? final: D}", "D", choices="ABCD") == {"pred": "D", "correct": True}
     assert grade("\\boxed{\\text{(A) or (C)}}", "A", choices="ABCD") == {"pred": "C", "correct": False}
+
+
+def test_split_output_at_the_first_or_the_last_think_close():
+    output = "<think>\nQuoting </think> here.\n\nDone.\n</think>\n\n\\boxed{1}"
+    # generated outputs: at the first </think>; imported ones (last=True): at the last
+    assert split_output(output) == ("<think>\n", "Quoting ", "</think> here.\n\nDone.\n</think>\n\n\\boxed{1}")
+    assert split_output(output, last=True) == (
+        "<think>\n",
+        "Quoting </think> here.\n\nDone.",
+        "\n</think>\n\n\\boxed{1}",
+    )
+    with pytest.raises(ValueError, match="no </think>"):
+        split_output("no close", last=True)

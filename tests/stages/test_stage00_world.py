@@ -55,3 +55,17 @@ def test_paper_profile_stops_before_anything_runs_with_the_install_commands(tmp_
     assert "model:" not in message and "data:" not in message
     assert "- package:vllm vllm==0.30.0: make setup-gpu" in message
     assert "- package:bitsandbytes bitsandbytes==0.50.2: make setup-gpu" in message
+
+
+def test_an_imported_trace_file_is_in_the_availability_report(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    assert stage.trace_source_row({"path": str(missing)}) == {
+        "what": "data:traces",
+        "id": str(missing),
+        "available": False,
+        "how_to_get": f"data.traces.path {str(missing)!r} does not exist",
+    }
+    present = tmp_path / "traces.jsonl"
+    present.write_text('{"question": "Q?", "output": "a</think>b", "answer": "1"}\n', encoding="utf-8")
+    assert stage.trace_source_row({"path": str(present)})["available"]
+    assert load_profile("paper").get_path("data.traces") is None  # off unless a profile sets it
