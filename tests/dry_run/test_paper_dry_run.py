@@ -49,6 +49,9 @@ def dry_run(tmp_path_factory):
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "HF_DATASETS_OFFLINE": "1",
+        # Tiny models gain nothing from a second thread, and two OpenMP threads spin-wait for each other when
+        # the cores are busy (an SFT step of the 2-layer model took 1.4 s instead of 40 ms under load).
+        "OMP_NUM_THREADS": "1",
     }
     command = [sys.executable, "-m", "segattr_utils.reproduce", "--profile", str(profile_path), "--nbval", "--fresh"]
     finished = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
