@@ -17,7 +17,16 @@ import pandas as pd
 from .. import dag
 from ..artifacts import save_figure
 from ..config import Profile
-from .viewer import CLASS_COLORS, CLASS_LABELS, CLASSES, NEWLINE_MARK, STRIP_COLORS, _annotation, segment_classes
+from .viewer import (
+    CLASS_COLORS,
+    CLASS_LABELS,
+    CLASSES,
+    NEWLINE_MARK,
+    STRIP_COLORS,
+    _annotation,
+    _count,
+    segment_classes,
+)
 
 CORRECT_COLORS = {True: "#2a9d8f", False: "#e76f51"}
 
@@ -329,7 +338,7 @@ def fig1_left_segment_viewer(
     strip.set_xlabel("segment", fontsize=6, labelpad=1)
     strip.set_ylabel("strength", fontsize=6)
     strip.tick_params(labelsize=6)
-    strip.set_title(f"normalised strength of each of the {len(rows)} segments", fontsize=7, loc="left")
+    strip.set_title(f"normalised strength per segment ({_count(len(rows), 'segment')})", fontsize=7, loc="left")
     strip.legend(
         handles=[Patch(color=STRIP_COLORS[c], label=CLASS_LABELS[c]) for c in CLASSES],
         fontsize=6,

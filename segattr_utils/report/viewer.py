@@ -83,7 +83,7 @@ def trace_view(
         view = trace_scores.sort_values("segment")
     else:
         texts = segments[segments["trace_id"] == trace_id][["segment", "text"]]
-        trace_scores = trace_scores.drop(columns=[c for c in ("text",) if c in trace_scores])
+        trace_scores = trace_scores.drop(columns="text", errors="ignore")  # the segments table's texts win
         view = trace_scores.merge(texts, on="segment", how="left", validate="one_to_one").sort_values("segment")
     if view["text"].isna().any():
         raise ValueError(f"trace {trace_id!r}: some scored segments have no text in the segments table")
@@ -95,6 +95,8 @@ def trace_view(
         kept = view["always_kept"].astype(bool).to_numpy()
     else:
         kept = view["segment"].isin(always_keep_indices(n, always_keep or "first_last")).to_numpy()
+    if important != "important":  # another selection (a variant's column) replaces Eq. 7's
+        view = view.drop(columns="important", errors="ignore")
     view = view.rename(columns={important: "important"}).assign(always_kept=kept)
     optional = [c for c in ("n_tokens", "kind") if c in view]
     columns = ["segment", "text", "important", "always_kept", "norm_strength", "consistency", *optional]
@@ -286,12 +288,17 @@ def _segment_html(row, cls: str, pieces, scale: float) -> str:
     )
 
 
+def _count(n: int, noun: str) -> str:
+    """``n`` and ``noun``, plural unless ``n`` is 1 ("1 segment", "1,834 tokens")."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def _run_html(rows: list, lengths: list[int] | None, inner: list[str]) -> str:
     first, last = int(rows[0]["segment"]) + 1, int(rows[-1]["segment"]) + 1
-    size = f", {sum(lengths):,} tokens" if lengths is not None else ""
+    size = f", {_count(sum(lengths), 'token')}" if lengths is not None else ""
     return (
         f'<details class="run" id="run-{first - 1}" data-segments="{len(rows)}">'
-        f"<summary>{len(rows)} masked segments (S{first}–S{last}){size} — show</summary>"
+        f"<summary>{_count(len(rows), 'masked segment')} (S{first}–S{last}){size} — show</summary>"
         + "".join(inner)
         + "</details>"
     )
@@ -314,7 +321,7 @@ def _strip_html(view: pd.DataFrame, classes: list[str]) -> str:
 
 def _summary_html(counts: dict) -> str:
     parts = [
-        f"{counts['segments']:,} segments",
+        _count(counts["segments"], "segment"),
         f"{counts['important']:,} important",
         f"{counts['kept']:,} always kept",
         f"{counts['masked']:,} masked",

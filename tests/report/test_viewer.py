@@ -175,6 +175,8 @@ def test_trace_view_joins_scores_and_texts():
     # A rule overrides the table's column; a table without the column gets the paper's first-and-last rule.
     assert trace_view(scores, segments, "t", always_keep="official")["always_kept"].tolist() == [True, True, True]
     assert trace_view(scores.drop(columns="always_kept"), segments, "t")["always_kept"].tolist() == [True, False, True]
+    other = trace_view(scores.assign(mine=[True, True, False, False]), segments, "t", important="mine")
+    assert other["important"].tolist() == [True, True, False]
     # Texts already in the scores table (the CLI's per-segment table).
     with_text = scores.merge(segments, on=["trace_id", "segment"])
     assert trace_view(with_text, None, "t")["text"].tolist() == view["text"].tolist()
