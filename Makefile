@@ -43,7 +43,8 @@ setup-gpu: $(STAMP)
 	$(PY) -c "import sys, torch; sys.exit(torch.version.cuda is None)" || $(PY) -m pip uninstall --quiet -y torch
 	$(PY) -m pip install --quiet -e ".[gpu]" -c constraints-gpu.txt
 
-# Headless Chromium renders the segment viewer's HTML in tests/test_viewer.py (skipped without it).
+# Headless Chromium renders the segment viewer's HTML in tests/report/test_viewer.py (skipped without it, unless
+# SEGATTR_REQUIRE_CHROMIUM=1 as in .ci/run). Debian's package: Ubuntu ships Chromium only as a snap, which containers cannot run.
 browser:
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 

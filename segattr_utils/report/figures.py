@@ -17,7 +17,16 @@ import pandas as pd
 from .. import dag
 from ..artifacts import save_figure
 from ..config import Profile
-from .viewer import IMPORTANT_COLOR, NEWLINE_MARK, UNIMPORTANT_COLOR, _annotation, _validate
+from .viewer import (
+    CLASS_COLORS,
+    CLASS_LABELS,
+    CLASSES,
+    NEWLINE_MARK,
+    STRIP_COLORS,
+    _annotation,
+    _count,
+    segment_classes,
+)
 
 CORRECT_COLORS = {True: "#2a9d8f", False: "#e76f51"}
 
@@ -254,52 +263,133 @@ def show(png: str | Path) -> None:
     display(Image(filename=str(png)))
 
 
-def fig1_left_segment_viewer(view: pd.DataFrame, title: str = "", width_chars: int = 90, max_chars: int = 600):
-    """Fig. 1 left: a trace with one coloured block per segment (important green, unimportant gray) and
-    its annotation (:mod:`segattr_utils.report.viewer`).
+def _block_lines(text: str, width_chars: int, max_chars: int, max_lines: int) -> list[str]:
+    """A segment's text wrapped at ``width_chars`` (newlines kept, shown as ↵), cut after ``max_chars``
+    characters or ``max_lines`` lines with "…", so that no segment makes a block taller than ``max_lines``."""
+    cut = len(text) > max_chars
+    text = text[:max_chars] if cut else text
+    # Newlines opening a segment are marks only (as in the HTML viewer): the block already starts a line.
+    body = text.lstrip("\n")
+    text = NEWLINE_MARK * (len(text) - len(body)) + body
+    lines = []
+    for paragraph in text.replace("\n", f"{NEWLINE_MARK}\n").split("\n"):
+        lines.extend(textwrap.wrap(paragraph, width_chars, drop_whitespace=False) or [""])
+    if len(lines) > max_lines:
+        lines, cut = lines[:max_lines], True
+    if cut:
+        lines[-1] += "…"
+    return lines
 
-    Each segment's text is wrapped at ``width_chars`` (newlines kept, shown as ↵) and cut after
-    ``max_chars`` characters with "…" so long traces stay readable.
+
+def shown_segments(n_segments: int, head: int = 4, tail: int = 3) -> list[int]:
+    """Positions the PNG viewer draws: every segment of a short trace, else the first ``head`` and the
+    last ``tail`` (the strength strip above them covers the rest)."""
+    if n_segments <= head + tail + 1:
+        return list(range(n_segments))
+    return [*range(head), *range(n_segments - tail, n_segments)]
+
+
+def fig1_left_segment_viewer(
+    view: pd.DataFrame,
+    title: str = "",
+    width_chars: int = 90,
+    max_chars: int = 600,
+    max_lines: int = 8,
+    head: int = 4,
+    tail: int = 3,
+):
+    """Fig. 1 left: a strength strip (one bar per segment, coloured by class) above one coloured block per
+    segment (important green, always kept blue, masked gray; :mod:`segattr_utils.report.viewer`) with
+    its annotation.
+
+    The figure's height is bounded whatever the trace's length: a trace of more than ``head + tail + 1``
+    segments shows its first ``head`` and last ``tail`` segments and one line counting the segments left
+    out (the HTML viewer shows every segment), and each block is cut after ``max_chars`` characters or
+    ``max_lines`` wrapped lines of ``width_chars``.
     """
-    from matplotlib.patches import FancyBboxPatch
+    from matplotlib.patches import FancyBboxPatch, Patch
+    from matplotlib.ticker import MaxNLocator
 
-    _validate(view)
-    blocks = []
-    for _, row in view.iterrows():
-        text = str(row["text"])
-        if len(text) > max_chars:
-            text = text[:max_chars] + "…"
-        lines = []
-        for paragraph in text.replace("\n", f"{NEWLINE_MARK}\n").split("\n"):
-            lines.extend(textwrap.wrap(paragraph, width_chars, drop_whitespace=False) or [""])
-        blocks.append((row, lines))
+    classes = segment_classes(view)
+    rows = [row for _, row in view.iterrows()]
+    shown = shown_segments(len(rows), head, tail)
+    blocks = [
+        (position, _block_lines(str(rows[position]["text"]), width_chars, max_chars, max_lines)) for position in shown
+    ]
     line_height = 7 * 1.25 / 72  # inches: 7 pt monospace text at line spacing 1.25
-    total_lines = sum(len(lines) + 1.6 for _, lines in blocks)
-    fig_height = total_lines * line_height + (0.5 if title else 0.2)
+    strip_height, top = 0.9, 0.5 if title else 0.15
+    gap_lines = 2.0 if len(shown) < len(rows) else 0.0
+    body = sum(len(lines) + 1.6 for _, lines in blocks) * line_height + gap_lines * line_height
+    fig_height = top + strip_height + body + 0.1
     fig = plt.figure(figsize=(9, fig_height))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, fig_height)
-    ax.axis("off")
-    y = fig_height - (0.45 if title else 0.1)
     if title:
-        ax.text(0.02, y + 0.2, title, fontsize=10, fontweight="bold", va="center", parse_math=False)
-    for row, lines in blocks:
+        fig.text(0.02, 1 - 0.3 / fig_height, title, fontsize=10, fontweight="bold", va="center", parse_math=False)
+
+    strip = fig.add_axes((0.06, 1 - (top + strip_height - 0.25) / fig_height, 0.92, (strip_height - 0.45) / fig_height))
+    positions = np.arange(1, len(rows) + 1)  # segment numbers, as S1..Sn in the annotations
+    strip.bar(
+        positions,
+        view["norm_strength"].to_numpy(),
+        width=0.9 if len(rows) < 60 else 1.0,
+        color=[STRIP_COLORS[c] for c in classes],
+    )
+    strip.set_xlim(0.5, len(rows) + 0.5)
+    strip.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    strip.set_xlabel("segment", fontsize=6, labelpad=1)
+    strip.set_ylabel("strength", fontsize=6)
+    strip.tick_params(labelsize=6)
+    strip.set_title(f"normalised strength per segment ({_count(len(rows), 'segment')})", fontsize=7, loc="left")
+    strip.legend(
+        handles=[Patch(color=STRIP_COLORS[c], label=CLASS_LABELS[c]) for c in CLASSES],
+        fontsize=6,
+        ncol=3,
+        loc="upper right",
+        frameon=False,
+        bbox_to_anchor=(1, 1.45),
+    )
+
+    ax = fig.add_axes((0, 0, 1, body / fig_height))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, body)
+    ax.axis("off")
+    y = body
+    for index, (position, lines) in enumerate(blocks):
+        if index and position != blocks[index - 1][0] + 1:
+            left_out = classes[blocks[index - 1][0] + 1 : position]
+            ax.text(
+                0.5,
+                y - line_height,
+                f"⋯ S{blocks[index - 1][0] + 2}–S{position} not shown: {len(left_out)} segments "
+                f"({left_out.count('important')} important, {left_out.count('kept')} always kept, "
+                f"{left_out.count('masked')} masked); the HTML viewer shows every segment ⋯",
+                fontsize=7,
+                color="#555555",
+                ha="center",
+                va="center",
+                parse_math=False,
+            )
+            y -= gap_lines * line_height
+        row, cls = rows[position], classes[position]
         height = (len(lines) + 1.3) * line_height
-        color = IMPORTANT_COLOR if row["important"] else UNIMPORTANT_COLOR
         ax.add_patch(
             FancyBboxPatch(
                 (0.02, y - height),
                 0.96,
                 height,
                 boxstyle="round,pad=0,rounding_size=0.05",
-                facecolor=color,
+                facecolor=CLASS_COLORS[cls],
                 edgecolor="none",
                 mutation_aspect=1,
             )
         )
         ax.text(
-            0.03, y - 0.6 * line_height, _annotation(row), fontsize=7, color="#333333", va="center", parse_math=False
+            0.03,
+            y - 0.6 * line_height,
+            _annotation(row, cls),
+            fontsize=7,
+            color="#333333",
+            va="center",
+            parse_math=False,
         )
         ax.text(
             0.03,

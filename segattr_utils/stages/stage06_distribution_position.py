@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import dag, services
-from ..artifacts import read_table, write_table
+from ..artifacts import RecordStore, read_table, write_table
 from ..config import Profile
 from ..measures.group_stats import MISSING_TEXT, readable
 from ..measures.position import (
@@ -28,9 +28,10 @@ from ..measures.position import (
     world_decision_segment,
 )
 from ..method.importance import label_segments
+from ..method.token_spans import build_attribution_sequence
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
-from ..report.viewer import trace_view, write_html
+from ..report.viewer import record_token_values, token_pieces, trace_view, write_html
 from . import StageResult, finish
 
 STAGE = dag.DISTRIBUTION_POSITION
@@ -136,18 +137,57 @@ def position_analysis(profile: Profile, scores: pd.DataFrame, decisions: pd.Data
 
 def write_viewer_examples(profile: Profile, scores: pd.DataFrame, count: int | None = None) -> list[Path]:
     """HTML views of the first ``count`` correct traces with more than one segment (most segments
-    first; ties by id), coloured by the profile's selection (Eq. 7, stage 03)."""
+    first; ties by id), coloured by the profile's selection (Eq. 7 and the always-kept segments, stage
+    03), with the question, the gold and the trace's own answer, and token attributions where stage 03's
+    records are at hand."""
     count = int(profile.get_path("analysis.viewer_examples")) if count is None else count
     segments = services.segment_table(profile)
     chosen = example_traces(scores, count)
+    kept = services.kept_traces(profile).set_index("trace_id")
+    store_path = dag.IG_ATTRIBUTION.path(profile, "attributions_store")
+    records = (
+        {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
+        if chosen and store_path.exists()
+        else {}
+    )
+    # Only the tokenizer (no weights): the token texts of the attributed sequence.
+    tokenizer = services.load_role_tokenizer(profile, "generator") if set(chosen) & set(records) else None
     paths = []
     for tid in chosen:
         view = trace_view(scores, segments, tid)
+        trace = kept.loc[tid]
         name = tid.replace(":", "_")
         paths.append(
-            write_html(STAGE.path(profile, "viewer") / f"{name}.html", view, title=f"{tid} ({profile.name} profile)")
+            write_html(
+                STAGE.path(profile, "viewer") / f"{name}.html",
+                view,
+                title=f"{tid} ({profile.name} profile)",
+                question=trace["question"],
+                gold_answer=str(trace["answer"]),
+                trace_answer=trace["answer_part"],
+                correct=bool(trace["correct"]),
+                tokens=example_tokens(profile, tokenizer, trace, view["text"].tolist(), records.get(tid)),
+            )
         )
     return paths
+
+
+def example_tokens(profile: Profile, tokenizer, trace: pd.Series, texts: list[str], record: dict | None):
+    """The viewer's token pieces of one trace from its stage 03 record (the attributed sequence rebuilt
+    with the same tokenizer and suffix), or ``None`` when there is no record or it no longer matches
+    the segments (then the page has no token toggle)."""
+    if tokenizer is None or record is None or record.get("skipped"):
+        return None
+    sequence = build_attribution_sequence(
+        tokenizer,
+        services.prompt(tokenizer, trace["question"]),
+        texts,
+        str(trace["answer"]),
+        suffix_template=profile.get_path("attribution.answer_suffix"),
+    )
+    if [list(span) for span in sequence.segment_spans] != [list(span) for span in record["segment_spans"]]:
+        return None
+    return token_pieces(sequence, record_token_values(record, len(sequence)))
 
 
 def example_traces(scores: pd.DataFrame, count: int) -> list[str]:
@@ -238,7 +278,7 @@ def run(profile: Profile) -> StageResult:
         example = example_traces(scores, 1)[0]
         view = trace_view(scores, services.segment_table(profile), example)
         fig = figures.fig1_left_segment_viewer(
-            view, title=f"{example}: important (green) and unimportant (gray) segments"
+            view, title=f"{example}: important (green), always kept (blue) and masked (gray) segments"
         )
         saved["fig1_left_segment_viewer"] = figures.save(fig, profile, "fig1_left_segment_viewer")
     curves = cdf["curves"].values()
