@@ -4,7 +4,10 @@ first on ``sys.path`` through the ``fake_vllm`` fixture).
 It mirrors vLLM's API: ``LLM(model=..., dtype=..., **engine_kwargs)``, ``LLM.generate(prompts,
 sampling_params, use_tqdm=...)`` with one ``SamplingParams`` for all prompts or one per prompt, returning
 one ``RequestOutput`` per prompt whose ``outputs[0]`` has ``text``, ``token_ids`` and ``finish_reason``;
-``LLM.llm_engine.engine_core.shutdown()`` as in vLLM's V1 engine. Like real vLLM, a request with a seed is
+``LLM.llm_engine.engine_core.shutdown()`` as in vLLM's V1 engine. ``SamplingParams(ignore_eos=True)`` runs
+every request to ``max_tokens``. ``RequestOutput.prompt_token_ids`` is the prompt as vLLM 0.30.0 tokenises
+a text prompt: ``AutoTokenizer`` of the model folder with ``add_special_tokens=True`` (None when the folder
+holds no tokenizer, e.g. a hub id). Like real vLLM, a request with a seed is
 sampled from a generator seeded with that seed alone: its text is a pure function of (prompt, seed,
 temperature, max_tokens), so two requests with the same prompt and seed give the same sample. A request
 without a seed draws from the process-wide random state.
@@ -23,6 +26,7 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ENGINES: list[LLM] = []
 
@@ -49,6 +53,7 @@ class SamplingParams:
     max_tokens: int | None = 16
     repetition_penalty: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -64,6 +69,7 @@ class RequestOutput:
     request_id: str
     prompt: str
     outputs: list[CompletionOutput] = field(default_factory=list)
+    prompt_token_ids: list[int] | None = None
 
 
 class _EngineCore:
@@ -89,8 +95,20 @@ class LLM:
         self.calls: list[tuple[list[str], list[SamplingParams]]] = []
         # engines alive when this one started (real vLLM would find their GPU memory taken)
         self.alive_at_start = sum(engine.llm_engine.engine_core.shutdown_calls == 0 for engine in ENGINES)
+        self._tokenizer = None
         ENGINES.append(self)
         _log("start", self, dtype=dtype, engine_kwargs=engine_kwargs)
+
+    def _prompt_token_ids(self, prompt: str) -> list[int] | None:
+        """vLLM 0.30.0 tokenises a text prompt with the model folder's AutoTokenizer and
+        ``add_special_tokens=True`` (``BaseRenderer.default_cmpl_tok_params``)."""
+        if not (Path(self.model) / "tokenizer.json").is_file():
+            return None
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        return list(self._tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
     def generate(self, prompts, sampling_params=None, use_tqdm=True):
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
@@ -110,7 +128,7 @@ class LLM:
             ],
         )
         return [
-            RequestOutput(str(i), prompt, [_complete(prompt, params)])
+            RequestOutput(str(i), prompt, [_complete(prompt, params)], self._prompt_token_ids(prompt))
             for i, (prompt, params) in enumerate(zip(prompts, sampling_params))
         ]
 
@@ -146,4 +164,6 @@ def _complete(prompt: str, params: SamplingParams) -> CompletionOutput:
     segments = [OPENINGS[int(digest[6], 16) % len(OPENINGS)], f" Think {digest[5:13]}."]
     segments += [CONTINUATIONS[int(digest[14 + i], 16) % len(CONTINUATIONS)] for i in range(int(digest[7], 16) % 4)]
     text = "".join(segments) + f"\n</think>\n\nThe final answer is \\boxed{{{answer}}}."
+    if params.ignore_eos:
+        n_tokens, finished = params.max_tokens or 16, False
     return CompletionOutput(0, text, list(range(n_tokens)), "stop" if finished else "length")
