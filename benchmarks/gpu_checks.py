@@ -22,7 +22,10 @@ Checks, in the order they run (the numbers are issue 12's):
 3. ``vllm_seed_diversity``: K copies of a prompt with seeds ``derive_seed(...)`` give K distinct
    samples, the same seeds the same samples, one shared seed K identical samples.
 5. ``vllm_throughput``: output tokens/s with 64 and with 2048 requests per call (256 tokens, ignore_eos).
-7. ``prompt_token_ids``: the prompt ids vLLM reports equal the chat template's (no doubled BOS).
+7. ``prompt_token_ids``: the prompt ids vLLM reports for what ``VLLMGenerator`` sends equal the chat
+   template's (no doubled BOS).
+-. ``vllm_data_parallel``: ``data_parallel_size`` 2 (two worker processes, one engine each) answers a call
+   split by prompt, the workers exit on ``close()``; outputs compared with one in-process engine's.
 6. ``sft_16k``: 20 SFT steps of the 1.5B at 16k tokens with the project's ``train_sft`` (TRL), bf16,
    gradient checkpointing, batch 2: peak memory, s/step, achieved FLOP/s.
 8. ``ig_memory``: ``token_attributions`` one path point per pass on the 7B config with 2 layers at L = 2k, 4k.
@@ -247,18 +250,14 @@ def device_name() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def engine_tensor_parallel_size(heads: int) -> int:
-    """The paper profile's TP 4 where this machine has 4 GPUs; else the most GPUs that divide the heads."""
-    gpus = max(torch.cuda.device_count(), 1)
-    return next(tp for tp in (4, 2, 1) if tp <= gpus and heads % tp == 0)
-
-
-def engine_profile(tensor_parallel_size: int):
-    """The paper profile with ``generation.vllm`` as the stages use it, TP fitted to this machine."""
+def engine_profile():
+    """The paper profile with ``generation.vllm`` as the stages use it (``tensor_parallel_size: auto``: 1 for
+    the 1.5B), but ONE engine in this process (``data_parallel_size: 1``): checks 4, 3, 5 and 7 measure a
+    single engine and call its ``LLM`` directly; check ``vllm_data_parallel`` starts the workers itself."""
     from segattr_utils.config import Profile, load_profile
 
     profile = Profile(copy.deepcopy(dict(load_profile("paper"))))
-    profile["generation"]["vllm"]["tensor_parallel_size"] = tensor_parallel_size
+    profile["generation"]["vllm"]["data_parallel_size"] = 1
     return profile
 
 
@@ -299,8 +298,7 @@ class Resources:
         """``(generator, tokenizer)`` by the stages' own path (``services.load_generator``)."""
         from segattr_utils import services
 
-        tp = engine_tensor_parallel_size(self.shapes.student["num_attention_heads"])
-        return services.load_generator(engine_profile(tp), "student", "vllm", path=self.student_folder())
+        return services.load_generator(engine_profile(), "student", "vllm", path=self.student_folder())
 
     def engine(self):
         if self._engine_error is not None:
@@ -598,8 +596,9 @@ def check_prompt_token_ids(res: Resources) -> dict:
 
     Always: the ids of the project's HF paths (``add_special_tokens=False``) against the template's, and
     whether ``add_special_tokens=True`` (vLLM 0.30.0's default for a text prompt) doubles the BOS with an
-    R1-like tokenizer. With vLLM and CUDA: ``RequestOutput.prompt_token_ids`` of the stages' engine for
-    the same text prompt (what ``VLLMGenerator.generate`` sends)."""
+    R1-like tokenizer. With vLLM and CUDA: ``RequestOutput.prompt_token_ids`` of the stages' engine for the
+    token prompt ``VLLMGenerator.generate`` sends (``engine_prompts``: the HF ids with the text), and, for
+    the record, for the bare text prompt."""
     from segattr_utils import services
 
     tokenizer = res.tokenizer()
@@ -622,15 +621,75 @@ def check_prompt_token_ids(res: Resources) -> dict:
         return values
     from vllm import SamplingParams
 
-    output = res.engine().llm.generate([text], SamplingParams(temperature=0.0, max_tokens=1), use_tqdm=False)[0]
-    vllm_ids = list(output.prompt_token_ids or [])
+    def leading_bos(ids: list[int]) -> int:
+        return next((i for i, t in enumerate(ids) if t != bos), len(ids))
+
+    generator = res.engine()
+    greedy = SamplingParams(temperature=0.0, max_tokens=1)
+    sent, as_text = generator.llm.generate(generator.engine_prompts([text]) + [text], greedy, use_tqdm=False)
+    vllm_ids, text_ids = list(sent.prompt_token_ids or []), list(as_text.prompt_token_ids or [])
     values.update(
         vllm_ids_equal_template=vllm_ids == template_ids,
-        vllm_leading_bos_count=next((i for i, t in enumerate(vllm_ids) if t != bos), len(vllm_ids)),
+        vllm_leading_bos_count=leading_bos(vllm_ids),
         vllm_first_ids=vllm_ids[:4],
         template_first_ids=template_ids[:4],
+        text_prompt_leading_bos_count=leading_bos(text_ids),
     )
     values["passed"] = values["hf_ids_equal_template"] and values["vllm_ids_equal_template"]
+    return values
+
+
+@check("vllm_data_parallel", needs=("cuda", "vllm"))
+def check_data_parallel(res: Resources) -> dict:
+    """``data_parallel_size`` 2 as the stages run it: two worker processes (``segattr_utils.llm.vllm_worker``,
+    one engine each, on GPUs 0 and 1, or both on GPU 0 at ``gpu_memory_utilization`` 0.4 on a one-GPU
+    machine) answer one call split by prompt, and exit on ``close()``, freeing the GPU. The outputs are
+    compared with the in-process engine's for the same requests: the seeds are the same, but vLLM does not
+    promise batch-invariant numerics, so the shares of identical texts are reported, not required."""
+    from segattr_utils.llm.generation import SamplingSettings, VLLMGenerator, derive_seed
+    from segattr_utils.llm.vllm_parallel import Devices, visible_devices
+
+    visible = visible_devices()
+    ids = visible.ids or ("0",)
+    groups = ids[:2] if len(ids) >= 2 else (ids[0], ids[0])
+    settings_of_profile = engine_profile().get_path("generation.vllm")
+    engine = {k: v for k, v in settings_of_profile.items() if k != "data_parallel_size"} | {"tensor_parallel_size": 1}
+    if len(set(groups)) == 1:
+        engine["gpu_memory_utilization"] = 0.4  # two engines share the GPU
+    folder, tokenizer = res.student_folder(), res.tokenizer()
+    k = res.shapes.vllm_copies
+    prompts = [p for p in question_prompts(tokenizer, 6) for _ in range(k)]
+    greedy = SamplingSettings(temperature=0.0, max_new_tokens=res.shapes.vllm_max_tokens)
+    sampled = SamplingSettings(temperature=0.6, top_p=1.0, max_new_tokens=res.shapes.vllm_max_tokens)
+    settings = [greedy if i % k == 0 else sampled for i in range(len(prompts))]
+    seeds = [derive_seed(0, "dp", i) for i in range(len(prompts))]
+
+    values: dict = {"workers_on": list(groups), "requests": len(prompts), "free_gib_before": free_gpu_memory_gib()}
+
+    def outputs(dp: int, devices: Devices) -> list[dict]:
+        generator = VLLMGenerator(
+            str(folder), dtype="bfloat16", tokenizer=tokenizer, devices=devices, **engine, data_parallel_size=dp
+        )
+        pool = generator.workers
+        try:
+            return generator.generate(prompts, settings, seeds)
+        finally:
+            generator.close()
+            values[f"dp{dp}_exit_codes"] = pool.exit_codes() if pool else None
+
+    one = outputs(1, Devices(()))
+    started = time.perf_counter()
+    two = outputs(2, Devices(tuple(groups), visible.memory_bytes))
+    values["dp2_seconds"] = round(time.perf_counter() - started, 1)
+    values["free_gib_after_close"] = free_gpu_memory_gib()
+    same = [a["text"] == b["text"] for a, b in zip(one, two)]
+    values["identical_greedy_share"] = round(sum(s for i, s in enumerate(same) if i % k == 0) / (len(same) / k), 3)
+    values["identical_sampled_share"] = round(
+        sum(s for i, s in enumerate(same) if i % k) / (len(same) - len(same) / k), 3
+    )
+    before, after = values["free_gib_before"], values["free_gib_after_close"]
+    released = before is None or after is None or after >= before - 2.0
+    values["passed"] = len(two) == len(prompts) and values["dp2_exit_codes"] == [0, 0] and released
     return values
 
 

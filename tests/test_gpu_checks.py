@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-VLLM_CHECKS = ["vllm_engine_memory", "vllm_seed_diversity", "vllm_throughput", "prompt_token_ids"]
+VLLM_CHECKS = ["vllm_engine_memory", "vllm_seed_diversity", "vllm_throughput", "prompt_token_ids", "vllm_data_parallel"]
+FAKES = Path(__file__).resolve().parent / "fakes"
 
 
 def _load(name: str):
@@ -39,7 +40,7 @@ def quick_rows(gpu_checks, tmp_path_factory):
 @pytest.mark.slow
 def test_quick_mode_runs_the_cpu_checks_and_skips_the_rest(gpu_checks, quick_rows):
     assert list(quick_rows) == [c.name for c in gpu_checks.REGISTRY]
-    for name in ("vllm_engine_memory", "vllm_seed_diversity", "vllm_throughput"):
+    for name in ("vllm_engine_memory", "vllm_seed_diversity", "vllm_throughput", "vllm_data_parallel"):
         assert quick_rows[name]["status"] == "skipped"
         assert "needs CUDA" in quick_rows[name]["error"]
     for name in ("sdpa_flash_gqa", "prompt_token_ids", "sft_16k", "ig_memory"):
@@ -115,9 +116,13 @@ def test_r1_like_tokenizer_covers_the_vocabulary_and_round_trips(gpu_checks):
 def test_vllm_checks_run_against_the_cpu_stand_in(gpu_checks, fake_vllm, monkeypatch, tmp_path):
     """The vLLM checks' code end to end with tests/fakes/vllm, CUDA's absence waived (free memory is then
     None). The stand-in tokenises text prompts with add_special_tokens=True, as vLLM 0.30.0, so the
-    prompt-id check must catch the doubled BOS of an R1-like tokenizer."""
+    prompt-id check sees the doubled BOS of a text prompt, and one BOS in what the generator sends. The
+    data parallel check's workers are subprocesses that find the stand-in through PYTHONPATH."""
+    import os
+
     real = gpu_checks.missing_requirement
     monkeypatch.setattr(gpu_checks, "missing_requirement", lambda need: None if need == "cuda" else real(need))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(FAKES), os.environ.get("PYTHONPATH")) if p))
     rows = {r["check"]: r for r in gpu_checks.run_checks(VLLM_CHECKS, quick=True, workdir=tmp_path)}
     memory = rows["vllm_engine_memory"]
     assert memory["status"] == "passed", memory
@@ -130,9 +135,15 @@ def test_vllm_checks_run_against_the_cpu_stand_in(gpu_checks, fake_vllm, monkeyp
     throughput = rows["vllm_throughput"]
     assert throughput["status"] == "passed" and throughput["values"]["every_request_ran_to_max_tokens"]
     ids = rows["prompt_token_ids"]
-    assert ids["status"] == "failed"
-    assert ids["values"]["vllm_leading_bos_count"] == 2 and not ids["values"]["vllm_ids_equal_template"]
+    assert ids["status"] == "passed", ids
+    assert ids["values"]["vllm_leading_bos_count"] == 1 and ids["values"]["vllm_ids_equal_template"]
+    assert ids["values"]["text_prompt_leading_bos_count"] == 2  # what vLLM would see from a text prompt
+    parallel = rows["vllm_data_parallel"]
+    assert parallel["status"] == "passed", parallel
+    assert parallel["values"]["dp2_exit_codes"] == [0, 0] and parallel["values"]["workers_on"] == ["0", "0"]
+    assert parallel["values"]["identical_greedy_share"] == parallel["values"]["identical_sampled_share"] == 1.0
     engines = fake_vllm.ENGINES
-    # check 4 starts and closes two engines; the shared engine of checks 3, 5, 7 is one more, closed at the end
-    assert len(engines) == 3 and all(e.llm_engine.engine_core.shutdown_calls == 1 for e in engines)
+    # check 4 starts and closes two engines; the shared engine of checks 3, 5, 7 is one more, closed before the
+    # data parallel check, whose in-process engine is the fourth (its two workers' engines are in subprocesses)
+    assert len(engines) == 4 and all(e.llm_engine.engine_core.shutdown_calls == 1 for e in engines)
     assert all(e.alive_at_start == 0 for e in engines)
