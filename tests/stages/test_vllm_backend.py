@@ -1,15 +1,20 @@
 """Stages 01, 04 and 09 with ``generation.backend`` / ``evaluation.backend`` vllm, on the CPU stand-in of
 ``tests/fakes/vllm``: no stage loads Hugging Face weights (``services.load_model`` raises), every stage
 hands the engine all of its missing requests in one call with one seed per request, the samples of a
-question differ, and an engine is shut down before the next model's engine starts."""
+question differ, and an engine is shut down before the next model's engine starts; with one engine per (fake)
+GPU, stage 09 grades as with one engine."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from segattr_utils import services
 from segattr_utils.config import stage_dir
+from segattr_utils.llm import vllm_parallel
 from segattr_utils.llm.evaluation import Benchmark
 from segattr_utils.stages import stage01_generation, stage09_evaluation
 from segattr_utils.stages import stage04_confidence_delta as confidence_delta
@@ -119,11 +124,6 @@ def test_stage09_with_one_engine_per_gpu_grades_as_one_engine(vllm_profile, fake
     """``tensor_parallel_size`` / ``data_parallel_size: auto`` on two (fake) GPUs: each model is evaluated
     by two worker processes (real subprocesses running the stand-in), and the graded outputs equal those of
     one engine in this process; no engine lives in this process."""
-    import os
-    from pathlib import Path
-
-    from segattr_utils.llm import vllm_parallel
-
     fakes = Path(__file__).resolve().parents[1] / "fakes"
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(fakes), os.environ.get("PYTHONPATH")) if p))
     benchmarks = [
