@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft lab clean-results help
+.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft gpu-hours gpu-checks lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
@@ -20,7 +20,9 @@ help:
 	@echo "                                           + the paper profile's notebooks on local stand-ins (test-dry-run)"
 	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
-	@echo "make bench                                 IG engine + SFT step-cost benchmarks -> results/benchmarks/"
+	@echo "make bench                                 IG engine + SFT step-cost benchmarks + GPU-hours estimate -> results/benchmarks/"
+	@echo "make gpu-hours                             the paper profile's GPU-hours per stage (an estimate) -> results/benchmarks/"
+	@echo "make gpu-checks                            the GPU checks of issue 12 (needs a GPU and make setup-gpu) -> results/gpu_checks.json"
 	@echo "make lab                                   open JupyterLab on notebooks/"
 	@echo "make browser                               install Debian's chromium for the segment viewer's render test"
 
@@ -82,13 +84,21 @@ test-notebooks: $(STAMP)
 test-import: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m import_smoke tests/data
 
-bench: bench-ig bench-sft
+bench: bench-ig bench-sft gpu-hours
 
 bench-ig: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ig.py --out results/benchmarks
 
 bench-sft: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_sft.py --out results/benchmarks
+
+# Arithmetic only (seconds): paper.yaml's settings and the stated assumptions -> GPU-hours and wall time.
+gpu-hours: $(STAMP)
+	$(PY) benchmarks/gpu_hours.py --out results/benchmarks/gpu_hours.md
+
+# On a GPU machine after `make setup-gpu`; random weights of the real configs, nothing downloaded.
+gpu-checks: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_checks.py --out results/gpu_checks.json
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

@@ -95,14 +95,17 @@ def load_generator(profile: Profile, role: str, backend: str, path: str | Path |
     With vLLM only the tokenizer is loaded here: the engine loads the weights itself and claims
     ``generation.vllm.gpu_memory_utilization`` of every GPU it uses, so a Hugging Face copy of the model
     beside it would keep it from starting. The engine settings are the profile's ``generation.vllm``
-    section. Call ``generator.close()`` when done, before another model is loaded.
+    section (``tensor_parallel_size`` / ``data_parallel_size: auto``: one engine per GPU for the paper's
+    models, each in its own worker process); the engine gets its prompts encoded by this tokenizer. Call
+    ``generator.close()`` when done, before another model is loaded.
     """
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
         target = str(path) if path is not None else model_path(profile, role)
         engine = profile.get_path("generation.vllm", {}) or {}
-        return VLLMGenerator(target, dtype=_dtype(profile, role), **engine), load_tokenizer(target)
+        tokenizer = load_tokenizer(target)
+        return VLLMGenerator(target, dtype=_dtype(profile, role), tokenizer=tokenizer, **engine), tokenizer
     model, tokenizer = load_model(profile, role, path=path)
     return make_generator(backend, model=model, tokenizer=tokenizer), tokenizer
 

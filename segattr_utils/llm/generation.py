@@ -9,7 +9,9 @@ the records it lacks, with the same results as an uninterrupted run:
 - vLLM: every missing job of a stage in one ``LLM.generate`` call (the engine schedules them itself),
   each request with its own seed ``derive_seed(seed, tag, question_id, sample)``: vLLM seeds one
   generator per request from ``SamplingParams.seed``, so the K copies of a prompt under one shared seed
-  would be K identical samples.
+  would be K identical samples. Prompts go to vLLM as token ids encoded as the HF paths encode them
+  (one BOS); with ``generation.vllm.data_parallel_size`` > 1 the call is split by prompt between one
+  engine per GPU group (:mod:`segattr_utils.llm.vllm_parallel`, :mod:`segattr_utils.llm.vllm_worker`).
 """
 
 from __future__ import annotations
@@ -125,76 +127,167 @@ class HFGenerator:
         release_gpu_memory()
 
 
+def sampling_kwargs(settings: SamplingSettings, seed: int) -> dict:
+    """``vllm.SamplingParams`` keyword arguments of one request (JSON-serialisable: they travel to the data
+    parallel workers in files)."""
+    return {
+        "temperature": settings.temperature,
+        "top_p": settings.top_p,
+        "max_tokens": settings.max_new_tokens,
+        "repetition_penalty": settings.repetition_penalty,
+        "seed": int(seed),
+    }
+
+
+def prompt_token_ids(tokenizer, text: str) -> list[int]:
+    """The ids of a templated prompt as the Hugging Face paths encode it (:func:`left_padded_batch`):
+    ``add_special_tokens=False``, since the chat template already writes BOS. vLLM 0.30.0 would encode a
+    text prompt with ``add_special_tokens=True`` (``BaseRenderer.default_cmpl_tok_params``) and so give
+    R1-Distill's tokenizer (``add_bos_token: true``) a second BOS."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def group_requests(tokenizer, prompts: Sequence[str], params: Sequence[dict]) -> list[dict]:
+    """The requests of one call grouped by prompt, in order of first appearance: ``{"prompt": text,
+    "prompt_token_ids": ids, "requests": [{"index": position in the call, "params": SamplingParams
+    kwargs}, ...]}``. Each distinct prompt is encoded once (:func:`prompt_token_ids`)."""
+    groups: dict[str, dict] = {}
+    for index, (text, kwargs) in enumerate(zip(prompts, params)):
+        if text not in groups:
+            groups[text] = {"prompt": text, "prompt_token_ids": prompt_token_ids(tokenizer, text), "requests": []}
+        groups[text]["requests"].append({"index": index, "params": kwargs})
+    return list(groups.values())
+
+
+def group_work(group: dict) -> float:
+    """Expected work of a prompt group, to balance the engines: its prompt (prefilled once, shared by
+    prefix caching) and the most tokens each of its requests may decode."""
+    return len(group["prompt_token_ids"]) + sum(r["params"]["max_tokens"] for r in group["requests"])
+
+
+def run_groups(llm, groups: Sequence[dict]) -> list[dict]:
+    """Every request of ``groups`` in ONE ``llm.generate`` call, each as a token prompt
+    ``{"prompt_token_ids": ids, "prompt": text}`` (vLLM 0.30.0's ``TokensPrompt``: the ids are used as
+    they are, the text spares the detokenisation) with its own ``SamplingParams``.
+
+    The requests go to the engine in call order (their ``index``), as the caller listed them. Returns
+    ``{"index", "text", "n_tokens", "finished"}`` per request, in that order. The in-process engine and
+    every data parallel worker run this function, so they send the same inputs."""
+    from vllm import SamplingParams
+
+    requests = sorted(
+        ((group, request) for group in groups for request in group["requests"]), key=lambda gr: gr[1]["index"]
+    )
+    outputs = llm.generate(
+        [{"prompt_token_ids": g["prompt_token_ids"], "prompt": g["prompt"]} for g, _ in requests],
+        [SamplingParams(**r["params"]) for _, r in requests],
+        use_tqdm=False,
+    )
+    results = []
+    for (_, request), out in zip(requests, outputs):
+        completion = out.outputs[0]
+        results.append(
+            {
+                "index": request["index"],
+                "text": completion.text,
+                "n_tokens": len(completion.token_ids),
+                "finished": completion.finish_reason == "stop",
+            }
+        )
+    return results
+
+
+def shutdown_engine(llm) -> None:
+    """Shut a ``vllm.LLM`` down and free its GPU memory: stop the engine core (its worker processes in
+    vLLM's V1 engine) and tear down vLLM's model-parallel groups and distributed environment. The caller
+    then drops its reference and calls :func:`release_gpu_memory`."""
+    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if hasattr(engine_core, "shutdown"):
+        engine_core.shutdown()
+    try:
+        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+    except ImportError:  # an older or newer vLLM without these helpers: collecting the engine must do
+        pass
+    else:
+        destroy_model_parallel()
+        destroy_distributed_environment()
+
+
 class VLLMGenerator:
     """Sampling with vLLM (paper profile on GPUs). Loaded lazily: vLLM is optional.
 
-    ``engine_kwargs`` go to ``vllm.LLM`` as they are (the profile's ``generation.vllm`` section:
-    tensor_parallel_size, max_model_len, gpu_memory_utilization, ...). :meth:`generate` takes one seed
-    per request; :meth:`close` shuts the engine down so that the next model fits on the GPUs.
+    ``engine_kwargs`` are the profile's ``generation.vllm`` section (tensor_parallel_size,
+    data_parallel_size, max_model_len, gpu_memory_utilization, ...). ``tensor_parallel_size`` and
+    ``data_parallel_size`` may be ``auto`` and are resolved for the model and ``devices`` (default: the
+    visible GPUs) by :func:`~segattr_utils.llm.vllm_parallel.plan_engines`; the rest goes to ``vllm.LLM``
+    as it is. With one engine (DP 1) it runs in this process; with DP > 1 each engine runs in a worker
+    process on its own GPUs (:class:`~segattr_utils.llm.vllm_worker.WorkerPool`), since vLLM refuses
+    ``data_parallel_size > 1`` in one process. Either way no process holds two engines.
+
+    Prompts are sent as token ids, encoded by ``tokenizer`` (default: the model folder's) exactly as the
+    Hugging Face paths encode them (:func:`prompt_token_ids`: one BOS). :meth:`generate` takes one seed
+    per request; :meth:`close` shuts the engine(s) down so that the next model fits on the GPUs.
     """
 
     name = "vllm"
     per_request_seeds = True
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16", **engine_kwargs):
+    def __init__(self, model_path: str, dtype: str = "bfloat16", tokenizer=None, devices=None, **engine_kwargs):
         if not vllm_available():
             raise ImportError("vLLM is not installed; install it on a GPU machine or use the 'hf' backend")
-        from vllm import LLM
+        from .vllm_parallel import plan_engines, visible_devices
 
-        self.llm = LLM(model=model_path, dtype=dtype, **engine_kwargs)
+        if tokenizer is None:
+            from .models import load_tokenizer
+
+            tokenizer = load_tokenizer(model_path)
+        self.tokenizer = tokenizer
+        self.plan = plan_engines(
+            model_path, dtype, engine_kwargs, devices if devices is not None else visible_devices()
+        )
+        self.llm = self.workers = None
+        if self.plan.data_parallel_size == 1:
+            from vllm import LLM
+
+            self.llm = LLM(model=model_path, dtype=dtype, **self.plan.engine_kwargs)
+        else:
+            from .vllm_worker import WorkerPool
+
+            self.workers = WorkerPool(model_path, dtype, self.plan.engine_kwargs, self.plan.device_groups)
+
+    def engine_prompts(self, prompts: Sequence[str]) -> list[dict]:
+        """The token prompts :meth:`generate` hands the engine for ``prompts`` (one per prompt)."""
+        return [{"prompt_token_ids": prompt_token_ids(self.tokenizer, p), "prompt": p} for p in prompts]
 
     def generate(
         self, prompts: Sequence[str], settings: SamplingSettings | Sequence[SamplingSettings], seeds: Sequence[int]
     ) -> list[dict]:
         """All ``prompts`` in one call; request ``i`` is sampled with ``settings`` (one for all, or one per
-        prompt) and its own seed ``seeds[i]``, so copies of a prompt under distinct seeds are independent."""
-        from vllm import SamplingParams
-
+        prompt) and its own seed ``seeds[i]``, so copies of a prompt under distinct seeds are independent.
+        With DP > 1 the requests are split by prompt between the engines and merged back in call order;
+        a request's output depends on its prompt, settings and seed only, not on DP."""
         if isinstance(settings, SamplingSettings):
             settings = [settings] * len(prompts)
         if not len(prompts) == len(settings) == len(seeds):
             raise ValueError(f"{len(prompts)} prompts, {len(settings)} settings and {len(seeds)} seeds")
-        params = [
-            SamplingParams(
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_tokens=s.max_new_tokens,
-                repetition_penalty=s.repetition_penalty,
-                seed=int(seed),
-            )
-            for s, seed in zip(settings, seeds)
-        ]
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=False)
-        results = []
-        for out in outputs:
-            completion = out.outputs[0]
-            results.append(
-                {
-                    "text": completion.text,
-                    "n_tokens": len(completion.token_ids),
-                    "finished": completion.finish_reason == "stop",
-                }
-            )
-        return results
+        if self.llm is None and self.workers is None:
+            raise RuntimeError("this generator is closed")
+        groups = group_requests(self.tokenizer, prompts, [sampling_kwargs(s, seed) for s, seed in zip(settings, seeds)])
+        outputs = run_groups(self.llm, groups) if self.llm is not None else self.workers.run(groups)
+        by_index = {out["index"]: out for out in outputs}
+        return [{k: v for k, v in by_index[i].items() if k != "index"} for i in range(len(prompts))]
 
     def close(self) -> None:
-        """Shut the engine down and free its GPU memory: stop the engine core (its worker processes in
-        vLLM's V1 engine), drop the ``LLM``, tear down vLLM's model-parallel groups and distributed
-        environment, then collect garbage and empty the CUDA cache. Idempotent."""
-        if self.llm is None:
-            return
-        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if hasattr(engine_core, "shutdown"):
-            engine_core.shutdown()
-        self.llm = None
-        try:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-        except ImportError:  # an older or newer vLLM without these helpers: collecting the engine must do
-            pass
-        else:
-            destroy_model_parallel()
-            destroy_distributed_environment()
-        release_gpu_memory()
+        """Shut the engine down and free its GPU memory (:func:`shutdown_engine`), or stop the data parallel
+        workers (each shuts its engine down and exits, which frees its GPUs). Idempotent."""
+        if self.llm is not None:
+            llm, self.llm = self.llm, None
+            shutdown_engine(llm)
+            del llm
+            release_gpu_memory()
+        if self.workers is not None:
+            workers, self.workers = self.workers, None
+            workers.close()
 
 
 def make_generator(backend: str, model=None, tokenizer=None, model_path: str | None = None, **kwargs):
@@ -202,7 +295,7 @@ def make_generator(backend: str, model=None, tokenizer=None, model_path: str | N
     if backend == "auto":
         backend = "vllm" if vllm_available() and model_path else "hf"
     if backend == "vllm":
-        return VLLMGenerator(model_path, **kwargs)
+        return VLLMGenerator(model_path, tokenizer=tokenizer, **kwargs)
     if backend == "hf":
         if model is None or tokenizer is None:
             raise ValueError("the 'hf' backend needs a loaded model and tokenizer")

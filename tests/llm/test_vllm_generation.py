@@ -4,14 +4,20 @@ which, like real vLLM, seeds every request on its own from ``SamplingParams.seed
 The K samples of a prompt must be independent draws (one seed per request, not one per call), reproducible
 for a run seed, all of a stage's missing requests must go to the engine in one call, a resumed run must give
 the records of an uninterrupted one, the profile's ``generation.vllm`` settings must reach ``vllm.LLM``, no
-Hugging Face copy of the weights may be loaded, and ``close()`` must release the engine.
+Hugging Face copy of the weights may be loaded, and ``close()`` must release the engine. The engine must see
+the prompt ids the Hugging Face paths use (one BOS), and data parallel workers (real subprocesses running the
+stand-in) must give the outputs of one engine.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
+from tokenizers import processors
 
 from segattr_utils import services
 from segattr_utils.artifacts import RecordStore
@@ -24,12 +30,55 @@ from segattr_utils.llm.generation import (
     run_generation,
     run_generation_tasks,
 )
+from segattr_utils.llm.vllm_parallel import Devices
+from segattr_utils.llm.vllm_worker import WorkerError
 from segattr_utils.measures import judge as judge_lib
-from segattr_utils.world.tokenizer import build_bpe_tokenizer
+from segattr_utils.world.tokenizer import BOS, build_bpe_tokenizer
 
 PROMPTS = {f"q{i}": f"What is {i} + {i}?" for i in range(5)}
 SAMPLED = SamplingSettings(temperature=0.6, max_new_tokens=16)
 GREEDY = SamplingSettings(temperature=0, max_new_tokens=16)
+FAKES = Path(__file__).resolve().parents[1] / "fakes"
+CORPUS = ["What is 1 + 1? Please reason step by step, and put your final answer within \\boxed{}."] * 3
+#: A tiny Qwen2 config (1.5B's head counts: 12 attention, 2 KV heads), for tensor_parallel_size: auto.
+TINY_CONFIG = {
+    "model_type": "qwen2",
+    "hidden_size": 96,
+    "intermediate_size": 192,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 300,
+}
+
+
+def r1_like_tokenizer():
+    """The project's test tokenizer that, as R1-Distill's (``add_bos_token: true``), prepends BOS when
+    called with ``add_special_tokens=True``; its chat template writes BOS itself."""
+    tokenizer = build_bpe_tokenizer(CORPUS, vocab_size=300)
+    tokenizer.backend_tokenizer.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, tokenizer.bos_token_id)]
+            ),
+        ]
+    )
+    return tokenizer
+
+
+TOKENIZER = build_bpe_tokenizer(CORPUS, vocab_size=300)
+
+
+def _generator(model: str = "some/model", **kwargs) -> VLLMGenerator:
+    return VLLMGenerator(model, tokenizer=TOKENIZER, **kwargs)
+
+
+def _model_folder(folder: Path, tokenizer=None) -> Path:
+    """A folder as vLLM loads a model (config.json and tokenizer; no weights: the stand-in needs none)."""
+    (tokenizer or TOKENIZER).save_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(TINY_CONFIG))
+    return folder
 
 
 def _texts(store: RecordStore) -> dict[tuple, str]:
@@ -37,7 +86,7 @@ def _texts(store: RecordStore) -> dict[tuple, str]:
 
 
 def test_samples_of_a_prompt_are_independent_and_reproducible(fake_vllm, tmp_path):
-    generator = VLLMGenerator("some/model")
+    generator = _generator()
     a = RecordStore(tmp_path / "a.jsonl")
     run_generation(generator, PROMPTS, 4, SAMPLED, a, batch_size=8, seed=7, tag="sample")
     texts = _texts(a)
@@ -58,7 +107,7 @@ def test_samples_of_a_prompt_are_independent_and_reproducible(fake_vllm, tmp_pat
 
 
 def test_all_missing_requests_of_all_tasks_in_one_call(fake_vllm, tmp_path):
-    generator = VLLMGenerator("some/model")
+    generator = _generator()
     store = RecordStore(tmp_path / "gen.jsonl")
     tasks = [GenerationTask("greedy", PROMPTS, 1, GREEDY), GenerationTask("sample", PROMPTS, 3, SAMPLED)]
     run_generation_tasks(generator, tasks, store, batch_size=2, seed=0, extra={"model": "m"})
@@ -79,7 +128,7 @@ def test_all_missing_requests_of_all_tasks_in_one_call(fake_vllm, tmp_path):
 
 
 def test_resumed_run_gives_the_records_of_an_uninterrupted_run(fake_vllm, tmp_path):
-    generator = VLLMGenerator("some/model")
+    generator = _generator()
     reference = RecordStore(tmp_path / "ref.jsonl")
     run_generation(generator, PROMPTS, 4, SAMPLED, reference, batch_size=4, seed=3, tag="sample")
     lines = (tmp_path / "ref.jsonl").read_text().splitlines(keepends=True)
@@ -95,7 +144,7 @@ def test_resumed_run_gives_the_records_of_an_uninterrupted_run(fake_vllm, tmp_pa
 
 
 def test_generate_checks_its_seeds(fake_vllm):
-    generator = VLLMGenerator("some/model")
+    generator = _generator()
     with pytest.raises(ValueError, match="seeds"):
         generator.generate(["a", "b"], SAMPLED, [1])
 
@@ -103,7 +152,7 @@ def test_generate_checks_its_seeds(fake_vllm):
 def test_close_releases_the_engine(fake_vllm):
     from vllm.distributed import parallel_state
 
-    generator = VLLMGenerator("some/model")
+    generator = _generator()
     engine = fake_vllm.ENGINES[0]
     generator.close()
     assert generator.llm is None
@@ -114,7 +163,7 @@ def test_close_releases_the_engine(fake_vllm):
 
 
 def test_judge_round_is_one_call_with_a_seed_per_request(fake_vllm, tmp_path):
-    generator = VLLMGenerator("some/model")
+    generator = _generator()
     store = RecordStore(tmp_path / "judge.jsonl")
     inputs = {f"t#{i}": f"judge segment {i}" for i in range(5)}
     judge_lib._run_round(generator, list(inputs), inputs, SAMPLED, 1, store, batch_size=2, seed=0, tag="judge")
@@ -129,10 +178,12 @@ def test_judge_round_is_one_call_with_a_seed_per_request(fake_vllm, tmp_path):
 
 @pytest.fixture
 def paper_profile(tmp_path, monkeypatch):
-    """The paper profile with every model's ``local_path`` at a folder holding only a tokenizer, and
-    ``services.load_model`` made to fail: nothing may load Hugging Face weights with the vllm backend."""
-    folder = tmp_path / "tokenizer"
-    build_bpe_tokenizer(["What is 1 + 1? Please reason step by step."] * 3, vocab_size=300).save_pretrained(folder)
+    """The paper profile with every model's ``local_path`` at a folder holding a tokenizer and a config (no
+    weights), no GPU visible, and ``services.load_model`` made to fail: nothing may load Hugging Face weights
+    with the vllm backend."""
+    from segattr_utils.llm import vllm_parallel
+
+    folder = _model_folder(tmp_path / "model")
     profile = load_profile("paper")
     for role in services.ROLES:
         profile["models"][role]["local_path"] = str(folder)
@@ -143,15 +194,146 @@ def paper_profile(tmp_path, monkeypatch):
         raise AssertionError("services.load_model was called with the vllm backend")
 
     monkeypatch.setattr(services, "load_model", refuse)
+    monkeypatch.setattr(vllm_parallel, "visible_devices", lambda: Devices(()))
     return profile
 
 
 def test_engine_settings_from_the_profile_reach_vllm(fake_vllm, paper_profile):
+    """paper.yaml's TP and DP are ``auto``: resolved before vLLM sees them (TP 1 for the 1.5B-8B models;
+    DP is the project's own, never a ``vllm.LLM`` argument); every other setting reaches vLLM as it is."""
+    settings = paper_profile.get_path("generation.vllm")
+    assert settings["tensor_parallel_size"] == settings["data_parallel_size"] == "auto"
     for role, backend in (("generator", "vllm"), ("judge", "auto")):
         generator, tokenizer = services.load_generator(paper_profile, role, backend)
         assert isinstance(generator, VLLMGenerator) and tokenizer is not None
+        assert generator.tokenizer is tokenizer and generator.workers is None  # no GPU: one engine, in-process
+    expected = {k: v for k, v in settings.items() if k != "data_parallel_size"} | {"tensor_parallel_size": 1}
     for engine in fake_vllm.ENGINES:
         assert engine.dtype == "bfloat16"
-        assert engine.engine_kwargs == paper_profile.get_path("generation.vllm")
-        assert engine.engine_kwargs["tensor_parallel_size"] == 4 and engine.engine_kwargs["max_model_len"] >= 32768
+        assert engine.engine_kwargs == expected and engine.engine_kwargs["max_model_len"] >= 32768
     assert [e.model for e in fake_vllm.ENGINES] == [paper_profile["models"]["generator"]["local_path"]] * 2
+
+
+# ----------------------------------------------------------------------------------------------
+# The prompt ids the engine sees
+
+
+def test_the_engine_sees_the_hf_prompt_ids_with_one_bos(fake_vllm, tmp_path):
+    """With R1-Distill's tokenizer (BOS added by ``add_special_tokens=True``) a text prompt would reach
+    vLLM 0.30.0 with two BOS tokens; the generator sends the ids of the HF paths (the chat template's)."""
+    tokenizer = r1_like_tokenizer()
+    folder = _model_folder(tmp_path / "model", tokenizer)
+    question = services.prompt(tokenizer, "What is 3 + 4?")
+    template = tokenizer.apply_chat_template(
+        [{"role": "user", "content": services.user_message("What is 3 + 4?")}],
+        tokenize=True,
+        add_generation_prompt=True,
+    )
+    template_ids = list(template["input_ids"] if hasattr(template, "keys") else template)
+    hf_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    assert hf_ids == template_ids and template_ids[:2] == [tokenizer.bos_token_id, template_ids[1]]
+    generator = VLLMGenerator(str(folder), tokenizer=tokenizer)
+    generator.generate([question, question], GREEDY, [1, 2])
+    (engine,) = fake_vllm.ENGINES
+    assert engine.prompt_token_ids[-1] == [hf_ids, hf_ids]
+    assert engine.calls[-1][0] == [question, question]  # the text rides along: no detokenisation
+    assert generator.engine_prompts([question]) == [{"prompt_token_ids": hf_ids, "prompt": question}]
+    # what a text prompt would have given (the bug this guards against)
+    text_ids = engine.generate([question])[0].prompt_token_ids
+    assert text_ids[:2] == [tokenizer.bos_token_id] * 2 and text_ids[1:] == hf_ids
+
+
+def test_samples_do_not_depend_on_the_prompt_form(fake_vllm, tmp_path):
+    """The stand-in samples from the prompt text, whether sent as text or as ids with their text."""
+    generator = _generator(str(_model_folder(tmp_path / "model")))
+    outputs = generator.generate(list(PROMPTS.values()), SAMPLED, list(range(5)))
+    llm = fake_vllm.ENGINES[0]
+    from vllm import SamplingParams
+
+    as_text = llm.generate(
+        list(PROMPTS.values()), [SamplingParams(temperature=0.6, max_tokens=16, seed=i) for i in range(5)]
+    )
+    assert [o["text"] for o in outputs] == [o.outputs[0].text for o in as_text]
+
+
+# ----------------------------------------------------------------------------------------------
+# Data parallel workers
+
+
+@pytest.fixture
+def worker_env(fake_vllm, monkeypatch, tmp_path):
+    """Workers are real subprocesses: they find the stand-in through PYTHONPATH and log to FAKE_VLLM_LOG."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(FAKES), os.environ.get("PYTHONPATH")) if p))
+    log = tmp_path / "vllm_events.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    return log
+
+
+def _events(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def _stage09_like_tasks() -> list[GenerationTask]:
+    """Two benchmarks, greedy and sampled outputs of every question (the samples share their prompt)."""
+    other = {f"b{i}": f"Compute {i} times {i + 2}." for i in range(4)}
+    return [
+        GenerationTask("greedy-A", PROMPTS, 1, GREEDY),
+        GenerationTask("sample-A", PROMPTS, 3, SAMPLED),
+        GenerationTask("greedy-B", other, 1, GREEDY),
+        GenerationTask("sample-B", other, 4, SAMPLED),
+    ]
+
+
+def test_data_parallel_workers_give_the_outputs_of_one_engine(worker_env, fake_vllm, tmp_path):
+    folder = str(_model_folder(tmp_path / "model"))
+    settings = {"tensor_parallel_size": "auto", "data_parallel_size": "auto", "max_model_len": 1024}
+    one = _generator(folder, devices=Devices(()), **settings)
+    assert one.workers is None and one.plan.engine_kwargs == {"tensor_parallel_size": 1, "max_model_len": 1024}
+    single = RecordStore(tmp_path / "dp1.jsonl")
+    run_generation_tasks(one, _stage09_like_tasks(), single, batch_size=4, seed=11)
+    one.close()
+    started = time.perf_counter()
+    two = _generator(folder, devices=Devices(("fake0", "fake1")), **settings)
+    assert two.llm is None and two.plan.device_groups == (("fake0",), ("fake1",))
+    assert len(fake_vllm.ENGINES) == 1  # the workers' engines live in the workers, none in this process
+    double = RecordStore(tmp_path / "dp2.jsonl")
+    run_generation_tasks(two, _stage09_like_tasks(), double, batch_size=4, seed=11)
+    assert double.records() == single.records()  # same records, same order
+    pool = two.workers
+    two.close()
+    assert pool.exit_codes() == [0, 0] and not pool.folder.exists()
+    print(f"DP=2 start, call and stop: {time.perf_counter() - started:.1f} s")
+
+    events = [e for e in _events(worker_env) if e["pid"] != os.getpid()]
+    starts = {e["pid"]: e for e in events if e["event"] == "start"}
+    assert sorted(e["cuda_visible_devices"] for e in starts.values()) == ["fake0", "fake1"]
+    assert all(e["engine_kwargs"] == {"tensor_parallel_size": 1, "max_model_len": 1024} for e in starts.values())
+    prompts_by_worker = {
+        pid: {r["prompt"] for e in events if e["pid"] == pid and e["event"] == "generate" for r in e["requests"]}
+        for pid in starts
+    }
+    first, second = prompts_by_worker.values()
+    assert first and second and not first & second  # every prompt's requests in one worker
+    assert len(first | second) == len(PROMPTS) + 4
+    assert {e["pid"] for e in events if e["event"] == "shutdown"} == set(starts)  # each worker shut its engine down
+
+
+def test_a_failing_worker_raises_with_the_end_of_its_log(worker_env, fake_vllm, tmp_path):
+    folder = str(_model_folder(tmp_path / "model"))
+    generator = _generator(folder, devices=Devices(("fake0", "fake1")), data_parallel_size=2, max_model_len=24)
+    long = "What is " + " + ".join(["1"] * 40) + "?"
+    try:
+        with pytest.raises(WorkerError, match="maximum model length") as failure:
+            generator.generate([long, "What is 1 + 1?"], GREEDY, [0, 1])
+        assert "exited with code 1" in str(failure.value) and "Traceback" in str(failure.value)
+    finally:
+        pool = generator.workers
+        generator.close()
+    assert all(code is not None for code in pool.exit_codes())
+
+
+def test_a_worker_that_cannot_start_raises_at_once(worker_env, fake_vllm, tmp_path):
+    """An engine that fails to start (here: a dtype vLLM does not know) fails the constructor, with the log."""
+    folder = str(_model_folder(tmp_path / "model"))
+    with pytest.raises(WorkerError, match="starting its engine(.|\\n)*Unknown dtype: 'int3'"):
+        _generator(folder, dtype="int3", devices=Devices(("fake0", "fake1")), data_parallel_size=2)

@@ -1,15 +1,20 @@
 """Stages 01, 04 and 09 with ``generation.backend`` / ``evaluation.backend`` vllm, on the CPU stand-in of
 ``tests/fakes/vllm``: no stage loads Hugging Face weights (``services.load_model`` raises), every stage
 hands the engine all of its missing requests in one call with one seed per request, the samples of a
-question differ, and an engine is shut down before the next model's engine starts."""
+question differ, and an engine is shut down before the next model's engine starts; with one engine per (fake)
+GPU, stage 09 grades as with one engine."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from segattr_utils import services
 from segattr_utils.config import stage_dir
+from segattr_utils.llm import vllm_parallel
 from segattr_utils.llm.evaluation import Benchmark
 from segattr_utils.stages import stage01_generation, stage09_evaluation
 from segattr_utils.stages import stage04_confidence_delta as confidence_delta
@@ -113,3 +118,27 @@ def test_stage04_measures_both_sources_with_one_engine(reference_profile, fake_v
         for j in range(n)
     ]
     assert [p.seed for p in engine.calls[1][1]] == expected
+
+
+def test_stage09_with_one_engine_per_gpu_grades_as_one_engine(vllm_profile, fake_vllm, monkeypatch, tmp_path):
+    """``tensor_parallel_size`` / ``data_parallel_size: auto`` on two (fake) GPUs: each model is evaluated
+    by two worker processes (real subprocesses running the stand-in), and the graded outputs equal those of
+    one engine in this process; no engine lives in this process."""
+    fakes = Path(__file__).resolve().parents[1] / "fakes"
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(fakes), os.environ.get("PYTHONPATH")) if p))
+    benchmarks = [
+        Benchmark("A", "in", _questions(), n_samples=3),
+        Benchmark("B", "out", _questions().assign(id=lambda f: "b" + f["id"]), n_samples=2),
+    ]
+    monkeypatch.setattr(stage09_evaluation, "evaluation_benchmarks", lambda profile: benchmarks)
+    entries = [{"model": "base", "path": None, "setting": "base", "seed": None}]
+    monkeypatch.setattr(stage09_evaluation, "models_to_evaluate", lambda profile: entries)
+    vllm_profile["generation"]["vllm"] = {"tensor_parallel_size": "auto", "data_parallel_size": "auto"}
+    graded = {}
+    for gpus in ((), ("fake0", "fake1")):
+        monkeypatch.setattr(vllm_parallel, "visible_devices", lambda gpus=gpus: vllm_parallel.Devices(gpus))
+        vllm_profile["results_root"] = str(tmp_path / f"results_{len(gpus)}")
+        graded[len(gpus)] = stage09_evaluation.evaluate_all(vllm_profile)
+    assert len(fake_vllm.ENGINES) == 1  # the one-engine run; the two-GPU run's engines were in the workers
+    assert len(graded[2]) == 2 * (1 + 3) + 2 * (1 + 2)  # two questions per benchmark, greedy + samples
+    pd.testing.assert_frame_equal(graded[2], graded[0])

@@ -2,18 +2,28 @@
 first on ``sys.path`` through the ``fake_vllm`` fixture).
 
 It mirrors vLLM's API: ``LLM(model=..., dtype=..., **engine_kwargs)``, ``LLM.generate(prompts,
-sampling_params, use_tqdm=...)`` with one ``SamplingParams`` for all prompts or one per prompt, returning
-one ``RequestOutput`` per prompt whose ``outputs[0]`` has ``text``, ``token_ids`` and ``finish_reason``;
-``LLM.llm_engine.engine_core.shutdown()`` as in vLLM's V1 engine. Like real vLLM, a request with a seed is
-sampled from a generator seeded with that seed alone: its text is a pure function of (prompt, seed,
-temperature, max_tokens), so two requests with the same prompt and seed give the same sample. A request
-without a seed draws from the process-wide random state.
+sampling_params, use_tqdm=..., tokenization_kwargs=...)`` with one ``SamplingParams`` for all prompts or one per
+prompt, returning one ``RequestOutput`` per prompt whose ``outputs[0]`` has ``text``, ``token_ids`` and
+``finish_reason``; ``LLM.llm_engine.engine_core.shutdown()`` as in vLLM's V1 engine. ``SamplingParams(ignore_eos=True)``
+runs every request to ``max_tokens``.
+
+Prompts take vLLM 0.30.0's forms (``vllm.inputs.llm``, ``parse_dec_only_prompt``): a string or
+``{"prompt": text}`` (a text prompt), a list of ids or ``{"prompt_token_ids": ids}`` (a token prompt, optionally
+with its ``"prompt"`` text). ``RequestOutput.prompt_token_ids`` is the prompt as vLLM 0.30.0 sees it: a token
+prompt's ids as given; a text prompt tokenised with the model folder's ``AutoTokenizer`` and
+``add_special_tokens=True`` unless ``tokenization_kwargs`` says otherwise (``BaseRenderer.default_cmpl_tok_params``),
+None when the folder holds no tokenizer (e.g. a hub id). As vLLM, a prompt longer than ``max_model_len`` raises
+``ValueError``. A completion depends on the prompt's text (a token prompt without text: its decoded ids): like
+real vLLM, a request with a seed is sampled from a generator seeded with that seed alone, so its text is a pure
+function of (prompt, seed, temperature, max_tokens), and two requests with the same prompt and seed give the same
+sample. A request without a seed draws from the process-wide random state.
 
 Module state records what happened: ``ENGINES`` (every LLM built, in order), and each engine's ``calls``
-(one ``(prompts, params)`` pair per ``generate``), ``alive_at_start`` (engines not shut down when it
-was built) and ``llm_engine.engine_core.shutdown_calls``. When ``FAKE_VLLM_LOG`` names a file, every
-engine start, ``generate`` call and shutdown is also appended to it as one JSON line, so that a test can
-see what notebook kernels (other processes) did with vLLM.
+(one ``(prompt texts, params)`` pair per ``generate``), ``prompt_token_ids`` (the ids of every request, one
+list per ``generate``), ``alive_at_start`` (engines not shut down when it was built) and
+``llm_engine.engine_core.shutdown_calls``. When ``FAKE_VLLM_LOG`` names a file, every engine start (with
+``CUDA_VISIBLE_DEVICES``), ``generate`` call and shutdown is also appended to it as one JSON line, so that a test
+can see what other processes (notebook kernels, data parallel workers) did with vLLM.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 ENGINES: list[LLM] = []
 
@@ -49,6 +60,7 @@ class SamplingParams:
     max_tokens: int | None = 16
     repetition_penalty: float = 1.0
     seed: int | None = None
+    ignore_eos: bool = False
 
 
 @dataclass
@@ -64,6 +76,7 @@ class RequestOutput:
     request_id: str
     prompt: str
     outputs: list[CompletionOutput] = field(default_factory=list)
+    prompt_token_ids: list[int] | None = None
 
 
 class _EngineCore:
@@ -82,37 +95,92 @@ class _LLMEngine:
         self.engine_core = _EngineCore(owner)
 
 
+#: The dtypes vLLM's ``ModelConfig`` accepts (``_STR_DTYPE_TO_TORCH_DTYPE``).
+DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+
+
 class LLM:
     def __init__(self, model: str, dtype: str = "auto", **engine_kwargs):
+        if dtype not in DTYPES:
+            raise ValueError(f"Unknown dtype: {dtype!r}")
         self.model, self.dtype, self.engine_kwargs = model, dtype, engine_kwargs
         self.llm_engine = _LLMEngine(self)
         self.calls: list[tuple[list[str], list[SamplingParams]]] = []
+        self.prompt_token_ids: list[list[list[int] | None]] = []
         # engines alive when this one started (real vLLM would find their GPU memory taken)
         self.alive_at_start = sum(engine.llm_engine.engine_core.shutdown_calls == 0 for engine in ENGINES)
+        self._tokenizer = None
         ENGINES.append(self)
-        _log("start", self, dtype=dtype, engine_kwargs=engine_kwargs)
+        _log("start", self, dtype=dtype, engine_kwargs=engine_kwargs, cuda_visible_devices=_visible_devices())
 
-    def generate(self, prompts, sampling_params=None, use_tqdm=True):
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    def _get_tokenizer(self):
+        """The model folder's ``AutoTokenizer``, as vLLM loads it (None without a tokenizer.json)."""
+        if self._tokenizer is None and (Path(self.model) / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model)
+        return self._tokenizer
+
+    def _parse(self, prompt, add_special_tokens: bool) -> tuple[str, list[int] | None]:
+        """(text the completion depends on, prompt ids the engine sees) of one prompt in any vLLM form."""
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                ids = list(prompt["prompt_token_ids"])
+                return prompt.get("prompt") or self._decode(ids), ids
+            if not isinstance(prompt.get("prompt"), str):
+                raise TypeError("Prompt dictionary must contain text, tokens, or embeddings")
+            prompt = prompt["prompt"]
+        if isinstance(prompt, list):
+            if not all(isinstance(t, int) for t in prompt):
+                raise TypeError("Token prompt should be a list of integers")
+            return self._decode(prompt), list(prompt)
+        if not isinstance(prompt, str):
+            raise TypeError("Prompt should be a string, list of tokens, or dictionary")
+        tokenizer = self._get_tokenizer()
+        if tokenizer is None:
+            return prompt, None
+        return prompt, list(tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def _decode(self, ids: list[int]) -> str:
+        tokenizer = self._get_tokenizer()
+        return " ".join(map(str, ids)) if tokenizer is None else tokenizer.decode(ids)
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=True, tokenization_kwargs=None):
+        single = isinstance(prompts, (str, dict)) or (bool(prompts) and all(isinstance(t, int) for t in prompts))
+        prompts = [prompts] if single else list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
             sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError("the lengths of prompts and sampling_params must be the same")
-        self.calls.append((prompts, list(sampling_params)))
+        add_special_tokens = (tokenization_kwargs or {}).get("add_special_tokens", True)
+        parsed = [self._parse(p, add_special_tokens) for p in prompts]
+        limit = self.engine_kwargs.get("max_model_len")
+        for _, ids in parsed:
+            if limit is not None and ids is not None and len(ids) > limit:
+                raise ValueError(
+                    f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of {limit}."
+                )
+        texts = [text for text, _ in parsed]
+        self.calls.append((texts, list(sampling_params)))
+        self.prompt_token_ids.append([ids for _, ids in parsed])
         _log(
             "generate",
             self,
             requests=[
                 {"prompt": hashlib.sha256(p.encode()).hexdigest()[:16], "seed": q.seed, "temperature": q.temperature}
-                for p, q in zip(prompts, sampling_params)
+                for p, q in zip(texts, sampling_params)
             ],
         )
         return [
-            RequestOutput(str(i), prompt, [_complete(prompt, params)])
-            for i, (prompt, params) in enumerate(zip(prompts, sampling_params))
+            RequestOutput(str(i), text, [_complete(text, params)], ids)
+            for i, ((text, ids), params) in enumerate(zip(parsed, sampling_params))
         ]
+
+
+def _visible_devices() -> str | None:
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 #: Sentences of the fake reasoning: the first opens the trace, the others start with the paper's
@@ -146,4 +214,6 @@ def _complete(prompt: str, params: SamplingParams) -> CompletionOutput:
     segments = [OPENINGS[int(digest[6], 16) % len(OPENINGS)], f" Think {digest[5:13]}."]
     segments += [CONTINUATIONS[int(digest[14 + i], 16) % len(CONTINUATIONS)] for i in range(int(digest[7], 16) % 4)]
     text = "".join(segments) + f"\n</think>\n\nThe final answer is \\boxed{{{answer}}}."
+    if params.ignore_eos:
+        n_tokens, finished = params.max_tokens or 16, False
     return CompletionOutput(0, text, list(range(n_tokens)), "stop" if finished else "length")

@@ -1,0 +1,894 @@
+"""GPU-hours per stage of the paper profile, and the wall time on one 8-GPU node (issue 12).
+
+An ESTIMATE, not a measurement: no GPU was available when it was written. It combines the paper
+profile's settings (``segattr_utils/profiles/paper.yaml``, read with ``load_profile("paper")``; the SFT
+runs are counted by stage 08's own ``plan_runs``) with the assumptions of :class:`Assumptions`, every one
+printed beside the table. Three cost models:
+
+- Forward/backward passes (IG, stage 03 and 08; removal perplexity, stage 05): FLOPs of a forward pass
+  of L tokens are ``2·N·L + 2·L²·d·layers`` (N: parameters a token passes through, i.e. without the
+  input embedding; d: query heads × head dim; the attention term counts QKᵀ and AV under a causal
+  mask). One IG path point is a forward and a backward pass, counted as 3 forward passes
+  (``3·2·N·L``, Eq. 2 evaluated at J points). The achieved FLOP/s comes from the paper's published
+  cost: 7 GPU-hours for IG of the 817 LIMO traces with the 7B (J = 50).
+- SFT (stage 08, Sec. 4, App. C.3): ``3`` forward passes per trained token and epoch (``6·N·tokens``
+  plus the attention term); the achieved FLOP/s comes from the paper's 8 GPU-hours for one 7B SFT run on
+  LIMO, and is used unchanged for the 1.5B student.
+- vLLM decoding (stages 01, 04, 07, 09): memory-bound. Each decode step reads the weights and the KV
+  cache of every running sequence, so an engine's rate is ``concurrency / step time`` with
+  ``step = (weights + concurrency·context·KV bytes per token) / (HBM bandwidth · efficiency) + overhead``
+  per GPU of the engine; concurrency is vLLM's ``max_num_seqs`` or what the KV cache holds at the mean
+  context, whichever is smaller. Prefill is compute-bound (``2·N·L`` per prompt token at an assumed MFU);
+  each call ends with a tail in which the longest outputs decode nearly alone; every engine start costs a
+  fixed time.
+
+vLLM engines as the code lays them out (``generation.vllm``, resolved by the code's own
+``segattr_utils.llm.vllm_parallel.parallel_sizes``): ``tensor_parallel_size: auto`` gives each model the
+smallest TP that divides its heads and leaves half of the memory share to the KV cache (1 for all three
+models on H100 and H200), ``data_parallel_size: auto`` one engine per TP group of the node's GPUs, the
+requests of each call split evenly between them. A vLLM stage's wall time is one engine's share (its
+requests / DP, plus its own tail and start); its GPU-hours are that wall time x DP x TP. Stage 09's
+greedy and sampled outputs have their own mean lengths (paper Table 1), and the running sequences' mean
+context weights each output by its length.
+
+Wall time on one node: stages run one after another (``make reproduce`` runs the notebooks in order). Two
+columns: "as configured" is what the code and ``paper.yaml`` do (vLLM as above; IG in
+``attribution.workers`` processes, 1 in ``paper.yaml``; SFT one run per GPU, eight at once; stage 05 on one
+GPU), "ideal" differs only in IG: one trace per GPU on all 8 (``attribution.workers: 8`` today; what the
+accelerate-based IG being written elsewhere is to do).
+
+Usage: ``python benchmarks/gpu_hours.py [--gpu h100|h200] [--out results/benchmarks/gpu_hours.md]``
+(``make gpu-hours``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import heapq
+import sys
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from segattr_utils.config import Profile, load_profile
+from segattr_utils.llm.vllm_parallel import DEFAULT_UTILISATION, Devices, ModelLayout, parallel_sizes
+
+GIB = 2**30
+HOUR = 3600.0
+TARGET_WALL_HOURS = 24.0
+
+# ---------------------------------------------------------------------------------------------
+# Models and GPUs
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shapes of a Qwen2/Qwen3 decoder that its costs depend on (from each model's config.json)."""
+
+    name: str
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int
+    head_dim: int = 128
+    qkv_bias: bool = True  # Qwen2 has biases on q, k, v; Qwen3 has none (and RMSNorm on q and k)
+
+    @property
+    def attention_width(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def layer_params(self) -> int:
+        q = self.hidden * self.attention_width + (self.attention_width if self.qkv_bias else 0)
+        kv = 2 * (self.hidden * self.kv_heads * self.head_dim + (self.kv_heads * self.head_dim if self.qkv_bias else 0))
+        out = self.attention_width * self.hidden
+        mlp = 3 * self.hidden * self.intermediate
+        norms = 2 * self.hidden + (0 if self.qkv_bias else 2 * self.head_dim)
+        return q + kv + out + mlp + norms
+
+    @property
+    def compute_params(self) -> int:
+        """Parameters every token is multiplied with: the layers, the final norm and the (untied) LM head;
+        the input embedding is a lookup."""
+        return self.layers * self.layer_params + self.hidden + self.hidden * self.vocab
+
+    @property
+    def params(self) -> int:
+        return self.compute_params + self.vocab * self.hidden
+
+    @property
+    def weight_bytes(self) -> int:
+        return 2 * self.params  # bfloat16
+
+    @property
+    def layout(self) -> ModelLayout:
+        """What ``tensor_parallel_size: auto`` looks at (segattr_utils.llm.vllm_parallel)."""
+        return ModelLayout(self.heads, self.kv_heads, float(self.weight_bytes))
+
+    def kv_bytes_per_token_per_gpu(self, tp: int) -> int:
+        """bf16 K and V of one token on one GPU of a ``tp``-way engine. With fewer KV heads than GPUs,
+        vLLM replicates them: each GPU still holds one."""
+        heads_per_gpu = max(self.kv_heads // tp, 1)
+        return 2 * self.layers * heads_per_gpu * self.head_dim * 2
+
+
+# config.json of each hub model (models.generator, models.student, models.judge of paper.yaml)
+R1_DISTILL_QWEN_7B = ModelShape("R1-Distill-Qwen-7B", 3584, 18944, 28, 28, 4, 152064)
+R1_DISTILL_QWEN_1_5B = ModelShape("R1-Distill-Qwen-1.5B", 1536, 8960, 28, 12, 2, 151936)
+QWEN3_8B = ModelShape("Qwen3-8B", 4096, 12288, 36, 32, 8, 151936, qkv_bias=False)
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    bf16_flops: float  # dense peak, FLOP/s
+    hbm_bandwidth: float  # bytes/s
+    memory_bytes: float
+
+
+GPUS = {
+    "h100": GPU("H100 SXM 80 GB", 989e12, 3.35e12, 79.6 * GIB),
+    "h200": GPU("H200 141 GB", 989e12, 4.8e12, 139.8 * GIB),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Assumptions
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """Every number the estimate rests on that the profile does not give. Units in the names."""
+
+    limo_questions: int = 817  # GAIR/LIMO train split
+    reference_trace_tokens: float = 6000  # mean tokens of LIMO's reference CoTs (not measured here)
+    prompt_tokens: float = 150  # chat template + a LIMO/benchmark question
+    answer_tokens: float = 30  # "</think> ... \boxed{...}" after the trace (IG suffix, SFT answer part)
+    sample_tokens: float = 14000  # mean output of R1-Distill-Qwen-7B on LIMO questions (hard: many hit 32k)
+    kept_correct_tokens: float = 7000  # shortest correct of 32 samples (stage 01 keeps it)
+    kept_incorrect_tokens: float = 9000  # shortest finished incorrect sample
+    share_with_correct: float = 0.75  # LIMO questions with >= 1 correct finished sample (of 32)
+    share_with_incorrect: float = 0.80  # ... with >= 1 finished incorrect sample
+    segments_per_1k_tokens: float = 8  # transition-keyword segments (App. C.2): ~125 tokens per segment
+    eval_greedy_tokens: float = 16520  # mean greedy output on the benchmarks (Table 1, R1-Distill-Qwen-1.5B)
+    eval_sample_tokens: float = 10043  # mean sampled output (T = 0.6) on the benchmarks (Table 1, idem)
+    judge_prompt_tokens: float = 1000  # task + few-shot block (~550) + three segments (segattr_utils.measures.judge)
+    judge_round1_tokens: float = 1500  # mean thinking output of Qwen3-8B under the 2000-token cap
+    judge_round2_share: float = 0.4  # segments undecided after round 1 (cap reached)
+    judge_round2_tokens: float = 500  # mean round-2 output (cap 1000)
+    forced_answer_tokens: float = 32  # every forced answer runs to max_new_tokens (no stop string)
+    forced_answer_lead_in_tokens: float = 31  # lead-in + the partial KV block not shared by prefix caching
+    paper_ig_gpu_hours: float = 7.0  # published: IG of the 817 LIMO traces, 7B, J = 50
+    paper_sft_gpu_hours: float = 8.0  # published: one 7B SFT run on LIMO (App. C.3 schedule)
+    hbm_efficiency: float = 0.6  # share of peak HBM bandwidth a decode step achieves
+    decode_step_overhead_s: float = 0.005  # scheduling, sampling over 152k logits, launches per step
+    max_num_seqs: int = 1024  # vLLM 0.30.0's default for LLM() on H100/H200 (EngineArgs.get_batch_defaults)
+    reserve_gib_per_gpu: float = 4.0  # activations, CUDA graphs, NCCL buffers outside the KV cache
+    prefill_mfu: float = 0.4
+    engine_start_s: float = 90.0  # load weights, torch.compile (cached after the first), CUDA graphs
+    node_gpus: int = 8
+
+
+ASSUMPTION_NOTES = {
+    "limo_questions": "GAIR/LIMO's train split",
+    "reference_trace_tokens": "the issue's working value; LIMO's CoTs were not downloaded here",
+    "prompt_tokens": "R1 chat template + a question; a guess",
+    "answer_tokens": "the answer suffix after the trace; a guess",
+    "sample_tokens": "LIMO keeps questions a strong model rarely solves, so long outputs; a guess",
+    "kept_correct_tokens": "shortest of the correct samples, so well below the mean; a guess",
+    "kept_incorrect_tokens": "unfinished outputs are not kept; a guess",
+    "share_with_correct": "a guess; sets how many traces stages 03-07 handle",
+    "share_with_incorrect": "a guess",
+    "segments_per_1k_tokens": "a guess from R1-style traces (a 'Wait'/'But' every ~125 tokens)",
+    "eval_greedy_tokens": "paper Table 1, 1.5B greedy: 16,520 full CoT, 13,506 selective; the larger, for every model",
+    "eval_sample_tokens": "paper Table 1, 1.5B sampling: 10,043 full CoT, 9,388 selective; the larger, for every model",
+    "judge_prompt_tokens": "segattr_utils.measures.judge: ~2,200 characters of task and few-shot + 3 segments",
+    "judge_round1_tokens": "a guess; Qwen3 thinking often runs to the cap",
+    "judge_round2_share": "a guess",
+    "judge_round2_tokens": "a guess under the 1,000-token cap",
+    "forced_answer_tokens": "no stop string: an answer runs to max_new_tokens",
+    "forced_answer_lead_in_tokens": "the lead-in + the partial 16-token KV block each prefix recomputes",
+    "paper_ig_gpu_hours": "calibrates the achieved FLOP/s of IG and forward passes (taken as H100-hours)",
+    "paper_sft_gpu_hours": "calibrates the achieved FLOP/s of SFT (taken as H100-hours)",
+    "hbm_efficiency": "paged-attention decode typically reaches 50-70% of peak bandwidth",
+    "decode_step_overhead_s": "a guess, with CUDA graphs",
+    "max_num_seqs": "read in vLLM 0.30.0's source",
+    "reserve_gib_per_gpu": "a guess",
+    "prefill_mfu": "a guess",
+    "engine_start_s": "a guess for a 1.5-8B model; per engine, the DP engines of a model start at once",
+    "node_gpus": "one 8-GPU node (issue 12's target)",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Cost models
+
+
+def forward_flops(model: ModelShape, length: float) -> float:
+    """FLOPs of one forward pass over ``length`` tokens: the matrix products (2·N per token) and causal
+    attention (QKᵀ and AV, 2·L²·d per layer)."""
+    return 2 * model.compute_params * length + 2 * length**2 * model.attention_width * model.layers
+
+
+def ig_trace_flops(model: ModelShape, length: float, n_steps: int) -> float:
+    """IG of one sequence (Eq. 2): ``n_steps`` path points, each a forward and a backward pass, counted
+    as 3 forward passes. The backward needs no weight gradients (the parameters are frozen), so the real
+    ratio is nearer 2; the calibration on the published IG cost absorbs the constant."""
+    return n_steps * 3 * forward_flops(model, length)
+
+
+def sft_flops(model: ModelShape, length: float, n_examples: float, epochs: float) -> float:
+    """SFT FLOPs: 3 forward passes per trained sequence and epoch (6·N·tokens + attention). Gradient
+    checkpointing adds a fourth forward; it is inside the calibrated FLOP/s."""
+    return epochs * n_examples * 3 * forward_flops(model, length)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Achieved FLOP/s per GPU, from the paper's published GPU-hours."""
+
+    ig_flops_per_s: float
+    sft_flops_per_s: float
+
+    @classmethod
+    def from_paper(cls, profile: Profile, a: Assumptions) -> Calibration:
+        length = a.prompt_tokens + a.reference_trace_tokens + a.answer_tokens
+        n_steps = int(profile.get_path("attribution.n_steps"))
+        ig = a.limo_questions * ig_trace_flops(R1_DISTILL_QWEN_7B, length, n_steps) / (a.paper_ig_gpu_hours * HOUR)
+        sft = sft_flops(R1_DISTILL_QWEN_7B, length, a.limo_questions, sft_epochs(profile)) / (
+            a.paper_sft_gpu_hours * HOUR
+        )
+        return cls(ig, sft)
+
+
+def sft_epochs(profile: Profile) -> float:
+    """Epochs actually trained: the authors' callback stops 10-epoch runs after epoch 9."""
+    sft = profile.get_path("training.sft")
+    return float(sft.get("stop_after_epoch") or sft["epochs"])
+
+
+@dataclass(frozen=True)
+class DecodeRate:
+    tokens_per_s: float  # per engine
+    concurrency: float
+    step_s: float
+
+
+def decode_rate(model: ModelShape, gpu: GPU, a: Assumptions, tp: int, utilisation: float, context: float) -> DecodeRate:
+    """Memory-bound decode rate of one ``tp``-GPU engine at mean ``context`` tokens per sequence."""
+    weights = model.weight_bytes / tp
+    kv_per_token = model.kv_bytes_per_token_per_gpu(tp)
+    kv_room = gpu.memory_bytes * utilisation - weights - a.reserve_gib_per_gpu * GIB
+    if kv_room <= 0:
+        raise ValueError(f"{model.name} does not fit on {tp} x {gpu.name} at gpu_memory_utilization {utilisation}")
+    concurrency = max(1.0, min(a.max_num_seqs, kv_room / kv_per_token / context))
+    memory_s = (weights + concurrency * context * kv_per_token) / (gpu.hbm_bandwidth * a.hbm_efficiency)
+    compute_s = concurrency * forward_flops(model, 1) / tp / (gpu.bf16_flops * a.prefill_mfu)
+    step = max(memory_s, compute_s) + a.decode_step_overhead_s
+    return DecodeRate(concurrency / step, concurrency, step)
+
+
+@dataclass(frozen=True)
+class VllmWork:
+    """One stage's requests to one model: ``n_requests`` outputs of ``output_tokens`` (mean) from prompts
+    of ``prompt_tokens`` (mean), of which ``prefill_tokens`` in all are not served from the prefix cache."""
+
+    model: ModelShape
+    n_requests: float
+    prompt_tokens: float
+    output_tokens: float
+    max_new_tokens: float
+    prefill_tokens: float
+    n_calls: int = 1  # LLM.generate calls (each ends with a tail)
+    n_engine_starts: int = 1
+    context_tokens: float | None = None  # mean KV tokens of a running sequence; default prompt + output / 2
+
+    @property
+    def context(self) -> float:
+        return self.context_tokens if self.context_tokens is not None else self.prompt_tokens + self.output_tokens / 2
+
+    def share(self, engines: int) -> VllmWork:
+        """One of ``engines`` data parallel engines' part: its share of the requests and of the prefill; each
+        engine has its own tail per call and its own start (all at once)."""
+        return replace(self, n_requests=self.n_requests / engines, prefill_tokens=self.prefill_tokens / engines)
+
+
+def vllm_engine_seconds(work: VllmWork, gpu: GPU, a: Assumptions, tp: int, utilisation: float) -> float:
+    """Engine-seconds (multiply by ``tp`` for GPU-seconds): decoding at the memory-bound rate, prefill at
+    ``prefill_mfu``, one tail per call (the longest output decoding nearly alone) and the engine starts."""
+    context = work.context
+    rate = decode_rate(work.model, gpu, a, tp, utilisation, context)
+    decode = work.n_requests * work.output_tokens / rate.tokens_per_s
+    prefill = work.prefill_tokens * forward_flops(work.model, 1) / (tp * gpu.bf16_flops * a.prefill_mfu)
+    alone = decode_rate(work.model, gpu, replace(a, max_num_seqs=1), tp, utilisation, context)
+    tail = work.n_calls * work.max_new_tokens * alone.step_s
+    return decode + prefill + tail + work.n_engine_starts * a.engine_start_s
+
+
+def lpt_makespan(durations: list[float], workers: int) -> float:
+    """Wall time of independent jobs on ``workers`` GPUs, longest first to the least loaded GPU (how
+    ``training.launcher: per_gpu`` spreads the runs, up to their order)."""
+    loads = [0.0] * max(1, workers)
+    for duration in sorted(durations, reverse=True):
+        heapq.heapreplace(loads, loads[0] + duration)
+    return max(loads)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclass(frozen=True)
+class Row:
+    stage: str
+    work: str
+    gpu_hours: float
+    wall_ideal_h: float
+    wall_configured_h: float
+    parallel: str
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Trace counts and lengths shared by the stages."""
+
+    n_correct: int
+    n_incorrect: int
+    correct_length: float  # tokens of an attribution/SFT sequence of a kept correct trace
+    incorrect_length: float
+    reference_length: float
+    segments_per_trace: float  # kept correct traces
+    reference_segments: float
+
+    @classmethod
+    def from_assumptions(cls, profile: Profile, a: Assumptions) -> Workload:
+        attribute_incorrect = bool(profile.get_path("attribution.attribute_incorrect"))
+        wrap = a.prompt_tokens + a.answer_tokens
+        return cls(
+            n_correct=round(a.limo_questions * a.share_with_correct),
+            n_incorrect=round(a.limo_questions * a.share_with_incorrect) if attribute_incorrect else 0,
+            correct_length=wrap + a.kept_correct_tokens,
+            incorrect_length=wrap + a.kept_incorrect_tokens,
+            reference_length=wrap + a.reference_trace_tokens,
+            segments_per_trace=a.kept_correct_tokens * a.segments_per_1k_tokens / 1000,
+            reference_segments=a.reference_trace_tokens * a.segments_per_1k_tokens / 1000,
+        )
+
+
+@dataclass(frozen=True)
+class Context:
+    profile: Profile
+    a: Assumptions
+    gpu: GPU
+    calibration: Calibration
+    load: Workload
+
+    @property
+    def utilisation(self) -> float:
+        return float(self.profile.get_path("generation.vllm.gpu_memory_utilization", DEFAULT_UTILISATION))
+
+    def engines(self, model: ModelShape) -> tuple[int, int]:
+        """(TP, DP) of ``model``'s engines on the node, resolved as the code resolves ``generation.vllm``."""
+        return engine_layout(self.profile, model, self.gpu, self.a.node_gpus)
+
+    @property
+    def ig_workers(self) -> int:
+        return int(self.profile.get_path("attribution.workers") or 1)
+
+
+def engine_layout(profile: Profile, model: ModelShape, gpu: GPU, node_gpus: int) -> tuple[int, int]:
+    """(TP, DP) for ``model`` on one node of ``node_gpus`` x ``gpu``: ``generation.vllm``'s
+    ``tensor_parallel_size`` / ``data_parallel_size`` (integers or ``auto``) through the code's own
+    ``parallel_sizes``."""
+    vllm = profile.get_path("generation.vllm", {}) or {}
+    devices = Devices(tuple(str(i) for i in range(node_gpus)), gpu.memory_bytes)
+    utilisation = float(vllm.get("gpu_memory_utilization", DEFAULT_UTILISATION))
+    tp, dp = parallel_sizes(
+        vllm.get("tensor_parallel_size"), vllm.get("data_parallel_size", 1), lambda: model.layout, devices, utilisation
+    )
+    return tp or 1, dp
+
+
+def vllm_row(ctx: Context, stage: str, work: str, load: VllmWork) -> Row:
+    """A vLLM stage: DP engines of TP GPUs each run their share of the requests at once (the code's split);
+    wall = one engine's seconds, GPU-hours = wall x DP x TP. Ideal and as configured are the same."""
+    tp, dp = ctx.engines(load.model)
+    wall_h = vllm_engine_seconds(load.share(dp), ctx.gpu, ctx.a, tp, ctx.utilisation) / HOUR
+    parallel = f"vLLM TP {tp} x DP {dp}: {dp} engine{'s' if dp > 1 else ''} at once"
+    return Row(stage, work, wall_h * tp * dp, wall_h, wall_h, parallel)
+
+
+def ig_row(ctx: Context, stage: str, work: str, traces: list[tuple[float, float, int]]) -> Row:
+    """IG rows: ``traces`` holds (count, sequence length, J) groups; one trace per GPU."""
+    flops = sum(count * ig_trace_flops(R1_DISTILL_QWEN_7B, length, j) for count, length, j in traces)
+    gpu_h = flops / ctx.calibration.ig_flops_per_s / HOUR
+    parallel = f"one trace per GPU: ideal {ctx.a.node_gpus}, configured attribution.workers = {ctx.ig_workers}"
+    return Row(stage, work, gpu_h, gpu_h / ctx.a.node_gpus, gpu_h / min(ctx.ig_workers, ctx.a.node_gpus), parallel)
+
+
+def stage00(ctx: Context) -> Row:
+    return Row("00", "availability check (hub profile); the base model is evaluated in 09", 0.0, 0.0, 0.0, "CPU")
+
+
+def stage01(ctx: Context) -> Row:
+    """K samples + 1 greedy output per LIMO question with the 7B (Sec. 3 setup)."""
+    gen = ctx.profile["generation"]
+    n = ctx.a.limo_questions * (int(gen["n_samples"]) + 1)
+    load = VllmWork(
+        R1_DISTILL_QWEN_7B,
+        n,
+        ctx.a.prompt_tokens,
+        ctx.a.sample_tokens,
+        gen["max_new_tokens"],
+        prefill_tokens=ctx.a.limo_questions * ctx.a.prompt_tokens,  # the K copies share the prompt's KV
+    )
+    work = f"{ctx.a.limo_questions} x ({gen['n_samples']} samples + greedy) x {ctx.a.sample_tokens:,.0f} tokens, 7B"
+    return vllm_row(ctx, "01", work, load)
+
+
+def stage03(ctx: Context) -> Row:
+    """IG of every kept trace (Eq. 2, J from the profile) + the J sensitivity check (App. C.4)."""
+    att = ctx.profile["attribution"]
+    j = int(att["n_steps"])
+    load = ctx.load
+    groups = [(load.n_correct, load.correct_length, j), (load.n_incorrect, load.incorrect_length, j)]
+    sensitivity = att.get("sensitivity") or {}
+    for extra_j in sensitivity.get("n_steps", []):
+        groups.append((min(int(sensitivity.get("n_traces", 0)), load.n_correct), load.correct_length, int(extra_j)))
+    work = (
+        f"IG J={j} of {load.n_correct} correct + {load.n_incorrect} incorrect kept traces "
+        f"(~{load.correct_length:,.0f}/{load.incorrect_length:,.0f} tokens) + sensitivity, 7B"
+    )
+    return ig_row(ctx, "03", work, groups)
+
+
+def forced_answer_work(ctx: Context, n_traces: int, trace_tokens: float, segments: float) -> VllmWork:
+    """Forced answers after every prefix (Sec. 3.1): (n+1) prefixes x K answers; prefix caching shares
+    each trace's KV across its prefixes and samples."""
+    spec = ctx.profile.get_path("analysis.confidence")
+    prefixes = n_traces * (segments + 1)
+    return VllmWork(
+        R1_DISTILL_QWEN_7B,
+        prefixes * int(spec["n_samples"]),
+        ctx.a.prompt_tokens + trace_tokens / 2,
+        min(ctx.a.forced_answer_tokens, spec["max_new_tokens"]),
+        spec["max_new_tokens"],
+        prefill_tokens=n_traces * (ctx.a.prompt_tokens + trace_tokens) + prefixes * ctx.a.forced_answer_lead_in_tokens,
+    )
+
+
+def stage04(ctx: Context) -> Row:
+    load = ctx.load
+    k = int(ctx.profile.get_path("analysis.confidence.n_samples"))
+    work = f"{load.n_correct} correct traces x {load.segments_per_trace + 1:.0f} prefixes x {k} answers, 7B"
+    return vllm_row(
+        ctx, "04", work, forced_answer_work(ctx, load.n_correct, ctx.a.kept_correct_tokens, load.segments_per_trace)
+    )
+
+
+def linguistics_gpu_hours(ctx: Context, n_traces: int, length: float, segments: float) -> float:
+    """Stage 05 on the HF model: one pass for perplexity/entropy, n+1 passes for the removal perplexity
+    (Cui et al.), each about a whole sequence; forward passes at the IG-calibrated FLOP/s."""
+    passes = n_traces * (segments + 2)
+    return passes * forward_flops(R1_DISTILL_QWEN_7B, length) / ctx.calibration.ig_flops_per_s / HOUR
+
+
+def stage05(ctx: Context) -> Row:
+    load = ctx.load
+    gpu_h = linguistics_gpu_hours(ctx, load.n_correct, load.correct_length, load.segments_per_trace)
+    work = f"{load.n_correct} correct traces x ({load.segments_per_trace:.0f} + 2) forward passes, 7B (HF)"
+    return Row("05", work, gpu_h, gpu_h, gpu_h, "one process on one GPU (the code)")
+
+
+def judge_work(ctx: Context, n_segments: float) -> VllmWork:
+    """Two rounds (App. B); the few-shot block is a prefix shared by every request."""
+    judge = ctx.profile["judge"]
+    a = ctx.a
+    round2 = n_segments * a.judge_round2_share
+    requests = n_segments + round2
+    output = (n_segments * a.judge_round1_tokens + round2 * a.judge_round2_tokens) / requests
+    prompt = (n_segments * a.judge_prompt_tokens + round2 * (a.judge_prompt_tokens + a.judge_round1_tokens)) / requests
+    return VllmWork(
+        QWEN3_8B,
+        requests,
+        prompt,
+        output,
+        judge["round1"]["max_new_tokens"],
+        prefill_tokens=n_segments * a.judge_prompt_tokens * 0.5 + round2 * (a.judge_round1_tokens + 30),
+        n_calls=2,
+    )
+
+
+def stage07(ctx: Context) -> Row:
+    n_segments = ctx.load.n_correct * ctx.load.segments_per_trace
+    work = f"{n_segments:,.0f} segments judged (round 2 for {ctx.a.judge_round2_share:.0%}), Qwen3-8B"
+    return vllm_row(ctx, "07", work, judge_work(ctx, n_segments))
+
+
+def stage08_ig(ctx: Context) -> Row:
+    j = int(ctx.profile.get_path("attribution.n_steps"))
+    work = (
+        f"IG J={j} of the {ctx.a.limo_questions} LIMO reference traces (~{ctx.load.reference_length:,.0f} tokens), 7B"
+    )
+    return replace(ig_row(ctx, "08", work, [(ctx.a.limo_questions, ctx.load.reference_length, j)]), stage="08 IG")
+
+
+def planned_runs(profile: Profile) -> list:
+    """Stage 08's own run plan (the variant registry decides which runs each table needs)."""
+    from segattr_utils.stages.stage08_selective_sft import plan_runs
+
+    return plan_runs(profile)
+
+
+def run_gpu_hours(ctx: Context, spec) -> float:
+    """GPU-hours of one SFT run of the student: its source's traces (capped at ``max_length``), pruned
+    variants on ``1 - prune_token_share`` of the tokens."""
+    from segattr_utils.llm.variants import get_variant
+
+    training = ctx.profile["training"]
+    cap = float(training["sft"]["max_length"])
+    if spec.source == "reference":
+        n, length = ctx.a.limo_questions, ctx.load.reference_length
+    else:
+        n, length = ctx.load.n_correct, ctx.load.correct_length
+    if get_variant(spec.variant).mode == "pruned":
+        length *= 1 - float(training.get("prune_token_share", 0.0))
+    flops = sft_flops(R1_DISTILL_QWEN_1_5B, min(length, cap), n, sft_epochs(ctx.profile))
+    return flops / ctx.calibration.sft_flops_per_s / HOUR
+
+
+def stage08_sft(ctx: Context) -> Row:
+    runs = planned_runs(ctx.profile)
+    hours = [run_gpu_hours(ctx, spec) for spec in runs]
+    gpus = ctx.profile.get_path("training.gpus") or ctx.a.node_gpus
+    wall = lpt_makespan(hours, min(int(gpus), ctx.a.node_gpus))
+    work = f"{len(runs)} SFT runs (plan_runs) of the 1.5B, {sft_epochs(ctx.profile):g} epochs each"
+    return Row(
+        "08 SFT", work, sum(hours), wall, wall, f"per_gpu: one run per GPU, {min(int(gpus), ctx.a.node_gpus)} at once"
+    )
+
+
+def evaluation_request_counts(profile: Profile) -> tuple[int, int]:
+    """(greedy, sampled) outputs per evaluated model: every benchmark question (at most
+    ``evaluation.limit``) once greedily and ``n_samples`` times sampled (Sec. 4.1)."""
+    from segattr_utils.stages.stage09_evaluation import benchmarks
+
+    limit = profile.get_path("evaluation.limit", None)
+    greedy = sampled = 0
+    for bench in benchmarks(profile):
+        questions = BENCHMARK_SIZES[bench["name"]]
+        questions = min(questions, int(limit)) if limit else questions
+        greedy += questions
+        sampled += questions * int(bench["n_samples"])
+    return greedy, sampled
+
+
+def evaluation_requests(profile: Profile) -> int:
+    """Outputs per evaluated model, greedy and sampled."""
+    return sum(evaluation_request_counts(profile))
+
+
+# Questions per benchmark as published (MATH-500, AMC 2023, AIME 2024/2025, GPQA-Diamond, Minerva Math,
+# OlympiadBench's English math split used by math-ai/olympiadbench).
+BENCHMARK_SIZES = {
+    "MATH500": 500,
+    "AMC23": 40,
+    "AIME24": 30,
+    "AIME25": 30,
+    "GPQA": 198,
+    "Minerva": 272,
+    "OlympiadBench": 675,
+}
+
+
+def evaluation_lengths(a: Assumptions, greedy: int, sampled: int) -> tuple[float, float]:
+    """(mean output, mean KV context of a running sequence) of a model's greedy and sampled outputs. A
+    sequence stays in the batch for as many steps as it has tokens, so the running ones are weighted by
+    their length: mean context = prompt + E[L²] / (2·E[L])."""
+    lengths = ((greedy, a.eval_greedy_tokens), (sampled, a.eval_sample_tokens))
+    tokens = sum(n * length for n, length in lengths)
+    mean_output = tokens / (greedy + sampled)
+    return mean_output, a.prompt_tokens + sum(n * length**2 for n, length in lengths) / (2 * tokens)
+
+
+def stage09(ctx: Context) -> Row:
+    models = 1 + len(planned_runs(ctx.profile))  # the base student and every SFT run
+    greedy, sampled = evaluation_request_counts(ctx.profile)
+    per_model = greedy + sampled
+    mean_output, context = evaluation_lengths(ctx.a, greedy, sampled)
+    cfg = ctx.profile["evaluation"]
+    load = VllmWork(
+        R1_DISTILL_QWEN_1_5B,
+        models * per_model,
+        ctx.a.prompt_tokens,
+        mean_output,
+        cfg["max_new_tokens"],
+        prefill_tokens=models * per_model * ctx.a.prompt_tokens / 4,  # samples share their question's prompt
+        n_calls=models,
+        n_engine_starts=models,
+        context_tokens=context,
+    )
+    work = (
+        f"{models} models x ({greedy:,} greedy x {ctx.a.eval_greedy_tokens:,.0f} + {sampled:,} sampled x "
+        f"{ctx.a.eval_sample_tokens:,.0f} tokens), 7 benchmarks, 1.5B"
+    )
+    return vllm_row(ctx, "09", work, load)
+
+
+def reference_signals(ctx: Context) -> list[Row]:
+    """Stages 04 and 05 on the reference traces: Tables 3-4's confidence-gain, perplexity and entropy
+    variants train on ``training.ablation_source: reference`` and need these signals, which stages 04 and
+    05 measure on LIMO's 817 CoTs (``measured_sources``); stage 04 with the engine of its self traces."""
+    if ctx.profile.get_path("training.ablation_source", None) != "reference":
+        return []
+    load = ctx.load
+    forced = vllm_row(
+        ctx,
+        "04 ref.",
+        f"forced answers on the {ctx.a.limo_questions} reference traces, 7B (stage 04's engines)",
+        replace(
+            forced_answer_work(ctx, ctx.a.limo_questions, ctx.a.reference_trace_tokens, load.reference_segments),
+            n_engine_starts=0,
+        ),
+    )
+    gpu_h = linguistics_gpu_hours(ctx, ctx.a.limo_questions, load.reference_length, load.reference_segments)
+    ling = Row(
+        "05 ref.",
+        f"perplexity passes on the {ctx.a.limo_questions} reference traces, 7B (HF)",
+        gpu_h,
+        gpu_h,
+        gpu_h,
+        "one process on one GPU (the code)",
+    )
+    return [forced, ling]
+
+
+STAGES = (stage00, stage01, stage03, stage04, stage05, stage07, stage08_ig, stage08_sft, stage09)
+
+
+def estimate(profile: Profile, a: Assumptions | None = None, gpu: str = "h100") -> list[Row]:
+    """One row per stage (02 and 06 run on the CPU and are left out), then stages 04-05 on the reference
+    traces where the run plan needs them."""
+    a = a or Assumptions()
+    ctx = Context(profile, a, GPUS[gpu], Calibration.from_paper(profile, a), Workload.from_assumptions(profile, a))
+    return [stage(ctx) for stage in STAGES] + reference_signals(ctx)
+
+
+@dataclass(frozen=True)
+class Totals:
+    gpu_hours: float
+    wall_ideal_h: float
+    wall_configured_h: float
+
+
+def totals(rows: list[Row]) -> Totals:
+    return Totals(
+        sum(r.gpu_hours for r in rows), sum(r.wall_ideal_h for r in rows), sum(r.wall_configured_h for r in rows)
+    )
+
+
+def longest_stage(rows: list[Row]) -> Row:
+    """The row with the most wall time with IG on 8 GPUs (the ideal column)."""
+    return max(rows, key=lambda r: r.wall_ideal_h)
+
+
+# ---------------------------------------------------------------------------------------------
+# What fits in 24 hours
+
+
+def with_settings(profile: Profile, settings: dict) -> Profile:
+    """A copy of ``profile`` with dotted ``settings`` replaced; ``evaluation.benchmarks.<NAME>.n_samples``
+    changes one benchmark (``*``: every benchmark with more samples than the value)."""
+    changed = Profile(copy.deepcopy(dict(profile)))
+    for dotted, value in settings.items():
+        parts = dotted.split(".")
+        if parts[:2] == ["evaluation", "benchmarks"]:
+            name, key = parts[2], parts[3]
+            for bench in changed["evaluation"]["benchmarks"]:
+                if name == bench["name"] or (name == "*" and int(bench.get(key, 0)) > value):
+                    bench[key] = value
+            continue
+        node = changed
+        for part in parts[:-1]:
+            node = node[part]
+        node[parts[-1]] = value
+    return changed
+
+
+# The scenarios after the first three set attribution.workers: 8 (IG one trace per GPU, as paper.yaml's comment asks
+# and the accelerate-based IG is to do), so that their "as configured" column is the ideal one.
+_W8 = {"attribution.workers": 8}
+BEFORE = {"generation.vllm.tensor_parallel_size": 4, "generation.vllm.data_parallel_size": 1}
+SCENARIOS: tuple[tuple[str, dict], ...] = (
+    ("paper.yaml as it is", {}),
+    ("for comparison, the engines before: tensor_parallel_size: 4, data_parallel_size: 1", BEFORE),
+    (
+        "for comparison, tensor_parallel_size: 2 for every model (4 engines)",
+        {"generation.vllm.tensor_parallel_size": 2},
+    ),
+    ("attribution.workers: 8", _W8),
+    ("+ 6 samples on AMC23/AIME24/AIME25 (32 in paper.yaml)", {**_W8, "evaluation.benchmarks.*.n_samples": 6}),
+    ("+ evaluation.limit: 300", {**_W8, "evaluation.limit": 300}),
+    ("+ evaluation.limit: 100", {**_W8, "evaluation.limit": 100}),
+    ("+ training.tables: [] (Table 1 only: 4 runs + base)", {**_W8, "training.tables": []}),
+)
+
+
+def scenario_totals(profile: Profile, a: Assumptions, gpu: str) -> list[tuple[str, Totals]]:
+    """Totals of each scenario of :data:`SCENARIOS`."""
+    return [(name, totals(estimate(with_settings(profile, settings), a, gpu))) for name, settings in SCENARIOS]
+
+
+def largest_fitting_limit(profile: Profile, a: Assumptions, gpu: str, extra: dict | None = None) -> int | None:
+    """The largest ``evaluation.limit`` (questions per benchmark) whose wall time with
+    ``attribution.workers: 8`` fits 24 h."""
+    for limit in (675, 600, 500, 450, 400, 350, 300, 250, 200, 150, 100, 75, 50, 40, 30, 20, 10):
+        settings = {**_W8, "evaluation.limit": limit, **(extra or {})}
+        if totals(estimate(with_settings(profile, settings), a, gpu)).wall_configured_h <= TARGET_WALL_HOURS:
+            return limit
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _hours(value: float) -> str:
+    return f"{value:,.1f}"
+
+
+def stage_table(rows: list[Row]) -> str:
+    lines = [
+        "| stage | work | GPU-hours | wall, ideal [h] | wall, as configured [h] | parallelism |",
+        "|---|---|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.stage} | {r.work} | {_hours(r.gpu_hours)} | {_hours(r.wall_ideal_h)} | "
+            f"{_hours(r.wall_configured_h)} | {r.parallel} |"
+        )
+    t = totals(rows)
+    lines.append(
+        f"| **total** | | **{_hours(t.gpu_hours)}** | **{_hours(t.wall_ideal_h)}** | "
+        f"**{_hours(t.wall_configured_h)}** | one 8-GPU node, stages in order |"
+    )
+    return "\n".join(lines)
+
+
+def decode_rate_table(profile: Profile, a: Assumptions, gpu: GPU) -> str:
+    """Tokens/s per GPU of each model at TP 1, 2, 4 (the memory-bound model above, at each stage's mean
+    context; TP 4 copies the 1.5B's 2 KV heads); the TP the code chooses in bold."""
+    util = float(profile.get_path("generation.vllm.gpu_memory_utilization", DEFAULT_UTILISATION))
+    greedy, sampled = evaluation_request_counts(profile)
+    lines = [
+        "| model (stage, mean context) | TP 1 | TP 2 | TP 4 | concurrency at the chosen TP |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for model, context, what in (
+        (R1_DISTILL_QWEN_7B, a.prompt_tokens + a.sample_tokens / 2, "01 sampling"),
+        (QWEN3_8B, a.judge_prompt_tokens + a.judge_round1_tokens / 2, "07 judge"),
+        (R1_DISTILL_QWEN_1_5B, evaluation_lengths(a, greedy, sampled)[1], "09 evaluation"),
+    ):
+        chosen, _ = engine_layout(profile, model, gpu, a.node_gpus)
+        cells = []
+        for tp in (1, 2, 4):
+            per_gpu = f"{decode_rate(model, gpu, a, tp, util, context).tokens_per_s / tp:,.0f}"
+            cells.append(f"**{per_gpu}**" if tp == chosen else per_gpu)
+        rate = decode_rate(model, gpu, a, chosen, util, context)
+        lines.append(
+            f"| {model.name} ({what}, {context:,.0f} tokens) | {' | '.join(cells)} | {rate.concurrency:,.0f} "
+            f"sequences per engine, {rate.step_s * 1000:.0f} ms per step |"
+        )
+    return "\n".join(lines)
+
+
+def assumption_table(profile: Profile, a: Assumptions, gpu: GPU) -> str:
+    cal = Calibration.from_paper(profile, a)
+    lines = ["| assumption | value | why |", "|---|---:|---|"]
+    for f in fields(a):
+        value = getattr(a, f.name)
+        lines.append(f"| {f.name} | {value:,} | {ASSUMPTION_NOTES.get(f.name, '')} |")
+    lines.append(
+        f"| GPU | {gpu.name} | {gpu.bf16_flops / 1e12:.0f} TFLOP/s bf16 dense, {gpu.hbm_bandwidth / 1e12:.2f} TB/s, "
+        f"{gpu.memory_bytes / GIB:.1f} GiB |"
+    )
+    lines.append(
+        f"| achieved IG FLOP/s per GPU | {cal.ig_flops_per_s / 1e12:.0f} T | from paper_ig_gpu_hours "
+        f"({cal.ig_flops_per_s / gpu.bf16_flops:.0%} of peak) |"
+    )
+    lines.append(
+        f"| achieved SFT FLOP/s per GPU | {cal.sft_flops_per_s / 1e12:.0f} T | from paper_sft_gpu_hours "
+        f"({cal.sft_flops_per_s / gpu.bf16_flops:.0%} of peak), used for the 1.5B too |"
+    )
+    return "\n".join(lines)
+
+
+def scenario_table(profile: Profile, a: Assumptions, gpu: str) -> str:
+    lines = [
+        "| settings (not applied to paper.yaml) | GPU-hours | wall, ideal [h] | wall, as configured [h] | fits 24 h |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for name, t in scenario_totals(profile, a, gpu):
+        fits = "yes" if t.wall_configured_h <= TARGET_WALL_HOURS else "no"
+        lines.append(
+            f"| {name} | {_hours(t.gpu_hours)} | {_hours(t.wall_ideal_h)} | {_hours(t.wall_configured_h)} | {fits} |"
+        )
+    return "\n".join(lines)
+
+
+def _limit_text(limit: int | None) -> str:
+    if limit is None:
+        return "none (even 10 questions per benchmark do not fit)"
+    if limit >= max(BENCHMARK_SIZES.values()):
+        return "no limit at all (every question fits)"
+    return f"{limit} questions per benchmark"
+
+
+def _fits(hours: float) -> str:
+    return "fits" if hours <= TARGET_WALL_HOURS else "does NOT fit"
+
+
+def verdict(profile: Profile, a: Assumptions, gpu: str) -> str:
+    """The plain answer: as configured and with IG on 8 GPUs, on this GPU and the other; the longest
+    stage; the settings that fit when it does not."""
+    other = "h200" if gpu == "h100" else "h100"
+    rows, rows_other = estimate(profile, a, gpu), estimate(profile, a, other)
+    t, t_other = totals(rows), totals(rows_other)
+    top = longest_stage(rows)
+    text = (
+        f"**Verdict: the paper profile as configured {_fits(t.wall_configured_h)} in 24 h on one 8-GPU "
+        f"{GPUS[gpu].name} node**: {_hours(t.wall_configured_h)} h as configured (IG on one GPU, "
+        f"`attribution.workers: 1`), {_hours(t.wall_ideal_h)} h with IG on all 8 GPUs (`attribution.workers: 8`, "
+        f"or the accelerate-based IG); {_hours(t.gpu_hours)} GPU-hours. On {GPUS[other].name} GPUs: "
+        f"{_hours(t_other.wall_configured_h)} h as configured, {_hours(t_other.wall_ideal_h)} h with IG on 8 GPUs "
+        f"({_fits(t_other.wall_ideal_h)}); {_hours(t_other.gpu_hours)} GPU-hours. The longest stage is {top.stage} "
+        f"({_hours(top.wall_ideal_h)} h, {top.wall_ideal_h / t.wall_ideal_h:.0%} of the wall time with IG on 8 GPUs)."
+    )
+    if t.wall_ideal_h > TARGET_WALL_HOURS:
+        runs = len(planned_runs(profile))
+        text += (
+            f" With `attribution.workers: 8` and all {1 + runs} models evaluated, the largest `evaluation.limit` that "
+            f"fits is {_limit_text(largest_fitting_limit(profile, a, gpu))} (AMC23/AIME keep their 32 samples); with "
+            f"Table 1 only (`training.tables: []`) it is "
+            f"{_limit_text(largest_fitting_limit(profile, a, gpu, {'training.tables': []}))}. "
+            "paper.yaml's method settings are left unchanged."
+        )
+    return text
+
+
+def report(profile: Profile, a: Assumptions, gpu: str) -> str:
+    return "\n\n".join(
+        [
+            f"GPU-hours per stage of the paper profile on {GPUS[gpu].name} GPUs "
+            f"(`python benchmarks/gpu_hours.py --gpu {gpu}`; estimated, not measured).",
+            stage_table(estimate(profile, a, gpu)),
+            verdict(profile, a, gpu),
+            "What brings it within 24 h (each row from paper.yaml with the settings named):",
+            scenario_table(profile, a, gpu),
+            "Decode rate per GPU by tensor parallel size [tokens/s] (the code's choice in bold):",
+            decode_rate_table(profile, a, GPUS[gpu]),
+            "Assumptions (every number not in paper.yaml):",
+            assumption_table(profile, a, GPUS[gpu]),
+        ]
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gpu", choices=sorted(GPUS), default="h100")
+    parser.add_argument("--profile", default="paper")
+    parser.add_argument("--out", default=None, help="also write the Markdown here")
+    args = parser.parse_args(argv)
+    text = report(load_profile(args.profile), Assumptions(), args.gpu)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
