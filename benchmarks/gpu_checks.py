@@ -55,35 +55,13 @@ from pathlib import Path
 
 import torch
 
+from segattr_utils.llm.architectures import R1_DISTILL_QWEN_1_5B, R1_DISTILL_QWEN_7B
+
 GIB = 2**30
 
 # ---------------------------------------------------------------------------------------------
-# Model configs (config.json of the hub models; nothing is downloaded)
+# Model configs (config.json of the hub models, segattr_utils.llm.architectures; nothing is downloaded)
 
-R1_DISTILL_QWEN_7B = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-    rope_theta=10000.0,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-)
-R1_DISTILL_QWEN_1_5B = dict(
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    rope_theta=10000.0,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-)
 # --quick: the same head counts (28:4, 12:2), tiny widths, depths and vocabularies; the student keeps a head
 # dim of 32, which vLLM's attention kernels support, so --quick also runs on a GPU
 QUICK_7B = dict(R1_DISTILL_QWEN_7B, hidden_size=224, intermediate_size=448, num_hidden_layers=2, vocab_size=4096)

@@ -51,6 +51,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from segattr_utils.config import Profile, load_profile
+from segattr_utils.llm import architectures
 from segattr_utils.llm.vllm_parallel import DEFAULT_UTILISATION, Devices, ModelLayout, parallel_sizes
 
 GIB = 2**30
@@ -114,10 +115,26 @@ class ModelShape:
         return 2 * self.layers * heads_per_gpu * self.head_dim * 2
 
 
-# config.json of each hub model (models.generator, models.student, models.judge of paper.yaml)
-R1_DISTILL_QWEN_7B = ModelShape("R1-Distill-Qwen-7B", 3584, 18944, 28, 28, 4, 152064)
-R1_DISTILL_QWEN_1_5B = ModelShape("R1-Distill-Qwen-1.5B", 1536, 8960, 28, 12, 2, 151936)
-QWEN3_8B = ModelShape("Qwen3-8B", 4096, 12288, 36, 32, 8, 151936, qkv_bias=False)
+def shape_of(name: str, config: dict, qkv_bias: bool = True) -> ModelShape:
+    """The :class:`ModelShape` of a ``config.json`` (segattr_utils.llm.architectures)."""
+    heads = config["num_attention_heads"]
+    return ModelShape(
+        name,
+        config["hidden_size"],
+        config["intermediate_size"],
+        config["num_hidden_layers"],
+        heads,
+        config["num_key_value_heads"],
+        config["vocab_size"],
+        head_dim=config.get("head_dim", config["hidden_size"] // heads),
+        qkv_bias=qkv_bias,
+    )
+
+
+# models.generator, models.student, models.judge of paper.yaml
+R1_DISTILL_QWEN_7B = shape_of("R1-Distill-Qwen-7B", architectures.R1_DISTILL_QWEN_7B)
+R1_DISTILL_QWEN_1_5B = shape_of("R1-Distill-Qwen-1.5B", architectures.R1_DISTILL_QWEN_1_5B)
+QWEN3_8B = shape_of("Qwen3-8B", architectures.QWEN3_8B, qkv_bias=False)
 
 
 @dataclass(frozen=True)

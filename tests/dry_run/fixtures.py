@@ -189,6 +189,30 @@ LIMO_ROWS = [
     },
 ]
 
+
+def _olympiad_row(index: int, question: str, solution: str, answer: str, context: str | None, subfield: str) -> dict:
+    """A row of math-ai/olympiadbench: list-valued solution and final answer (with $...$), the other columns
+    as the text-only English math problems have them."""
+    return {
+        "id": index,
+        "question": question,
+        "solution": [solution],
+        "final_answer": [answer],
+        "context": context,
+        "image_1": None,
+        "modality": "Text-only",
+        "difficulty": "Competition",
+        "is_multiple_answer": False,
+        "unit": None,
+        "answer_type": "Numerical",
+        "error": None,
+        "question_type": "Open-ended",
+        "subfield": subfield,
+        "subject": "Math",
+        "language": "English",
+    }
+
+
 #: One row per benchmark question, in the columns of the dataset named in paper.yaml (``hub_id``).
 BENCHMARK_ROWS: dict[str, list[dict]] = {
     "MATH500": [
@@ -270,60 +294,16 @@ BENCHMARK_ROWS: dict[str, list[dict]] = {
         {"question": "What is $2 - 0$ in units of meters?", "answer": "2"},
     ],
     "OlympiadBench": [
-        {
-            "id": 1,
-            "question": "Find the smallest non-negative integer $n$.",
-            "solution": ["$n = 0$."],
-            "final_answer": ["$0$"],
-            "context": None,
-            "image_1": None,
-            "modality": "Text-only",
-            "difficulty": "Competition",
-            "is_multiple_answer": False,
-            "unit": None,
-            "answer_type": "Numerical",
-            "error": None,
-            "question_type": "Open-ended",
-            "subfield": "Number Theory",
-            "subject": "Math",
-            "language": "English",
-        },
-        {
-            "id": 2,
-            "question": "How many are left?",
-            "solution": ["$3 - 1 = 2$."],
-            "final_answer": ["$2$"],
-            "context": "Three apples lie on a table; one is eaten.",
-            "image_1": None,
-            "modality": "Text-only",
-            "difficulty": "Competition",
-            "is_multiple_answer": False,
-            "unit": None,
-            "answer_type": "Numerical",
-            "error": None,
-            "question_type": "Open-ended",
-            "subfield": "Combinatorics",
-            "subject": "Math",
-            "language": "English",
-        },
-        {
-            "id": 3,
-            "question": "Compute $1^5$.",
-            "solution": ["$1$."],
-            "final_answer": ["$1$"],
-            "context": None,
-            "image_1": None,
-            "modality": "Text-only",
-            "difficulty": "Competition",
-            "is_multiple_answer": False,
-            "unit": None,
-            "answer_type": "Numerical",
-            "error": None,
-            "question_type": "Open-ended",
-            "subfield": "Algebra",
-            "subject": "Math",
-            "language": "English",
-        },
+        _olympiad_row(1, "Find the smallest non-negative integer $n$.", "$n = 0$.", "$0$", None, "Number Theory"),
+        _olympiad_row(
+            2,
+            "How many are left?",
+            "$3 - 1 = 2$.",
+            "$2$",
+            "Three apples lie on a table; one is eaten.",
+            "Combinatorics",
+        ),
+        _olympiad_row(3, "Compute $1^5$.", "$1$.", "$1$", None, "Algebra"),
     ],
 }
 

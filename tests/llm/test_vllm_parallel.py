@@ -7,36 +7,12 @@ import json
 
 import pytest
 
+from segattr_utils.llm.architectures import QWEN3_8B, R1_DISTILL_QWEN_1_5B, R1_DISTILL_QWEN_7B
 from segattr_utils.llm.vllm_parallel import Devices, ModelLayout, auto_tensor_parallel_size, plan_engines, shard_groups
 
 GIB = 2**30
 H100 = 79.6 * GIB
-# config.json of the paper's models (models.generator, models.student, models.judge) and two larger ones
-R1_DISTILL_QWEN_7B = dict(
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_hidden_layers=28,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    vocab_size=152064,
-)
-R1_DISTILL_QWEN_1_5B = dict(
-    hidden_size=1536,
-    intermediate_size=8960,
-    num_hidden_layers=28,
-    num_attention_heads=12,
-    num_key_value_heads=2,
-    vocab_size=151936,
-)
-QWEN3_8B = dict(
-    hidden_size=4096,
-    intermediate_size=12288,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    vocab_size=151936,
-)
+# config.json of two larger models (the paper's three come from segattr_utils.llm.architectures)
 LLAMA_70B = dict(
     hidden_size=8192,
     intermediate_size=28672,
