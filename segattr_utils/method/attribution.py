@@ -17,7 +17,9 @@ Design choices (and how they differ from the authors' public code):
   authors accumulate in bf16).
 - The LM head is evaluated only at the ``len(target_span)`` positions that predict the answer: no
   ``[points, L, vocab]`` logits tensor is ever built (the authors materialise it). Peak memory is the
-  model's activations for one chunk of path points, which ``internal_batch_size`` bounds.
+  model's activations for one chunk of path points, which ``internal_batch_size`` bounds, and
+  ``activation_checkpointing=True`` cuts to one hidden state per layer plus one layer's activations
+  (:mod:`segattr_utils.method.checkpointing`; :mod:`segattr_utils.method.ig_cost` predicts the peak).
 - Parameters are frozen during the call; only the path embeddings carry gradients.
 - F at the baseline still scores the *real* answer ids: only embeddings move along the path, so the
   completeness identity  F(x) - F(x') = sum(IG)  can hold and ``delta`` measures the quadrature error.
@@ -44,6 +46,7 @@ from captum.attr import IntegratedGradients, LayerIntegratedGradients
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
 from torch import nn
 
+from .checkpointing import checkpointed_layers
 from .quadrature import quadrature_rule
 
 
@@ -178,7 +181,9 @@ def _default_baseline_token(model: nn.Module) -> int:
     )
 
 
-def _validate_inputs(model, input_ids, target_span, interpolate, n_steps, internal_batch_size):
+def _validate_inputs(
+    model, input_ids, target_span, interpolate, n_steps, internal_batch_size, activation_checkpointing
+):
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dim() != 1:
@@ -212,6 +217,8 @@ def _validate_inputs(model, input_ids, target_span, interpolate, n_steps, intern
             raise ValueError(f"interpolate has shape {tuple(interpolate.shape)}, input_ids {tuple(input_ids.shape)}")
     if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
         raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+    if not isinstance(activation_checkpointing, bool):
+        raise TypeError(f"activation_checkpointing must be True or False, got {activation_checkpointing!r}")
 
 
 def answer_log_prob(
@@ -229,7 +236,12 @@ def answer_log_prob(
     """
     start, end = target_span
     hidden = backbone(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
-    logits = head(hidden[:, start - 1 : end - 1]).float()
+    # A 2-D head input: for a 3-D slice of the hidden states torch.matmul broadcasts the head's weight
+    # to every sequence of the batch (bmm), which on the CPU copies the whole [vocab, hidden] matrix per
+    # call (1 GB and ~10 s per call at Qwen2-7B's width).
+    answer_hidden = hidden[:, start - 1 : end - 1]
+    logits = head(answer_hidden.reshape(-1, answer_hidden.shape[-1])).float()
+    logits = logits.view(*answer_hidden.shape[:-1], logits.shape[-1])
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -246,6 +258,7 @@ def token_attributions(
     n_steps: int = 50,
     method: str = "gausslegendre",
     internal_batch_size: int | None = None,
+    activation_checkpointing: bool = False,
 ) -> Attribution:
     """Integrated gradients (Eq. 1-2) of the answer log-probability w.r.t. every input token's embedding.
 
@@ -260,11 +273,14 @@ def token_attributions(
         method: ``riemann_left/right/middle/trapezoid``, ``gausslegendre`` or ``official`` (the
             authors' J inclusive evenly spaced points with weight 1/J).
         internal_batch_size: path points per forward/backward pass (default: all at once).
+        activation_checkpointing: recompute each decoder layer in the backward pass instead of keeping
+            its activations (one more forward pass per chunk; the same attributions up to float
+            rounding; the model stays in eval mode, so dropout stays off).
 
     Returns:
         :class:`Attribution` with float32 ``values`` of length L and the completeness ``delta``.
     """
-    _validate_inputs(model, input_ids, target_span, interpolate, n_steps, internal_batch_size)
+    _validate_inputs(model, input_ids, target_span, interpolate, n_steps, internal_batch_size, activation_checkpointing)
     weights, alphas = quadrature_rule(method, n_steps)
     embedding, backbone, head = _split_causal_lm(model)
     if baseline_token_id is None:
@@ -310,13 +326,15 @@ def token_attributions(
         lig.ig = _ChunkedRuleIG(forward, weights, alphas, chunk)
         # captum validates the method name; the rule itself comes from _ChunkedRuleIG.
         captum_method = method if method in SUPPORTED_METHODS else "riemann_trapezoid"
-        per_dim = lig.attribute(
-            ids,
-            baselines=baseline_ids,
-            additional_forward_args=(target_ids,),
-            n_steps=len(alphas),
-            method=captum_method,
-        )
+        layers = checkpointed_layers(model) if activation_checkpointing else contextlib.nullcontext()
+        with layers:
+            per_dim = lig.attribute(
+                ids,
+                baselines=baseline_ids,
+                additional_forward_args=(target_ids,),
+                n_steps=len(alphas),
+                method=captum_method,
+            )
     values = per_dim.detach().float().sum(-1).squeeze(0).cpu()
     values = torch.where(mask.cpu(), values, torch.zeros_like(values))  # values live on the CPU
     if not torch.isfinite(values).all() or not math.isfinite(f_input) or not math.isfinite(f_baseline):
