@@ -78,21 +78,27 @@ def load_causal_lm(
     dtype: str = "float32",
     device: str | None = None,
     allow_download: bool | None = None,
+    device_map: str | dict | None = None,
 ):
     """(model, tokenizer) for a hub id or local folder, in eval mode on ``device`` (default: CUDA if
-    available, else CPU)."""
+    available, else CPU). ``device_map`` (``"auto"``, ``"balanced"`` or a module -> device dict; needs
+    accelerate) spreads a model too large for one GPU over several and replaces ``device``: the IG engine
+    puts token ids on the embedding's device and the answer ids on the LM head's."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     path = resolve_model_path(model_id, local_path)
     allow_download = (not offline()) if allow_download is None else allow_download
     quiet_libraries()  # under reproduce: no "Loading weights" bar in the executed notebook
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=not allow_download)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], local_files_only=not allow_download, device_map=device_map
+        )
     except OSError as error:
         raise _unavailable(model_id, error) from error
     tokenizer = load_tokenizer(path, allow_download=allow_download)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
     return model, tokenizer
 
 

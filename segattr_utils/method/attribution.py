@@ -20,6 +20,8 @@ Design choices (and how they differ from the authors' public code):
   model's activations for one chunk of path points, which ``internal_batch_size`` bounds, and
   ``activation_checkpointing=True`` cuts to one hidden state per layer plus one layer's activations
   (:mod:`segattr_utils.method.checkpointing`; :mod:`segattr_utils.method.ig_cost` predicts the peak).
+- A model spread over several devices (``device_map``) works: token ids go to the input embedding's
+  device, the answer ids to the device the logits come out on (the LM head's).
 - Parameters are frozen during the call; only the path embeddings carry gradients.
 - F at the baseline still scores the *real* answer ids: only embeddings move along the path, so the
   completeness identity  F(x) - F(x') = sum(IG)  can hold and ``delta`` measures the quadrature error.
@@ -159,6 +161,18 @@ def _split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]
     return embedding, backbone, head
 
 
+def execution_device(module: nn.Module) -> torch.device | None:
+    """The device ``module`` computes on: accelerate's ``execution_device`` for a module of a model
+    dispatched with ``device_map`` (its weights may be offloaded to "meta" between calls), else the
+    device of its first parameter; None for a module without parameters."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else None
+
+
 def _max_positions(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions"):
@@ -232,7 +246,9 @@ def answer_log_prob(
     """F for a batch of embedded sequences: summed log-probability of ``target_ids`` at ``target_span``.
 
     The head runs only on the hidden states at positions ``start-1 .. end-2`` (each predicts the next
-    token), so memory is O(batch x len(target) x vocab), not O(batch x L x vocab).
+    token), so memory is O(batch x len(target) x vocab), not O(batch x L x vocab). The answer ids are
+    gathered on the device the logits come out on: with a ``device_map`` model the LM head may sit on
+    another device than the embedding that ``target_ids`` came from.
     """
     start, end = target_span
     hidden = backbone(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
@@ -245,7 +261,8 @@ def answer_log_prob(
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
-    return log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+    targets = target_ids.to(log_probs.device).unsqueeze(-1)
+    return log_probs.gather(-1, targets).squeeze(-1).sum(-1)
 
 
 def token_attributions(
@@ -292,7 +309,10 @@ def token_attributions(
         or (vocab_size and baseline_token_id >= vocab_size)
     ):
         raise ValueError(f"baseline_token_id {baseline_token_id!r} is not a valid token id")
-    if hasattr(embedding, "weight") and not torch.any(embedding.weight[baseline_token_id]):
+    device = execution_device(embedding) or next(model.parameters()).device
+    with torch.no_grad():  # through the module: an offloaded embedding's weight is on "meta" until called
+        baseline_row = embedding(torch.tensor([baseline_token_id], device=device))
+    if not torch.any(baseline_row):
         warnings.warn(
             f"the baseline token {baseline_token_id} has an all-zero embedding: the straight-line IG path is "
             "degenerate for RMSNorm/LayerNorm models (F jumps at alpha=0) and completeness cannot hold; "
@@ -301,8 +321,7 @@ def token_attributions(
             stacklevel=2,
         )
 
-    device = embedding.weight.device if hasattr(embedding, "weight") else next(model.parameters()).device
-    model_dtype = embedding.weight.dtype if hasattr(embedding, "weight") else torch.float32
+    model_dtype = baseline_row.dtype if baseline_row.is_floating_point() else torch.float32
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     start, end = target_span
     ids = input_ids.to(device).unsqueeze(0)
