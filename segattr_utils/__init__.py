@@ -2,7 +2,7 @@
 
 The package, grouped by concept (the README draws the tree):
 
-- :mod:`.method`    Sec. 2: segmentation, token spans, quadrature, IG attribution, importance (Eq. 3-7), masking (Eq. 9)
+- :mod:`.method`    Sec. 2: segmentation, token spans, quadrature, IG attribution (and its cost), importance (Eq. 3-7), masking (Eq. 9)
 - :mod:`.measures`  Sec. 3, App. A-B: confidence Δ, linguistics, position, the truncation judge, redundancy
 - :mod:`.llm`       loading models, generation, grading, SFT training, the variant registry, evaluation
 - :mod:`.data`      question sets (LIMO, the benchmarks)
@@ -15,6 +15,7 @@ The names below are the library's public API (Sec. 2 of the paper, usable withou
 """
 
 from .method.attribution import Attribution, DegenerateBaselineWarning, token_attributions
+from .method.ig_cost import IGCost, estimate_ig_cost
 from .method.importance import (
     AGGREGATIONS,
     always_keep_indices,
@@ -42,12 +43,14 @@ __all__ = [
     "DEFAULT_ANSWER_SUFFIX",
     "DEFAULT_KEYWORDS",
     "DegenerateBaselineWarning",
+    "IGCost",
     "METHODS",
     "RETRO_SEARCH_KEYWORDS",
     "always_keep_indices",
     "build_attribution_sequence",
     "char_span_to_covering_tokens",
     "char_spans_to_token_spans",
+    "estimate_ig_cost",
     "quadrature_rule",
     "segment",
     "segment_char_spans",

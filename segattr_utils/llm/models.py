@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from ..progress import quiet_libraries
 
@@ -70,6 +70,27 @@ def load_tokenizer(path_or_id: str, allow_download: bool | None = None):
         return AutoTokenizer.from_pretrained(path_or_id, local_files_only=not allow_download)
     except (OSError, ValueError) as error:
         raise _unavailable(path_or_id, error) from error
+
+
+def load_model_config(model_id: str, allow_download: bool | None = None):
+    """The transformers config of a hub id or of a local folder holding ``config.json``, without weights.
+    Offline (``HF_HUB_OFFLINE=1``) a hub id must already be in the local cache, else
+    :class:`ModelUnavailableError` says what to do."""
+    path = resolve_model_path(model_id)
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise ModelUnavailableError(f"{path} is a folder without a config.json")
+    allow_download = (not offline()) if allow_download is None else allow_download
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=not allow_download)
+    except OSError as error:
+        if Path(path).is_dir():
+            raise
+        raise ModelUnavailableError(
+            f"the config of {model_id!r} is not available locally and downloads are disabled "
+            f"(HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1; {type(error).__name__}). Pass a folder holding its "
+            f"config.json instead (huggingface-cli download {model_id} config.json --local-dir <folder> on a "
+            "machine with network access), or unset HF_HUB_OFFLINE to let transformers fetch the config."
+        ) from error
 
 
 def load_causal_lm(
