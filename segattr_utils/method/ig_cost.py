@@ -51,6 +51,7 @@ layers with checkpointing. Seconds = FLOPs / an assumed sustained throughput (FL
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,10 +257,11 @@ def estimate_ig_cost(
     log-probability is attributed. Seconds are ``flops / flops_per_second`` when a throughput is given.
     """
     for name, value in (("seq_len", seq_len), ("points_per_chunk", points_per_chunk), ("n_steps", n_steps)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not isinstance(answer_tokens, int) or not 1 <= answer_tokens <= seq_len:
+    if not isinstance(answer_tokens, numbers.Integral) or not 1 <= answer_tokens <= seq_len:
         raise ValueError(f"answer_tokens must be an int between 1 and seq_len, got {answer_tokens!r}")
+    seq_len, points_per_chunk, n_steps, answer_tokens = map(int, (seq_len, points_per_chunk, n_steps, answer_tokens))
     arch = Architecture.from_config(config)
     dtype = _dtype_name(dtype)
     b = DTYPE_BYTES[dtype]

@@ -214,10 +214,10 @@ MEASURE = textwrap.dedent(
 @pytest.mark.parametrize(
     "setting",
     [
-        ("qwen2", 64, 160, 2, 6144, 2, False),
-        ("qwen2", 64, 160, 2, 6144, 2, True),
-        ("llama", 96, 256, 3, 4096, 1, False),
-        ("llama", 96, 256, 3, 4096, 1, True),
+        ("qwen2", 64, 160, 2, 3072, 2, False),
+        ("qwen2", 64, 160, 2, 3072, 2, True),
+        ("llama", 96, 256, 3, 3072, 1, False),
+        ("llama", 96, 256, 3, 3072, 1, True),
     ],
     ids=["qwen2-plain", "qwen2-checkpointed", "llama-plain", "llama-checkpointed"],
 )
@@ -276,6 +276,13 @@ def test_choose_ig_settings_picks_the_fastest_setting_that_fits():
     # the margin is kept free
     half = choose_ig_settings(config, length, cost[1, True].working_bytes, n_steps=steps, answer_tokens=2, margin=0.5)
     assert half is None
+
+
+def test_numpy_integers_are_accepted():
+    import numpy as np
+
+    expected = estimate_ig_cost(toy_config(), 5, answer_tokens=2, n_steps=4)
+    assert estimate_ig_cost(toy_config(), np.int64(5), answer_tokens=np.int64(2), n_steps=np.int64(4)) == expected
 
 
 def test_invalid_arguments_are_refused():
