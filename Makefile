@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks bench bench-ig bench-sft lab clean-results help
+.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks bench bench-ig bench-sft bench-ig-memory lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
@@ -18,7 +18,8 @@ help:
 	@echo "make test                                  lint + unit tests + every notebook on the smoke profile (nbval)"
 	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
-	@echo "make bench                                 IG engine + SFT step-cost benchmarks -> results/benchmarks/"
+	@echo "make bench                                 IG engine + SFT step-cost benchmarks -> results/benchmarks/,"
+	@echo "                                           IG memory at 7B widths vs the estimator -> benchmarks/results/"
 	@echo "make lab                                   open JupyterLab on notebooks/"
 	@echo "make browser                               install Debian's chromium for the segment viewer's render test"
 
@@ -68,13 +69,17 @@ test-unit: $(STAMP)
 test-notebooks: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m segattr_utils.reproduce --profile smoke --nbval --fresh
 
-bench: bench-ig bench-sft
+bench: bench-ig bench-sft bench-ig-memory
 
 bench-ig: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ig.py --out results/benchmarks
 
 bench-sft: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_sft.py --out results/benchmarks
+
+# Resumable: rows already in benchmarks/results/ig_memory.csv are not measured again (--fresh redoes them).
+bench-ig-memory: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ig_memory.py --out benchmarks/results
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
