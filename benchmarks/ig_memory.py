@@ -248,17 +248,25 @@ def tables(rows: list[dict]) -> tuple[str, dict]:
     lines = [
         "**Measured peak per path point** (memory the call adds beyond the weights; 1 point per pass):",
         "",
-        "| L | layers | checkpointing | measured [GiB] | estimator [GiB] | estimator error | wall [s] | load |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| L | layers | checkpointing | measured [GiB] | estimator [GiB] | estimator error | wall [s] | "
+        "estimator TFLOP | achieved GFLOP/s | load |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in measured.sort_values(["method", "length", "layers", "checkpointing"]).to_dict("records"):
         label = "full logits (authors)" if row["method"] == "full_logits" else ("yes" if row["checkpointing"] else "no")
+        # FLOPs of the engine's trace (4 passes without gradients + J points); the full-logits loop has no
+        # passes without gradients, so the estimator's count does not apply to it
+        flops = predicted({k: row[k] for k in ("method", "length", "layers", "checkpointing")}).flops
+        speed = f"{flops / 1e12:.1f} | {flops / row['seconds'] / 1e9:.0f}" if row["method"] == "engine" else "- | -"
         lines.append(
             f"| {row['length']:,} | {row['layers']} | {label} | {row['measured_bytes'] / GIB:.3f} | "
-            f"{row['predicted_bytes'] / GIB:.3f} | {row['error']:+.1%} | {row['seconds']:.0f} | {row['load1']:.1f} |"
+            f"{row['predicted_bytes'] / GIB:.3f} | {row['error']:+.1%} | {row['seconds']:.0f} | {speed} | "
+            f"{row['load1']:.1f} |"
         )
     for row in frame[frame["skipped"].notna()].to_dict("records"):
-        lines.append(f"| {row['length']:,} | {row['layers']} | {row['method']} | - | - | - | - | {row['skipped']} |")
+        lines.append(
+            f"| {row['length']:,} | {row['layers']} | {row['method']} | - | - | - | - | - | - | {row['skipped']} |"
+        )
     summary = {"max_abs_error": float(measured["error"].abs().max()) if len(measured) else float("nan")}
 
     lines += [
