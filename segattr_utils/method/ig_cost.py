@@ -8,8 +8,8 @@ what it predicts.
 **What the engine holds** (:func:`segattr_utils.method.attribution.token_attributions`; each term below was
 found with ``torch.autograd.graph.saved_tensors_hooks`` and checked against measured peaks). One chunk of
 P path points runs forward and backward at once. The weights are frozen, so no linear layer saves its
-input; per token and path point a decoder layer saves, with b the bytes per value of the model dtype, h
-the hidden size, I the intermediate size, q = heads x head_dim and kv = kv_heads x head_dim:
+input; per token and path point a decoder layer saves S bytes, with b the bytes per value of the model
+dtype, h the hidden size, I the intermediate size, q = heads x head_dim and kv = kv_heads x head_dim:
 
 ================================  =====================  ====================================================
 Llama / Qwen2 / Mistral           bytes                  what
@@ -29,7 +29,8 @@ still alive:
 
     plain          P L (layers S + A)
     checkpointed   P L (layers b h + S + A)          each layer keeps only its input; one layer is recomputed
-    A = 4h + 3 b I + b h                             float32 path points; MLP backward; residual-stream gradient
+    A = 4h + 3 b I + b h                             float32 path points; MLP backward (GPT-2 too, unmeasured
+                                                     there); residual-stream gradient
     + 8h L (+ 4h L)                                  captum's float32 embeddings of x and x' (and, with more
                                                      than one chunk, the running sum of the earlier chunks)
     + 12 P T V                                       the answer's float32 log-probabilities (T tokens), their
