@@ -8,7 +8,8 @@ Run by ``make bench`` as ``.venv/bin/python benchmarks/ig_memory.py --out benchm
 
 Setting. DeepSeek-R1-Distill-Qwen-7B's config (hidden 3,584, intermediate 18,944, 28 heads / 4 KV heads,
 vocabulary 152,064, untied head), built locally with random weights in bfloat16 and only 1 or 2 decoder
-layers (``--layers``): nothing is downloaded. Random token ids of length L (``--lengths``), a 4-token answer
+layers (``--layers``): nothing is downloaded. Random token ids of length L (``--lengths``: 2k-16k; about
+90 minutes in all on a 2-core CPU), a 4-token answer
 at the end, baseline token 151643 (the R1 pad), Gauss-Legendre with J = 2 points and 1 point per pass,
 so that every number is "per path point". Each measurement runs in a fresh process: after building the
 model and a warm-up call the child resets its RSS high-water mark (``/proc/self/clear_refs``) and reports
@@ -388,7 +389,7 @@ def figure(rows: list[dict], path: Path) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--lengths", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 4096, 8192])
+    parser.add_argument("--lengths", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 4096, 8192, 16384])
     parser.add_argument("--layers", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2])
     parser.add_argument(
         "--full-logits-lengths", type=lambda s: [int(v) for v in s.split(",") if v], default=[2048, 4096]
