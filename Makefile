@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft gpu-hours gpu-checks lab clean-results help
+.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft bench-ig-memory gpu-hours gpu-checks lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
@@ -20,7 +20,8 @@ help:
 	@echo "                                           + the paper profile's notebooks on local stand-ins (test-dry-run)"
 	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
-	@echo "make bench                                 IG engine + SFT step-cost benchmarks + GPU-hours estimate -> results/benchmarks/"
+	@echo "make bench                                 IG engine + SFT step-cost benchmarks + GPU-hours estimate -> results/benchmarks/,"
+	@echo "                                           IG memory at 7B widths vs the estimator -> benchmarks/results/"
 	@echo "make gpu-hours                             the paper profile's GPU-hours per stage (an estimate) -> results/benchmarks/"
 	@echo "make gpu-checks                            the GPU checks of issue 12 (needs a GPU and make setup-gpu) -> results/gpu_checks.json"
 	@echo "make lab                                   open JupyterLab on notebooks/"
@@ -84,7 +85,7 @@ test-notebooks: $(STAMP)
 test-import: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m import_smoke tests/data
 
-bench: bench-ig bench-sft gpu-hours
+bench: bench-ig bench-sft bench-ig-memory gpu-hours
 
 bench-ig: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_ig.py --out results/benchmarks
@@ -99,6 +100,10 @@ gpu-hours: $(STAMP)
 # On a GPU machine after `make setup-gpu`; random weights of the real configs, nothing downloaded.
 gpu-checks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_checks.py --out results/gpu_checks.json
+
+# Resumable: rows already in benchmarks/results/ig_memory.csv are not measured again (--fresh redoes them).
+bench-ig-memory: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ig_memory.py --out benchmarks/results
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

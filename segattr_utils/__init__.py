@@ -2,7 +2,7 @@
 
 The package, grouped by concept (the README draws the tree):
 
-- :mod:`.method`    Sec. 2: segmentation, token spans, quadrature, IG attribution, importance (Eq. 3-7), masking (Eq. 9)
+- :mod:`.method`    Sec. 2: segmentation, token spans, quadrature, IG attribution (and its cost), importance (Eq. 3-7), masking (Eq. 9)
 - :mod:`.measures`  Sec. 3, App. A-B: confidence Δ, linguistics, position, the truncation judge, redundancy
 - :mod:`.llm`       loading models, generation, grading, SFT training, the variant registry, evaluation
 - :mod:`.data`      question sets (LIMO, the benchmarks)
@@ -18,6 +18,7 @@ and :func:`training_example` from a scored trace to TRL-ready ``input_ids``, ``l
 """
 
 from .method.attribution import Attribution, CompletenessWarning, DegenerateBaselineWarning, token_attributions
+from .method.ig_cost import IGCost, estimate_ig_cost
 from .method.importance import (
     AGGREGATIONS,
     always_keep_indices,
@@ -47,6 +48,7 @@ __all__ = [
     "DEFAULT_ANSWER_SUFFIX",
     "DEFAULT_KEYWORDS",
     "DegenerateBaselineWarning",
+    "IGCost",
     "METHODS",
     "OverLengthError",
     "RETRO_SEARCH_KEYWORDS",
@@ -56,6 +58,7 @@ __all__ = [
     "build_attribution_sequence",
     "char_span_to_covering_tokens",
     "char_spans_to_token_spans",
+    "estimate_ig_cost",
     "quadrature_rule",
     "score_trace",
     "segment",

@@ -189,5 +189,17 @@ class RecordStore:
             handle.flush()
             os.fsync(handle.fileno())
 
+    def discard(self, keys: Iterable[Any]) -> int:
+        """Remove the records with these keys (so that they are computed again); the file is rewritten
+        atomically, other records keep their lines and order. Returns how many were removed."""
+        drop = {self._freeze(key) for key in keys} & self._keys
+        if not drop:
+            return 0
+        with open(self.path, encoding="utf-8") as handle:
+            kept = [line for line in handle if self._freeze(self.key_fn(json.loads(line))) not in drop]
+        atomic_write_text(self.path, "".join(kept))
+        self._keys -= drop
+        return len(drop)
+
     def records(self) -> list[dict]:
         return list(self._read())

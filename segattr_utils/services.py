@@ -73,7 +73,7 @@ def _dtype(profile: Profile, role: str) -> str:
 def load_model(profile: Profile, role: str, device: str | None = None, path: str | Path | None = None):
     """``(model, tokenizer)`` of ``role``, or of the fine-tuned model saved at ``path`` (which then has
     the role's dtype). World models always load on the CPU; hub models on ``device`` (default: CUDA
-    when available)."""
+    when available), or over several GPUs with the role's ``device_map`` when no device is given."""
     dtype = _dtype(profile, role)
     if profile["kind"] == "world":
         folder = Path(path) if path is not None else Path(model_path(profile, role))
@@ -85,7 +85,9 @@ def load_model(profile: Profile, role: str, device: str | None = None, path: str
     if path is not None:
         return load_causal_lm(str(path), dtype=dtype, device=device)
     spec = profile.get_path(f"models.{role}")
-    return load_causal_lm(spec["id"], spec.get("local_path"), dtype=dtype, device=device)
+    # models.<role>.device_map spreads one copy of the model over the visible GPUs (one process).
+    device_map = spec.get("device_map") if device is None else None
+    return load_causal_lm(spec["id"], spec.get("local_path"), dtype=dtype, device=device, device_map=device_map)
 
 
 def load_generator(profile: Profile, role: str, backend: str, path: str | Path | None = None) -> tuple:

@@ -46,6 +46,19 @@ def test_store_append_contains_len_records(tmp_path):
     assert len(again) == 3 and "b" in again and again.records() == store.records()
 
 
+def test_store_discard_removes_records_so_they_can_be_appended_again(tmp_path):
+    path = tmp_path / "store.jsonl"
+    store = RecordStore(path, key_fn=lambda r: [r["id"], r["j"]])
+    store.append([{"id": "a", "j": 1, "x": 1}, {"id": "b", "j": 1, "x": 2}, {"id": "c", "j": 2, "x": 3}])
+    assert store.discard([["b", 1], ["zzz", 0]]) == 1
+    assert ["b", 1] not in store and len(store) == 2
+    assert store.records() == [{"id": "a", "j": 1, "x": 1}, {"id": "c", "j": 2, "x": 3}]
+    assert RecordStore(path, key_fn=store.key_fn).records() == store.records()  # on disk too
+    store.append([{"id": "b", "j": 1, "x": 20}])
+    assert store.records()[-1] == {"id": "b", "j": 1, "x": 20}
+    assert store.discard([]) == 0
+
+
 def test_store_append_empty_batch(tmp_path):
     store = RecordStore(tmp_path / "s.jsonl")
     store.append([])

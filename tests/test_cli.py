@@ -148,3 +148,78 @@ def test_console_script_entry_point_is_cli_main():
         pytest.skip("segattr is not installed with its console script (pip install -e .)")
     assert segattr[0].value == "segattr_utils.cli:main"
     assert segattr[0].load() is cli.main
+
+
+# ----------------------------------------------------------------------------------------------
+# segattr estimate
+
+
+R1_7B_CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 131072,
+    "vocab_size": 152064,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    """A folder holding only the config.json of DeepSeek-R1-Distill-Qwen-7B (no weights, no tokenizer)."""
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(R1_7B_CONFIG))
+    return tmp_path
+
+
+def test_estimate_prints_the_table_and_the_choice(capsys, model_folder):
+    from transformers import Qwen2Config
+
+    from segattr_utils.method.ig_cost import estimate_ig_cost
+
+    status, out, err = _run(
+        ["estimate", "--model", str(model_folder), "--seq-len", "16384", "--gpu-memory", "80", "--chunks", "1,2,4,8"],
+        capsys,
+    )
+    assert status == 0, err
+    assert "qwen2, 28 layers, hidden 3584" in out and "7.62B parameters" in out
+    rows = [line.split() for line in out.splitlines() if line.strip() and line.split()[0].isdigit()]
+    assert [(r[0], r[1]) for r in rows] == [(c, m) for m in ("no", "yes") for c in ("1", "2", "4", "8")]
+    config = Qwen2Config(**R1_7B_CONFIG)
+    for row in rows:
+        cost = estimate_ig_cost(
+            config, 16384, points_per_chunk=int(row[0]), activation_checkpointing=row[1] == "yes", n_steps=50
+        )
+        assert float(row[2]) == pytest.approx(cost.peak_bytes / 2**30, abs=0.06)
+        assert row[3] == ("yes" if cost.peak_bytes <= 0.9 * 80 * 2**30 else "no")
+    # plain IG of a 16k trace does not fit 80 GiB even with one point per pass; checkpointed 4 points do
+    assert rows[0][3] == "no" and rows[6][3] == "yes" and rows[7][3] == "no"
+    assert "choice: internal_batch_size=4, activation_checkpointing=true" in out
+
+
+def test_estimate_when_nothing_fits(capsys, model_folder):
+    status, out, _ = _run(
+        ["estimate", "--model", str(model_folder), "--seq-len", "16384", "--gpu-memory", "16"], capsys
+    )
+    assert status == 1 and "none fits" in out
+
+
+def test_estimate_offline_hub_id_fails_with_a_clear_message(capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    status, out, err = _run(
+        ["estimate", "--model", "no-such-org/no-such-model", "--seq-len", "1024", "--gpu-memory", "80"], capsys
+    )
+    assert status == 2 and out == ""
+    assert "HF_HUB_OFFLINE" in err and "config.json" in err and "no-such-org/no-such-model" in err
+
+
+def test_estimate_unsupported_architecture(capsys, tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert", "hidden_size": 8}')
+    status, _, err = _run(["estimate", "--model", str(tmp_path), "--seq-len", "8", "--gpu-memory", "1"], capsys)
+    assert status == 2 and "no IG cost model for model_type 'bert'" in err

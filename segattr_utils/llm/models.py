@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from ..progress import quiet_libraries
 
@@ -114,27 +114,54 @@ def load_tokenizer(path_or_id: str, allow_download: bool | None = None):
         raise _unavailable(path_or_id, error) from error
 
 
+def load_model_config(model_id: str, allow_download: bool | None = None):
+    """The transformers config of a hub id or of a local folder holding ``config.json``, without weights.
+    Offline (``HF_HUB_OFFLINE=1``) a hub id must already be in the local cache, else
+    :class:`ModelUnavailableError` says what to do."""
+    path = resolve_model_path(model_id)
+    if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+        raise ModelUnavailableError(f"{path} is a folder without a config.json")
+    allow_download = (not offline()) if allow_download is None else allow_download
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=not allow_download)
+    except OSError as error:
+        if Path(path).is_dir():
+            raise
+        raise ModelUnavailableError(
+            f"the config of {model_id!r} is not available locally and downloads are disabled "
+            f"(HF_HUB_OFFLINE=1 or TRANSFORMERS_OFFLINE=1; {type(error).__name__}). Pass a folder holding its "
+            f"config.json instead (huggingface-cli download {model_id} config.json --local-dir <folder> on a "
+            "machine with network access), or unset HF_HUB_OFFLINE to let transformers fetch the config."
+        ) from error
+
+
 def load_causal_lm(
     model_id: str,
     local_path: str | None = None,
     dtype: str = "float32",
     device: str | None = None,
     allow_download: bool | None = None,
+    device_map: str | dict | None = None,
 ):
     """(model, tokenizer) for a hub id or local folder, in eval mode on ``device`` (default: CUDA if
-    available, else CPU)."""
+    available, else CPU). ``device_map`` (``"auto"``, ``"balanced"`` or a module -> device dict; needs
+    accelerate) spreads a model too large for one GPU over several and replaces ``device``: the IG engine
+    puts token ids on the embedding's device and the answer ids on the LM head's."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     path = resolve_model_path(model_id, local_path)
     allow_download = (not offline()) if allow_download is None else allow_download
     quiet_libraries()  # under reproduce: no "Loading weights" bar in the executed notebook
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=not allow_download)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[dtype], local_files_only=not allow_download, device_map=device_map
+        )
     except OSError as error:
         raise _unavailable(model_id, error) from error
     tokenizer = load_tokenizer(path, allow_download=allow_download)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.eval()
     return model, tokenizer
 
 

@@ -17,7 +17,11 @@ Design choices (and how they differ from the authors' public code):
   authors accumulate in bf16).
 - The LM head is evaluated only at the ``len(target_span)`` positions that predict the answer: no
   ``[points, L, vocab]`` logits tensor is ever built (the authors materialise it). Peak memory is the
-  model's activations for one chunk of path points, which ``internal_batch_size`` bounds.
+  model's activations for one chunk of path points, which ``internal_batch_size`` bounds, and
+  ``activation_checkpointing=True`` cuts to one hidden state per layer plus one layer's activations
+  (:mod:`segattr_utils.method.checkpointing`; :mod:`segattr_utils.method.ig_cost` predicts the peak).
+- A model spread over several devices (``device_map``) works: token ids go to the input embedding's
+  device, the answer ids to the device the logits come out on (the LM head's).
 - Parameters are frozen during the call; only the path embeddings carry gradients.
 - F at the baseline still scores the *real* answer ids: only embeddings move along the path, so the
   completeness identity  F(x) - F(x') = sum(IG)  can hold and ``delta`` measures the quadrature error.
@@ -50,6 +54,7 @@ from captum.attr import IntegratedGradients, LayerIntegratedGradients
 from captum.attr._utils.approximation_methods import SUPPORTED_METHODS
 from torch import nn
 
+from .checkpointing import checkpointed_layers
 from .quadrature import quadrature_rule
 
 
@@ -171,6 +176,18 @@ def _split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]
     return embedding, backbone, head
 
 
+def execution_device(module: nn.Module) -> torch.device | None:
+    """The device ``module`` computes on: accelerate's ``execution_device`` for a module of a model
+    dispatched with ``device_map`` (its weights may be offloaded to "meta" between calls), else the
+    device of its first parameter; None for a module without parameters."""
+    hook = getattr(module, "_hf_hook", None)
+    device = getattr(hook, "execution_device", None)
+    if device is not None:
+        return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else None
+
+
 def _max_positions(model: nn.Module) -> int | None:
     config = getattr(model, "config", None)
     for name in ("max_position_embeddings", "n_positions"):
@@ -193,7 +210,9 @@ def _default_baseline_token(model: nn.Module) -> int:
     )
 
 
-def _validate_inputs(model, input_ids, target_span, interpolate, n_steps, internal_batch_size):
+def _validate_inputs(
+    model, input_ids, target_span, interpolate, n_steps, internal_batch_size, activation_checkpointing
+):
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
     if input_ids.dim() != 1:
@@ -227,6 +246,8 @@ def _validate_inputs(model, input_ids, target_span, interpolate, n_steps, intern
             raise ValueError(f"interpolate has shape {tuple(interpolate.shape)}, input_ids {tuple(input_ids.shape)}")
     if internal_batch_size is not None and (not isinstance(internal_batch_size, int) or internal_batch_size < 1):
         raise ValueError(f"internal_batch_size must be a positive int or None, got {internal_batch_size!r}")
+    if not isinstance(activation_checkpointing, bool):
+        raise TypeError(f"activation_checkpointing must be True or False, got {activation_checkpointing!r}")
 
 
 def answer_log_prob(
@@ -240,15 +261,23 @@ def answer_log_prob(
     """F for a batch of embedded sequences: summed log-probability of ``target_ids`` at ``target_span``.
 
     The head runs only on the hidden states at positions ``start-1 .. end-2`` (each predicts the next
-    token), so memory is O(batch x len(target) x vocab), not O(batch x L x vocab).
+    token), so memory is O(batch x len(target) x vocab), not O(batch x L x vocab). The answer ids are
+    gathered on the device the logits come out on: with a ``device_map`` model the LM head may sit on
+    another device than the embedding that ``target_ids`` came from.
     """
     start, end = target_span
     hidden = backbone(inputs_embeds=inputs_embeds, use_cache=False).last_hidden_state
-    logits = head(hidden[:, start - 1 : end - 1]).float()
+    # A 2-D head input: for a 3-D slice of the hidden states torch.matmul broadcasts the head's weight
+    # to every sequence of the batch (bmm), which on the CPU copies the whole [vocab, hidden] matrix per
+    # call (1 GB and ~10 s per call at Qwen2-7B's width).
+    answer_hidden = hidden[:, start - 1 : end - 1]
+    logits = head(answer_hidden.reshape(-1, answer_hidden.shape[-1])).float()
+    logits = logits.view(*answer_hidden.shape[:-1], logits.shape[-1])
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     log_probs = torch.log_softmax(logits, dim=-1)
-    return log_probs.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1).sum(-1)
+    targets = target_ids.to(log_probs.device).unsqueeze(-1)
+    return log_probs.gather(-1, targets).squeeze(-1).sum(-1)
 
 
 def token_attributions(
@@ -262,6 +291,7 @@ def token_attributions(
     method: str = "gausslegendre",
     internal_batch_size: int | None = None,
     warn_relative_delta: float | None = FLAG_RELATIVE_DELTA,
+    activation_checkpointing: bool = False,
 ) -> Attribution:
     """Integrated gradients (Eq. 1-2) of the answer log-probability w.r.t. every input token's embedding.
 
@@ -278,11 +308,14 @@ def token_attributions(
         internal_batch_size: path points per forward/backward pass (default: all at once).
         warn_relative_delta: warn (:class:`CompletenessWarning`) when the relative completeness error
             exceeds this (default 5%); ``None`` never warns.
+        activation_checkpointing: recompute each decoder layer in the backward pass instead of keeping
+            its activations (one more forward pass per chunk; the same attributions up to float
+            rounding; the model stays in eval mode, so dropout stays off).
 
     Returns:
         :class:`Attribution` with float32 ``values`` of length L and the completeness ``delta``.
     """
-    _validate_inputs(model, input_ids, target_span, interpolate, n_steps, internal_batch_size)
+    _validate_inputs(model, input_ids, target_span, interpolate, n_steps, internal_batch_size, activation_checkpointing)
     weights, alphas = quadrature_rule(method, n_steps)
     embedding, backbone, head = _split_causal_lm(model)
     if baseline_token_id is None:
@@ -294,7 +327,10 @@ def token_attributions(
         or (vocab_size and baseline_token_id >= vocab_size)
     ):
         raise ValueError(f"baseline_token_id {baseline_token_id!r} is not a valid token id")
-    if hasattr(embedding, "weight") and not torch.any(embedding.weight[baseline_token_id]):
+    device = execution_device(embedding) or next(model.parameters()).device
+    with torch.no_grad():  # through the module: an offloaded embedding's weight is on "meta" until called
+        baseline_row = embedding(torch.tensor([baseline_token_id], device=device))
+    if not torch.any(baseline_row):
         warnings.warn(
             f"the baseline token {baseline_token_id} has an all-zero embedding: the straight-line IG path is "
             "degenerate for RMSNorm/LayerNorm models (F jumps at alpha=0) and completeness cannot hold; "
@@ -303,8 +339,7 @@ def token_attributions(
             stacklevel=2,
         )
 
-    device = embedding.weight.device if hasattr(embedding, "weight") else next(model.parameters()).device
-    model_dtype = embedding.weight.dtype if hasattr(embedding, "weight") else torch.float32
+    model_dtype = baseline_row.dtype if baseline_row.is_floating_point() else torch.float32
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     start, end = target_span
     ids = input_ids.to(device).unsqueeze(0)
@@ -328,13 +363,15 @@ def token_attributions(
         lig.ig = _ChunkedRuleIG(forward, weights, alphas, chunk)
         # captum validates the method name; the rule itself comes from _ChunkedRuleIG.
         captum_method = method if method in SUPPORTED_METHODS else "riemann_trapezoid"
-        per_dim = lig.attribute(
-            ids,
-            baselines=baseline_ids,
-            additional_forward_args=(target_ids,),
-            n_steps=len(alphas),
-            method=captum_method,
-        )
+        layers = checkpointed_layers(model) if activation_checkpointing else contextlib.nullcontext()
+        with layers:
+            per_dim = lig.attribute(
+                ids,
+                baselines=baseline_ids,
+                additional_forward_args=(target_ids,),
+                n_steps=len(alphas),
+                method=captum_method,
+            )
     values = per_dim.detach().float().sum(-1).squeeze(0).cpu()
     values = torch.where(mask.cpu(), values, torch.zeros_like(values))  # values live on the CPU
     if not torch.isfinite(values).all() or not math.isfinite(f_input) or not math.isfinite(f_baseline):

@@ -5,7 +5,10 @@ of path points J changes the segment-level results.
 
 The sequence is ``prompt + trace + answer suffix``; one record per trace is appended to the
 ``attributions_store`` as soon as it is done (resumable). The reference traces that notebook 08 also
-trains on are attributed there with the same settings (:func:`attribute_traces`).
+trains on are attributed there with the same settings (:func:`attribute_traces`). Path points per pass and
+activation checkpointing may be ``auto`` (per trace, from the cost estimator and the device's free
+memory); a trace that runs out of accelerator memory is retried with less and, failing that, skipped with
+its reason instead of aborting the stage (:func:`attribution_record`, :func:`skipped_traces`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from .. import dag, services
 from ..artifacts import RecordStore, write_table
 from ..config import Profile
 from ..llm.models import free_accelerator_memory
-from ..method.attribution import token_attributions
+from ..method.attribution import execution_device, token_attributions
+from ..method.ig_cost import available_memory, choose_ig_settings
 from ..method.importance import always_keep_indices, importance_flags, segment_scores
 from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
@@ -34,6 +38,56 @@ from . import StageResult, finish
 STAGE = dag.IG_ATTRIBUTION
 
 
+def ig_settings_for(model, n_tokens: int, answer_tokens: int, settings: dict) -> tuple[int, bool]:
+    """(points per pass, activation checkpointing) for one trace: ``attribution.internal_batch_size`` and
+    ``attribution.activation_checkpointing`` as set, an ``auto`` one chosen by the cost estimator
+    (:func:`segattr_utils.method.ig_cost.choose_ig_settings`: the fastest setting whose predicted memory
+    fits what the model's device has free, or ``attribution.memory_budget_gb`` when that is set and lower).
+    When nothing is predicted to fit, or the architecture has no cost model, the most frugal setting is
+    used and an out-of-memory error then skips the trace (:func:`attribution_record`)."""
+    n_steps = settings["n_steps"]
+    chunk = settings.get("internal_batch_size") or n_steps  # null: every path point in one pass
+    chunk = chunk if chunk == "auto" else min(chunk, n_steps)
+    checkpointing = settings.get("activation_checkpointing", False)
+    if chunk != "auto" and checkpointing != "auto":
+        return chunk, checkpointing
+    device = execution_device(model.get_input_embeddings()) or torch.device("cpu")
+    budget = settings.get("memory_budget_gb")
+    budget = None if budget is None else int(budget * 2**30)
+    available = available_memory(device, budget)
+    if budget is not None:
+        available = min(available, budget)
+    try:
+        choice = choose_ig_settings(
+            model.config,
+            n_tokens,
+            available,
+            n_steps=n_steps,
+            dtype=model.dtype,
+            answer_tokens=answer_tokens,
+            internal_batch_size=chunk,
+            activation_checkpointing=checkpointing,
+        )
+    except ValueError as error:  # no cost model for this architecture
+        warnings.warn(f"attribution settings 'auto': {error}; using the most frugal setting", stacklevel=2)
+        choice = None
+    if choice is None:
+        return (1 if chunk == "auto" else chunk), (True if checkpointing == "auto" else checkpointing)
+    return choice.points_per_chunk, choice.activation_checkpointing
+
+
+def out_of_memory_ladder(chunk: int, checkpointing: bool) -> list[tuple[int, bool]]:
+    """The settings tried in turn for one trace when the accelerator runs out of memory: the chunk of path
+    points halved down to one point per pass, then the same with activation checkpointing."""
+    halvings = [chunk]
+    while halvings[-1] > 1:
+        halvings.append(halvings[-1] // 2)
+    ladder = [(c, checkpointing) for c in halvings]
+    if not checkpointing:
+        ladder += [(c, True) for c in halvings]
+    return ladder
+
+
 def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: dict) -> dict:
     """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores.
 
@@ -41,6 +95,12 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
     profile); a longer sequence is skipped, never truncated (IG needs the answer at the end of the sequence,
     and a cut trace would leave segments without attributions), and its record says why, so that
     :func:`over_length_traces` counts it and the stage's check "every kept trace is attributed" fails.
+
+    An out-of-memory error (``torch.OutOfMemoryError``: CUDA and other accelerators; the CPU's allocator
+    raises a plain RuntimeError, and Linux's OOM killer ends the process first) does not abort the stage:
+    the trace is tried again down :func:`out_of_memory_ladder` (half the chunk, ..., then checkpointing),
+    and if even one checkpointed point per pass does not fit, the record is ``skipped: "out_of_memory ..."``
+    (:func:`skipped_traces` lists it; ``attribution.retry_skipped`` tries it again on a later run).
     """
     prompt = services.prompt(tokenizer, trace["question"])
     sequence = build_attribution_sequence(
@@ -52,22 +112,40 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
         record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
         return record
     started = time.perf_counter()
-    result = token_attributions(
-        model,
-        torch.tensor(sequence.input_ids),
-        sequence.answer_span,
-        baseline_token_id=baseline,
-        n_steps=settings["n_steps"],
-        method=settings["method"],
-        internal_batch_size=settings["internal_batch_size"],
-        # the stage records every trace's error and flags those over attribution.flag_relative_delta in its
-        # completeness table and histogram: no warning per trace in the executed notebook
-        warn_relative_delta=None,
-    )
+    answer_tokens = sequence.answer_span[1] - sequence.answer_span[0]
+    first_try = ig_settings_for(model, len(sequence), answer_tokens, settings)
+    failures, result = [], None
+    for chunk, checkpointing in out_of_memory_ladder(*first_try):
+        try:
+            result = token_attributions(
+                model,
+                torch.tensor(sequence.input_ids),
+                sequence.answer_span,
+                baseline_token_id=baseline,
+                n_steps=settings["n_steps"],
+                method=settings["method"],
+                internal_batch_size=chunk,
+                activation_checkpointing=checkpointing,
+                # the stage records every trace's error and flags those over attribution.flag_relative_delta in
+                # its completeness table and histogram: no warning per trace in the executed notebook
+                warn_relative_delta=None,
+            )
+            break
+        except torch.OutOfMemoryError as error:
+            # keep the message only: the exception's traceback holds the failed pass's tensors
+            failures.append(f"{chunk} point(s) per pass{' checkpointed' if checkpointing else ''}")
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        free_accelerator_memory()  # outside the except block, once the traceback is released
+    if result is None:
+        record["skipped"] = f"out_of_memory after {len(failures)} attempts ({'; '.join(failures)}): {message}"
+        return record
     values = result.values.tolist()
     record.update(
         {
             "skipped": None,
+            "internal_batch_size": chunk,
+            "activation_checkpointing": checkpointing,
+            "out_of_memory_retries": len(failures),
             "seconds": round(time.perf_counter() - started, 3),
             "f_input": result.f_input,
             "f_baseline": result.f_baseline,
@@ -101,6 +179,22 @@ def over_length_traces(records: list[dict]) -> list[str]:
     return [r["trace_id"] for r in records if (r.get("skipped") or "").endswith("attribution.max_length")]
 
 
+def skipped_traces(records: list[dict]) -> pd.DataFrame:
+    """Every trace that has no attributions, with its length and why (over ``attribution.max_length``,
+    or out of memory at every setting of :func:`out_of_memory_ladder`)."""
+    rows = [
+        {
+            "trace_id": r["trace_id"],
+            "n_tokens": r["n_tokens"],
+            "cause": "out_of_memory" if r["skipped"].startswith("out_of_memory") else "over_length",
+            "reason": r["skipped"],
+        }
+        for r in records
+        if r.get("skipped")
+    ]
+    return pd.DataFrame(rows, columns=["trace_id", "n_tokens", "cause", "reason"])
+
+
 # Filled once per worker process by _init_attribution_worker, so that each process loads the model once.
 _WORKER_STATE: dict = {}
 
@@ -127,9 +221,14 @@ def attribute_traces(
 
     With ``attribution.workers`` > 1 the traces are spread over that many processes
     (:func:`segattr_utils.workers.map_in_workers`); the records are the same up to float rounding.
+    A skipped trace (over length, out of memory) keeps its record, so a resumed run does not meet it
+    again, unless ``attribution.retry_skipped`` is true: then its record is dropped and it is tried again.
     """
     settings = profile["attribution"]
     devices, threads = attribution_workers(settings, profile["kind"])
+    if settings.get("retry_skipped", False):
+        wanted = {t["trace_id"] for t in traces}
+        store.discard([r["trace_id"] for r in store.records() if r.get("skipped") and r["trace_id"] in wanted])
     todo = [t for t in traces if t["trace_id"] not in store]
     if not todo:
         return store.records()
@@ -257,6 +356,9 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
             "segments": by_trace[trace_id],
         }
         record = attribution_record(model, tokenizer, baseline, dict(settings, n_steps=n_steps), trace)
+        if record["skipped"]:  # out of memory at every setting: kept, so that a resume does not retry it
+            store.append([{"trace_id": trace_id, "n_steps": n_steps, "skipped": record["skipped"]}])
+            continue
         store.append(
             [
                 {
@@ -270,6 +372,8 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
     rows = []
     for record in store.records():
         if record["trace_id"] not in chosen or record["n_steps"] not in [int(j) for j in spec["n_steps"]]:
+            continue
+        if record.get("skipped"):
             continue
         reference = records[record["trace_id"]]
         ours = segment_scores(reference["segment_values"], aggregation=selection["aggregation"])
@@ -405,12 +509,24 @@ def run(profile: Profile) -> StageResult:
         )
     fig = figures.completeness_histogram(completeness, settings["flag_relative_delta"])
     store = RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"])
-    over_length = over_length_traces(store.records())
-    if over_length:
+    kept_ids = set(kept["trace_id"])
+    skipped = skipped_traces([r for r in store.records() if r["trace_id"] in kept_ids])
+    over_length = skipped[skipped["cause"] == "over_length"]
+    out_of_memory = skipped[skipped["cause"] == "out_of_memory"]
+    if len(skipped):
+        tables["skipped"] = skipped
+    if len(over_length):
         warnings.warn(
             f"{len(over_length)} traces exceed attribution.max_length ({settings['max_length']} tokens) and were "
             f"skipped, not truncated (IG needs the whole trace): {', '.join(over_length[:10])}"
             f"{' ...' if len(over_length) > 10 else ''}; the authors attribute every trace (attribution.max_length: null)",
+            stacklevel=2,
+        )
+    if len(out_of_memory):
+        warnings.warn(
+            f"{len(out_of_memory)} traces ran out of memory even with activation checkpointing and one path point "
+            "per pass and were skipped (result.tables['skipped']); set attribution.retry_skipped: true to try "
+            "them again, e.g. on a larger GPU or with models.generator.device_map",
             stacklevel=2,
         )
     return finish(
@@ -418,7 +534,7 @@ def run(profile: Profile) -> StageResult:
         STAGE,
         comparison_rows(profile, completeness, sensitivity),
         tables=tables,
-        values={"over_length_skipped": len(over_length)},
+        values={"over_length_skipped": len(over_length), "out_of_memory_skipped": len(out_of_memory)},
         figures={"ig_completeness_delta": figures.save(fig, profile, "ig_completeness_delta")},
         checks={"every kept trace is attributed": set(completeness["trace_id"]) == set(kept["trace_id"])},
     )

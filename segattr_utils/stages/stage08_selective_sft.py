@@ -54,7 +54,7 @@ from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
 from ..run_log import log_timings, read_run_log
 from . import StageResult, finish
-from .stage03_ig_attribution import attribute_traces, over_length_traces
+from .stage03_ig_attribution import attribute_traces, over_length_traces, skipped_traces
 
 STAGE = dag.SELECTIVE_SFT
 SOURCES = services.SOURCES
@@ -229,6 +229,13 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
         warnings.warn(
             f"{len(over_length)} {source} traces exceed attribution.max_length and were not attributed: no run "
             "learns from them (set attribution.max_length: null to attribute every trace, as the authors)",
+            stacklevel=2,
+        )
+    out_of_memory = (skipped_traces(list(attributions.values()))["cause"] == "out_of_memory").sum()
+    if out_of_memory:
+        warnings.warn(
+            f"{out_of_memory} {source} traces ran out of memory in IG and were not attributed: no run learns from "
+            "them (attribution.retry_skipped: true tries them again)",
             stacklevel=2,
         )
     # Table 7 re-segments the traces: the signals of stages 04-05 belong to the profile's own segments.

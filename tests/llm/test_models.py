@@ -164,6 +164,38 @@ def test_local_tiny_model_round_trip(offline_env, tokenizer, saved_model):
         assert torch.equal(expected, got)
 
 
+def test_local_model_with_device_map(offline_env, saved_model, monkeypatch):
+    """models.<role>.device_map reaches from_pretrained (which dispatches the model with accelerate) and
+    the model is not moved afterwards; on this CPU-only machine every module maps to the CPU."""
+    from segattr_utils import services
+    from segattr_utils.config import load_profile
+    from segattr_utils.llm import models
+
+    model, folder = saved_model
+    device_map = {"model.embed_tokens": "cpu", "model.layers": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    calls = []
+    from_pretrained = models.AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(
+        models.AutoModelForCausalLM,
+        "from_pretrained",
+        lambda *args, **kwargs: calls.append(kwargs) or from_pretrained(*args, **kwargs),
+    )
+    loaded, _ = load_causal_lm(str(folder), dtype="float32", device_map=device_map)
+    assert calls[-1]["device_map"] == device_map and not loaded.training
+    ids = torch.tensor([[5, 9, 12, 40]])
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+
+    seen = {}
+    monkeypatch.setattr(services, "load_causal_lm", lambda *args, **kwargs: seen.update(kwargs))
+    profile = load_profile("paper")
+    profile["models"]["generator"]["device_map"] = "auto"
+    services.load_model(profile, "generator")
+    assert seen["device_map"] == "auto"
+    services.load_model(profile, "generator", device="cuda:1")  # an explicit device wins
+    assert seen["device_map"] is None and seen["device"] == "cuda:1"
+
+
 def test_load_tokenizer_from_folder(tokenizer, saved_model):
     _, folder = saved_model
     loaded = load_tokenizer(str(folder))

@@ -553,3 +553,28 @@ def test_model_and_inputs_on_gpu(ids):
         torch.testing.assert_close(got.values.double(), expected, rtol=0, atol=1e-4)
     got = token_attributions(gpu_model, ids.cuda(), SPAN, baseline_token_id=BASELINE, n_steps=12)
     assert torch.isfinite(got.values).all()
+
+
+# --------------------------------------------------------------------------- LM head at scale
+
+
+def test_lm_head_weight_is_never_broadcast_to_a_batch(ids):
+    """The LM head gets a 2-D input. Given the 3-D slice of answer positions, torch.matmul broadcast the
+    [vocab, hidden] weight to every sequence of the batch (bmm), and the CPU kernel copied it each call:
+    1 GB and ~10 s per call at Qwen2-7B's width (found by benchmarks/ig_memory.py)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    model = tiny_qwen2(seed=4)
+    weight_numel = model.get_output_embeddings().weight.numel()
+    batched = []
+
+    class WatchBatchedMatmul(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.bmm.default, torch.ops.aten.baddbmm.default):
+                batched.append(max(a.numel() for a in args if isinstance(a, torch.Tensor)))
+            return func(*args, **(kwargs or {}))
+
+    with WatchBatchedMatmul():
+        got = token_attributions(model, ids, SPAN, baseline_token_id=BASELINE, n_steps=4, internal_batch_size=2)
+    assert torch.isfinite(got.values).all()
+    assert all(numel < weight_numel for numel in batched), (batched, weight_numel)

@@ -1,5 +1,8 @@
-"""Attribution spread over worker processes (segattr_utils.workers, pipeline.attribute_traces with
-attribution.workers > 1): same records as one process, in input order, resumable, failures named."""
+"""Stage 03's attribution loop: spread over worker processes (segattr_utils.workers, attribute_traces with
+attribution.workers > 1: same records as one process, in input order, resumable, failures named); out of
+memory (torch.OutOfMemoryError, raised by a stand-in for the engine above a threshold): retried with half
+the chunk, then checkpointing, then skipped with its reason, not retried on resume unless asked, reported
+by the stage and by notebook 08; ``auto`` settings taken from the cost estimator."""
 
 from __future__ import annotations
 
@@ -139,3 +142,211 @@ def test_attribution_releases_the_model_before_freeing_gpu_memory(world_profile,
     store = RecordStore(tmp_path / "records.jsonl", key_fn=lambda r: r["trace_id"])
     assert len(pipeline.attribute_traces(profile, TRACES[:2], store, "release")) == 2
     assert alive_when_freed == [False]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Out of memory (issue 13, item 3): retried with half the chunk, then checkpointing, then skipped
+
+
+REAL_TOKEN_ATTRIBUTIONS = pipeline.token_attributions
+
+
+def _oom_after(rule, calls):
+    """A token_attributions that raises torch.OutOfMemoryError (constructible on the CPU) where
+    ``rule(internal_batch_size, activation_checkpointing, n_tokens)`` says so, and else runs the engine."""
+    real = REAL_TOKEN_ATTRIBUTIONS
+
+    def fake(model, input_ids, target_span, **kwargs):
+        setting = (kwargs["internal_batch_size"], kwargs["activation_checkpointing"])
+        calls.append(setting)
+        if rule(*setting, input_ids.numel()):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (fake)")
+        return real(model, input_ids, target_span, **kwargs)
+
+    return fake
+
+
+def test_out_of_memory_ladder():
+    assert pipeline.out_of_memory_ladder(8, False) == [
+        (8, False),
+        (4, False),
+        (2, False),
+        (1, False),
+        (8, True),
+        (4, True),
+        (2, True),
+        (1, True),
+    ]
+    assert pipeline.out_of_memory_ladder(3, True) == [(3, True), (1, True)]
+    assert pipeline.out_of_memory_ladder(1, False) == [(1, False), (1, True)]
+
+
+@pytest.mark.parametrize(
+    "rule, expected_calls, used",
+    [
+        # chunks above 2 points do not fit: 8 -> 4 -> 2
+        (lambda chunk, ckpt, n: chunk > 2, [(8, False), (4, False), (2, False)], (2, False)),
+        # nothing fits without checkpointing: halved to 1, then checkpointing with the full chunk
+        (lambda chunk, ckpt, n: not ckpt, [(8, False), (4, False), (2, False), (1, False), (8, True)], (8, True)),
+    ],
+    ids=["half-chunk", "checkpointing"],
+)
+def test_out_of_memory_is_retried_down_the_ladder(world_profile, monkeypatch, rule, expected_calls, used):
+    from segattr_utils import services
+
+    model, tokenizer = services.load_model(world_profile, "generator")
+    baseline = services.baseline_token(world_profile, tokenizer)
+    settings = dict(world_profile["attribution"], internal_batch_size=8, activation_checkpointing=False)
+    reference = pipeline.attribution_record(model, tokenizer, baseline, settings, TRACES[0])
+    calls = []
+    monkeypatch.setattr(pipeline, "token_attributions", _oom_after(rule, calls))
+    record = pipeline.attribution_record(model, tokenizer, baseline, settings, TRACES[0])
+    assert calls == expected_calls
+    assert record["skipped"] is None
+    assert (record["internal_batch_size"], record["activation_checkpointing"]) == used
+    assert record["out_of_memory_retries"] == len(expected_calls) - 1
+    # the retried trace gets the attributions of an undisturbed run
+    assert record["f_input"] == pytest.approx(reference["f_input"], abs=1e-6)
+    flat = [v for segment in record["segment_values"] for v in segment]
+    assert flat == pytest.approx([v for segment in reference["segment_values"] for v in segment], abs=1e-5)
+
+
+def test_trace_out_of_memory_everywhere_is_skipped_and_not_retried_unless_asked(world_profile, tmp_path, monkeypatch):
+    from segattr_utils import services
+    from segattr_utils.method.token_spans import build_attribution_sequence
+
+    _, tokenizer = services.load_model(world_profile, "generator")
+    traces = TRACES[:2] + [dict(TRACES[2], segments=TRACES[2]["segments"] * 3)] + TRACES[3:]
+    lengths = {
+        t["trace_id"]: len(
+            build_attribution_sequence(
+                tokenizer,
+                services.prompt(tokenizer, t["question"]),
+                t["segments"],
+                t["answer"],
+                suffix_template=world_profile["attribution"]["answer_suffix"],
+            )
+        )
+        for t in traces
+    }
+    victim = traces[2]["trace_id"]
+    assert sorted(lengths.values()).count(lengths[victim]) == 1  # its length singles it out
+    calls = []
+    monkeypatch.setattr(pipeline, "token_attributions", _oom_after(lambda c, k, n: n == lengths[victim], calls))
+    profile = load_profile("smoke")
+    profile.update({k: v for k, v in world_profile.items()})
+    profile["attribution"] = dict(world_profile["attribution"], internal_batch_size=4, activation_checkpointing=False)
+    store = RecordStore(tmp_path / "records.jsonl", key_fn=lambda r: r["trace_id"])
+
+    records = pipeline.attribute_traces(profile, traces, store, "oom")  # no abort: every trace has a record
+    assert [r["trace_id"] for r in records] == [t["trace_id"] for t in traces]
+    skipped = pipeline.skipped_traces(records)
+    assert list(skipped["trace_id"]) == [victim] and list(skipped["cause"]) == ["out_of_memory"]
+    reason = skipped["reason"].iloc[0]
+    assert reason.startswith("out_of_memory after 6 attempts") and "CUDA out of memory" in reason
+    assert "1 point(s) per pass checkpointed" in reason
+    assert pipeline.over_length_traces(records) == []
+
+    # a resumed run leaves it skipped (and attributes nothing) ...
+    calls.clear()
+    monkeypatch.setattr(pipeline, "token_attributions", _oom_after(lambda c, k, n: False, calls))
+    assert pipeline.attribute_traces(profile, traces, store, "resume") == records and calls == []
+    # ... unless attribution.retry_skipped asks for it; then it is attributed, in its place among the others
+    profile["attribution"]["retry_skipped"] = True
+    again = pipeline.attribute_traces(profile, traces, store, "retry")
+    assert calls == [(4, False)]
+    assert sorted(r["trace_id"] for r in again) == sorted(t["trace_id"] for t in traces)
+    assert all(r["skipped"] is None for r in again)
+
+
+def test_auto_settings_take_the_estimators_choice(world_profile, monkeypatch):
+    from segattr_utils import services
+    from segattr_utils.method.ig_cost import estimate_ig_cost
+
+    model, _ = services.load_model(world_profile, "generator")
+    n_tokens, answer, steps = 200, 3, 8
+    auto = dict(n_steps=steps, internal_batch_size="auto", activation_checkpointing="auto")
+
+    def cost(chunk, checkpointing):
+        return estimate_ig_cost(
+            model.config,
+            n_tokens,
+            points_per_chunk=chunk,
+            activation_checkpointing=checkpointing,
+            dtype=model.dtype,
+            n_steps=steps,
+            answer_tokens=answer,
+        ).working_bytes
+
+    def choose(budget_bytes, **settings):
+        budget_bytes += 64  # float rounding of bytes -> GiB -> bytes
+        settings = dict(auto, memory_budget_gb=budget_bytes / 2**30, **settings)
+        return pipeline.ig_settings_for(model, n_tokens, answer, settings)
+
+    assert choose(10 * cost(steps, False)) == (steps, False)  # room for everything: one pass
+    assert choose(cost(4, False) / 0.9) == (4, False)  # DEFAULT_MARGIN keeps 10% free
+    assert choose(cost(1, True) / 0.9) == (1, True)
+    assert choose(cost(1, True) / 2) == (1, True)  # nothing fits: the most frugal setting, OOM handles the rest
+    assert choose(cost(1, True) / 2, activation_checkpointing=False) == (1, False)
+    # fixed settings are used as they are, without consulting the memory
+    assert pipeline.ig_settings_for(model, n_tokens, answer, dict(n_steps=steps, internal_batch_size=None)) == (
+        steps,
+        False,
+    )
+    assert pipeline.ig_settings_for(model, n_tokens, answer, dict(n_steps=steps, internal_batch_size=64)) == (8, False)
+
+
+def test_stage_result_reports_skipped_traces_and_why(profile, monkeypatch):
+    """run() finishes despite a trace that does not fit, lists it in tables['skipped'] with its cause and
+    fails the check "every kept trace is attributed" (the notebook shows the table before the checks)."""
+    from segattr_utils import services
+    from segattr_utils.method.token_spans import build_attribution_sequence
+    from segattr_utils.stages import stage03_ig_attribution as stage
+
+    _, tokenizer = services.load_model(profile, "generator")
+    segments = services.segment_texts(services.segment_table(profile))
+    kept = services.kept_traces(profile).set_index("trace_id")
+    lengths = {
+        trace_id: len(
+            build_attribution_sequence(
+                tokenizer,
+                services.prompt(tokenizer, kept.loc[trace_id, "question"]),
+                segments[trace_id],
+                kept.loc[trace_id, "answer"],
+                suffix_template=profile["attribution"]["answer_suffix"],
+            )
+        )
+        for trace_id in kept.index
+    }
+    victim = max(lengths, key=lengths.get)
+    assert sorted(lengths.values()).count(lengths[victim]) == 1
+    monkeypatch.setattr(stage, "token_attributions", _oom_after(lambda c, k, n: n == lengths[victim], []))
+
+    with pytest.warns(UserWarning, match="ran out of memory"):
+        result = stage.run(profile)
+    skipped = result.tables["skipped"]
+    assert list(skipped["trace_id"]) == [victim]
+    assert list(skipped["cause"]) == ["out_of_memory"] and list(skipped["n_tokens"]) == [lengths[victim]]
+    assert result.values["out_of_memory_skipped"] == 1 and result.values["over_length_skipped"] == 0
+    assert result.failed_checks() == ["every kept trace is attributed"]
+
+
+def test_notebook_08_warns_about_traces_skipped_out_of_memory(profile, monkeypatch):
+    """Selective SFT (stage 08) learns nothing from a trace without attributions and says why."""
+    from segattr_utils import dag, services
+    from segattr_utils.stages import stage08_selective_sft as sft
+
+    model, tokenizer = services.load_model(profile, "generator")
+    monkeypatch.setattr(services, "load_role_tokenizer", lambda profile, role: tokenizer)
+    monkeypatch.setattr(services, "world_problems", lambda profile: {})  # no stage-00 world here
+    kept = services.kept_traces(profile).set_index("trace_id")
+    trace = dict(kept.loc["q1:correct"], trace_id="q1:correct")
+    trace["segments"] = services.segment_texts(services.segment_table(profile))["q1:correct"]
+    baseline = services.baseline_token(profile, tokenizer)
+    attributed = pipeline.attribution_record(model, tokenizer, baseline, profile["attribution"], trace)
+    store = RecordStore(dag.IG_ATTRIBUTION.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"])
+    store.append([attributed])
+    store.append([{"trace_id": "q0:correct", "n_tokens": 99, "skipped": "out_of_memory after 2 attempts (...)"}])
+    with pytest.warns(UserWarning, match="1 self traces ran out of memory in IG"):
+        records = sft.load_trace_records(profile, "self")
+    assert [r.trace_id for r in records] == ["q1:correct"]
