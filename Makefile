@@ -20,8 +20,8 @@ help:
 	@echo "                                           + the paper profile's notebooks on local stand-ins (test-dry-run)"
 	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
-	@echo "make bench                                 IG engine + SFT step-cost benchmarks + GPU-hours estimate -> results/benchmarks/,"
-	@echo "                                           IG memory at 7B widths vs the estimator -> benchmarks/results/"
+	@echo "make bench                                 IG engine, IG memory at 7B widths vs the estimator, SFT step cost,"
+	@echo "                                           GPU-hours estimate -> results/benchmarks/"
 	@echo "make gpu-hours                             the paper profile's GPU-hours per stage (an estimate) -> results/benchmarks/"
 	@echo "make gpu-checks                            the GPU checks of issue 12 (needs a GPU and make setup-gpu) -> results/gpu_checks.json"
 	@echo "make lab                                   open JupyterLab on notebooks/"
@@ -101,9 +101,9 @@ gpu-hours: $(STAMP)
 gpu-checks: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/gpu_checks.py --out results/gpu_checks.json
 
-# Resumable: rows already in benchmarks/results/ig_memory.csv are not measured again (--fresh redoes them).
+# Resumable: rows already in results/benchmarks/ig_memory.csv are not measured again (--fresh redoes them).
 bench-ig-memory: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) benchmarks/ig_memory.py --out benchmarks/results
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/ig_memory.py --out results/benchmarks
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/

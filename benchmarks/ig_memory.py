@@ -1,6 +1,6 @@
 """IG memory at Qwen2-7B's widths on the CPU, beside the estimator's prediction (issue 13, item 6).
 
-Run by ``make bench`` as ``.venv/bin/python benchmarks/ig_memory.py --out benchmarks/results``. Writes
+Run by ``make bench`` as ``.venv/bin/python benchmarks/ig_memory.py --out results/benchmarks``. Writes
 
 - ``ig_memory.csv``   one row per measurement (resumable: rows already there are not measured again)
 - ``ig_memory.md``    the Markdown tables pasted into the README's "IG at paper scale" section
@@ -388,7 +388,7 @@ def figure(rows: list[dict], path: Path) -> None:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     parser.add_argument("--lengths", type=lambda s: [int(v) for v in s.split(",")], default=[2048, 4096, 8192, 16384])
     parser.add_argument("--layers", type=lambda s: [int(v) for v in s.split(",")], default=[1, 2])
     parser.add_argument(

@@ -13,16 +13,19 @@ its reason instead of aborting the stage (:func:`attribution_record`, :func:`ski
 
 from __future__ import annotations
 
+import os
 import random
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from .. import dag, services
+from .. import dag, distributed, services
 from ..artifacts import RecordStore, write_table
-from ..config import Profile
+from ..config import Profile, load_profile
 from ..llm.models import free_accelerator_memory
 from ..method.attribution import execution_device, token_attributions
 from ..method.ig_cost import available_memory, choose_ig_settings
@@ -32,7 +35,6 @@ from ..progress import progress
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
 from ..run_log import log_seconds
-from ..workers import map_in_workers
 from . import StageResult, finish
 
 STAGE = dag.IG_ATTRIBUTION
@@ -159,19 +161,25 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
     return record
 
 
-def attribution_workers(settings: dict, kind: str) -> tuple[list[str], int]:
-    """(device per worker process, torch threads per worker) from ``attribution.workers`` and
-    ``attribution.threads_per_worker``. One worker means no subprocess. On GPUs the workers take the
-    visible devices in turn; the tiny world's models stay on the CPU."""
-    workers = settings.get("workers", 1)
-    if not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"attribution.workers must be a positive int, got {workers!r}")
-    if kind != "world" and torch.cuda.is_available():
-        devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(workers)]
-    else:
-        devices = ["cpu"] * workers
-    threads = settings.get("threads_per_worker") or max(1, torch.get_num_threads() // workers)
-    return devices, threads
+def attribution_processes(settings: dict, kind: str) -> tuple[int, int]:
+    """(processes, torch threads per process) from ``attribution.processes`` and
+    ``attribution.threads_per_process``. ``auto``: one process per visible GPU (one on a machine without
+    CUDA, and for the tiny world, whose models stay on the CPU). One process means no launch."""
+    renamed = [old for old in ("workers", "threads_per_worker") if old in settings]
+    if renamed:
+        raise ValueError(
+            f"attribution.{renamed[0]} was renamed: use attribution.processes and attribution.threads_per_process "
+            "(IG now runs under accelerate launch)"
+        )
+    processes = settings.get("processes", 1)
+    if processes == "auto":
+        processes = torch.cuda.device_count() if kind != "world" and torch.cuda.is_available() else 1
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ValueError(f"attribution.processes must be a positive int or 'auto', got {processes!r}")
+    threads = settings.get("threads_per_process") or max(1, (os.cpu_count() or 1) // processes)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"attribution.threads_per_process must be a positive int, got {threads!r}")
+    return processes, threads
 
 
 def over_length_traces(records: list[dict]) -> list[str]:
@@ -195,55 +203,47 @@ def skipped_traces(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["trace_id", "n_tokens", "cause", "reason"])
 
 
-# Filled once per worker process by _init_attribution_worker, so that each process loads the model once.
-_WORKER_STATE: dict = {}
-
-
-def _init_attribution_worker(profile: Profile, device: str) -> None:
-    model, tokenizer = services.load_model(profile, "generator", device=device)
-    _WORKER_STATE.update(
-        model=model,
-        tokenizer=tokenizer,
-        baseline=services.baseline_token(profile, tokenizer),
-        settings=profile["attribution"],
-    )
-
-
-def _attribute_in_worker(trace: dict) -> dict:
-    return attribution_record(trace=trace, **_WORKER_STATE)
-
-
 def attribute_traces(
     profile: Profile, traces: list[dict], store: RecordStore, desc: str, stage: dag.Stage = STAGE
 ) -> list[dict]:
     """Token IG of the correct answer for every trace (``trace_id``, ``question``, ``answer``,
     ``segments``) not yet in ``store``; one record per trace, appended as soon as it is done.
 
-    With ``attribution.workers`` > 1 the traces are spread over that many processes
-    (:func:`segattr_utils.workers.map_in_workers`); the records are the same up to float rounding.
-    A skipped trace (over length, out of memory) keeps its record, so a resumed run does not meet it
-    again, unless ``attribution.retry_skipped`` is true: then its record is dropped and it is tried again.
+    With ``attribution.processes`` > 1 the traces are attributed by that many processes started with
+    ``accelerate launch`` (:func:`launch_attribution`; the records equal one process's up to float
+    rounding). Records that ranks wrote and nobody merged (a killed launch, or a launch on several
+    machines started by hand) are merged into ``store`` first. A skipped trace (over length, out of
+    memory) keeps its record, so a resumed run does not meet it again, unless ``attribution.retry_skipped``
+    is true: then its record is dropped and it is tried again.
     """
     settings = profile["attribution"]
-    devices, threads = attribution_workers(settings, profile["kind"])
+    processes, threads = attribution_processes(settings, profile["kind"])
+    order = [t["trace_id"] for t in traces]
+    distributed.merge_rank_stores(store, order)
     if settings.get("retry_skipped", False):
-        wanted = {t["trace_id"] for t in traces}
+        wanted = set(order)
         store.discard([r["trace_id"] for r in store.records() if r.get("skipped") and r["trace_id"] in wanted])
     todo = [t for t in traces if t["trace_id"] not in store]
     if not todo:
-        return store.records()
-    if len(devices) == 1:
-        records = _attribute_in_process(profile, settings, todo)
-    else:
-        records = map_in_workers(
-            _attribute_in_worker, todo, devices, threads, initializer=_init_attribution_worker, initargs=(profile,)
-        )
+        return _in_input_order(store.records(), order)
     started = time.perf_counter()
-    for record in progress(records, total=len(todo), desc=desc, unit="trace"):
-        store.append([record])
+    if processes == 1:
+        for record in progress(
+            _attribute_in_process(profile, settings, todo), total=len(todo), desc=desc, unit="trace"
+        ):
+            store.append([record])
+    else:
+        launch_attribution(profile, todo, store, processes, threads, desc)
     log_seconds(profile, stage, f"{desc}: {len(todo)} traces", time.perf_counter() - started)
     free_accelerator_memory()  # the generator is gone: SFT (notebook 08) gets the whole GPU
-    return store.records()
+    return _in_input_order(store.records(), order)
+
+
+def _in_input_order(records: list[dict], order: list[str]) -> list[dict]:
+    """The records of the traces in ``order`` in that order, then the store's others: the same list however
+    the work was split over processes and runs."""
+    position = {trace_id: i for i, trace_id in enumerate(order)}
+    return sorted(records, key=lambda r: position.get(r["trace_id"], len(position)))
 
 
 def _attribute_in_process(profile: Profile, settings: dict, traces: list[dict]):
@@ -254,19 +254,99 @@ def _attribute_in_process(profile: Profile, settings: dict, traces: list[dict]):
         yield attribution_record(model, tokenizer, baseline, settings, trace)
 
 
+def launch_attribution(
+    profile: Profile, traces: list[dict], store: RecordStore, processes: int, threads: int, desc: str
+) -> None:
+    """Attribute ``traces`` in ``processes`` processes on this machine, each running :func:`main`
+    (:func:`segattr_utils.distributed.launch_over_processes`); their records are merged into ``store`` in
+    the order of ``traces``."""
+    if profile.get_path("models.generator.device_map", None):
+        raise ValueError(
+            "models.generator.device_map spreads one copy of the generator over every visible GPU; set "
+            f"attribution.processes: 1 with it (got {processes})"
+        )
+    distributed.launch_over_processes(profile, MODULE, traces, store, processes, threads, desc)
+
+
+def attribute_share(profile: Profile, traces: list[dict], store_path: Path) -> int:
+    """This process's share of ``traces`` (a rank under ``accelerate launch``; all of them outside one):
+    the traces that neither the store nor any rank store holds, dealt longest first over the ranks
+    (:func:`segattr_utils.distributed.share_of_this_process`), each record appended to this rank's own
+    store. Returns how many traces this rank attributed."""
+    settings = profile["attribution"]
+    on_cpu = profile["kind"] == "world" or not torch.cuda.is_available()
+    store = RecordStore(store_path, key_fn=lambda r: r["trace_id"])
+    state, mine, own = distributed.share_of_this_process(traces, store, cpu=on_cpu, weight=_trace_characters)
+    if not mine:
+        return 0
+    _, threads = attribution_processes(settings, profile["kind"])
+    torch.set_num_threads(threads)
+    model, tokenizer = services.load_model(profile, "generator", device="cpu" if on_cpu else str(state.device))
+    baseline = services.baseline_token(profile, tokenizer)
+    bar = progress(mine, desc=f"IG, rank {state.process_index}", unit="trace", disable=not state.is_local_main_process)
+    for trace in bar:
+        own.append([attribution_record(model, tokenizer, baseline, settings, trace)])
+    return len(mine)
+
+
+def _trace_characters(trace: dict) -> int:
+    return sum(len(s) for s in trace["segments"])
+
+
+def kept_traces_to_attribute(profile: Profile) -> tuple[list[dict], Path]:
+    """The kept traces notebook 03 attributes (correct and, with ``attribution.attribute_incorrect``,
+    incorrect ones), with their segments, and the store their records go to."""
+    by_trace = services.segment_texts(services.segment_table(profile))
+    traces = [dict(t, segments=by_trace[t["trace_id"]]) for t in _kept_to_attribute(profile).to_dict("records")]
+    return traces, STAGE.path(profile, "attributions_store")
+
+
+def _kept_to_attribute(profile: Profile) -> pd.DataFrame:
+    kept = services.kept_traces(profile)
+    return kept if profile["attribution"].get("attribute_incorrect", True) else kept[kept["correct"]]
+
+
+def reference_traces_to_attribute(profile: Profile) -> tuple[list[dict], Path]:
+    """The reference traces of the training questions that notebook 08 attributes, and their store."""
+    traces = services.reference_traces(profile).to_dict("records")
+    return traces, dag.SELECTIVE_SFT.path(profile, "reference_attributions_store")
+
+
+#: What ``python -m segattr_utils.stages.stage03_ig_attribution --items NAME`` attributes: the one list of
+#: the named attribution jobs (notebooks 03 and 08, and a launch on several machines started by hand).
+ATTRIBUTION_JOBS = {"kept": kept_traces_to_attribute, "reference": reference_traces_to_attribute}
+MODULE = "segattr_utils.stages.stage03_ig_attribution"
+
+
+def main(argv: list[str] | None = None) -> int:
+    # torchrun's error file: the launcher's summary (what a failed launch shows) then holds the rank's error
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``[accelerate launch ...] python -m segattr_utils.stages.stage03_ig_attribution --profile paper
+    --items kept``: this process's share of a stage's IG (:func:`attribute_share`), written to its rank
+    store; the next run of the notebook merges the ranks' stores. ``--items`` names a job
+    (:data:`ATTRIBUTION_JOBS`) or a JSONL file of traces, which then needs ``--store``."""
+    args = distributed.rank_arguments(_main.__doc__, ATTRIBUTION_JOBS, argv)
+    profile = load_profile(args.profile)
+    if args.items in ATTRIBUTION_JOBS:
+        traces, store_path = ATTRIBUTION_JOBS[args.items](profile)
+    else:
+        traces, store_path = distributed.read_items(args.items), Path(args.store)
+    attribute_share(profile, traces, Path(store_path))
+    return 0
+
+
 def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
     """Token IG of the correct answer for every kept trace (resumable, one record per trace), then
     segment scores and the important set. Returns the per-segment table."""
-    settings = profile["attribution"]
-    kept = services.kept_traces(profile)
-    if not settings.get("attribute_incorrect", True):
-        kept = kept[kept["correct"]]
-    segments = services.segment_table(profile)
-    by_trace = services.segment_texts(segments)
-    traces = [dict(t, segments=by_trace[t["trace_id"]]) for t in kept.to_dict("records")]
-    store = RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"])
+    traces, store_path = kept_traces_to_attribute(profile)
+    store = RecordStore(store_path, key_fn=lambda r: r["trace_id"])
     records = attribute_traces(profile, traces, store, "integrated gradients")
-    return score_segments(profile, kept, segments, records)
+    return score_segments(profile, _kept_to_attribute(profile), services.segment_table(profile), records)
 
 
 def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
@@ -538,3 +618,7 @@ def run(profile: Profile) -> StageResult:
         figures={"ig_completeness_delta": figures.save(fig, profile, "ig_completeness_delta")},
         checks={"every kept trace is attributed": set(completeness["trace_id"]) == set(kept["trace_id"])},
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

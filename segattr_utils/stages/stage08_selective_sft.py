@@ -54,7 +54,12 @@ from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
 from ..run_log import log_timings, read_run_log
 from . import StageResult, finish
-from .stage03_ig_attribution import attribute_traces, over_length_traces, skipped_traces
+from .stage03_ig_attribution import (
+    attribute_traces,
+    over_length_traces,
+    reference_traces_to_attribute,
+    skipped_traces,
+)
 
 STAGE = dag.SELECTIVE_SFT
 SOURCES = services.SOURCES
@@ -290,9 +295,9 @@ def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
     """Token IG of the reference traces of the training questions (the world's correct teacher; LIMO's
     provided CoTs on the paper profile), with stage 03's settings; resumable, one record per trace in
     ``reference_attributions.jsonl``. Returns and writes their completeness table."""
-    reference = services.reference_traces(profile)
-    store = RecordStore(STAGE.path(profile, "reference_attributions_store"), key_fn=lambda r: r["trace_id"])
-    records = attribute_traces(profile, reference.to_dict("records"), store, "integrated gradients (reference)", STAGE)
+    traces, store_path = reference_traces_to_attribute(profile)
+    store = RecordStore(store_path, key_fn=lambda r: r["trace_id"])
+    records = attribute_traces(profile, traces, store, "integrated gradients (reference)", STAGE)
     threshold = profile.get_path("attribution.flag_relative_delta")
     table = pd.DataFrame(
         [

@@ -1,5 +1,6 @@
-"""Stage 03's attribution loop: spread over worker processes (segattr_utils.workers, attribute_traces with
-attribution.workers > 1: same records as one process, in input order, resumable, failures named); out of
+"""Stage 03's attribution loop: spread over processes started by accelerate launch (attribute_traces with
+attribution.processes > 1: same records as one process, in input order, rank stores merged, failures
+named with the launch log's end); out of
 memory (torch.OutOfMemoryError, raised by a stand-in for the engine above a threshold): retried with half
 the chunk, then checkpointing, then skipped with its reason, not retried on resume unless asked, reported
 by the stage and by notebook 08; ``auto`` settings taken from the cost estimator."""
@@ -12,6 +13,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.config import load_profile
+from segattr_utils.distributed import rank_store_path, rank_store_paths
 from segattr_utils.stages import stage03_ig_attribution as pipeline
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
@@ -59,38 +61,74 @@ def world_profile(tmp_path_factory):
     return profile
 
 
-def test_attribution_in_two_workers_equals_one_process_and_resumes(world_profile, tmp_path):
+def test_attribution_in_two_launched_processes_equals_one_process_and_resumes(world_profile, tmp_path):
+    """Two processes under accelerate launch (torchrun, gloo on the CPU) give the records of one process, in
+    input order; a trace an interrupted launch's rank left in its rank store is merged, not attributed again."""
     serial_profile = load_profile("smoke")
     serial_profile.update({k: v for k, v in world_profile.items()})
-    serial_profile["attribution"] = dict(world_profile["attribution"], workers=1)
+    serial_profile["attribution"] = dict(world_profile["attribution"], processes=1)
     serial = pipeline.attribute_traces(
         serial_profile, TRACES, RecordStore(tmp_path / "serial.jsonl", key_fn=lambda r: r["trace_id"]), "serial"
     )
 
     parallel_profile = load_profile("smoke")
     parallel_profile.update({k: v for k, v in world_profile.items()})
-    parallel_profile["attribution"] = dict(world_profile["attribution"], workers=2, threads_per_worker=1)
-    store = RecordStore(tmp_path / "parallel.jsonl", key_fn=lambda r: r["trace_id"])
-    store.append([serial[0]])  # an earlier, interrupted run already did the first trace
+    parallel_profile["attribution"] = dict(world_profile["attribution"], processes=2, threads_per_process=1)
+    store_path = tmp_path / "parallel.jsonl"
+    store = RecordStore(store_path, key_fn=lambda r: r["trace_id"])
+    store.append([serial[0]])  # an earlier run already merged the first trace
+    left_by_a_killed_rank = RecordStore(rank_store_path(store_path, 1), key_fn=lambda r: r["trace_id"])
+    left_by_a_killed_rank.append([dict(serial[3], seconds=-1.0)])  # marked: it must be merged, not recomputed
     parallel = pipeline.attribute_traces(parallel_profile, TRACES, store, "parallel")
 
-    assert [r["trace_id"] for r in parallel] == [t["trace_id"] for t in TRACES]
+    assert [r["trace_id"] for r in parallel] == [t["trace_id"] for t in TRACES]  # input order, however split
+    assert parallel[3]["seconds"] == -1.0
+    assert rank_store_paths(store_path) == [] and not store_path.with_suffix(".launch").exists()
     for ours, reference in zip(parallel, serial):
         assert ours["segment_spans"] == reference["segment_spans"]
         assert ours["f_input"] == pytest.approx(reference["f_input"], abs=1e-5)
         flat_ours = [v for segment in ours["segment_values"] for v in segment]
         flat_reference = [v for segment in reference["segment_values"] for v in segment]
         assert flat_ours == pytest.approx(flat_reference, abs=1e-5)
-        # completeness (Eq. 3) holds in every worker's record
+        # completeness (Eq. 3) holds in every process's record
         assert abs(ours["delta"]) <= 0.05 * abs(ours["f_input"] - ours["f_baseline"]) + 1e-4
 
 
-def test_attribution_workers_setting_is_validated():
-    with pytest.raises(ValueError, match="attribution.workers"):
-        pipeline.attribution_workers({"workers": 0}, "world")
-    devices, threads = pipeline.attribution_workers({"workers": 2, "threads_per_worker": 1}, "world")
-    assert devices == ["cpu", "cpu"] and threads == 1
-    assert pipeline.attribution_workers({}, "world")[0] == ["cpu"]
+def test_a_failing_launch_raises_with_the_end_of_its_log(world_profile, tmp_path):
+    profile = load_profile("smoke")
+    profile.update({k: v for k, v in world_profile.items()})
+    profile["models"] = dict(world_profile["models"], generator=dict(local_path=str(tmp_path / "no-model-here")))
+    profile["attribution"] = dict(world_profile["attribution"], processes=2, threads_per_process=1)
+    store = RecordStore(tmp_path / "store.jsonl", key_fn=lambda r: r["trace_id"])
+    with pytest.raises(
+        RuntimeError, match=r"(?s)launched processes failed.*FileNotFoundError.*model is missing at .*no-model-here"
+    ):
+        pipeline.attribute_traces(profile, TRACES[:2], store, "failing")
+    assert len(store) == 0
+
+
+def test_attribution_processes_setting_is_validated(monkeypatch):
+    with pytest.raises(ValueError, match="attribution.processes"):
+        pipeline.attribution_processes({"processes": 0}, "world")
+    with pytest.raises(ValueError, match="attribution.workers was renamed"):
+        pipeline.attribution_processes({"workers": 2}, "world")
+    assert pipeline.attribution_processes({"processes": 2, "threads_per_process": 1}, "world") == (2, 1)
+    assert pipeline.attribution_processes({}, "world")[0] == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert pipeline.attribution_processes({"processes": "auto"}, "hub")[0] == 8
+    assert pipeline.attribution_processes({"processes": "auto"}, "world")[0] == 1  # the tiny world stays on the CPU
+
+
+def test_a_device_map_model_is_attributed_in_one_process(world_profile, tmp_path):
+    profile = load_profile("smoke")
+    profile.update({k: v for k, v in world_profile.items()})
+    profile["models"] = dict(
+        world_profile["models"], generator=dict(world_profile["models"]["generator"], device_map="auto")
+    )
+    store = RecordStore(tmp_path / "store.jsonl", key_fn=lambda r: r["trace_id"])
+    with pytest.raises(ValueError, match="attribution.processes: 1"):
+        pipeline.launch_attribution(profile, TRACES, store, 2, 1, "device_map")
 
 
 def test_attribution_max_length_is_an_optional_cap_whose_skips_are_counted(world_profile):
