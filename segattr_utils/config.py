@@ -10,6 +10,7 @@ a user's own YAML (copy ``paper.yaml`` to run on other models or traces). A prof
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,15 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
     profile = Profile(data)
     profile.source_path = path.resolve()
     return profile
+
+
+def save_profile(profile: Profile, path: str | os.PathLike) -> Path:
+    """Write ``profile`` as it is in memory (a notebook's parameters and changes made in code included) to
+    a YAML file that :func:`load_profile` reads back equal: how a launched process gets the caller's profile."""
+    from .artifacts import atomic_write_text
+
+    plain = yaml.safe_load(yaml.safe_dump(json.loads(json.dumps(dict(profile))), sort_keys=False))
+    return atomic_write_text(path, yaml.safe_dump(plain, sort_keys=False))
 
 
 def _is_project(folder: Path) -> bool:

@@ -30,9 +30,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .artifacts import RecordStore, atomic_write_text
+from .config import save_profile
 from .progress import QUIET_ENV, progress
 
 #: ``<store>.rank-00003.jsonl``: rank 3's records of ``<store>.jsonl``.
@@ -174,7 +173,7 @@ def launch_over_processes(
     launch's output goes to ``<store>.launch/launch.log``, whose end a failure shows."""
     folder = store.path.with_suffix(".launch")
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "profile.yaml", yaml.safe_dump(json.loads(json.dumps(dict(profile))), sort_keys=False))
+    save_profile(profile, folder / "profile.yaml")
     atomic_write_text(folder / "items.jsonl", "".join(json.dumps(item, sort_keys=True) + "\n" for item in items))
     arguments = ["--profile", str(folder / "profile.yaml"), "--items", str(folder / "items.jsonl")]
     command = launch_command(module, [*arguments, "--store", str(store.path)], processes)

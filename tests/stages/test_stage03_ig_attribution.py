@@ -7,12 +7,16 @@ by the stage and by notebook 08; ``auto`` settings taken from the cost estimator
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import RecordStore
-from segattr_utils.config import load_profile
+from segattr_utils.config import load_profile, save_profile
 from segattr_utils.distributed import rank_store_path, rank_store_paths
 from segattr_utils.stages import stage03_ig_attribution as pipeline
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
@@ -388,3 +392,29 @@ def test_notebook_08_warns_about_traces_skipped_out_of_memory(profile, monkeypat
     with pytest.warns(UserWarning, match="1 self traces ran out of memory in IG"):
         records = sft.load_trace_records(profile, "self")
     assert [r.trace_id for r in records] == ["q1:correct"]
+
+
+def test_a_launch_started_by_hand_is_merged_by_the_next_notebook_run(profile, tmp_path, monkeypatch):
+    """The multi-machine path: each machine runs ``python -m segattr_utils.stages.stage03_ig_attribution
+    --profile ... --items kept`` under accelerate launch; here one such process, started by hand. Its records
+    wait in its rank store; notebook 03's next run merges them and attributes nothing again."""
+    profile_file = save_profile(profile, tmp_path / "profile.yaml")
+    assert load_profile(profile_file) == profile
+    subprocess.run(
+        [sys.executable, "-m", pipeline.MODULE, "--profile", str(profile_file), "--items", "kept"],
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    traces, store_path = pipeline.kept_traces_to_attribute(profile)
+    assert not store_path.exists()
+    assert [p.name for p in rank_store_paths(store_path)] == ["attributions.rank-00000.jsonl"]
+
+    def no_more_ig(*args, **kwargs):
+        raise AssertionError("a trace the launched process attributed was attributed again")
+
+    monkeypatch.setattr(pipeline, "token_attributions", no_more_ig)
+    scores = pipeline.attribute_kept_traces(profile)
+    assert set(scores["trace_id"]) == {t["trace_id"] for t in traces}
+    records = RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()
+    assert [r["trace_id"] for r in records] == [t["trace_id"] for t in traces]
+    assert rank_store_paths(store_path) == []
