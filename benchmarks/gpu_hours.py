@@ -32,10 +32,10 @@ greedy and sampled outputs have their own mean lengths (paper Table 1), and the 
 context weights each output by its length.
 
 Wall time on one node: stages run one after another (``make reproduce`` runs the notebooks in order). Two
-columns: "as configured" is what the code and ``paper.yaml`` do (vLLM as above; IG in
-``attribution.workers`` processes, 1 in ``paper.yaml``; SFT one run per GPU, eight at once; stage 05 on one
-GPU), "ideal" differs only in IG: one trace per GPU on all 8 (``attribution.workers: 8`` today; what the
-accelerate-based IG being written elsewhere is to do).
+columns: "as configured" is what the code and ``paper.yaml`` do (vLLM as above; IG and stage 05's perplexity
+passes in ``attribution.processes`` / ``analysis.linguistics.processes`` processes under accelerate launch,
+``auto`` = one per GPU in ``paper.yaml``; SFT one run per GPU, eight at once), "ideal" puts IG and stage 05 on
+all 8 GPUs whatever the profile says (the same as configured for ``paper.yaml``).
 
 Usage: ``python benchmarks/gpu_hours.py [--gpu h100|h200] [--out results/benchmarks/gpu_hours.md]``
 (``make gpu-hours``).
@@ -390,9 +390,10 @@ class Context:
         """(TP, DP) of ``model``'s engines on the node, resolved as the code resolves ``generation.vllm``."""
         return engine_layout(self.profile, model, self.gpu, self.a.node_gpus)
 
-    @property
-    def ig_workers(self) -> int:
-        return int(self.profile.get_path("attribution.workers") or 1)
+    def processes(self, section: str) -> int:
+        """``<section>.processes`` on the node: ``auto`` is one per GPU, as the code resolves it on 8 GPUs."""
+        value = self.profile.get_path(f"{section}.processes", 1)
+        return self.a.node_gpus if value == "auto" else min(int(value), self.a.node_gpus)
 
 
 def engine_layout(profile: Profile, model: ModelShape, gpu: GPU, node_gpus: int) -> tuple[int, int]:
@@ -421,8 +422,14 @@ def ig_row(ctx: Context, stage: str, work: str, traces: list[tuple[float, float,
     """IG rows: ``traces`` holds (count, sequence length, J) groups; one trace per GPU."""
     flops = sum(count * ig_trace_flops(R1_DISTILL_QWEN_7B, length, j) for count, length, j in traces)
     gpu_h = flops / ctx.calibration.ig_flops_per_s / HOUR
-    parallel = f"one trace per GPU: ideal {ctx.a.node_gpus}, configured attribution.workers = {ctx.ig_workers}"
-    return Row(stage, work, gpu_h, gpu_h / ctx.a.node_gpus, gpu_h / min(ctx.ig_workers, ctx.a.node_gpus), parallel)
+    return per_trace_row(ctx, stage, work, gpu_h, "attribution")
+
+
+def per_trace_row(ctx: Context, stage: str, work: str, gpu_h: float, section: str) -> Row:
+    """Work split by trace over ``<section>.processes`` processes, one per GPU (accelerate launch)."""
+    processes = ctx.processes(section)
+    parallel = f"accelerate launch, one process per GPU: {section}.processes = {processes}"
+    return Row(stage, work, gpu_h, gpu_h / ctx.a.node_gpus, gpu_h / processes, parallel)
 
 
 def stage00(ctx: Context) -> Row:
@@ -496,7 +503,7 @@ def stage05(ctx: Context) -> Row:
     load = ctx.load
     gpu_h = linguistics_gpu_hours(ctx, load.n_correct, load.correct_length, load.segments_per_trace)
     work = f"{load.n_correct} correct traces x ({load.segments_per_trace:.0f} + 2) forward passes, 7B (HF)"
-    return Row("05", work, gpu_h, gpu_h, gpu_h, "one process on one GPU (the code)")
+    return per_trace_row(ctx, "05", work, gpu_h, "analysis.linguistics")
 
 
 def judge_work(ctx: Context, n_segments: float) -> VllmWork:
@@ -651,14 +658,8 @@ def reference_signals(ctx: Context) -> list[Row]:
         ),
     )
     gpu_h = linguistics_gpu_hours(ctx, ctx.a.limo_questions, load.reference_length, load.reference_segments)
-    ling = Row(
-        "05 ref.",
-        f"perplexity passes on the {ctx.a.limo_questions} reference traces, 7B (HF)",
-        gpu_h,
-        gpu_h,
-        gpu_h,
-        "one process on one GPU (the code)",
-    )
+    work = f"perplexity passes on the {ctx.a.limo_questions} reference traces, 7B (HF)"
+    ling = per_trace_row(ctx, "05 ref.", work, gpu_h, "analysis.linguistics")
     return [forced, ling]
 
 
@@ -714,9 +715,7 @@ def with_settings(profile: Profile, settings: dict) -> Profile:
     return changed
 
 
-# The scenarios after the first three set attribution.workers: 8 (IG one trace per GPU, as paper.yaml's comment asks
-# and the accelerate-based IG is to do), so that their "as configured" column is the ideal one.
-_W8 = {"attribution.workers": 8}
+ONE_GPU_PASSES = {"attribution.processes": 1, "analysis.linguistics.processes": 1}
 BEFORE = {"generation.vllm.tensor_parallel_size": 4, "generation.vllm.data_parallel_size": 1}
 SCENARIOS: tuple[tuple[str, dict], ...] = (
     ("paper.yaml as it is", {}),
@@ -725,11 +724,15 @@ SCENARIOS: tuple[tuple[str, dict], ...] = (
         "for comparison, tensor_parallel_size: 2 for every model (4 engines)",
         {"generation.vllm.tensor_parallel_size": 2},
     ),
-    ("attribution.workers: 8", _W8),
-    ("+ 6 samples on AMC23/AIME24/AIME25 (32 in paper.yaml)", {**_W8, "evaluation.benchmarks.*.n_samples": 6}),
-    ("+ evaluation.limit: 300", {**_W8, "evaluation.limit": 300}),
-    ("+ evaluation.limit: 100", {**_W8, "evaluation.limit": 100}),
-    ("+ training.tables: [] (Table 1 only: 4 runs + base)", {**_W8, "training.tables": []}),
+    (
+        "for comparison, IG and stage 05 in one process on one GPU (attribution.processes: 1, "
+        "analysis.linguistics.processes: 1: before the accelerate launch)",
+        ONE_GPU_PASSES,
+    ),
+    ("6 samples on AMC23/AIME24/AIME25 (32 in paper.yaml)", {"evaluation.benchmarks.*.n_samples": 6}),
+    ("evaluation.limit: 300", {"evaluation.limit": 300}),
+    ("evaluation.limit: 100", {"evaluation.limit": 100}),
+    ("training.tables: [] (Table 1 only: 4 runs + base)", {"training.tables": []}),
 )
 
 
@@ -739,10 +742,9 @@ def scenario_totals(profile: Profile, a: Assumptions, gpu: str) -> list[tuple[st
 
 
 def largest_fitting_limit(profile: Profile, a: Assumptions, gpu: str, extra: dict | None = None) -> int | None:
-    """The largest ``evaluation.limit`` (questions per benchmark) whose wall time with
-    ``attribution.workers: 8`` fits 24 h."""
+    """The largest ``evaluation.limit`` (questions per benchmark) whose wall time as configured fits 24 h."""
     for limit in (675, 600, 500, 450, 400, 350, 300, 250, 200, 150, 100, 75, 50, 40, 30, 20, 10):
-        settings = {**_W8, "evaluation.limit": limit, **(extra or {})}
+        settings = {"evaluation.limit": limit, **(extra or {})}
         if totals(estimate(with_settings(profile, settings), a, gpu)).wall_configured_h <= TARGET_WALL_HOURS:
             return limit
     return None
@@ -848,26 +850,24 @@ def _fits(hours: float) -> str:
 
 
 def verdict(profile: Profile, a: Assumptions, gpu: str) -> str:
-    """The plain answer: as configured and with IG on 8 GPUs, on this GPU and the other; the longest
-    stage; the settings that fit when it does not."""
+    """The plain answer, as configured, on this GPU and the other; the longest stage; the settings that fit
+    when it does not."""
     other = "h200" if gpu == "h100" else "h100"
-    rows, rows_other = estimate(profile, a, gpu), estimate(profile, a, other)
-    t, t_other = totals(rows), totals(rows_other)
-    top = longest_stage(rows)
+    t, t_other = totals(estimate(profile, a, gpu)), totals(estimate(profile, a, other))
+    top = longest_stage(estimate(profile, a, gpu))
     text = (
         f"**Verdict: the paper profile as configured {_fits(t.wall_configured_h)} in 24 h on one 8-GPU "
-        f"{GPUS[gpu].name} node**: {_hours(t.wall_configured_h)} h as configured (IG on one GPU, "
-        f"`attribution.workers: 1`), {_hours(t.wall_ideal_h)} h with IG on all 8 GPUs (`attribution.workers: 8`, "
-        f"or the accelerate-based IG); {_hours(t.gpu_hours)} GPU-hours. On {GPUS[other].name} GPUs: "
-        f"{_hours(t_other.wall_configured_h)} h as configured, {_hours(t_other.wall_ideal_h)} h with IG on 8 GPUs "
-        f"({_fits(t_other.wall_ideal_h)}); {_hours(t_other.gpu_hours)} GPU-hours. The longest stage is {top.stage} "
-        f"({_hours(top.wall_ideal_h)} h, {top.wall_ideal_h / t.wall_ideal_h:.0%} of the wall time with IG on 8 GPUs)."
+        f"{GPUS[gpu].name} node**: {_hours(t.wall_configured_h)} h and {_hours(t.gpu_hours)} GPU-hours (IG and "
+        f"stage 05 in one process per GPU, `processes: auto`). On {GPUS[other].name} GPUs: "
+        f"{_hours(t_other.wall_configured_h)} h ({_fits(t_other.wall_configured_h)}); {_hours(t_other.gpu_hours)} "
+        f"GPU-hours. The longest stage is {top.stage} ({_hours(top.wall_configured_h)} h, "
+        f"{top.wall_configured_h / t.wall_configured_h:.0%} of the wall time)."
     )
-    if t.wall_ideal_h > TARGET_WALL_HOURS:
+    if t.wall_configured_h > TARGET_WALL_HOURS:
         runs = len(planned_runs(profile))
         text += (
-            f" With `attribution.workers: 8` and all {1 + runs} models evaluated, the largest `evaluation.limit` that "
-            f"fits is {_limit_text(largest_fitting_limit(profile, a, gpu))} (AMC23/AIME keep their 32 samples); with "
+            f" With all {1 + runs} models evaluated, the largest `evaluation.limit` that fits is "
+            f"{_limit_text(largest_fitting_limit(profile, a, gpu))} (AMC23/AIME keep their 32 samples); with "
             f"Table 1 only (`training.tables: []`) it is "
             f"{_limit_text(largest_fitting_limit(profile, a, gpu, {'training.tables': []}))}. "
             "paper.yaml's method settings are left unchanged."

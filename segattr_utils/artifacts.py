@@ -67,14 +67,14 @@ def fingerprint(*parts) -> str:
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):  # numpy arrays/scalars and tensors; .item() fails on arrays of size > 1
         return obj.tolist()
     if hasattr(obj, "item"):
@@ -181,7 +181,7 @@ class RecordStore:
             if key in self._keys or key in batch_keys:
                 raise ValueError(f"record {key!r} is already in {self.path} or twice in this batch")
             batch_keys.add(key)
-            lines.append(json.dumps(record, sort_keys=True, default=_json_default) + "\n")
+            lines.append(json.dumps(record, sort_keys=True, default=json_default) + "\n")
         with open(self.path, "a", encoding="utf-8") as handle:
             for record, line in zip(records, lines):
                 handle.write(line)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .artifacts import RecordStore, atomic_write_text
+from .artifacts import RecordStore, atomic_write_text, json_default
 from .config import save_profile
 from .progress import QUIET_ENV, progress
 
@@ -44,6 +44,23 @@ def process_state(cpu: bool):
     from accelerate import PartialState
 
     return PartialState(cpu=cpu)
+
+
+def resolve_processes(settings: dict, kind: str, section: str) -> tuple[int, int]:
+    """(processes, torch threads per process) from ``<section>.processes`` and
+    ``<section>.threads_per_process``. ``auto``: one process per visible GPU (one on a machine without CUDA,
+    and for the tiny world, whose models stay on the CPU). One process means no launch."""
+    import torch
+
+    processes = settings.get("processes", 1)
+    if processes == "auto":
+        processes = torch.cuda.device_count() if kind != "world" and torch.cuda.is_available() else 1
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
+        raise ValueError(f"{section}.processes must be a positive int or 'auto', got {processes!r}")
+    threads = settings.get("threads_per_process") or max(1, (os.cpu_count() or 1) // processes)
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"{section}.threads_per_process must be a positive int, got {threads!r}")
+    return processes, threads
 
 
 def deal(items: Sequence[Any], rank: int, world_size: int, weight: Callable[[Any], float] | None = None) -> list:
@@ -174,7 +191,9 @@ def launch_over_processes(
     folder = store.path.with_suffix(".launch")
     folder.mkdir(parents=True, exist_ok=True)
     save_profile(profile, folder / "profile.yaml")
-    atomic_write_text(folder / "items.jsonl", "".join(json.dumps(item, sort_keys=True) + "\n" for item in items))
+    atomic_write_text(
+        folder / "items.jsonl", "".join(json.dumps(item, sort_keys=True, default=json_default) + "\n" for item in items)
+    )
     arguments = ["--profile", str(folder / "profile.yaml"), "--items", str(folder / "items.jsonl")]
     command = launch_command(module, [*arguments, "--store", str(store.path)], processes)
     wanted = {RecordStore._freeze(store.key_fn(item)) for item in items}

@@ -90,7 +90,8 @@ def test_ig_rows_follow_the_published_calibration(gh, rows):
     """08 IG is the calibration point itself (817 LIMO traces, J = 50: 7 GPU-hours); 03 scales it by FLOPs."""
     assert rows["08 IG"].gpu_hours == pytest.approx(7.0)
     assert rows["08 IG"].wall_ideal_h == pytest.approx(7.0 / 8)
-    assert rows["08 IG"].wall_configured_h == pytest.approx(7.0)  # attribution.workers: 1 in paper.yaml
+    assert rows["08 IG"].wall_configured_h == pytest.approx(7.0 / 8)  # attribution.processes: auto, 8 GPUs
+    assert rows["05"].wall_configured_h == pytest.approx(rows["05"].gpu_hours / 8)  # analysis.linguistics: auto
 
     def f(length):  # one forward pass of the 7B: 2·N·L + 2·L²·d·layers
         return 2 * 7_070_619_136 * length + 2 * length**2 * 3584 * 28
@@ -113,3 +114,11 @@ def test_report_states_the_verdict_and_assumptions(gh, paper):
     assert "| **total** |" in text and "Verdict" in text and "reference_trace_tokens" in text
     assert "eval_greedy_tokens | 16,520" in text and "eval_sample_tokens | 10,043" in text
     assert "The longest stage is 09" in text
+
+
+def test_one_process_for_ig_and_stage_05_puts_their_gpu_hours_on_one_gpu(gh):
+    profile = gh.with_settings(load_profile("paper"), gh.ONE_GPU_PASSES)
+    one = {r.stage: r for r in gh.estimate(profile, gh.Assumptions(), "h100")}
+    for stage in ("03", "05", "08 IG", "05 ref."):
+        assert one[stage].wall_configured_h == pytest.approx(one[stage].gpu_hours)
+        assert one[stage].wall_ideal_h == pytest.approx(one[stage].gpu_hours / 8)

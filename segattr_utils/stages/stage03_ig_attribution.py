@@ -13,7 +13,6 @@ its reason instead of aborting the stage (:func:`attribution_record`, :func:`ski
 
 from __future__ import annotations
 
-import os
 import random
 import sys
 import time
@@ -162,24 +161,15 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
 
 
 def attribution_processes(settings: dict, kind: str) -> tuple[int, int]:
-    """(processes, torch threads per process) from ``attribution.processes`` and
-    ``attribution.threads_per_process``. ``auto``: one process per visible GPU (one on a machine without
-    CUDA, and for the tiny world, whose models stay on the CPU). One process means no launch."""
+    """(processes, torch threads per process) of IG from ``attribution.processes`` (``auto``: one per
+    visible GPU) and ``attribution.threads_per_process`` (:func:`segattr_utils.distributed.resolve_processes`)."""
     renamed = [old for old in ("workers", "threads_per_worker") if old in settings]
     if renamed:
         raise ValueError(
             f"attribution.{renamed[0]} was renamed: use attribution.processes and attribution.threads_per_process "
             "(IG now runs under accelerate launch)"
         )
-    processes = settings.get("processes", 1)
-    if processes == "auto":
-        processes = torch.cuda.device_count() if kind != "world" and torch.cuda.is_available() else 1
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-        raise ValueError(f"attribution.processes must be a positive int or 'auto', got {processes!r}")
-    threads = settings.get("threads_per_process") or max(1, (os.cpu_count() or 1) // processes)
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"attribution.threads_per_process must be a positive int, got {threads!r}")
-    return processes, threads
+    return distributed.resolve_processes(settings, kind, "attribution")
 
 
 def over_length_traces(records: list[dict]) -> list[str]:

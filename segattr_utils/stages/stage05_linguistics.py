@@ -21,12 +21,13 @@ Artifacts in ``results/<profile>/05_linguistics/``:
 from __future__ import annotations
 
 import functools
+import sys
 
 import pandas as pd
 
-from .. import dag, services
+from .. import dag, distributed, services
 from ..artifacts import RecordStore, fingerprint, read_table, write_table
-from ..config import Profile
+from ..config import Profile, load_profile
 from ..measures.group_stats import compare_groups, format_p, readable
 from ..measures.linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
 from ..measures.redundancy import redundancy_table
@@ -127,30 +128,90 @@ def segment_rows(records: list[dict]) -> pd.DataFrame:
     )
 
 
+def items_to_measure(profile: Profile, source: str = "self") -> tuple[list[dict], RecordStore]:
+    """The traces of ``source`` (:func:`traces_to_measure`), each with the ``fingerprint`` of its text and
+    the BLEU setting (a changed trace is measured again), and the store their records go to."""
+    spec = profile.get_path("analysis.linguistics")
+    store_name, _ = TRACE_SETS[source]
+    items = [
+        dict(t, fingerprint=fingerprint(t["question"], t["answer_part"], list(t["segments"]), spec["bleu_reference"]))
+        for t in traces_to_measure(profile, source)
+    ]
+    return items, RecordStore(STAGE.path(profile, store_name), key_fn=_record_key)
+
+
+def _record_key(record: dict) -> list:
+    return [record["trace_id"], record["fingerprint"]]
+
+
 def measure_linguistics(profile: Profile, source: str = "self", load_model=None) -> pd.DataFrame:
     """Measure every trace of ``source`` (resumable, one record per trace in that source's store) and
     write its table (``segment_linguistics`` or ``reference_segment_linguistics``). ``load_model()``
-    returns ``(model, tokenizer)``; pass one that caches to share the model between sources."""
+    returns ``(model, tokenizer)``; pass one that caches to share the model between sources. With
+    ``analysis.linguistics.processes`` > 1 (``auto``: one per GPU) the traces are measured by that many
+    processes under ``accelerate launch`` (:func:`segattr_utils.distributed.launch_over_processes`), as
+    stage 03's IG; records that ranks wrote and nobody merged are merged first."""
     spec = profile.get_path("analysis.linguistics")
-    store_name, table_name = TRACE_SETS[source]
-    traces = traces_to_measure(profile, source)
-    # Keyed by trace and a fingerprint of its text and the BLEU setting: a changed trace is measured again.
-    store = RecordStore(STAGE.path(profile, store_name), key_fn=lambda r: [r["trace_id"], r["fingerprint"]])
-    fingerprints = {
-        t["trace_id"]: fingerprint(t["question"], t["answer_part"], list(t["segments"]), spec["bleu_reference"])
-        for t in traces
-    }
-    todo = [t for t in traces if [t["trace_id"], fingerprints[t["trace_id"]]] not in store]
-    if todo:
+    _, table_name = TRACE_SETS[source]
+    items, store = items_to_measure(profile, source)
+    processes, threads = distributed.resolve_processes(spec, profile["kind"], "analysis.linguistics")
+    distributed.merge_rank_stores(store, [_record_key(item) for item in items])
+    todo = [item for item in items if _record_key(item) not in store]
+    desc = "perplexity, entropy, BLEU" if source == "self" else f"perplexity, entropy, BLEU ({source})"
+    if todo and processes == 1:
         model, tokenizer = load_model() if load_model else services.load_model(profile, "generator")
-        desc = "perplexity, entropy, BLEU" if source == "self" else f"perplexity, entropy, BLEU ({source})"
-        for trace in progress(todo, desc=desc, unit="trace"):
-            record = linguistics_record(model, tokenizer, trace, spec)
-            store.append([{**record, "fingerprint": fingerprints[trace["trace_id"]]}])
-    wanted = set(fingerprints.items())
+        for item in progress(todo, desc=desc, unit="trace"):
+            store.append([{**linguistics_record(model, tokenizer, item, spec), "fingerprint": item["fingerprint"]}])
+    elif todo:
+        distributed.launch_over_processes(profile, MODULE, todo, store, processes, threads, desc)
+    wanted = {(item["trace_id"], item["fingerprint"]) for item in items}
     table = segment_rows([r for r in store.records() if (r["trace_id"], r["fingerprint"]) in wanted])
     write_table(STAGE.path(profile, table_name), table)
     return table
+
+
+def measure_share(profile: Profile, items: list[dict], store: RecordStore) -> int:
+    """This process's share of ``items`` (a rank under ``accelerate launch``): dealt longest first over the
+    ranks (:func:`segattr_utils.distributed.share_of_this_process`), each record appended to this rank's
+    own store. Returns how many traces this rank measured."""
+    import torch
+
+    spec = profile.get_path("analysis.linguistics")
+    on_cpu = profile["kind"] == "world" or not torch.cuda.is_available()
+    weight = lambda item: sum(len(s) for s in item["segments"])  # noqa: E731
+    state, mine, own = distributed.share_of_this_process(items, store, cpu=on_cpu, weight=weight)
+    if not mine:
+        return 0
+    torch.set_num_threads(distributed.resolve_processes(spec, profile["kind"], "analysis.linguistics")[1])
+    model, tokenizer = services.load_model(profile, "generator", device="cpu" if on_cpu else str(state.device))
+    for item in progress(mine, desc=f"perplexity, rank {state.process_index}", disable=not state.is_local_main_process):
+        own.append([{**linguistics_record(model, tokenizer, item, spec), "fingerprint": item["fingerprint"]}])
+    return len(mine)
+
+
+MODULE = "segattr_utils.stages.stage05_linguistics"
+
+
+def main(argv: list[str] | None = None) -> int:
+    # torchrun's error file: the launcher's summary (what a failed launch shows) then holds the rank's error
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``[accelerate launch ...] python -m segattr_utils.stages.stage05_linguistics --profile paper --items
+    self``: this process's share of stage 05's perplexity passes (:func:`measure_share`), written to its rank
+    store; the next run of the notebook merges the ranks' stores. ``--items`` names a trace source
+    (:data:`TRACE_SETS`) or a JSONL file of items, which then needs ``--store``."""
+    args = distributed.rank_arguments(_main.__doc__, TRACE_SETS, argv)
+    profile = load_profile(args.profile)
+    if args.items in TRACE_SETS:
+        items, store = items_to_measure(profile, args.items)
+    else:
+        items, store = distributed.read_items(args.items), RecordStore(args.store, key_fn=_record_key)
+    measure_share(profile, items, store)
+    return 0
 
 
 def linguistics_tables(profile: Profile) -> dict[str, pd.DataFrame]:
@@ -363,3 +424,7 @@ def run(profile: Profile) -> StageResult:
         figures={"fig3_linguistics": figures.save(fig, profile, "fig3_linguistics")},
         checks=checks,
     )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,6 +6,7 @@ measured too (and only then), their perplexity and entropy checked against a for
 from __future__ import annotations
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,8 @@ import torch
 
 from segattr_utils import dag, services
 from segattr_utils.artifacts import read_table
+from segattr_utils.config import Profile, results_dir
+from segattr_utils.distributed import rank_store_paths
 from segattr_utils.stages import stage05_linguistics as linguistics
 from segattr_utils.world.tiny_model import answer_part as world_answer_part
 
@@ -88,3 +91,22 @@ def test_no_reference_measurement_when_the_ablations_train_on_self(profile):
     assert list(linguistics.linguistics_tables(profile)) == ["self"]  # no world questions: none are read
     for artifact in ("reference_linguistics_store", "reference_segment_linguistics"):
         assert not dag.LINGUISTICS.path(profile, artifact).exists()
+
+
+def test_two_launched_processes_measure_what_one_process_measures(profile, tmp_path):
+    """analysis.linguistics.processes: 2 runs the perplexity passes under accelerate launch (two ranks, gloo
+    on the CPU); the table equals one process's up to float rounding, and no rank store or launch folder is
+    left behind."""
+    one = linguistics.measure_linguistics(profile)
+    spread = Profile({**profile, "results_root": str(tmp_path / "spread")})
+    spread["analysis"] = {
+        **profile["analysis"],
+        "linguistics": {**profile["analysis"]["linguistics"], "processes": 2, "threads_per_process": 1},
+    }
+    for stage in (dag.GENERATION, dag.SEGMENTATION, dag.IG_ATTRIBUTION):  # the same inputs in the new results folder
+        shutil.copytree(results_dir(profile) / stage.folder, results_dir(spread) / stage.folder)
+    two = linguistics.measure_linguistics(spread)
+    pd.testing.assert_frame_equal(two, one, rtol=1e-5, atol=1e-6)
+    _, store = linguistics.items_to_measure(spread)
+    assert len(store) == 3 and rank_store_paths(store.path) == []
+    assert not store.path.with_suffix(".launch").exists()
