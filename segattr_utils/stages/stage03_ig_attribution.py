@@ -296,15 +296,10 @@ def _kept_to_attribute(profile: Profile) -> pd.DataFrame:
     return kept if profile["attribution"].get("attribute_incorrect", True) else kept[kept["correct"]]
 
 
-def reference_traces_to_attribute(profile: Profile) -> tuple[list[dict], Path]:
-    """The reference traces of the training questions that notebook 08 attributes, and their store."""
-    traces = services.reference_traces(profile).to_dict("records")
-    return traces, dag.SELECTIVE_SFT.path(profile, "reference_attributions_store")
-
-
-#: What ``python -m segattr_utils.stages.stage03_ig_attribution --items NAME`` attributes: the one list of
-#: the named attribution jobs (notebooks 03 and 08, and a launch on several machines started by hand).
-ATTRIBUTION_JOBS = {"kept": kept_traces_to_attribute, "reference": reference_traces_to_attribute}
+#: What ``python -m segattr_utils.stages.stage03_ig_attribution --items NAME`` attributes (a launch on several
+#: machines started by hand); notebook 08's reference traces: ``-m segattr_utils.stages.stage08_selective_sft
+#: --items reference``, since their store is stage 08's.
+ATTRIBUTION_JOBS = {"kept": kept_traces_to_attribute}
 MODULE = "segattr_utils.stages.stage03_ig_attribution"
 
 

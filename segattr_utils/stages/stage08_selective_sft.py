@@ -54,12 +54,7 @@ from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
 from ..run_log import log_timings, read_run_log
 from . import StageResult, finish
-from .stage03_ig_attribution import (
-    attribute_traces,
-    over_length_traces,
-    reference_traces_to_attribute,
-    skipped_traces,
-)
+from .stage03_ig_attribution import attribute_share, attribute_traces, over_length_traces, skipped_traces
 
 STAGE = dag.SELECTIVE_SFT
 SOURCES = services.SOURCES
@@ -289,6 +284,12 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
     if not records:
         raise ValueError(f"no attributed {source} traces to train on")
     return records
+
+
+def reference_traces_to_attribute(profile: Profile) -> tuple[list[dict], Path]:
+    """The reference traces of the training questions that this stage attributes, and their store."""
+    traces = services.reference_traces(profile).to_dict("records")
+    return traces, STAGE.path(profile, "reference_attributions_store")
 
 
 def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
@@ -652,14 +653,23 @@ def _launch_with_accelerate(profile: Profile, spec: RunSpec) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m segattr_utils.stages.stage08_selective_sft --profile paper --run <name>``: train one run
-    (what ``accelerate launch`` starts on each GPU)."""
+    (what ``accelerate launch`` starts on each GPU). ``--items reference`` instead: this process's share of
+    the reference traces' IG under an ``accelerate launch`` started by hand on several machines
+    (:func:`segattr_utils.stages.stage03_ig_attribution.attribute_share`); the next run of the notebook
+    merges the ranks' stores."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", required=True)
-    parser.add_argument("--run", required=True, help="a run name from plan_runs (see runs.parquet)")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", help="a run name from plan_runs (see runs.parquet)")
+    what.add_argument("--items", choices=["reference"], help="IG of the reference traces, this rank's share")
     args = parser.parse_args(argv)
     profile = load_profile(args.profile)
+    if args.items == "reference":
+        traces, store_path = reference_traces_to_attribute(profile)
+        attribute_share(profile, traces, store_path)
+        return 0
     specs = {r.name: r for r in plan_runs(profile)}
     if args.run not in specs:
         print(f"no planned run {args.run!r}; planned: {', '.join(specs)}", file=sys.stderr)

@@ -352,3 +352,27 @@ def test_ablations_on_reference_traces_carry_the_signals_of_stages_04_and_05(ref
     planned = {f"{name}__reference" for name in ABLATIONS_WITH_SIGNALS}
     assert planned <= set(preview["setting"])
     assert (preview["traces"] == 2).all()
+
+
+def test_reference_ig_started_by_hand_is_merged_by_the_next_notebook_run(reference_profile, tmp_path):
+    """``python -m segattr_utils.stages.stage08_selective_sft --items reference`` (a rank of a launch on several
+    machines, here one process) writes its rank store; notebook 08's reference IG then merges it, in input
+    order, and has nothing left to attribute."""
+    import os
+    import subprocess
+    import sys
+
+    from segattr_utils.artifacts import RecordStore
+    from segattr_utils.config import save_profile
+    from segattr_utils.distributed import rank_store_paths
+
+    profile_file = save_profile(reference_profile, tmp_path / "profile.yaml")
+    command = [sys.executable, "-m", "segattr_utils.stages.stage08_selective_sft", "--profile", str(profile_file)]
+    subprocess.run([*command, "--items", "reference"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    traces, store_path = sft.reference_traces_to_attribute(reference_profile)
+    assert len(rank_store_paths(store_path)) == 1 and not store_path.exists()
+    table = sft.attribute_reference_traces(reference_profile)
+    assert list(table["trace_id"]) == [t["trace_id"] for t in traces] and table["skipped"].isna().all()
+    assert rank_store_paths(store_path) == [] and len(RecordStore(store_path, key_fn=lambda r: r["trace_id"])) == 2
+    refused = subprocess.run([*command, "--items", "kept"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "invalid choice: 'kept'" in refused.stderr
