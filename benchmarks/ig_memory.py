@@ -42,21 +42,16 @@ from pathlib import Path
 
 import torch
 
-R1_DISTILL_QWEN_7B = dict(
-    vocab_size=152_064,
-    hidden_size=3584,
-    intermediate_size=18944,
-    num_attention_heads=28,
-    num_key_value_heads=4,
-    max_position_embeddings=131072,
-    rope_theta=10000.0,
-    rms_norm_eps=1e-6,
-    tie_word_embeddings=False,
-    pad_token_id=None,
-    bos_token_id=None,
-    eos_token_id=None,
-)
-REAL_LAYERS = 28
+from segattr_utils.llm import architectures
+
+# the real widths, without the 28 layers (config() sets them) and without special token ids
+R1_DISTILL_QWEN_7B = {
+    **{k: v for k, v in architectures.R1_DISTILL_QWEN_7B.items() if k != "num_hidden_layers"},
+    "pad_token_id": None,
+    "bos_token_id": None,
+    "eos_token_id": None,
+}
+REAL_LAYERS = architectures.R1_DISTILL_QWEN_7B["num_hidden_layers"]
 TARGET_LENGTH = 16_384
 BASELINE_TOKEN_ID = 151_643
 ANSWER_TOKENS = 4
