@@ -1,0 +1,488 @@
+"""Faithfulness of a segment ranking: delete or insert whole segments and watch F (ERASER, RISE, AOPC).
+
+A ranking of the segments of one trace (by attribution strength, or any other score) is *faithful*
+when the segments it puts first are the ones the model's answer depends on. This module measures that
+the way ERASER (DeYoung et al., 2020), RISE (Petsiuk et al., 2018) and AOPC (Samek et al., 2017) do for
+tokens or pixels, but with whole segments of a reasoning trace as the unit:
+
+- **Deletion curve** F_0 .. F_n: F after the tokens of the first k ranked segments are replaced by a
+  baseline token (k = 0 .. n). F_0 is F of the real sequence, F_n of the sequence with every segment
+  replaced.
+- **Insertion curve** G_0 .. G_n: start from every segment replaced and restore the first k ranked
+  segments. G_0 = F_n and G_n = F_0 (the same two sequences).
+
+F is THE target of the attribution engine (:func:`segattr_utils.method.attribution.answer_log_prob`,
+the target of Eq. 1): the summed log-probability of the real answer tokens at ``answer_span`` of
+``prompt + trace + answer suffix``, each predicted from everything before it. Only segment tokens are
+replaced; the prompt and the answer suffix (and so the answer ids that F scores) never change, and
+the length of the sequence never changes (a replaced token is the baseline token at the same
+position, as on the IG path's baseline end, App. C.4).
+
+Every curve point is an exact forward pass; the metric functions then only need the curve:
+
+- :func:`deletion_auc` / :func:`insertion_auc`: normalised areas on the axis of the *fraction of trace
+  tokens* removed/inserted (:func:`removal_curve_fractions`), so that a ranking is not rewarded for
+  putting long segments first by accident and traces of different lengths are comparable. Both are
+  oriented so that **higher means more faithful**.
+- :func:`comprehensiveness` / :func:`sufficiency` (ERASER) at token budgets
+  (:func:`segments_within_budget`; 10/20/50% of the trace tokens in :func:`faithfulness_summary`),
+  in nats of log-probability: comprehensiveness higher = more faithful, sufficiency lower = more
+  faithful.
+- :func:`aopc`: the mean drop of F over the first K deletion steps (nats, higher = more faithful).
+
+:func:`faithfulness_summary` gives one row per ordering of one trace: each given score (descending),
+plus a seeded random order and the longest-first order as baselines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from ..method.attribution import _split_causal_lm, answer_log_prob, execution_device, frozen_eval
+
+#: Token budgets of the comprehensiveness/sufficiency columns of :func:`faithfulness_summary`.
+DEFAULT_BUDGETS = (0.1, 0.2, 0.5)
+#: Names of the baseline orderings :func:`faithfulness_summary` adds to the given methods.
+RANDOM, LENGTH = "random", "length"
+# Relative slack of the budget comparison: 0.29 * 100 is 28.999999999999996 in floating point.
+_BUDGET_SLACK = 1e-9
+
+
+class Score(NamedTuple):
+    """A normalised area and why it is missing: ``value`` is ``None`` (never NaN) exactly when the
+    normalisation is undefined, and ``note`` then says why (empty otherwise)."""
+
+    value: float | None
+    note: str = ""
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _lengths(segment_lengths: Sequence[int]) -> np.ndarray:
+    lengths = np.asarray(list(segment_lengths))
+    if lengths.ndim != 1 or lengths.size == 0:
+        raise ValueError("segment_lengths must be a non-empty 1-D sequence of token counts")
+    if not np.issubdtype(lengths.dtype, np.integer):
+        if not np.issubdtype(lengths.dtype, np.floating) or not np.all(lengths == np.round(lengths)):
+            raise ValueError(f"segment_lengths must be whole token counts, got {list(segment_lengths)!r}")
+        lengths = lengths.astype(np.int64)
+    if np.any(lengths < 0):
+        raise ValueError(f"segment_lengths must be non-negative, got {lengths.tolist()}")
+    if lengths.sum() == 0:
+        raise ValueError("every segment has 0 tokens: there is nothing to remove")
+    return lengths.astype(np.int64)
+
+
+def _permutation(order: Sequence[int], n: int) -> list[int]:
+    values = list(order)
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+        raise ValueError(f"order must hold segment indices (ints), got {values!r}")
+    values = [int(v) for v in values]
+    if sorted(values) != list(range(n)):
+        raise ValueError(f"order must be a permutation of range({n}) (every segment once), got {values}")
+    return values
+
+
+def _curve(name: str, values: Sequence[float]) -> np.ndarray:
+    array = np.asarray(list(values), dtype=np.float64)
+    if array.ndim != 1 or array.size < 2:
+        raise ValueError(f"{name} must be a 1-D sequence of at least 2 points (k = 0 .. n)")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
+
+
+def _fractions(fractions: Sequence[float], n_points: int) -> np.ndarray:
+    x = _curve("fractions", fractions)
+    if x.size != n_points:
+        raise ValueError(f"fractions has {x.size} points but the curve has {n_points}")
+    if np.any(np.diff(x) < 0):
+        raise ValueError("fractions must be non-decreasing")
+    if not (abs(x[0]) <= 1e-12 and abs(x[-1] - 1.0) <= 1e-12):
+        raise ValueError(f"fractions must start at 0 and end at 1, got {x[0]} .. {x[-1]}")
+    return x
+
+
+def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+# --------------------------------------------------------------------------- metrics on a curve
+
+
+def removal_curve_fractions(segment_lengths: Sequence[int], order: Sequence[int]) -> np.ndarray:
+    """x_0 .. x_n: the fraction of the trace's tokens removed after k = 0 .. n deletion steps.
+
+    ``x_k = sum_{j < k} len(order[j]) / sum_i len(i)``, so ``x_0 = 0`` and ``x_n = 1`` exactly. The
+    same axis serves the insertion curve (fraction of trace tokens restored). Segments with 0 tokens
+    are allowed (they repeat a fraction); a trace with 0 tokens in all is not.
+    """
+    lengths = _lengths(segment_lengths)
+    ranked = _permutation(order, lengths.size)
+    x = np.concatenate([[0.0], np.cumsum(lengths[ranked]) / lengths.sum()])
+    x[-1] = 1.0
+    return x
+
+
+def _normalised_area(fractions, values, *, kind: str, min_gap: float) -> Score:
+    y = _curve("f_values", values)
+    x = _fractions(fractions, y.size)
+    gap = y[0] - y[-1]
+    if not abs(gap) > min_gap:
+        return Score(
+            None,
+            f"F is the same with every segment and with none ({kind}: first {y[0]:.6g}, last {y[-1]:.6g}, "
+            f"|gap| <= {min_gap:g}): the normalised {kind} curve is undefined",
+        )
+    return Score(_trapezoid(x, (y[0] - y) / gap))
+
+
+def deletion_auc(fractions: Sequence[float], f_values: Sequence[float], *, min_gap: float = 0.0) -> Score:
+    """Normalised area of the deletion curve; **higher = more faithful**.
+
+    With F_0 .. F_n the deletion curve (F_0: nothing removed, F_n: every segment removed) and
+    x_0 .. x_n the fractions of trace tokens removed (:func:`removal_curve_fractions`), the normalised
+    drop is ``d_k = (F_0 - F_k) / (F_0 - F_n)`` (0 at k = 0, 1 at k = n) and the score is its
+    trapezoid area ``sum_k (x_{k+1} - x_k) (d_k + d_{k+1}) / 2``. It is 1 - (the RISE deletion area of
+    the min-max normalised curve ``(F_k - F_n) / (F_0 - F_n)``, where lower is better), reversed so that
+    higher is better: near 1 when the first, short segments already take F all the way down, 0.5
+    when F falls linearly in the tokens removed, near 0 when F only falls at the very end. It lies
+    in [0, 1] when F falls monotonically; a non-monotone curve can leave it.
+
+    Dividing by the trace's own total drop makes traces comparable whatever their F scale; if removing
+    every segment *raises* F (F_n > F_0) the score still measures how early F reaches its end value.
+    ``F_0 == F_n`` (|F_0 - F_n| <= ``min_gap``) leaves it undefined: ``value`` is ``None`` and
+    ``note`` says why.
+    """
+    return _normalised_area(fractions, f_values, kind="deletion", min_gap=min_gap)
+
+
+def insertion_auc(fractions: Sequence[float], f_values: Sequence[float], *, min_gap: float = 0.0) -> Score:
+    """Normalised area of the insertion curve; **higher = more faithful**.
+
+    With G_0 .. G_n the insertion curve (G_0: every segment replaced by the baseline, G_n: the real
+    sequence) and x_k the fraction of trace tokens restored, the normalised recovery is
+    ``r_k = (G_k - G_0) / (G_n - G_0)`` (0 at k = 0, 1 at k = n) and the score is its trapezoid area,
+    as RISE's insertion metric (higher is better): near 1 when restoring the first, short segments
+    already brings F back, 0.5 for a linear recovery. ``G_0 == G_n`` (within ``min_gap``) gives
+    ``value`` ``None`` with a ``note``.
+    """
+    return _normalised_area(fractions, f_values, kind="insertion", min_gap=min_gap)
+
+
+def comprehensiveness(f_full: float, f_removed: float) -> float:
+    """ERASER comprehensiveness in log-probability: ``F(x) - F(x without the rationale)``.
+
+    ``f_removed`` is F with the selected (top-ranked) segments replaced by the baseline token. In nats;
+    **higher = more faithful** (removing what the ranking calls important hurts the answer). ERASER
+    uses the probability of the predicted class; here F is the answer's summed log-probability, the
+    quantity IG attributes.
+    """
+    return float(f_full) - float(f_removed)
+
+
+def sufficiency(f_full: float, f_kept_only: float) -> float:
+    """ERASER sufficiency in log-probability: ``F(x) - F(rationale only)``.
+
+    ``f_kept_only`` is F with every segment *except* the selected ones replaced by the baseline token
+    (prompt and answer suffix kept). In nats; **lower = more faithful** (the selected segments alone
+    nearly keep the answer's log-probability); it can be negative.
+    """
+    return float(f_full) - float(f_kept_only)
+
+
+def segments_within_budget(segment_lengths: Sequence[int], order: Sequence[int], share: float) -> list[int]:
+    """The top-ranked segments that fit in ``share`` of the trace's tokens, in rank order.
+
+    Rule: walk ``order`` and take segments while the cumulative token count stays ``<= share * total``
+    (with a relative slack of 1e-9 against floating-point rounding); stop at the first segment that
+    does not fit (the selection is always a prefix of the ranking, never a knapsack); take at least
+    one segment even if it alone exceeds the budget. ``share`` must lie in (0, 1].
+    """
+    lengths = _lengths(segment_lengths)
+    ranked = _permutation(order, lengths.size)
+    share = float(share)
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"share must lie in (0, 1], got {share}")
+    limit = share * lengths.sum() * (1.0 + _BUDGET_SLACK)
+    cumulative = np.cumsum(lengths[ranked])
+    k = max(1, int(np.searchsorted(cumulative, limit, side="right")))
+    return ranked[:k]
+
+
+def aopc(f_values: Sequence[float], k: int | None = None) -> float:
+    """Area over the perturbation curve of a deletion curve: ``(1/K) sum_{k=1..K} (F_0 - F_k)``.
+
+    F_0 .. F_n is the deletion curve (most important segments removed first); ``k`` is K, the number of
+    steps averaged (default: all n). In nats; **higher = more faithful**. Samek et al. (2017) divide
+    the same sum by K + 1 (their sum includes the k = 0 term, which is 0); this mean over the K real
+    steps is (K + 1) / K times theirs. Steps are segments, which hold different numbers of tokens; the
+    token-fraction axis of :func:`deletion_auc` corrects for that, AOPC does not.
+    """
+    y = _curve("f_values", f_values)
+    n = y.size - 1
+    if k is None:
+        k = n
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= n:
+        raise ValueError(f"k must be an int in 1 .. {n} (the number of deletion steps), got {k!r}")
+    return float(np.mean(y[0] - y[1 : int(k) + 1]))
+
+
+# --------------------------------------------------------------------------- orders
+
+
+def _finite_scores(scores: Sequence[float], name: str) -> np.ndarray:
+    array = np.asarray(list(scores), dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} contains NaN or inf")
+    return array
+
+
+def segment_order(scores: Sequence[float], *, descending: bool = True) -> list[int]:
+    """Segment indices ranked by ``scores`` (highest first unless ``descending=False``); equal scores
+    keep the lower segment index first, in both directions."""
+    s = _finite_scores(scores, "scores")
+    sign = -1.0 if descending else 1.0
+    return sorted(range(s.size), key=lambda i: (sign * s[i], i))
+
+
+def random_order(n: int, seed: int) -> list[int]:
+    """A uniformly random permutation of ``range(n)`` from ``numpy.random.default_rng(seed)``
+    (the same seed gives the same order)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    return [int(i) for i in np.random.default_rng(seed).permutation(int(n))]
+
+
+def length_order(lengths: Sequence[int], *, descending: bool = True) -> list[int]:
+    """Segment indices by token count, longest first unless ``descending=False``; ties keep the lower
+    segment index first. The baseline that removes the most tokens per step."""
+    return segment_order(_finite_scores(lengths, "lengths"), descending=descending)
+
+
+# --------------------------------------------------------------------------- model side
+
+
+def _validate_sequence(model, input_ids, answer_span, segment_spans, order, baseline_token_id, batch_size):
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids = torch.as_tensor(list(input_ids), dtype=torch.long)
+    input_ids = input_ids.detach().cpu()  # the masks are built on the CPU; batches move to the model
+    if input_ids.dim() != 1 or input_ids.numel() == 0:
+        raise ValueError(f"input_ids must be one non-empty 1-D sequence, got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must hold token ids (torch.long), got dtype {input_ids.dtype}")
+    length = input_ids.numel()
+    if len(answer_span) != 2:
+        raise ValueError(f"answer_span must be a (start, end) pair, got {answer_span!r}")
+    a_start, a_end = (int(v) for v in answer_span)
+    if not 1 <= a_start < a_end <= length:
+        raise ValueError(
+            f"answer_span {tuple(answer_span)} must satisfy 1 <= start < end <= {length} (a non-empty answer "
+            "inside the sequence, with a token before it)"
+        )
+    spans = []
+    for i, span in enumerate(segment_spans):
+        if len(span) != 2:
+            raise ValueError(f"segment span {i} must be a (start, end) pair, got {span!r}")
+        start, end = int(span[0]), int(span[1])
+        if not 0 <= start <= end <= length:
+            raise ValueError(f"segment span {i} ({start}, {end}) lies outside the sequence of length {length}")
+        if start < a_end and a_start < end:
+            raise ValueError(
+                f"segment span {i} ({start}, {end}) overlaps the answer span ({a_start}, {a_end}): the answer "
+                "tokens that F scores must never be replaced"
+            )
+        spans.append((start, end))
+    if not spans:
+        raise ValueError("segment_spans is empty: there are no segments to delete")
+    ranked = sorted(range(len(spans)), key=lambda i: spans[i])
+    for a, b in zip(ranked, ranked[1:]):
+        if spans[b][0] < spans[a][1]:
+            raise ValueError(f"segment spans {a} {spans[a]} and {b} {spans[b]} overlap")
+    if sum(e - s for s, e in spans) == 0:
+        raise ValueError("every segment span is empty: there are no tokens to delete")
+    order = _permutation(order, len(spans))
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(getattr(embedding, "weight", None), "shape", (None,))[0]
+    if (
+        isinstance(baseline_token_id, bool)
+        or not isinstance(baseline_token_id, (int, np.integer))
+        or baseline_token_id < 0
+        or (vocab is not None and baseline_token_id >= vocab)
+    ):
+        raise ValueError(f"baseline_token_id {baseline_token_id!r} is not a valid token id")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return input_ids, (a_start, a_end), spans, order
+
+
+def _segment_ranks(length: int, spans: list[tuple[int, int]], order: list[int]) -> torch.Tensor:
+    """Per token: the rank (0 = first in ``order``) of the segment holding it; ``len(spans)`` elsewhere."""
+    ranks = torch.full((length,), len(spans), dtype=torch.long)
+    for rank, segment in enumerate(order):
+        start, end = spans[segment]
+        ranks[start:end] = rank
+    return ranks
+
+
+def _curve_f(model, input_ids, answer_span, spans, order, baseline_token_id, batch_size, insertion) -> np.ndarray:
+    n = len(spans)
+    ranks = _segment_ranks(input_ids.numel(), spans, order)
+    in_segment = ranks < n
+    embedding, backbone, head = _split_causal_lm(model)
+    device = execution_device(embedding) or next(model.parameters()).device
+    softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    start, end = answer_span
+    values = []
+    with frozen_eval(model), torch.no_grad():
+        for first in range(0, n + 1, batch_size):
+            steps = torch.arange(first, min(first + batch_size, n + 1)).unsqueeze(1)
+            # deletion step k: the first k ranked segments are replaced; insertion step k: all but them.
+            masked = (ranks.unsqueeze(0) >= steps) if insertion else (ranks.unsqueeze(0) < steps)
+            masked &= in_segment.unsqueeze(0)
+            batch = torch.where(masked, torch.full_like(masked, int(baseline_token_id), dtype=torch.long), input_ids)
+            batch = batch.to(device)
+            targets = batch[:, start:end]  # the real answer ids: no segment overlaps the answer span
+            f = answer_log_prob(backbone, head, embedding(batch), targets, (start, end), softcap)
+            values.append(f.double().cpu())
+    out = torch.cat(values).numpy()
+    if not np.all(np.isfinite(out)):
+        raise FloatingPointError("F is not finite (NaN/inf) at some curve point; check the model dtype and inputs")
+    return out
+
+
+def deletion_curve(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    answer_span: tuple[int, int],
+    segment_spans: Sequence[tuple[int, int]],
+    order: Sequence[int],
+    baseline_token_id: int,
+    *,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """F_0 .. F_n: F after the tokens of the first k segments of ``order`` are replaced by
+    ``baseline_token_id`` (k = 0 .. n), as float64.
+
+    F is :func:`~segattr_utils.method.attribution.answer_log_prob` of the real answer ids at
+    ``answer_span`` (with the model's ``final_logit_softcapping``, as in ``token_attributions``).
+    ``input_ids`` is one 1-D sequence (a tensor or a list, e.g. ``AttributionSequence.input_ids``);
+    ``segment_spans`` are half-open token ranges that must lie inside it, must not overlap each other
+    or the answer span; ``order`` must be a permutation of ``range(len(segment_spans))``. Tokens
+    outside the segments (prompt, answer suffix) are never replaced. The n + 1 sequences run
+    ``batch_size`` at a time under ``torch.no_grad()`` with the model in eval mode (its mode and
+    ``requires_grad`` flags are restored afterwards).
+    """
+    ids, span, spans, ranked = _validate_sequence(
+        model, input_ids, answer_span, segment_spans, order, baseline_token_id, batch_size
+    )
+    return _curve_f(model, ids, span, spans, ranked, baseline_token_id, batch_size, insertion=False)
+
+
+def insertion_curve(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    answer_span: tuple[int, int],
+    segment_spans: Sequence[tuple[int, int]],
+    order: Sequence[int],
+    baseline_token_id: int,
+    *,
+    batch_size: int = 8,
+) -> np.ndarray:
+    """G_0 .. G_n: F with every segment replaced by ``baseline_token_id`` except the first k of
+    ``order`` (k = 0 .. n), as float64. G_0 is the deletion curve's F_n and G_n its F_0. Arguments and
+    validation as :func:`deletion_curve`."""
+    ids, span, spans, ranked = _validate_sequence(
+        model, input_ids, answer_span, segment_spans, order, baseline_token_id, batch_size
+    )
+    return _curve_f(model, ids, span, spans, ranked, baseline_token_id, batch_size, insertion=True)
+
+
+# --------------------------------------------------------------------------- one trace, several orderings
+
+
+class SequenceLike(Protocol):
+    """What :func:`faithfulness_summary` reads (e.g. an ``AttributionSequence``)."""
+
+    input_ids: Sequence[int] | torch.Tensor
+    answer_span: tuple[int, int]
+    segment_spans: Sequence[tuple[int, int]]
+
+
+def _budget_name(share: float) -> str:
+    return f"{round(100 * share):g}"
+
+
+def faithfulness_summary(
+    model: nn.Module,
+    sequence: SequenceLike,
+    scores_by_method: Mapping[str, Sequence[float]],
+    *,
+    baseline_token_id: int,
+    seed: int = 0,
+    budgets: Sequence[float] = DEFAULT_BUDGETS,
+    aopc_steps: int | None = None,
+    min_gap: float = 0.0,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Faithfulness of several segment orderings of ONE trace.
+
+    One row per ordering: each method of ``scores_by_method`` (segments ranked by its scores, highest
+    first, :func:`segment_order`), then ``"random"`` (:func:`random_order` with ``seed``) and
+    ``"length"`` (:func:`length_order`, longest first). Columns: ``method``, ``deletion_auc``,
+    ``insertion_auc``, ``comprehensiveness_<b>`` and ``sufficiency_<b>`` for every budget b in percent
+    (10, 20, 50 by default; the segments of :func:`segments_within_budget`), ``aopc`` (over
+    ``aopc_steps`` steps, default all) and ``note`` (why an area is ``None``, else empty; ``min_gap`` as in
+    :func:`deletion_auc`).
+
+    The budget measures read the curves: removing the top-k segments is the deletion curve's step k
+    and keeping only them the insertion curve's step k, so each ordering costs two curves
+    (2n + 2 forward passes).
+    """
+    input_ids = sequence.input_ids
+    spans = [tuple(span) for span in sequence.segment_spans]
+    n = len(spans)
+    lengths = [int(end) - int(start) for start, end in spans]
+    orders: dict[str, list[int]] = {}
+    for method, scores in scores_by_method.items():
+        if method in (RANDOM, LENGTH):
+            raise ValueError(f"method name {method!r} is reserved for the baseline ordering it names")
+        if len(scores) != n:
+            raise ValueError(f"method {method!r} has {len(scores)} scores for {n} segments")
+        orders[method] = segment_order(scores)
+    orders[RANDOM] = random_order(n, seed)
+    orders[LENGTH] = length_order(lengths)
+    budgets = [float(b) for b in budgets]
+    if len({_budget_name(b) for b in budgets}) != len(budgets):
+        raise ValueError(f"budgets {budgets} give duplicate column names")
+
+    rows = []
+    for method, order in orders.items():
+        args = (model, input_ids, sequence.answer_span, spans, order, baseline_token_id)
+        deletion = deletion_curve(*args, batch_size=batch_size)
+        insertion = insertion_curve(*args, batch_size=batch_size)
+        fractions = removal_curve_fractions(lengths, order)
+        dele = deletion_auc(fractions, deletion, min_gap=min_gap)
+        ins = insertion_auc(fractions, insertion, min_gap=min_gap)
+        row = {"method": method, "deletion_auc": dele.value, "insertion_auc": ins.value}
+        for share in budgets:
+            k = len(segments_within_budget(lengths, order, share))
+            row[f"comprehensiveness_{_budget_name(share)}"] = comprehensiveness(deletion[0], deletion[k])
+            row[f"sufficiency_{_budget_name(share)}"] = sufficiency(deletion[0], insertion[k])
+        row["aopc"] = aopc(deletion, aopc_steps)
+        row["note"] = "; ".join(dict.fromkeys(s.note for s in (dele, ins) if s.note))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for column in ("deletion_auc", "insertion_auc"):  # keep None as None: pandas would make it NaN
+        values = [row[column] for row in rows]
+        frame[column] = pd.Series(values, dtype="float64" if None not in values else object)
+    return frame
