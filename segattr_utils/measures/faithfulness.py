@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..method.attribution import _split_causal_lm, answer_log_prob, execution_device, frozen_eval
+from ..method.attribution import answer_log_prob, execution_device, frozen_eval, split_causal_lm
 
 #: Token budgets of the comprehensiveness/sufficiency columns of :func:`faithfulness_summary`.
 DEFAULT_BUDGETS = (0.1, 0.2, 0.5)
@@ -338,7 +338,7 @@ def _curve_f(model, input_ids, answer_span, spans, order, baseline_token_id, bat
     n = len(spans)
     ranks = _segment_ranks(input_ids.numel(), spans, order)
     in_segment = ranks < n
-    embedding, backbone, head = _split_causal_lm(model)
+    embedding, backbone, head = split_causal_lm(model)
     device = execution_device(embedding) or next(model.parameters()).device
     softcap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
     start, end = answer_span

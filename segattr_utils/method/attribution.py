@@ -163,7 +163,7 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(input embedding, backbone returning hidden states, LM head) of a Hugging Face causal LM."""
     embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -317,7 +317,7 @@ def token_attributions(
     """
     _validate_inputs(model, input_ids, target_span, interpolate, n_steps, internal_batch_size, activation_checkpointing)
     weights, alphas = quadrature_rule(method, n_steps)
-    embedding, backbone, head = _split_causal_lm(model)
+    embedding, backbone, head = split_causal_lm(model)
     if baseline_token_id is None:
         baseline_token_id = _default_baseline_token(model)
     vocab_size = embedding.weight.shape[0] if hasattr(embedding, "weight") else None
