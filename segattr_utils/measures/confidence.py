@@ -49,6 +49,7 @@ from ..llm.generation import SamplingSettings, left_padded_batch
 from ..llm.grading import grade
 from ..method.importance import GROUPS, IMPORTANT_GROUP, label_segments, segment_groups  # noqa: F401  (re-exported)
 from .group_stats import compare_groups, describe
+from .trace_stats import trace_level_comparison
 
 # ---------------------------------------------------------------------------------------------
 # Forced-answer confidence
@@ -192,8 +193,10 @@ def group_summary(labelled: pd.DataFrame, value: str = "delta") -> pd.DataFrame:
 
 
 def delta_gap(labelled: pd.DataFrame, value: str = "delta") -> dict:
-    """Important vs unimportant comparison of ``value``: ``compare_groups`` with ``gap`` = the
-    difference of means."""
+    """Important vs unimportant comparison of ``value``: ``gap`` = the difference of the segment means and
+    the pooled Mann-Whitney U (``p_value``: segments treated as independent), and the trace-level test
+    (:func:`segattr_utils.measures.trace_stats.trace_level_comparison`: within-trace differences, Wilcoxon
+    signed-rank over traces, bootstrap interval), which is the one to read."""
     stats = compare_groups(
         labelled.loc[labelled["important"], value],
         labelled.loc[~labelled["important"], value],
@@ -208,6 +211,7 @@ def delta_gap(labelled: pd.DataFrame, value: str = "delta") -> dict:
         "gap": stats["difference"],
         "p_value": stats["p_value"],
         "note": stats["note"],
+        **trace_level_comparison(labelled, value),
     }
 
 

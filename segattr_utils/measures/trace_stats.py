@@ -224,6 +224,28 @@ def paired_trace_test(
     return result
 
 
+def trace_level_comparison(
+    table: pd.DataFrame, measure: str, group: str = "important", trace: str = "trace_id", *, seed: int = 0
+) -> dict:
+    """The trace-level test of one segment comparison, flat for a results table: ``n_traces`` (traces
+    with segments in both groups), ``traces_with_one_group`` (left out, counted), ``trace_difference``
+    (mean over traces of the within-trace difference, :func:`within_trace_differences`), its bootstrap
+    interval ``trace_ci_low`` / ``trace_ci_high``, the Wilcoxon signed-rank ``trace_p`` and the
+    ``rank_biserial`` effect size (:func:`paired_trace_test`), and ``trace_note``."""
+    differences = within_trace_differences(table, measure, group, trace)
+    test = paired_trace_test(differences["difference"], seed=seed)
+    return {
+        "n_traces": test["n_traces"],
+        "traces_with_one_group": len(differences.attrs["dropped_traces"]),
+        "trace_difference": test["mean_difference"],
+        "trace_ci_low": test["ci_low"],
+        "trace_ci_high": test["ci_high"],
+        "trace_p": test["p_value"],
+        "rank_biserial": test["rank_biserial"],
+        "trace_note": test["note"],
+    }
+
+
 def cluster_bootstrap(
     table: pd.DataFrame,
     statistic: Callable[[pd.DataFrame], float],

@@ -339,6 +339,21 @@ def _mean_text(value) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
 
 
+def grid_edge_note(chosen: float, grid, name: str) -> str:
+    """Says so when the chosen value is the grid's lowest or highest (the best value may lie beyond it)."""
+    values = [float(v) for v in grid]
+    if len(values) > 1 and chosen in (min(values), max(values)):
+        edge = "lowest" if chosen == min(values) else "highest"
+        return f"{name}* is the {edge} value of the grid {values}: the largest gap may lie beyond it"
+    return ""
+
+
+def _trace_interval(cmp: dict) -> str:
+    if cmp["trace_difference"] is None or pd.isna(cmp["trace_difference"]):
+        return MISSING_TEXT
+    return f"{cmp['trace_difference']:+.3f} [95% CI {cmp['trace_ci_low']:+.3f}, {cmp['trace_ci_high']:+.3f}]"
+
+
 def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     """The paper-vs-run rows of stage 04."""
     shares, cmp = results["shares"], results["comparison"]
@@ -366,16 +381,21 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
             f"mean Δ confidence, important vs unimportant (τ = {results['groups_tau']:g}, β = {results['groups_beta']:g})",
             paper("fig2.delta"),
             f"{_mean_text(cmp['delta_important'])} vs {_mean_text(cmp['delta_unimportant'])} "
-            f"({format_p(cmp['p_value'])})",
-            f"n = {cmp['n_important']} vs {cmp['n_unimportant']}; Mann-Whitney U"
-            + (f"; {cmp['note']}" if cmp["note"] else ""),
+            f"(traces: {format_p(cmp['trace_p'])})",
+            f"{cmp['n_traces']} traces: within-trace difference {_trace_interval(cmp)}, Wilcoxon signed-rank; "
+            f"segments pooled ({cmp['n_important']} vs {cmp['n_unimportant']}, Mann-Whitney U, not independent): "
+            f"{format_p(cmp['p_value'])}"
+            + (f"; {cmp['note']}" if cmp["note"] else "")
+            + (f"; {cmp['trace_note']}" if cmp["trace_note"] else ""),
         ),
         comparison_row(
             "Sec. 3.2, Fig. 4",
             "τ* of the greedy search (largest Δ gap)",
             paper("sec3_2.tau_star"),
             results["tau_star"] if results["tau_star"] is not None else MISSING_TEXT,
-            "" if results["tau_star"] is not None else "no τ on the grid gives important segments a larger mean Δ",
+            grid_edge_note(results["tau_star"], profile.get_path("analysis.tau_grid"), "τ")
+            if results["tau_star"] is not None
+            else "no τ on the grid gives important segments a larger mean Δ",
             "{:g}",
         ),
         comparison_row(
@@ -400,7 +420,7 @@ def run(profile: Profile) -> StageResult:
     results = analyse(profile, analysis_table(profile, confidence))
     comparison = results["comparison"]
     fig2 = figures.fig2_confidence_delta(
-        results["groups"], format_p(comparison["p_value"]), results["groups_tau"], results["groups_beta"]
+        results["groups"], f"traces: {format_p(comparison['trace_p'])}", results["groups_tau"], results["groups_beta"]
     )
     fig4 = figures.fig4_tau_search(results["tau_search"], results["beta_ablation"])
     columns = [
@@ -411,6 +431,9 @@ def run(profile: Profile) -> StageResult:
         "delta_important",
         "delta_unimportant",
         "gap",
+        "n_traces",
+        "trace_difference",
+        "trace_p",
         "p_value",
         "selected",
         "note",

@@ -28,9 +28,10 @@ import pandas as pd
 from .. import dag, distributed, services
 from ..artifacts import RecordStore, fingerprint, read_table, write_table
 from ..config import Profile, load_profile
-from ..measures.group_stats import compare_groups, format_p, readable
+from ..measures.group_stats import MISSING_TEXT, compare_groups, format_p, readable
 from ..measures.linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
 from ..measures.redundancy import redundancy_table
+from ..measures.trace_stats import holm, trace_level_comparison
 from ..method.importance import label_segments
 from ..progress import progress
 from ..report import figures
@@ -241,14 +242,21 @@ def analysis_table(profile: Profile, linguistics: pd.DataFrame) -> pd.DataFrame:
 
 
 def compare_measures(table: pd.DataFrame) -> pd.DataFrame:
-    """Important vs unimportant for each measure of Fig. 3 (Mann-Whitney U)."""
+    """Important vs unimportant for each measure of Fig. 3. The test is at trace level, where observations
+    are independent (importance is relative within a trace): per trace, the mean over its important
+    segments minus the mean over its unimportant ones, a Wilcoxon signed-rank test over traces with a
+    bootstrap interval (:func:`segattr_utils.measures.trace_stats.trace_level_comparison`), Holm-corrected
+    over the three measures (``trace_p_holm``). The pooled Mann-Whitney U over segments (``p_value``)
+    stays beside it for comparison: it treats the segments of a trace as independent."""
     rows = []
     for column, name in MEASURES.items():
         stats = compare_groups(
             table.loc[table["important"], column], table.loc[~table["important"], column], "important", "unimportant"
         )
-        rows.append({"measure": name, "column": column, **stats})
-    return pd.DataFrame(rows)
+        rows.append({"measure": name, "column": column, **stats, **trace_level_comparison(table, column)})
+    frame = pd.DataFrame(rows)
+    frame["trace_p_holm"] = holm(list(frame["trace_p"]))
+    return frame
 
 
 def bleu_shares(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -330,6 +338,13 @@ def _pair(a, b, fmt="{:.3f}") -> str:
     return f"{show(a)} vs {show(b)}"
 
 
+def _interval(record: dict) -> str:
+    if record["trace_difference"] is None or pd.isna(record["trace_difference"]):
+        return MISSING_TEXT
+    low, high = record["trace_ci_low"], record["trace_ci_high"]
+    return f"{record['trace_difference']:+.3f} [95% CI {low:+.3f}, {high:+.3f}]"
+
+
 def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     """The paper-vs-run rows of stage 05 (important vs unimportant at the Sec. 3.1 thresholds)."""
     analysis = profile["analysis"]
@@ -342,9 +357,12 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
                 "Sec. 3.1, Fig. 3",
                 f"mean {record['measure']}, important vs unimportant ({where})",
                 expected[record["column"]],
-                f"{_pair(record['mean_a'], record['mean_b'])} ({format_p(record['p_value'])})",
-                f"n = {record['n_a']} vs {record['n_b']}; Mann-Whitney U"
-                + (f"; {record['note']}" if record["note"] else ""),
+                f"{_pair(record['mean_a'], record['mean_b'])} (traces: {format_p(record['trace_p_holm'])}, Holm)",
+                f"{record['n_traces']} traces: within-trace difference {_interval(record)}, Wilcoxon signed-rank, "
+                f"Holm over {len(MEASURES)} measures; segments pooled ({record['n_a']} vs {record['n_b']}, "
+                f"Mann-Whitney U, not independent): {format_p(record['p_value'])}"
+                + (f"; {record['note']}" if record["note"] else "")
+                + (f"; {record['trace_note']}" if record["trace_note"] else ""),
             )
         )
     shares = results["bleu_shares"].set_index("set")
@@ -385,7 +403,26 @@ def run(profile: Profile) -> StageResult:
     table = analysis_table(profile, linguistics)
     scores = read_table(dag.IG_ATTRIBUTION.path(profile, "segment_scores"))
     results = analyse(profile, table)
-    columns = ["measure", "n_a", "n_b", "mean_a", "mean_b", "difference", "u", "p_value", "test", "note"]
+    columns = [
+        "measure",
+        "n_traces",
+        "trace_difference",
+        "trace_ci_low",
+        "trace_ci_high",
+        "rank_biserial",
+        "trace_p",
+        "trace_p_holm",
+        "n_a",
+        "n_b",
+        "mean_a",
+        "mean_b",
+        "difference",
+        "u",
+        "p_value",
+        "test",
+        "note",
+        "trace_note",
+    ]
     tables = {
         "comparisons": readable(
             results["comparisons"][columns].rename(
@@ -394,6 +431,8 @@ def run(profile: Profile) -> StageResult:
                     "n_b": "n_unimportant",
                     "mean_a": "mean_important",
                     "mean_b": "mean_unimportant",
+                    "p_value": "pooled_segments_p",
+                    "test": "pooled_segments_test",
                 }
             )
         ),
@@ -402,7 +441,9 @@ def run(profile: Profile) -> StageResult:
     if "redundancy" in results:
         tables["kind_shares"] = readable(results["kind_shares"])
         tables["redundancy"] = readable(results["redundancy"])
-    p_texts = {r["column"]: format_p(r["p_value"]) for r in results["comparisons"].to_dict("records")}
+    p_texts = {
+        r["column"]: f"traces, Holm: {format_p(r['trace_p_holm'])}" for r in results["comparisons"].to_dict("records")
+    }
     fig = figures.fig3_linguistics(table, p_texts, profile.get_path("analysis.bleu_threshold"))
     measured = linguistics[["log_ppl", "entropy", "bleu", "removal_ppl_increase"]]
     checks = {

@@ -192,6 +192,9 @@ def test_group_summary_and_gap_hand_values():
     assert summary.loc["high strength, high consistency", "note"] == "no segments in this group"
     gap = delta_gap(labelled)
     assert gap["gap"] == pytest.approx(0.45)
+    # one trace: one within-trace difference (0.45), too few for a signed-rank test, said in the note
+    assert gap["n_traces"] == 1 and gap["trace_difference"] == pytest.approx(0.45)
+    assert gap["trace_p"] is None and gap["trace_note"]
 
 
 def test_tau_search_picks_the_largest_gap():

@@ -118,3 +118,11 @@ def test_reference_delta_by_hand_with_one_sampler_for_both_sources(reference_pro
     assert tables["reference"]["confidence_after"].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0]
     # the self traces: q0 reaches "= 6" in its last segment, q1 in its only one
     assert tables["self"]["delta"].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_a_threshold_on_the_edge_of_its_grid_is_said_to_be():
+    from segattr_utils.stages.stage04_confidence_delta import grid_edge_note
+
+    assert "lowest value of the grid" in grid_edge_note(0.5, [0.5, 0.6, 0.7], "τ")
+    assert "highest value of the grid" in grid_edge_note(0.9, [0.5, 0.9], "τ")
+    assert grid_edge_note(0.6, [0.5, 0.6, 0.7], "τ") == ""

@@ -110,3 +110,43 @@ def test_two_launched_processes_measure_what_one_process_measures(profile, tmp_p
     _, store = linguistics.items_to_measure(spread)
     assert len(store) == 3 and rank_store_paths(store.path) == []
     assert not store.path.with_suffix(".launch").exists()
+
+
+def test_measures_are_compared_at_trace_level_with_holm_over_the_three():
+    """Fig. 3's comparisons test within-trace differences over traces (segments of a trace are not
+    independent); hand-computed differences, scipy's Wilcoxon on them, and Holm by hand."""
+    from scipy.stats import wilcoxon
+
+    rows = []
+    # trace t: important segments get log_ppl 1 + t, unimportant 1; entropy the reverse; bleu mixed
+    for t in range(1, 7):
+        for important in (True, True, False):
+            rows.append(
+                {
+                    "trace_id": f"t{t}",
+                    "important": important,
+                    "log_ppl": 1.0 + (0.1 * t if important else 0.0),
+                    "entropy": 1.0 - (0.05 * t if important else 0.0) + (0.001 * t if not important else 0.0),
+                    "bleu": 0.5 + (0.01 * (-1) ** t if important else 0.0),
+                }
+            )
+    table = pd.DataFrame(rows)
+    result = linguistics.compare_measures(table).set_index("column")
+    expected_differences = {
+        "log_ppl": [0.1 * t for t in range(1, 7)],
+        "entropy": [-0.05 * t - 0.001 * t for t in range(1, 7)],
+        "bleu": [0.01 * (-1) ** t for t in range(1, 7)],
+    }
+    p_values = {}
+    for column, differences in expected_differences.items():
+        assert result.loc[column, "n_traces"] == 6
+        assert result.loc[column, "trace_difference"] == pytest.approx(np.mean(differences))
+        p_values[column] = wilcoxon(differences).pvalue
+        assert result.loc[column, "trace_p"] == pytest.approx(p_values[column])
+    ordered = sorted(p_values, key=p_values.get)  # Holm: (m - rank) x p, then the running maximum, capped at 1
+    running = 0.0
+    for rank, column in enumerate(ordered):
+        running = max(running, min(1.0, (3 - rank) * p_values[column]))
+        assert result.loc[column, "trace_p_holm"] == pytest.approx(running)
+    # 18 segments pooled as if independent look far stronger than 6 traces for log_ppl
+    assert result.loc["log_ppl", "p_value"] < result.loc["log_ppl", "trace_p"]
