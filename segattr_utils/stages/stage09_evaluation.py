@@ -28,6 +28,7 @@ from ..data.questions import load_hub_questions
 from ..llm.evaluation import Benchmark, pass_at_k
 from ..llm.evaluation import evaluate_model as evaluate_generator
 from ..llm.generation import SamplingSettings
+from ..measures.trace_stats import holm, seed_question_bootstrap
 from ..progress import progress
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
@@ -213,11 +214,33 @@ PER_QUESTION = {
 }
 
 
-def paired_tests(per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, column: str) -> dict:
-    """Compare setting ``b`` with ``a`` (e.g. selective vs full) on one metric: a paired t-test over seeds
-    on the macro ``column``, and a Wilcoxon signed-rank test over questions on the metric's per-question
-    value (correctness or output length of that decoding mode) averaged across seeds, so a difference
-    can be told from seed noise and from the sampling of questions."""
+def per_question_scores(per_model: pd.DataFrame, graded: pd.DataFrame, column: str) -> pd.DataFrame:
+    """One row per (setting, training seed, question) with the metric's per-question value of that decoding
+    mode (:data:`PER_QUESTION`: correctness as a fraction, or output tokens), averaged over its samples; a
+    question is ``benchmark/question_id``."""
+    mode, value = PER_QUESTION[column]
+    runs = per_model[["model", "setting", "seed"]].drop_duplicates("model")
+    outputs = graded[graded["mode"] == mode].merge(runs, on="model", how="inner")
+    scores = outputs.groupby(["setting", "seed", "benchmark", "question_id"], as_index=False)[value].mean()
+    scores["question"] = scores["benchmark"].astype(str) + "/" + scores["question_id"].astype(str)
+    scores["score"] = scores[value].astype(float)
+    return scores[["setting", "seed", "question", "score"]]
+
+
+def paired_tests(
+    per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, column: str, *, n_boot: int = 10_000
+) -> dict:
+    """Compare setting ``b`` with ``a`` (e.g. selective vs full) on one metric, like with like (the seeds
+    both were trained with, the questions both answered).
+
+    The test to read is the two-level bootstrap over training seeds and questions
+    (:func:`segattr_utils.measures.trace_stats.seed_question_bootstrap`): it carries the training-seed
+    variance and the sampling of questions at once. Its difference ``bootstrap_difference`` (b minus a)
+    is a mean over questions, so benchmarks weigh by their number of questions, where the tables' overall
+    is a mean over benchmarks. :func:`table1_tests` adds the Holm correction over the family. The paired
+    t-test over seeds on the macro ``column`` (2 degrees of freedom with 3 seeds) and the Wilcoxon
+    signed-rank test over questions of seed-averaged values (which ignores the seed variance) stay beside
+    it for comparison."""
     from scipy.stats import ttest_rel, wilcoxon
 
     if column not in PER_QUESTION:
@@ -240,19 +263,71 @@ def paired_tests(per_model: pd.DataFrame, graded: pd.DataFrame, a: str, b: str, 
     if len(seeds) >= 2:
         diff = runs_b.loc[seeds].to_numpy() - runs_a.loc[seeds].to_numpy()
         result["t_test_p"] = float(ttest_rel(runs_b.loc[seeds], runs_a.loc[seeds]).pvalue) if np.any(diff != 0) else 1.0
-    mode, value = PER_QUESTION[column]
-    outputs = graded[graded["mode"] == mode]
-
-    def per_question(setting: str) -> pd.Series:
-        models = set(per_model.loc[per_model["setting"] == setting, "model"])
-        return outputs[outputs["model"].isin(models)].groupby(["benchmark", "question_id"])[value].mean()
-
-    joined = pd.concat([per_question(a).rename("a"), per_question(b).rename("b")], axis=1).dropna()
+    scores = per_question_scores(per_model, graded, column)
+    by_question = scores.groupby(["setting", "question"])["score"].mean()
+    joined = pd.concat(
+        [
+            by_question.get(a, pd.Series(dtype=float)).rename("a"),
+            by_question.get(b, pd.Series(dtype=float)).rename("b"),
+        ],
+        axis=1,
+    ).dropna()
     result["questions"] = len(joined)
     differences = (joined["b"] - joined["a"]).to_numpy(dtype=float)
     if len(differences):
         result["wilcoxon_p"] = float(wilcoxon(differences).pvalue) if np.any(differences != 0) else 1.0
+    bootstrap = {"estimate": None, "ci_low": None, "ci_high": None, "p_value": None, "n_seeds": 0, "n_questions": 0}
+    bootstrap["note"] = "a setting has no graded outputs"
+    if {a, b} <= set(scores["setting"]):
+        bootstrap = seed_question_bootstrap(
+            scores, b, a, variant="setting", seed_col="seed", question="question", score="score", n_boot=n_boot
+        )
+    scale = 100.0 if PER_QUESTION[column][1] == "correct" else 1.0  # accuracy in percent, as the tables
+    result.update(
+        {
+            "bootstrap_difference": scale * _or_nan(bootstrap["estimate"]),
+            "bootstrap_ci_low": scale * _or_nan(bootstrap["ci_low"]),
+            "bootstrap_ci_high": scale * _or_nan(bootstrap["ci_high"]),
+            "bootstrap_p": _or_nan(bootstrap["p_value"]),
+            "bootstrap_seeds": bootstrap["n_seeds"],
+            "bootstrap_questions": bootstrap["n_questions"],
+            "bootstrap_note": bootstrap["note"],
+        }
+    )
     return result
+
+
+def _or_nan(value) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def table1_note(t) -> str:
+    """The paper-vs-run note of one Table 1 comparison: the seed x question bootstrap with its interval and
+    Holm-corrected p, then the two tests kept for comparison."""
+    if pd.isna(t["bootstrap_difference"]):
+        head = f"{int(t['seeds'])} seeds; no bootstrap ({t['bootstrap_note']})"
+    else:
+        head = (
+            f"{int(t['bootstrap_seeds'])} seeds x {int(t['bootstrap_questions'])} questions: difference "
+            f"{t['bootstrap_difference']:+.3g} [95% CI {t['bootstrap_ci_low']:+.3g}, {t['bootstrap_ci_high']:+.3g}], "
+            f"seed x question bootstrap p = {t['bootstrap_p']:.3g}, Holm over {int(t['family_size'])}: "
+            f"{t['bootstrap_p_holm']:.3g}"
+        )
+    return (
+        f"{head}; for comparison: paired t-test over seeds p = {t['t_test_p']:.3g}, Wilcoxon over questions "
+        f"(seed variance ignored) p = {t['wilcoxon_p']:.3g}"
+    )
+
+
+def table1_tests(tests: list[dict]) -> pd.DataFrame:
+    """The Table 1 comparisons as one family: ``bootstrap_p_holm`` is Holm's correction of the bootstrap
+    p-values over every comparison reported (metrics x trace sources)."""
+    frame = pd.DataFrame(tests)
+    if len(frame):
+        p_values = [None if pd.isna(p) else float(p) for p in frame["bootstrap_p"]]
+        frame["bootstrap_p_holm"] = [np.nan if p is None else p for p in holm(p_values)]
+        frame["family_size"] = int(sum(p is not None for p in p_values))
+    return frame
 
 
 def format_mean_std(mean: float, std: float, seeds: int, digits: int = 1) -> str:
@@ -442,7 +517,7 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
             note = ""
             if len(test):
                 t = test.iloc[0]
-                note = f"{int(t['seeds'])} seeds; paired t-test p = {t['t_test_p']:.3g}; Wilcoxon over questions p = {t['wilcoxon_p']:.3g}"
+                note = table1_note(t)
             rows.append(comparison_row("Sec. 4.2", f"{statistic} [{source} traces]", value, change(full, ours), note))
     source = profile.get_path("training.ablation_source")
     full_acc = mean(f"full__{source}", "greedy_acc")
@@ -533,7 +608,7 @@ def run(profile: Profile) -> StageResult:
         for metric in ("greedy_acc", "pass@1", "greedy_tokens", "sample_tokens"):
             if metric in overall.columns:
                 tests.append(paired_tests(overall, overall_outputs, f"full__{source}", f"selective__{source}", metric))
-    tests = pd.DataFrame(tests)
+    tests = table1_tests(tests)
     save_paper_table(profile, "table1_paired_tests", tests)
     tables["table1_paired_tests"] = tests
     source = profile.get_path("training.ablation_source")

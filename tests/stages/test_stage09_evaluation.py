@@ -265,3 +265,53 @@ def test_answer_text_normalises_lists_and_dollars():
     assert answer_text(42) == "42"
     with pytest.raises(ValueError):
         answer_text([])
+
+
+def test_table1_tests_carry_the_seed_variance_and_holm_over_the_family():
+    """The seed x question bootstrap: its difference is the hand-computed mean over seeds and questions (in
+    percent); a difference the same on every seed and question has a point interval and p below 1/n_boot;
+    seeds trained for one setting only are left out; Holm over the family by hand."""
+    per_model = pd.DataFrame(
+        {
+            "model": ["f0", "f1", "f2", "s0", "s1", "s3"],
+            "setting": ["full"] * 3 + ["sel"] * 3,
+            "seed": [0, 1, 2, 0, 1, 3],
+            "greedy_acc": [40.0, 42.0, 41.0, 45.0, 46.0, 44.0],
+            "greedy_tokens": [10.0] * 6,
+        }
+    )
+    rows = []
+    rng = np.random.default_rng(1)
+    for model in per_model["model"]:
+        for q in range(20):
+            rows.append(
+                {
+                    "model": model,
+                    "mode": "greedy",
+                    "benchmark": "A" if q < 12 else "B",
+                    "question_id": f"q{q}",
+                    "correct": bool(rng.random() < (0.4 if model.startswith("f") else 0.6)),
+                    "n_tokens": 100 + q - (7 if model.startswith("s") else 0),  # selective: 7 tokens shorter
+                }
+            )
+    graded = pd.DataFrame(rows)
+    accuracy = ev.paired_tests(per_model, graded, "full", "sel", "greedy_acc", n_boot=2000)
+    used = graded[graded["model"].isin(["f0", "f1", "s0", "s1"])]  # seeds 0 and 1 only: 2 and 3 lack a partner
+    by_setting = used.assign(setting=used["model"].str[0]).groupby("setting")["correct"].mean()
+    assert accuracy["bootstrap_seeds"] == 2 and accuracy["bootstrap_questions"] == 20
+    assert accuracy["bootstrap_difference"] == pytest.approx(100 * (by_setting["s"] - by_setting["f"]))
+    assert accuracy["bootstrap_ci_low"] <= accuracy["bootstrap_difference"] <= accuracy["bootstrap_ci_high"]
+    assert "dropped" in accuracy["bootstrap_note"]
+    lengths = ev.paired_tests(per_model, graded, "full", "sel", "greedy_tokens", n_boot=2000)
+    assert lengths["bootstrap_difference"] == pytest.approx(-7.0)
+    assert lengths["bootstrap_ci_low"] == pytest.approx(-7.0) and lengths["bootstrap_ci_high"] == pytest.approx(-7.0)
+    assert lengths["bootstrap_p"] == 0.0
+
+    family = ev.table1_tests([accuracy, lengths])
+    assert family["family_size"].tolist() == [2, 2]
+    # Holm with m = 2: the smallest p (lengths, 0) times 2, the other times 1, never below the previous one
+    assert accuracy["bootstrap_p"] > 0
+    assert family["bootstrap_p_holm"].tolist() == pytest.approx([accuracy["bootstrap_p"], 0.0])
+    note = ev.table1_note(family.iloc[1])
+    assert note.startswith("2 seeds x 20 questions: difference -7 [95% CI -7, -7], seed x question bootstrap p = 0")
+    assert "Holm over 2" in note and "paired t-test over seeds" in note
