@@ -292,6 +292,7 @@ def paired_tests(
             "bootstrap_seeds": bootstrap["n_seeds"],
             "bootstrap_questions": bootstrap["n_questions"],
             "bootstrap_note": bootstrap["note"],
+            "bootstrap_draws": n_boot,
         }
     )
     return result
@@ -310,13 +311,18 @@ def table1_note(t) -> str:
         head = (
             f"{int(t['bootstrap_seeds'])} seeds x {int(t['bootstrap_questions'])} questions: difference "
             f"{t['bootstrap_difference']:+.3g} [95% CI {t['bootstrap_ci_low']:+.3g}, {t['bootstrap_ci_high']:+.3g}], "
-            f"seed x question bootstrap p = {t['bootstrap_p']:.3g}, Holm over {int(t['family_size'])}: "
-            f"{t['bootstrap_p_holm']:.3g}"
+            f"seed x question bootstrap {_bootstrap_p(t['bootstrap_p'], t['bootstrap_draws'])}, Holm over "
+            f"{int(t['family_size'])}: {_bootstrap_p(t['bootstrap_p_holm'], t['bootstrap_draws'])}"
         )
     return (
         f"{head}; for comparison: paired t-test over seeds p = {t['t_test_p']:.3g}, Wilcoxon over questions "
         f"(seed variance ignored) p = {t['wilcoxon_p']:.3g}"
     )
+
+
+def _bootstrap_p(p: float, draws: int) -> str:
+    # no draw on the other side of zero: the bootstrap can only say p < 1 / draws
+    return f"p < {1 / draws:.0e}" if p == 0 else f"p = {p:.3g}"
 
 
 def table1_tests(tests: list[dict]) -> pd.DataFrame:
