@@ -94,6 +94,28 @@ def keys_in_rank_stores(store: RecordStore) -> set:
     return keys
 
 
+class RankRecordCounter:
+    """How many records the rank stores of the store at ``store_path`` hold, read incrementally: each call
+    reads only the bytes appended since the last one and counts their complete lines (a store appends
+    one line per record in one write). Polled every second during a launch, it costs next to nothing
+    even when the records are large (the IG values of 16k-token traces: ~300 KB each)."""
+
+    def __init__(self, store_path: str | Path):
+        self.store_path = Path(store_path)
+        self.offsets: dict[Path, int] = {}
+        self.count = 0
+
+    def __call__(self) -> int:
+        for path in rank_store_paths(self.store_path):
+            with open(path, "rb") as handle:
+                handle.seek(self.offsets.get(path, 0))
+                new = handle.read()
+            complete = new.rfind(b"\n") + 1  # a line still being written is counted next time
+            self.count += new.count(b"\n", 0, complete)
+            self.offsets[path] = self.offsets.get(path, 0) + complete
+        return self.count
+
+
 def merge_rank_stores(store: RecordStore, order: Sequence[Any]) -> int:
     """Append the records of ``store``'s rank stores that it lacks, those whose key is in ``order`` in that
     order, the others after them by rank; then delete the rank stores. Returns how many were appended.
@@ -196,13 +218,12 @@ def launch_over_processes(
     )
     arguments = ["--profile", str(folder / "profile.yaml"), "--items", str(folder / "items.jsonl")]
     command = launch_command(module, [*arguments, "--store", str(store.path)], processes)
-    wanted = {RecordStore._freeze(store.key_fn(item)) for item in items}
     run_launch(
         command,
         folder / "launch.log",
         threads=threads,
         total=len(items),
-        count_done=lambda: len(keys_in_rank_stores(store) & wanted),
+        count_done=RankRecordCounter(store.path),  # leftover rank stores were merged before the launch
         desc=f"{desc} ({processes} processes)",
     )
     merged = merge_rank_stores(store, [store.key_fn(item) for item in items])

@@ -9,6 +9,7 @@ import pytest
 
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.distributed import (
+    RankRecordCounter,
     deal,
     keys_in_rank_stores,
     launch_command,
@@ -88,3 +89,21 @@ def test_launch_command_runs_the_module_with_this_interpreter_on_a_free_port():
     assert "--cpu" not in command  # accelerate's --cpu starts one process whatever --num_processes says
     ports = {launch_command("m", [], 2)[launch_command("m", [], 2).index("--main_process_port") + 1] for _ in range(3)}
     assert all(p.isdigit() and p != "29500" for p in ports)
+
+
+def test_the_progress_counter_reads_only_what_the_ranks_appended(tmp_path):
+    store_path = tmp_path / "records.jsonl"
+    counter = RankRecordCounter(store_path)
+    assert counter() == 0
+    _store(rank_store_path(store_path, 0)).append([{"id": "a"}, {"id": "b"}])
+    assert counter() == 2
+    _store(rank_store_path(store_path, 1)).append([{"id": "c"}])
+    with open(rank_store_path(store_path, 0), "a") as handle:
+        handle.write('{"id": "d"')  # a record still being written: not counted yet
+    assert counter() == 3
+    sizes = {path: path.stat().st_size for path in rank_store_paths(store_path)}
+    assert counter.offsets[rank_store_path(store_path, 1)] == sizes[rank_store_path(store_path, 1)]
+    assert counter.offsets[rank_store_path(store_path, 0)] < sizes[rank_store_path(store_path, 0)]
+    with open(rank_store_path(store_path, 0), "a") as handle:
+        handle.write("}\n")
+    assert counter() == 4
