@@ -100,6 +100,7 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     The variant registry (:mod:`segattr_utils.llm.variants`) alone says which variant belongs to which
     table: Table 1 is full-CoT vs segment selective SFT with ``training.main_seeds`` on every source;
     each other table of ``training.tables`` adds its registered variants with ``training.ablation_seeds``
+    (by default the main seeds, so that a variant is ranked against full-CoT and ours on the same seeds)
     on the source :func:`segattr_utils.services.table_sources` gives it (the ablation source; a variant
     in several tables is one run); Table 7 re-segments with the Retro-Search keywords and Fig. 5 sweeps
     τ and β of the variants registered for them. The same table-to-source map decides which signals
@@ -107,7 +108,7 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     """
     cfg = profile["training"]
     main_seeds = [int(s) for s in cfg["main_seeds"]]
-    ablation_seeds = [int(s) for s in cfg.get("ablation_seeds", main_seeds[:1])]
+    ablation_seeds = [int(s) for s in cfg.get("ablation_seeds", main_seeds)]
     sources = services.training_sources(profile)
     source_of = services.table_sources(profile)
     tables = list(source_of)

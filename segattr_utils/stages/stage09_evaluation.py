@@ -325,9 +325,10 @@ def _bootstrap_p(p: float, draws: int) -> str:
     return f"p < {1 / draws:.0e}" if p == 0 else f"p = {p:.3g}"
 
 
-def table1_tests(tests: list[dict]) -> pd.DataFrame:
-    """The Table 1 comparisons as one family: ``bootstrap_p_holm`` is Holm's correction of the bootstrap
-    p-values over every comparison reported (metrics x trace sources)."""
+def family_tests(tests: list[dict]) -> pd.DataFrame:
+    """Comparisons reported together as one family: ``bootstrap_p_holm`` is Holm's correction of the
+    bootstrap p-values over every comparison of the family (Table 1: metrics x trace sources; Tables 2-4
+    and 7: rows x metrics)."""
     frame = pd.DataFrame(tests)
     if len(frame):
         p_values = [None if pd.isna(p) else float(p) for p in frame["bootstrap_p"]]
@@ -361,9 +362,16 @@ def _k_column(overall: pd.DataFrame) -> str | None:
     return max(ks, key=lambda c: int(c.split("@")[1])) if ks else None
 
 
-def comparison_table(overall: pd.DataFrame, settings: list[str], labels: dict | None = None) -> pd.DataFrame:
+def comparison_table(
+    overall: pd.DataFrame,
+    settings: list[str],
+    labels: dict | None = None,
+    tests: pd.DataFrame | None = None,
+) -> pd.DataFrame:
     """Rows = settings (seed mean ± std): greedy accuracy and length, sampled pass@1 (and pass@k) and length,
-    plus the share of trace tokens each run learned from."""
+    plus the share of trace tokens each run learned from. With ``tests`` (:func:`ranking_tests`), each row
+    other than the reference also gets its difference from the reference with the 95% interval of the
+    seed x question bootstrap and the Holm-corrected p (:func:`ranking_columns`)."""
     k_column = _k_column(overall)
     columns = ["greedy_acc", "greedy_tokens", "pass@1", "sample_tokens"] + ([k_column] if k_column else [])
     columns = [c for c in columns if c in overall.columns]
@@ -390,8 +398,84 @@ def comparison_table(overall: pd.DataFrame, settings: list[str], labels: dict | 
             )
         share = row.get("token_share")
         entry["Trace tokens learned"] = "-" if share is None or share != share else f"{100 * share:.0f}%"
+        if tests is not None:
+            entry.update(ranking_columns(tests, row["setting"]))
         rows.append(entry)
     return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Like for like: Tables 2-4, 7 and Fig. 5 ranked on common seeds
+
+#: The metrics each row of Tables 2-4 and 7 is tested on against the table's reference row.
+RANKING_METRICS = {"greedy_acc": "acc.", "greedy_tokens": "length"}
+
+
+def common_seeds(overall: pd.DataFrame, settings: list[str]) -> list[int]:
+    """The training seeds every one of ``settings`` has a run with (settings without runs are ignored): a
+    table ranks its rows on these seeds only, so that no row's mean is over other seeds than another's."""
+    seeds = None
+    for setting in settings:
+        have = set(overall.loc[overall["setting"] == setting, "seed"].dropna().astype(int))
+        if have:
+            seeds = have if seeds is None else seeds & have
+    return sorted(seeds or ())
+
+
+def on_seeds(overall: pd.DataFrame, seeds: list[int]) -> pd.DataFrame:
+    """The runs of ``overall`` trained with one of ``seeds`` (and the base model, which has none)."""
+    return overall[overall["seed"].isin(seeds) | (overall["setting"] == BASE)]
+
+
+def table_reference(table: str, settings: list[str], source: str) -> str:
+    """The row every other row of a table is tested against: ours (Tables 2, 3, 7), and in Table 4 (whose
+    claim is that IG pruning beats the other pruning criteria) IG pruning, or full-CoT SFT without it."""
+    if table == "4":
+        pruned = f"pruned_ig__{source}"
+        return pruned if pruned in settings else f"full__{source}"
+    return f"selective__{source}"
+
+
+def ranking_tests(
+    overall: pd.DataFrame, graded: pd.DataFrame, settings: list[str], reference: str, *, n_boot: int = 10_000
+) -> pd.DataFrame:
+    """Each setting of a table minus the reference on :data:`RANKING_METRICS`, like with like (common seeds
+    and questions, :func:`paired_tests`), Holm-corrected over the table's family (rows x metrics)."""
+    present = set(overall["setting"])
+    if reference not in present:
+        return pd.DataFrame()
+    tests = [
+        paired_tests(overall, graded, reference, setting, metric, n_boot=n_boot)
+        for setting in settings
+        if setting != reference and setting in present
+        for metric in RANKING_METRICS
+        if metric in overall.columns
+    ]
+    return family_tests(tests)
+
+
+def ranking_columns(tests: pd.DataFrame, setting: str) -> dict:
+    """One table row's differences from the reference: "+1.5 [-2.0, +5.1]" and its Holm p per metric
+    ("reference" on the reference's own row, "-" where a test is missing)."""
+    columns = {}
+    reference = tests["a"].iloc[0] if len(tests) else None
+    for metric, name in RANKING_METRICS.items():
+        diff_column, p_column = f"Δ {name} vs ref. [95% CI]", f"p {name} (Holm)"
+        if setting == reference:
+            columns[diff_column], columns[p_column] = "reference", ""
+            continue
+        match = tests[(tests["b"] == setting) & (tests["metric"] == metric)] if len(tests) else tests
+        if not len(match) or pd.isna(match.iloc[0]["bootstrap_difference"]):
+            columns[diff_column], columns[p_column] = "-", ""
+            continue
+        t = match.iloc[0]
+        digits = 1 if metric == "greedy_acc" else 0
+        columns[diff_column] = (
+            f"{t['bootstrap_difference']:+.{digits}f} "
+            f"[{t['bootstrap_ci_low']:+.{digits}f}, {t['bootstrap_ci_high']:+.{digits}f}]"
+        )
+        columns[p_column] = _bootstrap_p(t["bootstrap_p_holm"], t["bootstrap_draws"]).removeprefix("p = ")
+    return columns
 
 
 def _bench_cell(per_bench: pd.DataFrame, bench: str, column: str, seeds: int) -> str:
@@ -459,7 +543,8 @@ def table_settings(overall: pd.DataFrame, table: str, source: str) -> list[str]:
 
 def fig5_points(overall: pd.DataFrame, source: str, tau: float, beta: float, seeds: list[int]) -> pd.DataFrame:
     """The tau sweep (beta fixed) and the beta sweep (tau fixed) of Fig. 5, with the main run as the
-    shared point; every point averages the same seeds."""
+    shared point; every point averages the same ``seeds`` (pass the common seeds of the sweep's settings,
+    :func:`common_seeds`), with the seeds' standard deviation (``*_std``) and their number."""
     rows = []
     for _, run in overall.iterrows():
         if run.get("variant") != "selective" or run.get("source") != source or run.get("seed") not in seeds:
@@ -486,7 +571,43 @@ def fig5_points(overall: pd.DataFrame, source: str, tau: float, beta: float, see
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
-    return frame.groupby(["sweep", "value"]).mean(numeric_only=True).reset_index().drop(columns="seed")
+    grouped = frame.groupby(["sweep", "value"])
+    points = grouped.mean(numeric_only=True).drop(columns="seed")
+    spread = grouped[["greedy_acc", "pass@1"]].std(ddof=1).add_suffix("_std")
+    points = pd.concat([points, spread], axis=1)
+    points["seeds"] = grouped["seed"].nunique()
+    return points.reset_index()
+
+
+def length_by_share(overall: pd.DataFrame, settings: list[str]) -> tuple[pd.DataFrame, dict]:
+    """What shortens the outputs: per setting of the ablation tables (on their common seeds), the share of
+    trace tokens in the loss (or kept, for pruning) against the greedy output length, and Spearman's rank
+    correlation over the settings with its p-value. Selection rules that mask the same share of tokens
+    but pick different segments (random segments vs IG, Table 2) tell apart the two causes: which
+    segments are masked, and how much is masked."""
+    from scipy.stats import spearmanr
+
+    seeds = common_seeds(overall, settings)
+    part = on_seeds(overall, seeds)
+    part = part[part["setting"].isin(settings)]
+    frame = (
+        part.groupby("setting", sort=False)
+        .agg(
+            label=("label", "first"),
+            token_share=("token_share", "mean"),
+            greedy_tokens=("greedy_tokens", "mean"),
+            greedy_tokens_std=("greedy_tokens", "std"),
+            seeds=("seed", "nunique"),
+        )
+        .reset_index()
+        .sort_values("token_share", ascending=False)
+    )
+    summary = {"settings": len(frame), "seeds": len(seeds), "spearman_rho": None, "spearman_p": None}
+    usable = frame.dropna(subset=["token_share", "greedy_tokens"])
+    if len(usable) >= 3 and usable["token_share"].nunique() > 1 and usable["greedy_tokens"].nunique() > 1:
+        rho, p_value = spearmanr(usable["token_share"], usable["greedy_tokens"])
+        summary.update(spearman_rho=float(rho), spearman_p=float(p_value))
+    return frame.reset_index(drop=True), summary
 
 
 def save_paper_table(profile: Profile, name: str, frame: pd.DataFrame) -> Path:
@@ -496,8 +617,17 @@ def save_paper_table(profile: Profile, name: str, frame: pd.DataFrame) -> Path:
     return write_table(folder / f"{name}.md", frame)
 
 
-def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.DataFrame) -> list[dict]:
-    """The headline numbers of Sec. 4 next to this run's (for ``paper_vs_run.md``)."""
+def paper_comparison_rows(
+    profile: Profile,
+    overall: pd.DataFrame,
+    tests: pd.DataFrame,
+    rankings: dict[str, tuple[pd.DataFrame, pd.DataFrame]] | None = None,
+    points: pd.DataFrame | None = None,
+) -> list[dict]:
+    """The headline numbers of Sec. 4 next to this run's (for ``paper_vs_run.md``). ``rankings`` maps a
+    table to its runs on the table's common seeds and its :func:`ranking_tests`; ``points`` are Fig. 5's
+    (:func:`fig5_points` on common seeds)."""
+    rankings = rankings or {}
 
     def mean(setting: str, column: str) -> float:
         values = (
@@ -537,29 +667,14 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
                 f"{pruned['greedy_acc'].mean():.1f} vs {full_acc:.1f}",
             )
         )
-    for table in ("2", "3"):
-        paper_best = paper(f"table{table}.best")
+    for table in ("2", "3", "4"):
+        if table not in rankings:
+            continue
+        part, ranked = rankings[table]
         settings = table_settings(overall, table, source)
-        part = overall[overall["setting"].isin(settings)]
+        part = part[part["setting"].isin(settings)]
         if part["setting"].nunique() > 2:
-            best = part.groupby("setting")["greedy_acc"].mean().sort_values(ascending=False)
-            label = part.set_index("setting")["label"].to_dict()
-            label[f"selective__{source}"] = "ours"
-            first, runner_up = best.index[0], best.index[1]
-            other = (
-                f"next: {label.get(runner_up, runner_up)} {best.iloc[1]:.1f}"
-                if first == f"selective__{source}"
-                else f"ours {mean(f'selective__{source}', 'greedy_acc'):.1f}"
-            )
-            rows.append(
-                comparison_row(
-                    f"Sec. 4.{int(table) + 1}",
-                    f"Table {table} · best greedy accuracy",
-                    paper_best,
-                    f"{label.get(first, first)} {best.iloc[0]:.1f} ({other})",
-                    "one seed per variant; ours and full-CoT: seed mean",
-                )
-            )
+            rows.append(best_row_comparison(table, part, ranked, source))
     confidence = overall[overall["variant"] == "confidence_gain"]
     if len(confidence) and "segment_share" in confidence.columns:
         rows.append(
@@ -584,22 +699,57 @@ def paper_comparison_rows(profile: Profile, overall: pd.DataFrame, tests: pd.Dat
                 f"(length {retro['greedy_tokens'].mean():.0f} vs {default['greedy_tokens'].mean():.0f})",
             )
         )
-    tau, beta = profile.get_path("selection.tau"), profile.get_path("selection.beta")
-    points = fig5_points(overall, source, tau, beta, [int(s) for s in profile.get_path("training.ablation_seeds")])
+    points = points if points is not None else pd.DataFrame()
     for sweep in ("tau", "beta"):
         paper_value = paper(f"fig5.{sweep}")
         part = points[points["sweep"] == sweep] if len(points) else points
         if len(part) > 1:
-            best = part.sort_values("pass@1", ascending=False).iloc[0]
+            ranked_points = part.sort_values("pass@1", ascending=False)
+            best, runner_up = ranked_points.iloc[0], ranked_points.iloc[1]
             rows.append(
                 comparison_row(
                     "App. D",
                     f"Fig. 5 · best {sweep} by sampled pass@1",
                     paper_value,
                     f"{best['value']:g} (pass@1 {best['pass@1']:.1f})",
+                    f"{int(best['seeds'])} seed(s) per point; next: {runner_up['value']:g} "
+                    f"({runner_up['pass@1']:.1f}); seed SD of the best point: {_sd(best['pass@1_std'])}",
                 )
             )
     return rows
+
+
+def _sd(value) -> str:
+    return "n/a (one seed)" if value != value else f"{value:.1f}"
+
+
+def best_row_comparison(table: str, part: pd.DataFrame, ranked: pd.DataFrame, source: str) -> dict:
+    """The paper-vs-run row of a table's best greedy accuracy, ranked like for like (every row's mean over
+    the same seeds), with the best row's difference from the table's reference and its Holm p."""
+    best = part.groupby("setting")["greedy_acc"].mean().sort_values(ascending=False)
+    label = part.set_index("setting")["label"].to_dict()
+    label[f"selective__{source}"] = "ours"
+    seeds = part.loc[part["setting"] != BASE, "seed"].nunique()
+    first = best.index[0]
+    rank_of_ours = list(best.index).index(f"selective__{source}") + 1 if f"selective__{source}" in best.index else None
+    run = f"{label.get(first, first)} {best.iloc[0]:.1f}"
+    if rank_of_ours is not None and first != f"selective__{source}":
+        run += f" (ours {best[f'selective__{source}']:.1f}, rank {rank_of_ours} of {len(best)})"
+    elif rank_of_ours == 1:
+        run += f" (next: {label.get(best.index[1], best.index[1])} {best.iloc[1]:.1f})"
+    note = f"{seeds} seed(s) per row, the same for every row"
+    match = ranked[(ranked["b"] == first) & (ranked["metric"] == "greedy_acc")] if len(ranked) else ranked
+    if len(match) and not pd.isna(match.iloc[0]["bootstrap_difference"]):
+        t = match.iloc[0]
+        reference = label.get(t["a"], t["a"])
+        note += (
+            f"; best minus {reference}: {t['bootstrap_difference']:+.1f} [95% CI {t['bootstrap_ci_low']:+.1f}, "
+            f"{t['bootstrap_ci_high']:+.1f}], Holm over {int(t['family_size'])}: "
+            f"{_bootstrap_p(t['bootstrap_p_holm'], t['bootstrap_draws'])}"
+        )
+    return comparison_row(
+        f"Sec. 4.{int(table) + 1}", f"Table {table} · best greedy accuracy", paper(f"table{table}.best"), run, note
+    )
 
 
 def run(profile: Profile) -> StageResult:
@@ -614,20 +764,38 @@ def run(profile: Profile) -> StageResult:
         for metric in ("greedy_acc", "pass@1", "greedy_tokens", "sample_tokens"):
             if metric in overall.columns:
                 tests.append(paired_tests(overall, overall_outputs, f"full__{source}", f"selective__{source}", metric))
-    tests = table1_tests(tests)
+    tests = family_tests(tests)
     save_paper_table(profile, "table1_paired_tests", tests)
     tables["table1_paired_tests"] = tests
     source = profile.get_path("training.ablation_source")
+    rankings = {}
     for table in ("2", "3", "4", "7"):
-        settings = table_settings(
-            overall, table, source if table != "7" else profile.get_path("training.table7_source", source)
+        table_source = source if table != "7" else profile.get_path("training.table7_source", source)
+        settings = table_settings(overall, table, table_source)
+        like_for_like = on_seeds(overall, common_seeds(overall, settings))
+        ranked = ranking_tests(like_for_like, overall_outputs, settings, table_reference(table, settings, table_source))
+        frame = comparison_table(
+            like_for_like,
+            settings,
+            labels={f"selective__{table_source}": "Segment Selective SFT (IG, ours)"},
+            tests=ranked if len(ranked) else None,
         )
-        frame = comparison_table(overall, settings, labels={f"selective__{source}": "Segment Selective SFT (IG, ours)"})
         if len(frame) > 1:
             save_paper_table(profile, f"table{table}", frame)
             tables[f"table{table}"] = frame
+            if len(ranked):
+                save_paper_table(profile, f"table{table}_tests", ranked)
+                tables[f"table{table}_tests"] = ranked
+            rankings[table] = (like_for_like, ranked)
+    ablation_settings = list(
+        dict.fromkeys(setting for table in ("2", "3", "4") for setting in table_settings(overall, table, source))
+    )
+    shortening, shortening_summary = length_by_share(overall, ablation_settings)
+    if len(shortening) > 2:
+        save_paper_table(profile, "length_vs_share", shortening)
+        tables["length_vs_share"] = shortening
     tau, beta = profile.get_path("selection.tau"), profile.get_path("selection.beta")
-    points = fig5_points(overall, source, tau, beta, [int(s) for s in profile.get_path("training.ablation_seeds")])
+    points = fig5_points(overall, source, tau, beta, common_seeds(overall, table_settings(overall, "fig5", source)))
     saved = {}
     if len(points):
         save_paper_table(profile, "fig5", points)
@@ -636,11 +804,11 @@ def run(profile: Profile) -> StageResult:
     return finish(
         profile,
         STAGE,
-        paper_comparison_rows(profile, overall, tests),
+        paper_comparison_rows(profile, overall, tests, rankings, points),
         tables=tables,
         figures=saved,
         checks={
             "every model answered every question": bool(graded.groupby("model")["question_id"].nunique().nunique() == 1)
         },
-        values={"n_models": graded["model"].nunique(), "source": source},
+        values={"n_models": graded["model"].nunique(), "source": source, "length_vs_share": shortening_summary},
     )

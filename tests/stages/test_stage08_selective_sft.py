@@ -82,16 +82,22 @@ def test_plan_runs_counts_and_names():
     main = [r for r in runs if r.tables == ("1",)]
     assert len(main) == 12 and {r.seed for r in main} == {0, 1, 2}
     assert names[0] == "full__self__seed0"
-    # Table 2's pruned row and Table 4's IG row are one run
+    # Table 2's pruned row and Table 4's IG row are one run per seed, on the main seeds (like for like)
     pruned = [r for r in runs if r.variant == "pruned_ig"]
-    assert len(pruned) == 1 and pruned[0].tables == ("2", "4")
-    # fig5: 3 tau + 2 beta values, one seed; table 7: one retro-search run
-    assert sum("fig5" in r.tables for r in runs) == 5
+    assert [r.seed for r in pruned] == [0, 1, 2] and all(r.tables == ("2", "4") for r in pruned)
+    # fig5: 3 tau + 2 beta values x 3 seeds; table 7: one retro-search run per seed
+    assert sum("fig5" in r.tables for r in runs) == 15
     retro = [r for r in runs if r.keywords == "retro_search"]
-    assert [r.name for r in retro] == ["selective__self__retro_search__seed0"]
+    assert [r.name for r in retro] == [f"selective__self__retro_search__seed{s}" for s in (0, 1, 2)]
+    # 19 variants besides Table 1's two, each on the 3 main seeds
+    assert len(runs) == 12 + 19 * 3
     tau_run = next(r for r in runs if r.overrides == (("tau", 0.9),))
     assert tau_run.setting == "selective__self__tau0.9" and sft.run_label(tau_run) == "Segment Selective SFT (τ = 0.9)"
     assert len(sft.plan_runs(_profile(tables=[], sources=["self"], main_seeds=[5]))) == 2
+    # without ablation_seeds, the variants take the main seeds
+    unset = _profile(tables=["2"], sources=["self"], main_seeds=[4, 7])
+    del unset["training"]["ablation_seeds"]
+    assert {r.seed for r in sft.plan_runs(unset) if r.variant == "random_segments"} == {4, 7}
     with pytest.raises(ValueError, match="sources"):
         sft.plan_runs(_profile(sources=["self", "web"]))
 

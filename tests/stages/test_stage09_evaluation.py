@@ -307,7 +307,7 @@ def test_table1_tests_carry_the_seed_variance_and_holm_over_the_family():
     assert lengths["bootstrap_ci_low"] == pytest.approx(-7.0) and lengths["bootstrap_ci_high"] == pytest.approx(-7.0)
     assert lengths["bootstrap_p"] == 0.0
 
-    family = ev.table1_tests([accuracy, lengths])
+    family = ev.family_tests([accuracy, lengths])
     assert family["family_size"].tolist() == [2, 2]
     # Holm with m = 2: the smallest p (lengths, 0) times 2, the other times 1, never below the previous one
     assert accuracy["bootstrap_p"] > 0
@@ -315,3 +315,150 @@ def test_table1_tests_carry_the_seed_variance_and_holm_over_the_family():
     note = ev.table1_note(family.iloc[1])
     assert note.startswith("2 seeds x 20 questions: difference -7 [95% CI -7, -7], seed x question bootstrap p < 5e-04")
     assert "Holm over 2: p < 5e-04" in note and "paired t-test over seeds" in note
+
+
+# ---------------------------------------------------------------------------------------------
+# Like for like: Tables 2-4, 7 and Fig. 5 ranked on common seeds
+
+
+def _runs(rows):
+    """per-model rows (setting, seed, greedy accuracy, greedy length) -> the overall table's layout"""
+    frame = pd.DataFrame(rows, columns=["setting", "seed", "greedy_acc", "greedy_tokens"])
+    frame["model"] = frame["setting"] + "__seed" + frame["seed"].astype(str)
+    frame["label"] = frame["setting"]
+    return frame
+
+
+def _graded_from(runs: pd.DataFrame, n_questions: int = 10) -> pd.DataFrame:
+    """Greedy outputs whose per-model accuracy and length equal the run's (accuracy a multiple of 10%)."""
+    rows = []
+    for run in runs.itertuples():
+        n_right = round(run.greedy_acc / 100 * n_questions)
+        for q in range(n_questions):
+            rows.append(
+                {
+                    "model": run.model,
+                    "mode": "greedy",
+                    "benchmark": "A",
+                    "question_id": f"q{q}",
+                    "correct": q < n_right,
+                    "n_tokens": run.greedy_tokens,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_common_seeds_rank_every_row_on_the_same_seeds():
+    overall = _runs(
+        [
+            ("full__self", 0, 40, 180),
+            ("full__self", 1, 50, 180),
+            ("full__self", 2, 60, 180),
+            ("random__self", 0, 90, 120),
+            ("selective__self", 0, 50, 110),
+            ("selective__self", 1, 60, 110),
+            ("selective__self", 2, 70, 110),
+        ]
+    )
+    settings = ["full__self", "random__self", "selective__self", "never_trained__self"]
+    # the single-seed variant restricts the table to seed 0; a setting without runs does not empty it
+    assert ev.common_seeds(overall, settings) == [0]
+    assert ev.common_seeds(overall, ["full__self", "selective__self"]) == [0, 1, 2]
+    assert ev.common_seeds(overall, ["nothing"]) == []
+    part = ev.on_seeds(overall, [0])
+    assert sorted(part["model"]) == ["full__self__seed0", "random__self__seed0", "selective__self__seed0"]
+    table = ev.comparison_table(part, settings[:3])
+    # like for like: ours is 50 on seed 0 (not its 3-seed mean 60), the variant 90, full 40
+    assert list(table["Greedy Acc."]) == ["40.0", "90.0", "50.0"] and set(table["Seeds"]) == {1}
+
+
+def test_table_reference_is_ours_or_ig_pruning_in_table4():
+    assert ev.table_reference("2", ["full__self", "x__self", "selective__self"], "self") == "selective__self"
+    assert ev.table_reference("4", ["full__self", "pruned_ig__self"], "self") == "pruned_ig__self"
+    assert ev.table_reference("4", ["full__self", "pruned_entropy__self"], "self") == "full__self"
+
+
+def test_ranking_tests_hand_computed_differences_and_holm():
+    overall = _runs(
+        [
+            ("full__self", 0, 40, 180),
+            ("full__self", 1, 40, 180),
+            ("rand__self", 0, 60, 120),
+            ("rand__self", 1, 60, 120),
+            ("selective__self", 0, 50, 110),
+            ("selective__self", 1, 50, 110),
+        ]
+    )
+    graded = _graded_from(overall)
+    settings = ["full__self", "rand__self", "selective__self"]
+    tests = ev.ranking_tests(overall, graded, settings, "selective__self", n_boot=500)
+    # 2 rows x 2 metrics, each row minus ours
+    assert len(tests) == 4 and set(tests["family_size"]) == {4} and set(tests["a"]) == {"selective__self"}
+    by = tests.set_index(["b", "metric"])
+    assert by.loc[("full__self", "greedy_acc"), "bootstrap_difference"] == pytest.approx(-10.0)
+    assert by.loc[("rand__self", "greedy_acc"), "bootstrap_difference"] == pytest.approx(10.0)
+    assert by.loc[("full__self", "greedy_tokens"), "bootstrap_difference"] == pytest.approx(70.0)
+    # every resampled length difference is +70: p < 1/draws before and after Holm
+    assert by.loc[("full__self", "greedy_tokens"), "bootstrap_p_holm"] == 0.0
+    # Holm: each corrected p is at least the raw p
+    assert (tests["bootstrap_p_holm"] >= tests["bootstrap_p"] - 1e-12).all()
+    columns = ev.ranking_columns(tests, "rand__self")
+    assert columns["Δ acc. vs ref. [95% CI]"].startswith("+10.0 [")
+    assert columns["Δ length vs ref. [95% CI]"] == "+10 [+10, +10]"
+    assert ev.ranking_columns(tests, "selective__self")["Δ acc. vs ref. [95% CI]"] == "reference"
+    table = ev.comparison_table(overall, settings, tests=tests)
+    assert list(table["Δ length vs ref. [95% CI]"]) == ["+70 [+70, +70]", "+10 [+10, +10]", "reference"]
+    # no reference run: no tests rather than an error
+    assert ev.ranking_tests(overall, graded, settings, "missing__self").empty
+
+
+def test_best_row_comparison_ranks_like_for_like_and_names_ours_rank():
+    overall = _runs(
+        [
+            ("full__self", 0, 40, 180),
+            ("full__self", 1, 40, 180),
+            ("rand__self", 0, 60, 120),
+            ("rand__self", 1, 60, 120),
+            ("selective__self", 0, 50, 110),
+            ("selective__self", 1, 50, 110),
+        ]
+    )
+    tests = ev.ranking_tests(overall, _graded_from(overall), list(dict.fromkeys(overall["setting"])), "selective__self")
+    row = ev.best_row_comparison("2", overall, tests, "self")
+    assert row["run"] == "rand__self 60.0 (ours 50.0, rank 2 of 3)"
+    assert "2 seed(s) per row" in row["note"] and "best minus ours: +10.0" in row["note"]
+    assert "Holm over 4" in row["note"]
+
+
+def test_fig5_points_average_the_given_seeds_with_their_spread():
+    rows = []
+    for seed, acc in ((0, 40.0), (1, 50.0)):
+        rows.append({"variant": "selective", "source": "self", "seed": seed, "overrides": '{"tau": 0.9}'})
+        rows[-1].update(greedy_acc=acc, **{"pass@1": acc + 1}, greedy_tokens=100, sample_tokens=90, token_share=0.5)
+    rows.append(dict(rows[0], seed=2, greedy_acc=99.0))  # a seed outside the given ones is left out
+    points = ev.fig5_points(pd.DataFrame(rows), "self", 0.7, 0.8, [0, 1])
+    point = points.set_index(["sweep", "value"]).loc[("tau", 0.9)]
+    assert point["greedy_acc"] == pytest.approx(45.0) and point["seeds"] == 2
+    assert point["greedy_acc_std"] == pytest.approx(np.std([40.0, 50.0], ddof=1))
+
+
+def test_length_by_share_orders_settings_and_correlates_over_them():
+    overall = _runs(
+        [
+            ("full__self", 0, 40, 180),
+            ("full__self", 1, 40, 190),
+            ("a__self", 0, 40, 150),
+            ("a__self", 1, 40, 150),
+            ("b__self", 0, 40, 120),
+            ("b__self", 1, 40, 130),
+            ("c__self", 0, 40, 100),  # one seed only: the comparison keeps seed 0 for every setting
+        ]
+    )
+    overall["token_share"] = overall["setting"].map({"full__self": 1.0, "a__self": 0.8, "b__self": 0.6, "c__self": 0.4})
+    frame, summary = ev.length_by_share(overall, ["full__self", "a__self", "b__self", "c__self"])
+    assert list(frame["setting"]) == ["full__self", "a__self", "b__self", "c__self"]
+    assert list(frame["greedy_tokens"]) == [180, 150, 120, 100] and set(frame["seeds"]) == {1}
+    # lengths fall strictly as the share falls: Spearman's rho = 1 over the 4 settings
+    assert summary["spearman_rho"] == pytest.approx(1.0) and summary["seeds"] == 1
+    _, flat = ev.length_by_share(overall, ["full__self", "a__self"])
+    assert flat["spearman_rho"] is None  # two settings: no correlation is reported
