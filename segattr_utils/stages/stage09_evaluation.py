@@ -726,24 +726,37 @@ def _sd(value) -> str:
 def best_row_comparison(table: str, part: pd.DataFrame, ranked: pd.DataFrame, source: str) -> dict:
     """The paper-vs-run row of a table's best greedy accuracy, ranked like for like (every row's mean over
     the same seeds), with the best row's difference from the table's reference and its Holm p."""
-    best = part.groupby("setting")["greedy_acc"].mean().sort_values(ascending=False)
+    # a stable sort: among rows with equal means the table's own order decides which is named first
+    best = part.groupby("setting", sort=False)["greedy_acc"].mean().sort_values(ascending=False, kind="stable")
     label = part.set_index("setting")["label"].to_dict()
     label[f"selective__{source}"] = "ours"
     seeds = part.loc[part["setting"] != BASE, "seed"].nunique()
     first = best.index[0]
-    rank_of_ours = list(best.index).index(f"selective__{source}") + 1 if f"selective__{source}" in best.index else None
+    ours = f"selective__{source}"
+    # competition ranking: 1 + the rows strictly better than ours (ties share a rank)
+    rank_of_ours = 1 + int((best > best[ours]).sum()) if ours in best.index else None
+    if rank_of_ours == 1:
+        first = ours
     run = f"{label.get(first, first)} {best.iloc[0]:.1f}"
-    if rank_of_ours is not None and first != f"selective__{source}":
-        run += f" (ours {best[f'selective__{source}']:.1f}, rank {rank_of_ours} of {len(best)})"
+    if rank_of_ours is not None and first != ours:
+        run = (
+            f"{label.get(first, first)} {best.iloc[0]:.1f} (ours {best[ours]:.1f}, rank {rank_of_ours} of {len(best)})"
+        )
     elif rank_of_ours == 1:
-        run += f" (next: {label.get(best.index[1], best.index[1])} {best.iloc[1]:.1f})"
+        runner_up = best.drop(ours)
+        run = (
+            f"ours {best[ours]:.1f} (next: {label.get(runner_up.index[0], runner_up.index[0])} {runner_up.iloc[0]:.1f})"
+        )
     note = f"{seeds} seed(s) per row, the same for every row"
-    match = ranked[(ranked["b"] == first) & (ranked["metric"] == "greedy_acc")] if len(ranked) else ranked
+    reference = ranked["a"].iloc[0] if len(ranked) else None
+    # the best row against the reference, or (when the reference is best) the runner-up against it
+    contender = first if first != reference else next((s for s in best.index if s != reference), None)
+    match = ranked[(ranked["b"] == contender) & (ranked["metric"] == "greedy_acc")] if len(ranked) else ranked
     if len(match) and not pd.isna(match.iloc[0]["bootstrap_difference"]):
         t = match.iloc[0]
-        reference = label.get(t["a"], t["a"])
         note += (
-            f"; best minus {reference}: {t['bootstrap_difference']:+.1f} [95% CI {t['bootstrap_ci_low']:+.1f}, "
+            f"; {'best' if contender == first else 'next'} minus {label.get(reference, reference)}: "
+            f"{t['bootstrap_difference']:+.1f} [95% CI {t['bootstrap_ci_low']:+.1f}, "
             f"{t['bootstrap_ci_high']:+.1f}], Holm over {int(t['family_size'])}: "
             f"{_bootstrap_p(t['bootstrap_p_holm'], t['bootstrap_draws'])}"
         )

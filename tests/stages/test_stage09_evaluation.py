@@ -462,3 +462,25 @@ def test_length_by_share_orders_settings_and_correlates_over_them():
     assert summary["spearman_rho"] == pytest.approx(1.0) and summary["seeds"] == 1
     _, flat = ev.length_by_share(overall, ["full__self", "a__self"])
     assert flat["spearman_rho"] is None  # two settings: no correlation is reported
+
+
+def test_best_row_comparison_when_ours_is_best_or_tied():
+    overall = _runs(
+        [
+            ("full__self", 0, 40, 180),
+            ("rand__self", 0, 50, 120),
+            ("selective__self", 0, 60, 110),
+        ]
+    )
+    tests = ev.ranking_tests(
+        overall, _graded_from(overall), ["full__self", "rand__self", "selective__self"], "selective__self"
+    )
+    row = ev.best_row_comparison("2", overall, tests, "self")
+    assert row["run"] == "ours 60.0 (next: rand__self 50.0)"
+    assert "next minus ours: -10.0" in row["note"]
+    tied = overall.assign(greedy_acc=50.0)
+    row = ev.best_row_comparison(
+        "2", tied, ev.ranking_tests(tied, _graded_from(tied), list(tied["setting"]), "selective__self"), "self"
+    )
+    # every row ties: ours shares rank 1 and is named, not whichever row sorts first
+    assert row["run"].startswith("ours 50.0")
