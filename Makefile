@@ -10,11 +10,13 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft bench-ig-memory gpu-hours gpu-checks lab clean-results help
+.PHONY: setup setup-gpu browser reproduce robustness test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft bench-ig-memory gpu-hours gpu-checks lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
 	@echo "make reproduce [PROFILE=tiny|smoke|paper]  run the notebooks in order with papermill"
+	@echo "make robustness [PROFILE=tiny|smoke]       rerun the notebooks with the profile's robustness.seeds; the noise floor"
+	@echo "                                           of the headline numbers -> results/robustness/<profile>/report.md"
 	@echo "make test                                  lint + unit tests + every notebook on the smoke profile (nbval)"
 	@echo "                                           + notebooks 00-07 on an imported trace file (test-import)"
 	@echo "                                           + the paper profile's notebooks on local stand-ins (test-dry-run)"
@@ -53,6 +55,12 @@ browser:
 
 reproduce: $(STAMP)
 	$(PY) -m segattr_utils.reproduce --profile $(PROFILE)
+
+# The noise floor: each seed of the profile's robustness.seeds retrains the base model and reruns every notebook
+# (resumable; results/robustness/<profile>/seed-<s>/), the main run in results/<profile>/ is read as one more draw,
+# and the report lands in results/robustness/<profile>/report.md. Not part of test or reproduce (tiny: hours).
+robustness: $(STAMP)
+	$(PY) -m segattr_utils.robustness --profile $(PROFILE)
 
 test: lint test-unit test-notebooks test-import test-dry-run
 

@@ -31,14 +31,23 @@ from . import StageResult, finish
 STAGE = dag.WORLD
 
 
+def world_seed(profile: Profile) -> int:
+    """The seed of the world's questions and teacher traces: ``world.seed`` when set, else the profile's
+    ``seed`` (which always seeds the base model's initialisation and training, and every sampling step).
+    ``make robustness`` pins ``world.seed`` so that its draws retrain the model on the same world."""
+    world = profile.get("world") or {}
+    value = world.get("seed")
+    return int(profile["seed"] if value is None else value)
+
+
 def build_world(profile: Profile) -> dict:
     """Questions, teacher traces, tokenizer and the trained tiny generator (world profiles); returns the
     base model's training summary. Resumable: a trained model is not retrained."""
     from ..llm.training import TrainSettings, is_trained, train_sft
     from ..world.tiny_model import build_tiny_model, build_world_tokenizer, teacher_examples, teacher_traces
 
-    world, seed = profile["world"], int(profile["seed"])
-    suites = world_suites(world, seed)
+    world, seed, world_seed_value = profile["world"], int(profile["seed"]), world_seed(profile)
+    suites = world_suites(world, world_seed_value)
     questions = pd.DataFrame([p.to_record() for suite in suites.values() for p in suite])
     write_table(STAGE.path(profile, "questions"), questions)
 
@@ -47,8 +56,8 @@ def build_world(profile: Profile) -> dict:
     misconception = world_lib.Misconception.from_dict(world.get("pretrain_misconception"))
     max_value = world_lib.Arithmetic.from_dict(world.get("arithmetic")).max_value
     traces = {
-        "pretrain": teacher_traces(suites["pretrain"], world["rates"], seed, misconception, max_value),
-        "train": teacher_traces(suites["train"], world["rates"], seed + 1, None, max_value),
+        "pretrain": teacher_traces(suites["pretrain"], world["rates"], world_seed_value, misconception, max_value),
+        "train": teacher_traces(suites["train"], world["rates"], world_seed_value + 1, None, max_value),
     }
     trace_rows = []
     for name in ("pretrain", "train"):
