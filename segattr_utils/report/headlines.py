@@ -275,23 +275,29 @@ def _table1_p(source: str, column: str):
 
 
 def best_rows(a: Artifacts, table: str) -> pd.Series:
-    """Greedy accuracy (seed mean) of each row of Table 2, 3 or 4, best first (as stage 09 ranks them)."""
-    from ..stages.stage09_evaluation import table_settings
+    """Greedy accuracy of each row of Table 2, 3 or 4 over the table's common seeds, best first (as stage 09
+    ranks them: like for like, ties in the table's order)."""
+    from ..stages.stage09_evaluation import common_seeds, on_seeds, table_settings
 
     overall = a.overall()
     source = a.profile.get_path("training.ablation_source")
-    part = overall[overall["setting"].isin(table_settings(overall, table, source))]
+    settings = table_settings(overall, table, source)
+    part = on_seeds(overall, common_seeds(overall, settings))
+    part = part[part["setting"].isin(settings)]
     if part["setting"].nunique() < 2:
         raise Missing(f"Table {table}: fewer than two of its settings were evaluated")
-    return part.groupby("setting")["greedy_acc"].mean().sort_values(ascending=False)
+    return part.groupby("setting", sort=False)["greedy_acc"].mean().sort_values(ascending=False, kind="stable")
 
 
 def _best_label(a: Artifacts, table: str) -> str:
     best = best_rows(a, table)
     labels = a.overall().drop_duplicates("setting").set_index("setting")["label"].to_dict()
     source = a.profile.get_path("training.ablation_source")
-    labels[f"selective__{source}"] = "ours"
-    return str(labels.get(best.index[0], best.index[0]))
+    ours = f"selective__{source}"
+    labels[ours] = "ours"
+    # as stage 09's best-row comparison: ours is named when it ties for first
+    first = ours if ours in best.index and best[ours] == best.iloc[0] else best.index[0]
+    return str(labels.get(first, first))
 
 
 def _table_best(table: str):
@@ -317,15 +323,16 @@ def _ours_minus_best_other(table: str):
 
 def fig5_best(a: Artifacts, sweep: str) -> pd.Series:
     """The Fig. 5 point of ``sweep`` (``tau`` or ``beta``) with the highest sampled pass@1 (as stage 09)."""
-    from ..stages.stage09_evaluation import fig5_points
+    from ..stages.stage09_evaluation import common_seeds, fig5_points, table_settings
 
     profile = a.profile
+    overall, source = a.overall(), profile.get_path("training.ablation_source")
     points = fig5_points(
-        a.overall(),
-        profile.get_path("training.ablation_source"),
+        overall,
+        source,
         profile.get_path("selection.tau"),
         profile.get_path("selection.beta"),
-        [int(s) for s in profile.get_path("training.ablation_seeds")],
+        common_seeds(overall, table_settings(overall, "fig5", source)),
     )
     part = points[points["sweep"] == sweep] if len(points) else points
     if len(part) < 2:
