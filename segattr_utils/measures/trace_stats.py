@@ -246,6 +246,162 @@ def trace_level_comparison(
     }
 
 
+def _boolean_column(table: pd.DataFrame, column: str) -> np.ndarray:
+    flags = table[column]
+    if flags.isna().any() or not set(flags.unique()) <= {True, False}:
+        raise ValueError(f"column {column!r} must hold only True/False (or 1/0)")
+    return flags.astype(bool).to_numpy()
+
+
+def share_comparison(
+    table: pd.DataFrame,
+    outcome: str,
+    group: str = "important",
+    trace: str = "trace_id",
+    *,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
+    """The share of ``outcome``-True segments among ``group``-True vs ``group``-False segments (e.g. the
+    share with BLEU > 0.8, or judged truncated, among important vs unimportant segments), tested with
+    the trace as the unit; the segment-pooled Fisher exact test beside it.
+
+    ``table`` holds one row per segment; ``outcome`` and ``group`` hold booleans (or 0/1). Three
+    analyses, flat for a results table:
+
+    * **Trace level (the reported test).** Per trace with segments in both groups, the within-trace
+      difference of the share (share among its important minus among its unimportant segments,
+      :func:`within_trace_differences` of the 0/1 outcome), tested with :func:`paired_trace_test`
+      (Wilcoxon signed-rank over traces, rank-biserial effect size, percentile bootstrap interval of
+      the mean difference over traces): ``n_traces``, ``traces_with_one_group`` (traces with segments in
+      one group only have no difference; they are counted, not silently dropped), ``n_nonzero`` (traces
+      whose difference is not 0; the signed-rank test uses only these), ``trace_difference``,
+      ``trace_ci_low``, ``trace_ci_high``, ``trace_p``, ``rank_biserial``.
+    * **Pooled share, cluster-bootstrapped.** ``share_in`` / ``share_out`` over all segments of each
+      group (``n_in``, ``n_out`` segments, ``k_in``, ``k_out`` with the outcome) and their difference
+      ``pooled_difference``, with a percentile interval ``pooled_ci_low`` / ``pooled_ci_high`` from a
+      bootstrap that resamples whole traces (every trace, those with one group too, since the pooled
+      shares count their segments); its draws are those of :func:`cluster_bootstrap` with the same
+      ``seed`` (computed from per-trace counts instead of copied rows). ``pooled_invalid_draws``
+      counts resamples in which a group had no segment (left out of the interval).
+    * **Segments pooled as if independent.** ``pooled_segments_fisher_p`` and
+      ``pooled_segments_odds_ratio``: the two-sided Fisher exact test of the 2 x 2 table (group x
+      outcome) over all segments. It treats the segments of a trace as independent observations, which
+      they are not (importance is relative within a trace); it stays for comparison only.
+
+    ``test`` names the trace-level test and ``note`` says why a statistic is missing. A statistic that
+    cannot be computed (an empty group, no trace with both groups, fewer than 2 non-zero differences,
+    an odds ratio with a zero margin) is ``None``, never NaN. Raises ValueError naming the column when
+    a column is missing, ``outcome`` or ``group`` holds anything but booleans (or 0/1), or ``trace`` has
+    missing values.
+    """
+    from scipy.stats import fisher_exact
+
+    _check_bootstrap(n_boot, confidence)
+    _require_columns(table, [trace, group, outcome])
+    _no_missing(table, trace)
+    flags = _boolean_column(table, group)
+    hits = _boolean_column(table, outcome)
+    n_in, n_out = int(flags.sum()), int((~flags).sum())
+    k_in, k_out = int(hits[flags].sum()), int(hits[~flags].sum())
+    result = {
+        "n_in": n_in,
+        "n_out": n_out,
+        "k_in": k_in,
+        "k_out": k_out,
+        "share_in": k_in / n_in if n_in else None,
+        "share_out": k_out / n_out if n_out else None,
+        "n_traces": 0,
+        "traces_with_one_group": 0,
+        "n_nonzero": 0,
+        "trace_difference": None,
+        "trace_ci_low": None,
+        "trace_ci_high": None,
+        "trace_p": None,
+        "rank_biserial": None,
+        "pooled_difference": None,
+        "pooled_ci_low": None,
+        "pooled_ci_high": None,
+        "pooled_invalid_draws": None,
+        "pooled_segments_fisher_p": None,
+        "pooled_segments_odds_ratio": None,
+        "test": WILCOXON_TEST,
+        "note": "",
+    }
+    notes = [f"no segment with {group} {value}" for value, n in ((True, n_in), (False, n_out)) if n == 0]
+    frame = pd.DataFrame({"trace": table[trace].to_numpy(), "flag": flags, "hit": hits.astype(np.float64)})
+
+    differences = within_trace_differences(frame, "hit", "flag", "trace")
+    test = paired_trace_test(differences["difference"], n_boot=n_boot, seed=seed, confidence=confidence)
+    result.update(
+        n_traces=test["n_traces"],
+        traces_with_one_group=len(differences.attrs["dropped_traces"]),
+        n_nonzero=test["n_nonzero"],
+        trace_difference=test["mean_difference"],
+        trace_ci_low=test["ci_low"],
+        trace_ci_high=test["ci_high"],
+        trace_p=test["p_value"],
+        rank_biserial=test["rank_biserial"],
+    )
+    if result["traces_with_one_group"]:
+        notes.append(
+            f"{result['traces_with_one_group']} trace(s) with segments in one group only left out of the trace-level test"
+        )
+    if test["note"]:
+        notes.append(f"trace level: {test['note']}")
+
+    if n_in and n_out:
+        result["pooled_difference"] = k_in / n_in - k_out / n_out
+        by_trace = frame.assign(hit_in=frame["hit"] * frame["flag"], hit_out=frame["hit"] * ~frame["flag"])
+        by_trace = by_trace.assign(out=~by_trace["flag"]).groupby("trace", sort=False)
+        counts = by_trace[["flag", "hit_in", "out", "hit_out"]].sum().to_numpy(dtype=np.float64)
+        draws = _cluster_share_draws(counts, n_boot, seed)
+        valid = draws[np.isfinite(draws)]
+        result["pooled_invalid_draws"] = int(n_boot - valid.size)
+        if valid.size:
+            result["pooled_ci_low"], result["pooled_ci_high"] = _percentile_interval(valid, confidence)
+        else:
+            notes.append("pooled share: a group was empty in every resample, no interval")
+        if valid.size < n_boot:
+            notes.append(
+                f"pooled share: {n_boot - valid.size} of {n_boot} resamples had an empty group and were left out"
+            )
+        if len(counts) == 1:
+            notes.append("pooled share: a single trace, the interval cannot reflect between-trace variation")
+        odds, p_value = fisher_exact([[k_in, n_in - k_in], [k_out, n_out - k_out]], alternative="two-sided")
+        result["pooled_segments_fisher_p"] = float(p_value)
+        if np.isfinite(odds):
+            result["pooled_segments_odds_ratio"] = float(odds)
+        else:
+            notes.append("odds ratio undefined (a zero margin in the 2 x 2 table)")
+    else:
+        notes.append("no pooled share difference, no interval, no Fisher test")
+    result["note"] = "; ".join(notes)
+    return result
+
+
+def _cluster_share_draws(counts: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Bootstrap draws of the pooled share difference from per-cluster counts (rows: clusters; columns:
+    segments in the group, with the outcome among them, segments out of it, with the outcome among
+    them). Each draw resamples clusters with replacement exactly as :func:`cluster_bootstrap` does (the
+    same generator stream, drawn in blocks) and sums the drawn clusters' counts; a draw with an empty
+    group is NaN."""
+    n_clusters = len(counts)
+    rng = np.random.default_rng(seed)
+    draws = np.empty(n_boot)
+    step = max(1, 1_000_000 // n_clusters)  # draws per block: caps the block's matrices at about 8 MB each
+    for start in range(0, n_boot, step):
+        size = min(step, n_boot - start)
+        chosen = rng.integers(0, n_clusters, size=(size, n_clusters))
+        cells = (np.arange(size)[:, None] * n_clusters + chosen).ravel()
+        weights = np.bincount(cells, minlength=size * n_clusters).reshape(size, n_clusters)
+        n_in, k_in, n_out, k_out = (weights @ counts).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            draws[start : start + size] = k_in / n_in - k_out / n_out
+    return draws
+
+
 def cluster_bootstrap(
     table: pd.DataFrame,
     statistic: Callable[[pd.DataFrame], float],
@@ -309,6 +465,18 @@ def cluster_bootstrap(
         notes.append(f"{n_boot - valid.size} of {n_boot} resamples gave NaN or inf and were left out")
     result["note"] = "; ".join(notes)
     return result
+
+
+def none_preserving_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
+    """A frame of ``rows`` (dicts) in which a ``None`` stays ``None``: a column that holds ``None`` in some
+    row is kept as an object column of the rows' values (pandas would turn ``[0.5, None]`` into
+    ``[0.5, NaN]``); other columns get pandas' usual dtypes."""
+    frame = pd.DataFrame(list(rows))
+    for column in frame.columns:
+        values = [row.get(column) for row in rows]
+        if any(value is None for value in values):
+            frame[column] = pd.Series(values, index=frame.index, dtype=object)
+    return frame
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,14 @@ Artifacts in ``results/<profile>/05_linguistics/``:
   model only when the run plan trains a variant that needs these signals on them
   (``training.ablation_source: reference``, the paper's Tables 3-4 on LIMO's CoTs); training only;
 - ``comparisons.csv``, ``bleu_shares.csv``, ``kind_shares.csv``, ``redundancy_precision_recall.csv``.
+
+Sec. 3.1's comparisons of important and unimportant segments are tested at trace level, where
+observations are independent (importance is relative within a trace): the three means of Fig. 3
+(:func:`compare_measures`) and the share with BLEU above the threshold (:func:`bleu_shares`) each by
+within-trace differences and a Wilcoxon signed-rank test over traces. The four form one family,
+reported together in notebook 05 (tables and paper-vs-run rows), and Holm's correction is applied over
+those four (:func:`fig3_holm`). The segment-pooled tests (Mann-Whitney U, Fisher exact) stay beside
+them, named as pooled.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from ..config import Profile, load_profile
 from ..measures.group_stats import MISSING_TEXT, compare_groups, format_p, readable
 from ..measures.linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
 from ..measures.redundancy import redundancy_table
-from ..measures.trace_stats import holm, trace_level_comparison
+from ..measures.trace_stats import holm, none_preserving_frame, share_comparison, trace_level_comparison
 from ..method.importance import label_segments
 from ..progress import progress
 from ..report import figures
@@ -51,6 +59,10 @@ LINGUISTIC_COLUMNS = (
     "removal_ppl_increase",
 )
 MEASURES = {"log_ppl": "log perplexity", "entropy": "entropy", "bleu": "BLEU vs preceding segments"}
+#: The family of trace-level tests notebook 05 reports (Fig. 3 and Sec. 3.1 finding 3), over which
+#: Holm's correction is applied: the three means of :data:`MEASURES` and the share with BLEU above the
+#: threshold.
+FIG3_FAMILY = (*MEASURES, "bleu_share")
 
 
 #: The per-segment signals of this stage that training variants read (``TraceRecord`` fields).
@@ -245,44 +257,105 @@ def compare_measures(table: pd.DataFrame) -> pd.DataFrame:
     """Important vs unimportant for each measure of Fig. 3. The test is at trace level, where observations
     are independent (importance is relative within a trace): per trace, the mean over its important
     segments minus the mean over its unimportant ones, a Wilcoxon signed-rank test over traces with a
-    bootstrap interval (:func:`segattr_utils.measures.trace_stats.trace_level_comparison`), Holm-corrected
-    over the three measures (``trace_p_holm``). The pooled Mann-Whitney U over segments (``p_value``)
-    stays beside it for comparison: it treats the segments of a trace as independent."""
+    bootstrap interval (:func:`segattr_utils.measures.trace_stats.trace_level_comparison`). Holm's
+    correction is applied by :func:`fig3_holm` over the family notebook 05 reports (these three and the
+    BLEU share). The pooled Mann-Whitney U over segments (``p_value``) stays beside it for comparison:
+    it treats the segments of a trace as independent."""
     rows = []
     for column, name in MEASURES.items():
         stats = compare_groups(
             table.loc[table["important"], column], table.loc[~table["important"], column], "important", "unimportant"
         )
         rows.append({"measure": name, "column": column, **stats, **trace_level_comparison(table, column)})
-    frame = pd.DataFrame(rows)
-    frame["trace_p_holm"] = holm(list(frame["trace_p"]))
-    return frame
+    return pd.DataFrame(rows)
 
 
-def bleu_shares(table: pd.DataFrame, threshold: float) -> pd.DataFrame:
+#: The trace-level and pooled statistics of :func:`bleu_shares`, as its columns (renamed from
+#: :func:`segattr_utils.measures.trace_stats.share_comparison`'s keys).
+SHARE_TEST_COLUMNS = {
+    "n_traces": "n_traces",
+    "traces_with_one_group": "traces_with_one_group",
+    "n_nonzero": "n_nonzero",
+    "trace_difference": "trace_share_difference",
+    "trace_ci_low": "trace_ci_low",
+    "trace_ci_high": "trace_ci_high",
+    "rank_biserial": "rank_biserial",
+    "trace_p": "trace_p",
+    "pooled_difference": "pooled_share_difference",
+    "pooled_ci_low": "pooled_ci_low",
+    "pooled_ci_high": "pooled_ci_high",
+    "pooled_invalid_draws": "pooled_invalid_draws",
+    "pooled_segments_fisher_p": "pooled_segments_fisher_p",
+    "pooled_segments_odds_ratio": "pooled_segments_odds_ratio",
+    "test": "test",
+    "note": "note",
+}
+
+
+def bleu_shares(table: pd.DataFrame, threshold: float, *, seed: int = 0) -> pd.DataFrame:
     """Share of important and of unimportant segments with BLEU > ``threshold`` (Sec. 3.1 finding 3),
-    with a Fisher exact test on the 2 × 2 table."""
-    from scipy.stats import fisher_exact
+    tested at trace level (:func:`segattr_utils.measures.trace_stats.share_comparison`).
 
-    rows = []
-    counts = []
-    for name, selector in (("important", table["important"]), ("unimportant", ~table["important"])):
-        values = table.loc[selector, "bleu"]
-        high = int((values > threshold).sum())
-        counts.append((high, int(len(values)) - high))
-        rows.append(
-            {
-                "set": name,
-                "n": int(len(values)),
-                "n_above": high,
-                "share_above": high / len(values) if len(values) else None,
-            }
-        )
-    p_value = float(fisher_exact(counts).pvalue) if all(sum(c) for c in counts) else None
-    result = pd.DataFrame(rows)
-    result["fisher_p"] = p_value
-    result["note"] = "" if p_value is not None else "a set is empty: no test"
-    return result
+    One row per set (``important``, ``unimportant``) with ``n`` segments, ``n_above`` of them above the
+    threshold and ``share_above`` (pooled over the set's segments). The test columns are the same on
+    both rows: the reported test is at trace level, where observations are independent: per trace
+    with segments in both sets, its important segments' share above the threshold minus its
+    unimportant segments' share; ``trace_share_difference`` is their mean over the ``n_traces`` traces
+    with its bootstrap interval over traces (``trace_ci_low``, ``trace_ci_high``), ``trace_p`` the
+    Wilcoxon signed-rank p (over the ``n_nonzero`` traces whose difference is not 0) and
+    ``rank_biserial`` its effect size. ``traces_with_one_group`` counts the traces that cannot
+    contribute (segments in one set only). ``pooled_share_difference`` is ``share_above`` of important
+    minus unimportant, with a cluster-bootstrap interval over traces (``pooled_ci_low``,
+    ``pooled_ci_high``). ``pooled_segments_fisher_p`` (and its odds ratio) is the Fisher exact test on
+    the segments pooled, which treats the segments of a trace as independent; it is shown for
+    comparison. ``trace_p_holm`` is added by :func:`fig3_holm`. A statistic without data is ``None``
+    and ``note`` says why.
+    """
+    _require_columns(table, ["trace_id", "important", "bleu"])
+    above = table.assign(bleu_above=table["bleu"] > threshold)
+    stats = share_comparison(above, "bleu_above", "important", "trace_id", seed=seed)
+    tests = {column: stats[key] for key, column in SHARE_TEST_COLUMNS.items()}
+    rows = [
+        {"set": name, "n": stats[f"n_{side}"], "n_above": stats[f"k_{side}"], "share_above": stats[f"share_{side}"]}
+        | tests
+        for name, side in (("important", "in"), ("unimportant", "out"))
+    ]
+    return none_preserving_frame(rows)
+
+
+def _require_columns(table: pd.DataFrame, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"table has no column {', '.join(map(repr, missing))}")
+
+
+def fig3_holm(comparisons: pd.DataFrame, shares: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Holm's correction over the family of trace-level tests notebook 05 reports (:data:`FIG3_FAMILY`):
+    the three means of :func:`compare_measures` and the BLEU share of :func:`bleu_shares`. Returns copies
+    of both with ``trace_p_holm`` (``None`` for a test that could not be run; such a test is not counted)
+    and ``holm_family_size`` (how many p-values the correction counted)."""
+    by_test = dict(zip(comparisons["column"], comparisons["trace_p"]))
+    if (
+        set(by_test) != set(MEASURES)
+        or len(comparisons) != len(MEASURES)
+        or shares["trace_p"].nunique(dropna=False) != 1
+    ):
+        raise ValueError("fig3_holm needs compare_measures' three rows and one bleu_shares table")
+    by_test["bleu_share"] = shares["trace_p"].iloc[0]
+    p_values = {
+        key: None if by_test[key] is None or pd.isna(by_test[key]) else float(by_test[key]) for key in FIG3_FAMILY
+    }
+    adjusted = holm(p_values)
+    size = sum(p is not None for p in p_values.values())
+    comparisons = comparisons.copy()
+    comparisons["trace_p_holm"] = pd.Series(
+        [adjusted[c] for c in comparisons["column"]], index=comparisons.index, dtype=object
+    )
+    comparisons["holm_family_size"] = size
+    shares = shares.copy()
+    shares["trace_p_holm"] = pd.Series([adjusted["bleu_share"]] * len(shares), index=shares.index, dtype=object)
+    shares["holm_family_size"] = size
+    return comparisons, shares
 
 
 def kind_shares(table: pd.DataFrame) -> pd.DataFrame:
@@ -317,10 +390,11 @@ def redundancy_precision_recall(table: pd.DataFrame) -> pd.DataFrame:
 def analyse(profile: Profile, table: pd.DataFrame) -> dict:
     """Fig. 3 comparisons, BLEU shares and (world profiles, not on imported traces) kinds and
     precision/recall (writes CSVs)."""
-    results = {
-        "comparisons": compare_measures(table),
-        "bleu_shares": bleu_shares(table, profile.get_path("analysis.bleu_threshold")),
-    }
+    comparisons, shares = fig3_holm(
+        compare_measures(table),
+        bleu_shares(table, profile.get_path("analysis.bleu_threshold"), seed=int(profile["seed"])),
+    )
+    results = {"comparisons": comparisons, "bleu_shares": shares}
     write_table(STAGE.path(profile, "comparisons"), results["comparisons"])
     write_table(STAGE.path(profile, "bleu_shares"), results["bleu_shares"])
     if services.world_ground_truth(profile):  # segment kinds exist for the world's own traces only
@@ -338,11 +412,17 @@ def _pair(a, b, fmt="{:.3f}") -> str:
     return f"{show(a)} vs {show(b)}"
 
 
-def _interval(record: dict) -> str:
-    if record["trace_difference"] is None or pd.isna(record["trace_difference"]):
+def _interval(estimate, low, high) -> str:
+    if estimate is None or pd.isna(estimate):
         return MISSING_TEXT
-    low, high = record["trace_ci_low"], record["trace_ci_high"]
-    return f"{record['trace_difference']:+.3f} [95% CI {low:+.3f}, {high:+.3f}]"
+    if low is None or pd.isna(low):
+        return f"{estimate:+.3f} [no interval]"
+    return f"{estimate:+.3f} [95% CI {low:+.3f}, {high:+.3f}]"
+
+
+def _holm_family(size: int, threshold: float) -> str:
+    tests = f"the {len(FIG3_FAMILY)} tests of Fig. 3 (3 means, the BLEU > {threshold:g} share)"
+    return f"Holm over {tests}" if size == len(FIG3_FAMILY) else f"Holm over the {size} of {tests} with a p-value"
 
 
 def comparison_rows(profile: Profile, results: dict) -> list[dict]:
@@ -350,31 +430,42 @@ def comparison_rows(profile: Profile, results: dict) -> list[dict]:
     analysis = profile["analysis"]
     where = f"τ = {analysis['groups_tau']:g}, β = {analysis['groups_beta']:g}"
     expected = {column: paper(f"fig3.{column}") for column in MEASURES}
+    threshold = profile.get_path("analysis.bleu_threshold")
     rows = []
     for record in results["comparisons"].to_dict("records"):
+        family = _holm_family(record["holm_family_size"], threshold)
         rows.append(
             comparison_row(
                 "Sec. 3.1, Fig. 3",
                 f"mean {record['measure']}, important vs unimportant ({where})",
                 expected[record["column"]],
                 f"{_pair(record['mean_a'], record['mean_b'])} (traces: {format_p(record['trace_p_holm'])}, Holm)",
-                f"{record['n_traces']} traces: within-trace difference {_interval(record)}, Wilcoxon signed-rank, "
-                f"Holm over {len(MEASURES)} measures; segments pooled ({record['n_a']} vs {record['n_b']}, "
+                f"{record['n_traces']} traces: within-trace difference "
+                f"{_interval(record['trace_difference'], record['trace_ci_low'], record['trace_ci_high'])}, "
+                f"Wilcoxon signed-rank, {family}; segments pooled ({record['n_a']} vs {record['n_b']}, "
                 f"Mann-Whitney U, not independent): {format_p(record['p_value'])}"
                 + (f"; {record['note']}" if record["note"] else "")
                 + (f"; {record['trace_note']}" if record["trace_note"] else ""),
             )
         )
     shares = results["bleu_shares"].set_index("set")
-    threshold = profile.get_path("analysis.bleu_threshold")
+    test = shares.iloc[0]
     rows.append(
         comparison_row(
             "Sec. 3.1, Fig. 3",
-            f"share with BLEU > {threshold:g}, important vs unimportant",
+            f"share with BLEU > {threshold:g}, important vs unimportant ({where})",
             paper("fig3.bleu_share"),
             f"{_pair(shares.loc['important', 'share_above'], shares.loc['unimportant', 'share_above'], '{:.1%}')} "
-            f"({format_p(shares['fisher_p'].iloc[0])})",
-            "Fisher exact test",
+            f"(traces: {format_p(test['trace_p_holm'])}, Holm)",
+            f"{test['n_traces']} traces with both sets ({test['traces_with_one_group']} with one set only left out, "
+            f"{test['n_nonzero']} with a non-zero difference): within-trace share difference "
+            f"{_interval(test['trace_share_difference'], test['trace_ci_low'], test['trace_ci_high'])}, "
+            f"Wilcoxon signed-rank {format_p(test['trace_p'])}, {_holm_family(test['holm_family_size'], threshold)}; "
+            "pooled share difference "
+            f"{_interval(test['pooled_share_difference'], test['pooled_ci_low'], test['pooled_ci_high'])} "
+            f"(bootstrap over traces); segments pooled ({shares.loc['important', 'n']} vs "
+            f"{shares.loc['unimportant', 'n']}, Fisher exact, not independent): "
+            f"{format_p(test['pooled_segments_fisher_p'])}" + (f"; {test['note']}" if test["note"] else ""),
         )
     )
     if "kind_shares" in results:
@@ -412,6 +503,7 @@ def run(profile: Profile) -> StageResult:
         "rank_biserial",
         "trace_p",
         "trace_p_holm",
+        "holm_family_size",
         "n_a",
         "n_b",
         "mean_a",

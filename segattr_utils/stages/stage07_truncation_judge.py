@@ -1,11 +1,15 @@
 """Stage 07: the truncated-segment judge on the attributed correct traces (Sec. 3.1 finding 3, App. B).
 
 Every segment of every attributed correct trace is judged with the two-round protocol of
-:mod:`segattr_utils.measures.judge`; the truncated share among important and unimportant segments is compared
-with a two-sided Fisher's exact test (the paper reports 49% of unimportant vs 26% of important
-segments truncated). Important vs unimportant are the groups of the Sec. 3.1 comparative analysis:
-Eq. 6-7 with ``analysis.groups_tau`` / ``analysis.groups_beta`` (tau = 80%, beta = 0.95), recomputed
-per trace from stage 03's normalised strength and consistency; stage 03's own selection (the profile's
+:mod:`segattr_utils.measures.judge`; the truncated share among important and unimportant segments (the
+paper reports 49% of unimportant vs 26% of important segments truncated) is compared at trace level,
+where observations are independent (importance is relative within a trace): per trace, its important
+segments' truncated share minus its unimportant segments', tested with a Wilcoxon signed-rank test over
+traces (:func:`segattr_utils.measures.trace_stats.share_comparison`). Fisher's exact test on the
+segments pooled stays beside it, named as pooled: it treats the segments of a trace as independent.
+Important vs unimportant are the groups of the Sec. 3.1 comparative analysis: Eq. 6-7 with
+``analysis.groups_tau`` / ``analysis.groups_beta`` (tau = 80%, beta = 0.95), recomputed per trace from
+stage 03's normalised strength and consistency; stage 03's own selection (the profile's
 ``selection.tau``/``beta``) is kept as ``important_selection``.
 
 - Paper profile: the judge is ``models.judge`` (Qwen3-8B, thinking enabled through its chat
@@ -32,6 +36,8 @@ from .. import dag, services
 from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
 from ..config import Profile
 from ..measures import judge as judge_lib
+from ..measures.group_stats import format_p
+from ..measures.trace_stats import none_preserving_frame, share_comparison
 from ..method.importance import label_segments
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
@@ -209,61 +215,98 @@ def judge_segments(profile: Profile, generator=None, tokenizer=None) -> pd.DataF
 # Summaries
 
 
-def truncated_share_table(judgements: pd.DataFrame) -> pd.DataFrame:
-    """Truncated share among important vs unimportant segments, with Fisher's exact test.
+#: The trace-level and pooled statistics of :func:`truncated_share_table`, as its columns (renamed from
+#: :func:`segattr_utils.measures.trace_stats.share_comparison`'s keys).
+SHARE_TEST_COLUMNS = {
+    "n_traces": "n_traces",
+    "traces_with_one_group": "traces_with_one_group",
+    "n_nonzero": "n_nonzero",
+    "trace_difference": "trace_share_difference",
+    "trace_ci_low": "trace_ci_low",
+    "trace_ci_high": "trace_ci_high",
+    "rank_biserial": "rank_biserial",
+    "trace_p": "trace_p",
+    "pooled_difference": "pooled_share_difference",
+    "pooled_ci_low": "pooled_ci_low",
+    "pooled_ci_high": "pooled_ci_high",
+    "pooled_invalid_draws": "pooled_invalid_draws",
+    "pooled_segments_fisher_p": "pooled_segments_fisher_p",
+    "pooled_segments_odds_ratio": "pooled_segments_odds_ratio",
+    "test": "test",
+}
+
+
+def truncated_share_table(judgements: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """Truncated share among important vs unimportant segments, tested at trace level.
 
     One row per grouping (``sec3.1``: the comparative-analysis groups; ``selection``: stage 03's
-    important set) and group. Shares are over decided judgements (undecided ones are counted apart);
-    the two-sided Fisher's exact test compares the 2x2 table (important/unimportant x
-    truncated/complete). ``truth_share`` is the ground-truth truncated share (world profiles; NaN on
-    hub traces). A share or test without data is NaN and its ``note`` says why.
-    """
-    from scipy.stats import fisher_exact
+    important set) and group. Shares are over decided judgements (undecided ones are counted apart):
+    ``truncated_share`` is ``judged_truncated / decided`` over the group's segments pooled;
+    ``truth_share`` is the ground-truth truncated share (world profiles; ``None`` on hub traces).
 
+    The test columns are the same on both rows of a grouping
+    (:func:`segattr_utils.measures.trace_stats.share_comparison` on the decided judgements). The
+    reported test is at trace level, where observations are independent: per trace with decided
+    segments in both groups, its important segments' truncated share minus its unimportant segments';
+    ``trace_share_difference`` is their mean over the ``n_traces`` traces with a bootstrap interval
+    over traces (``trace_ci_low``, ``trace_ci_high``), ``trace_p`` the two-sided Wilcoxon signed-rank p
+    (over the ``n_nonzero`` traces whose difference is not 0) and ``rank_biserial`` its effect size.
+    ``traces_with_one_group`` counts the traces that cannot contribute (decided segments in one group
+    only). ``pooled_share_difference`` (important minus unimportant ``truncated_share``) has a
+    cluster-bootstrap interval over traces (``pooled_ci_low``, ``pooled_ci_high``).
+    ``pooled_segments_fisher_p`` and ``pooled_segments_odds_ratio`` are the two-sided Fisher exact test
+    of the 2 x 2 table (important/unimportant x truncated/complete) over the segments pooled, which
+    treats the segments of a trace as independent; they are shown for comparison. A share or statistic
+    without data is ``None`` and ``note`` says why.
+    """
     rows = []
+    decided_rows = judgements[~judgements["undecided"].astype(bool)]
+    truncated = (decided_rows["label"] == judge_lib.TRUNCATED).fillna(False).astype(bool)
+    decided_rows = decided_rows.assign(truncated=truncated)
     for grouping, column in (("sec3.1", "important"), ("selection", "important_selection")):
-        counts = {}
-        for group, flag in (("important", True), ("unimportant", False)):
+        stats = share_comparison(decided_rows, "truncated", column, "trace_id", seed=seed)
+        tests = {name: stats[key] for key, name in SHARE_TEST_COLUMNS.items()}
+        for group, flag, side in (("important", True, "in"), ("unimportant", False, "out")):
             part = judgements[judgements[column] == flag]
-            decided = part[~part["undecided"]]
-            truncated = int((decided["label"] == judge_lib.TRUNCATED).sum())
-            counts[group] = (truncated, len(decided) - truncated)
             truth = part["truth"].dropna()
+            notes = [
+                "" if stats[f"n_{side}"] else "no decided judgement in this group",
+                "" if len(truth) else "no ground-truth kinds",
+                stats["note"],
+            ]
             rows.append(
                 {
                     "grouping": grouping,
                     "group": group,
                     "segments": len(part),
-                    "decided": len(decided),
+                    "decided": stats[f"n_{side}"],
                     "undecided": int(part["undecided"].sum()),
-                    "judged_truncated": truncated,
-                    "truncated_share": truncated / len(decided) if len(decided) else float("nan"),
-                    "truth_share": float(truth.mean()) if len(truth) else float("nan"),
+                    "judged_truncated": stats[f"k_{side}"],
+                    "truncated_share": stats[f"share_{side}"],
+                    "truth_share": float(truth.mean()) if len(truth) else None,
                     "paper_share": PAPER_TRUNCATED_SHARE[group] if grouping == "sec3.1" else "",
-                    "note": "; ".join(
-                        filter(
-                            None,
-                            [
-                                "" if len(decided) else "no decided judgement in this group",
-                                "" if len(truth) else "no ground-truth kinds",
-                            ],
-                        )
-                    ),
+                    **tests,
+                    "note": "; ".join(filter(None, notes)),
                 }
             )
-        if all(sum(c) > 0 for c in counts.values()):
-            odds, p_value = fisher_exact([counts["important"], counts["unimportant"]], alternative="two-sided")
-            note = ""
-        else:
-            odds, p_value, note = (
-                float("nan"),
-                float("nan"),
-                "Fisher's exact test needs decided judgements in both groups",
-            )
-        for row in rows[-2:]:
-            row.update(fisher_odds_ratio=float(odds), fisher_p=float(p_value))
-            row["note"] = "; ".join(filter(None, [row["note"], note]))
-    return pd.DataFrame(rows)
+    return none_preserving_frame(rows)
+
+
+def _missing(value) -> bool:
+    return value is None or bool(pd.isna(value))
+
+
+def _number(value, fmt: str) -> str:
+    return "n/a" if _missing(value) else fmt.format(value)
+
+
+def _interval(estimate, low, high) -> str:
+    """``+0.123 [95% CI +0.010, +0.230]`` (shares as fractions), or ``n/a`` without an estimate."""
+    if _missing(estimate):
+        return "n/a"
+    if _missing(low):
+        return f"{estimate:+.3f} [no interval]"
+    return f"{estimate:+.3f} [95% CI {low:+.3f}, {high:+.3f}]"
 
 
 def rounds_table(judgements: pd.DataFrame) -> pd.DataFrame:
@@ -341,7 +384,10 @@ def judge_quality(judgements: pd.DataFrame) -> pd.DataFrame:
 
 def write_summaries(profile: Profile, judgements: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Write ``truncated_share.csv``, ``rounds.csv`` and (world) ``judge_quality.csv``; return them."""
-    tables = {"truncated_share": truncated_share_table(judgements), "rounds": rounds_table(judgements)}
+    tables = {
+        "truncated_share": truncated_share_table(judgements, seed=int(profile["seed"])),
+        "rounds": rounds_table(judgements),
+    }
     if services.world_ground_truth(profile):
         tables["judge_quality"] = judge_quality(judgements)
     for name, table in tables.items():
@@ -361,19 +407,26 @@ def comparison_rows(profile: Profile, tables: dict[str, pd.DataFrame]) -> list[d
                 "Sec. 3.1 (3), App. B",
                 f"{group} segments judged truncated",
                 PAPER_TRUNCATED_SHARE[group],
-                float(row["truncated_share"]),
-                f"{int(row['decided'])} decided of {int(row['segments'])} segments (tau={tau}, beta={beta})",
+                "n/a (see note)" if _missing(row["truncated_share"]) else float(row["truncated_share"]),
+                f"{int(row['decided'])} decided of {int(row['segments'])} segments, pooled (tau={tau}, beta={beta})",
                 fmt="{:.0%}",
             )
         )
-    p_value = float(share.loc["important", "fisher_p"])
+    test = share.loc["important"]
     rows.append(
         comparison_row(
             "Sec. 3.1 (3), App. B",
-            "Fisher's exact p, important vs unimportant",
+            "truncated share, important minus unimportant, within traces",
             paper("appB.not_reported"),
-            p_value,
-            "two-sided, undecided judgements excluded",
+            f"{_interval(test['trace_share_difference'], test['trace_ci_low'], test['trace_ci_high'])} "
+            f"(traces: {format_p(test['trace_p'])})",
+            f"{test['n_traces']} traces with decided segments in both groups ({test['traces_with_one_group']} with "
+            f"one group only left out, {test['n_nonzero']} with a non-zero difference); two-sided Wilcoxon "
+            f"signed-rank over traces, rank-biserial {_number(test['rank_biserial'], '{:+.2f}')}; pooled share "
+            f"difference {_interval(test['pooled_share_difference'], test['pooled_ci_low'], test['pooled_ci_high'])} "
+            f"(bootstrap over traces); segments pooled (Fisher's exact, treats segments as independent): "
+            f"{format_p(test['pooled_segments_fisher_p'])}; undecided judgements excluded"
+            + (f"; {test['note']}" if test["note"] else ""),
         )
     )
     rounds = tables["rounds"].iloc[0]

@@ -432,42 +432,6 @@ def _judgements(rows):
     return frame
 
 
-def test_truncated_share_and_fisher_test_by_hand():
-    from segattr_utils.stages.stage07_truncation_judge import truncated_share_table
-
-    rows = (
-        [(True, True, 1, False, True, 1, True, 5)] * 2
-        + [(True, True, 0, False, False, 1, True, 5)] * 8
-        + [(False, False, 1, False, True, 1, True, 5)] * 6
-        + [(False, False, 0, False, False, 2, True, 5)] * 4
-        + [(False, False, None, True, True, 2, False, 5)]
-    )
-    table = truncated_share_table(_judgements(rows)).set_index(["grouping", "group"])
-    important, unimportant = table.loc[("sec3.1", "important")], table.loc[("sec3.1", "unimportant")]
-    assert (important["decided"], important["judged_truncated"]) == (10, 2)
-    assert important["truncated_share"] == pytest.approx(0.2)
-    assert (unimportant["segments"], unimportant["decided"], unimportant["undecided"]) == (11, 10, 1)
-    assert unimportant["truncated_share"] == pytest.approx(0.6)
-    assert unimportant["truth_share"] == pytest.approx(7 / 11)
-    # hand computation: hypergeometric two-sided p for [[2, 8], [6, 4]] (row sums 10/10, column sums 8/12)
-    from math import comb
-
-    probabilities = [comb(8, k) * comb(12, 10 - k) / comb(20, 10) for k in range(0, 9)]
-    observed = comb(8, 2) * comb(12, 8) / comb(20, 10)
-    expected_p = sum(p for p in probabilities if p <= observed * (1 + 1e-7))
-    assert important["fisher_p"] == pytest.approx(expected_p)
-    assert important["fisher_odds_ratio"] == pytest.approx((2 * 4) / (8 * 6))
-
-
-def test_fisher_test_without_data_is_explained():
-    from segattr_utils.stages.stage07_truncation_judge import truncated_share_table
-
-    table = truncated_share_table(_judgements([(True, True, 1, False, True, 1, True, 5)]))
-    row = table[(table["grouping"] == "sec3.1") & (table["group"] == "unimportant")].iloc[0]
-    assert row["segments"] == 0 and row["truncated_share"] != row["truncated_share"]  # NaN
-    assert "no decided judgement" in row["note"] and "Fisher" in row["note"]
-
-
 def test_judge_quality_by_hand():
     from segattr_utils.stages.stage07_truncation_judge import judge_confusion, judge_quality
 

@@ -248,6 +248,117 @@ def test_cluster_bootstrap_counts_invalid_draws_and_validates():
 
 
 # ----------------------------------------------------------------------------------------------
+# share_comparison (a share of segments, important vs unimportant, at trace level)
+
+
+def _shares(rows):
+    return pd.DataFrame(rows, columns=["trace_id", "important", "hit"])
+
+
+# t1: 1 of 2 important and 0 of 2 unimportant segments hit (+0.5); t2: 0 of 1 vs 2 of 3 (-2/3); t3: 2 of 2
+# vs 1 of 1 (0); t4: 1 of 3 vs 0 of 1 (+1/3); t5: important segments only (left out, counted).
+SHARE_TRACES = _shares(
+    [("t1", True, True), ("t1", True, False), ("t1", False, False), ("t1", False, False)]
+    + [("t2", True, False), ("t2", False, True), ("t2", False, True), ("t2", False, False)]
+    + [("t3", True, True), ("t3", True, True), ("t3", False, True)]
+    + [("t4", True, True), ("t4", True, False), ("t4", True, False), ("t4", False, False)]
+    + [("t5", True, True), ("t5", True, False)]
+)
+
+
+def test_share_comparison_within_trace_share_differences_by_hand():
+    from segattr_utils.measures.trace_stats import share_comparison
+
+    result = share_comparison(SHARE_TRACES, "hit", n_boot=N_BOOT)
+    # pooled: important 10 segments, 5 hits; unimportant 7 segments, 3 hits
+    assert (result["n_in"], result["k_in"], result["n_out"], result["k_out"]) == (10, 5, 7, 3)
+    assert result["share_in"] == pytest.approx(0.5) and result["share_out"] == pytest.approx(3 / 7)
+    assert result["pooled_difference"] == pytest.approx(0.5 - 3 / 7)
+    differences = [0.5, -2 / 3, 0.0, 1 / 3]
+    assert result["n_traces"] == 4 and result["traces_with_one_group"] == 1 and result["n_nonzero"] == 3
+    assert result["trace_difference"] == pytest.approx(np.mean(differences))
+    # non-zero |d| ranks: 1/3 -> 1, 1/2 -> 2, 2/3 -> 3; W+ = 1 + 2 = 3, W- = 3
+    assert result["rank_biserial"] == pytest.approx(0.0)
+    assert result["trace_p"] == pytest.approx(wilcoxon(differences, zero_method="wilcox").pvalue)
+    assert "1 trace(s) with segments in one group only" in result["note"]
+    assert "1 zero difference(s) discarded" in result["note"]
+    # Fisher on the pooled [[5, 5], [3, 4]] (margins 10/7 segments, 8 hits): treats the 17 segments as
+    # independent
+    from math import comb
+
+    probability = {k: comb(10, k) * comb(7, 8 - k) / comb(17, 8) for k in range(1, 9)}
+    assert result["pooled_segments_fisher_p"] == pytest.approx(
+        sum(p for p in probability.values() if p <= probability[5] * (1 + 1e-7))
+    )
+    assert result["pooled_segments_odds_ratio"] == pytest.approx((5 * 4) / (5 * 3))
+
+
+def test_share_comparison_pooled_interval_is_cluster_bootstrap_of_the_pooled_difference():
+    from segattr_utils.measures.trace_stats import share_comparison
+
+    rng = np.random.default_rng(2)
+    table = _shares(
+        [(f"t{t}", bool(rng.random() < 0.6), bool(rng.random() < 0.3)) for t in rng.integers(0, 30, size=200)]
+    )
+
+    def pooled(sample):
+        hits = sample["hit"].to_numpy()
+        flags = sample["important"].to_numpy()
+        if flags.all() or not flags.any():
+            return float("nan")
+        return hits[flags].mean() - hits[~flags].mean()
+
+    for n_boot in (1, 777, 3_000):  # the draws are cluster_bootstrap's, whatever the block size
+        result = share_comparison(table, "hit", n_boot=n_boot, seed=11)
+        expected = cluster_bootstrap(table, pooled, n_boot=n_boot, seed=11)
+        assert result["pooled_difference"] == pytest.approx(expected["estimate"])
+        assert (result["pooled_ci_low"], result["pooled_ci_high"]) == pytest.approx(
+            (expected["ci_low"], expected["ci_high"])
+        )
+        assert result["pooled_invalid_draws"] == expected["n_invalid_draws"]
+
+
+def test_share_comparison_empty_group_and_no_outcome_give_none_with_notes():
+    from segattr_utils.measures.trace_stats import share_comparison
+
+    only_important = _shares([("a", True, True), ("b", True, False)])
+    result = share_comparison(only_important, "hit", n_boot=N_BOOT)
+    assert result["share_out"] is None and result["pooled_difference"] is None
+    assert result["pooled_ci_low"] is None and result["pooled_segments_fisher_p"] is None
+    assert result["trace_difference"] is None and result["trace_p"] is None and result["rank_biserial"] is None
+    assert result["n_traces"] == 0 and result["traces_with_one_group"] == 2
+    assert "no segment with important False" in result["note"] and "no traces" in result["note"]
+    # nothing hit anywhere: every within-trace difference is 0, the odds ratio has a zero margin
+    nothing = _shares([("a", True, False), ("a", False, False), ("b", True, False), ("b", False, False)])
+    result = share_comparison(nothing, "hit", n_boot=N_BOOT)
+    assert result["trace_difference"] == 0.0 and result["trace_p"] is None and result["n_nonzero"] == 0
+    assert result["pooled_segments_fisher_p"] == pytest.approx(1.0)
+    assert result["pooled_segments_odds_ratio"] is None and "odds ratio undefined" in result["note"]
+    assert not any(isinstance(v, float) and np.isnan(v) for v in result.values())
+
+
+def test_share_comparison_validates_its_columns():
+    from segattr_utils.measures.trace_stats import share_comparison
+
+    with pytest.raises(ValueError, match="'hit'"):
+        share_comparison(SHARE_TRACES.drop(columns="hit"), "hit")
+    with pytest.raises(ValueError, match="'hit' must hold only True/False"):
+        share_comparison(SHARE_TRACES.assign(hit=0.5), "hit")
+    with pytest.raises(ValueError, match="'important' must hold only True/False"):
+        share_comparison(SHARE_TRACES.assign(important=None), "hit")
+    with pytest.raises(ValueError, match="'trace_id' has missing values"):
+        share_comparison(SHARE_TRACES.assign(trace_id=None), "hit")
+
+
+def test_none_preserving_frame_keeps_none_where_pandas_would_write_nan():
+    from segattr_utils.measures.trace_stats import none_preserving_frame
+
+    frame = none_preserving_frame([{"a": 0.5, "b": 1, "c": None}, {"a": None, "b": 2, "c": None}])
+    assert frame["a"].tolist() == [0.5, None] and frame["c"].tolist() == [None, None]
+    assert frame["b"].dtype == np.int64
+
+
+# ----------------------------------------------------------------------------------------------
 # holm
 
 
