@@ -161,7 +161,9 @@ def _min_gap(min_gap: float) -> float:
     return float(min_gap)
 
 
-def _budget_shares(budgets: Sequence[float]) -> list[float]:
+def budget_shares(budgets: Sequence[float]) -> list[float]:
+    """``budgets`` as floats, each a share of the trace tokens in (0, 1] with its own column name
+    (:func:`budget_name`); raises ``ValueError`` otherwise."""
     shares = []
     for share in budgets:
         if isinstance(share, bool) or not isinstance(share, (int, float, np.integer, np.floating)):
@@ -382,7 +384,7 @@ def curve_metrics(
         "deletion_auc_normalised": dele.value,
         "insertion_auc_normalised": ins.value,
     }
-    for share in _budget_shares(budgets):
+    for share in budget_shares(budgets):
         k = len(segments_within_budget(lengths, order, share))
         name = budget_name(share)
         row[f"comprehensiveness_{name}"] = comprehensiveness(deletion[0], deletion[k])
@@ -672,7 +674,7 @@ def faithfulness_summary(
         orders[method] = segment_order(scores)
     orders[RANDOM] = random_order(n, seed)
     orders[LENGTH] = length_order(lengths)
-    budgets = _budget_shares(budgets)
+    budgets = budget_shares(budgets)
     _aopc_steps(aopc_steps)
     _min_gap(min_gap)
     result = ordering_curves(model, sequence, orders, baseline_token_id, batch_size=batch_size)

@@ -93,7 +93,7 @@ def assemble_paper_vs_run(profile: Profile) -> pd.DataFrame:
     header = (
         f"# Paper vs this run ({profile.name} profile)\n\n"
         "Each statistic the paper reports, next to the value this run measured; rows whose paper column reads "
-        f"\"{beyond_paper_marker()}\" measure something the paper does not. Written by the notebooks "
+        f'"{beyond_paper_marker()}" measure something the paper does not. Written by the notebooks '
         "(each notebook replaces its own rows); regenerate with `make reproduce`.\n\n"
     )
     body = table.to_markdown(index=False) if len(table) else "_No notebook has written a comparison yet._"
