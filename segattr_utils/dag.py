@@ -138,14 +138,20 @@ LINGUISTICS = Stage(
 )
 DISTRIBUTION_POSITION = Stage(
     "06_distribution_position",
-    "Distribution and position of attribution",
-    ("00_world", "01_generation", "02_segmentation", "03_ig_attribution"),
+    "Distribution and position of attribution; segment-level faithfulness",
+    # 04 and 05: confidence gain, perplexity and entropy per segment, the faithfulness orderings of the other measures
+    ("00_world", "01_generation", "02_segmentation", "03_ig_attribution", "04_confidence_delta", "05_linguistics"),
     {
         "cdf": "cdf.csv",
         "cdf_summary": "cdf_summary.csv",
         "decision_segments": "decision_segments.parquet",
         "positional_shares": "positional_shares.csv",
         "viewer": "viewer",
+        "faithfulness_store": "faithfulness.jsonl",
+        "faithfulness": "faithfulness.parquet",
+        "faithfulness_summary": "faithfulness_summary.csv",
+        "faithfulness_tests": "faithfulness_tests.csv",
+        "faithfulness_curves": "faithfulness_curves.csv",
     },
 )
 TRUNCATION_JUDGE = Stage(

@@ -17,7 +17,8 @@ Every stage asks this module, so each of these decisions is made in one place:
 - :func:`kept_traces`, :func:`segment_texts`, :func:`reference_traces`: the traces the stages read.
 - :func:`baseline_token`, :func:`sampling_settings`: the IG baseline and the decoding settings.
 - :func:`training_sources`, :func:`table_sources`, :func:`planned_signals`: which supervision source the
-  runs of each table train on, and so which per-segment signals stages 04 and 05 measure on which traces.
+  runs of each table train on, and so which per-segment signals stages 04 and 05 measure on which traces;
+  :func:`segment_signals`: those signals per trace (read by the training variants and stage 06).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import dag
@@ -267,6 +269,44 @@ def reference_traces(profile: Profile) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------------------------
 # The training plan's sources and the signals it needs on them
+
+
+#: Per source: the tables of stages 04 (confidence Δ) and 05 (perplexity, entropy) holding its
+#: per-segment signals.
+SIGNAL_TABLES = {
+    "self": ("segment_confidence", "segment_linguistics"),
+    "reference": ("reference_segment_confidence", "reference_segment_linguistics"),
+}
+#: The per-segment columns of stage 05's table that :func:`segment_signals` returns.
+LINGUISTIC_SIGNALS = ("log_ppl", "entropy", "removal_ppl_increase")
+
+
+def segment_signals(profile: Profile, source: str = "self") -> dict[str, dict[str, np.ndarray]]:
+    """Per trace, the per-segment signals notebooks 04 and 05 wrote for ``source``'s traces, in segment
+    order: ``confidence_delta`` (stage 04's Δ) and ``log_ppl``, ``entropy``, ``removal_ppl_increase``
+    (stage 05). A signal whose notebook has not run (or did not measure the trace) is absent from the
+    trace's dict; the caller that needs it names the notebook (training variants, stage 06's
+    faithfulness orderings)."""
+    if source not in SIGNAL_TABLES:
+        raise ValueError(f"unknown trace source {source!r}; use one of {', '.join(SIGNAL_TABLES)}")
+    confidence_table, linguistics_table = SIGNAL_TABLES[source]
+    confidence = _optional_table(dag.CONFIDENCE_DELTA.path(profile, confidence_table))
+    linguistics = _optional_table(dag.LINGUISTICS.path(profile, linguistics_table))
+    out: dict[str, dict[str, np.ndarray]] = {}
+    if confidence is not None:
+        for trace_id, group in confidence.groupby("trace_id"):
+            out.setdefault(trace_id, {})["confidence_delta"] = group.sort_values("segment")["delta"].to_numpy()
+    if linguistics is not None:
+        for trace_id, group in linguistics.groupby("trace_id"):
+            group = group.sort_values("segment")
+            entry = out.setdefault(trace_id, {})
+            for column in LINGUISTIC_SIGNALS:
+                entry[column] = group[column].to_numpy()
+    return out
+
+
+def _optional_table(path: Path) -> pd.DataFrame | None:
+    return read_table(path) if path.exists() else None
 
 
 def training_sources(profile: Profile) -> list[str]:

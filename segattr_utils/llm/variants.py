@@ -26,6 +26,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..measures.linguistics import summed_entropy
 from ..method.importance import always_keep_indices, segment_scores, select_important, top_strength_segments
 
 Mode = Literal["full", "selective", "pruned"]
@@ -358,7 +359,7 @@ def _matched(records, settings, signal, target):
 
 def _entropy_sum(record: TraceRecord) -> np.ndarray:
     """Aggregated token entropy of each segment: mean entropy x tokens = the summed entropy."""
-    return _signal(record, "entropy") * record.segment_tokens
+    return summed_entropy(_signal(record, "entropy"), record.segment_tokens)
 
 
 def _our_share(records, settings) -> float:

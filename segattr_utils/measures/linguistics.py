@@ -178,6 +178,19 @@ def removal_perplexity_increase(
     return [value - ppl[0] for value in ppl[1:]]
 
 
+def summed_entropy(mean_entropy: Sequence[float], n_tokens: Sequence[int]) -> np.ndarray:
+    """The "Segment Entropy" score of Sec. 4.4's baseline (Li et al.): a segment's token entropy summed
+    over its tokens (its mean entropy x its token count), higher = more important. The one definition
+    of that score: the Table 3-4 variants select by it, stage 06 orders segments by it."""
+    entropy = np.asarray(list(mean_entropy), dtype=np.float64)
+    tokens = np.asarray(list(n_tokens), dtype=np.float64)
+    if entropy.shape != tokens.shape or entropy.ndim != 1:
+        raise ValueError(f"mean_entropy and n_tokens must be 1-D of one length, got {entropy.shape}, {tokens.shape}")
+    if not (np.all(np.isfinite(entropy)) and np.all(np.isfinite(tokens))):
+        raise ValueError("mean_entropy or n_tokens contains NaN or inf")
+    return entropy * tokens
+
+
 # ---------------------------------------------------------------------------------------------
 # BLEU against the preceding segments
 

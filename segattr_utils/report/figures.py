@@ -450,3 +450,58 @@ def fig5_tau_beta(points: pd.DataFrame, tau: float, beta: float):
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+#: Colours of the faithfulness orderings (notebook 06); IG strength is drawn thicker.
+ORDERING_COLORS = {
+    "ig": "#2a9d8f",
+    "oracle": "#264653",
+    "random": "#9e9e9e",
+    "length": "#e9c46a",
+    "perplexity": "#e76f51",
+    "entropy": "#8d5a97",
+    "confidence": "#457b9d",
+}
+
+
+def faithfulness_curves(curves: pd.DataFrame, rows: pd.DataFrame, labels: dict[str, str], reference: str = "ig"):
+    """Beyond the paper (notebook 06): the mean deletion drop F_0 - F(x) and insertion gain G(x) - G_0
+    (nats) over the fraction x of trace tokens removed/restored, one line per ordering (``curves``:
+    ``ordering``, ``fraction``, ``deletion_drop``, ``insertion_gain``, ``n_traces``), and the per-trace
+    distribution of the deletion area of each ordering (``rows``: ``ordering``, ``deletion_area``).
+    ``labels`` names the orderings, in the order drawn."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    names = [name for name in labels if name in set(curves["ordering"])]
+    for ax, column, title in (
+        (axes[0], "deletion_drop", "deletion: mean F_0 − F(x) (nats)"),
+        (axes[1], "insertion_gain", "insertion: mean G(x) − G_0 (nats)"),
+    ):
+        for name in names:
+            part = curves[curves["ordering"] == name]
+            ax.plot(
+                part["fraction"] * 100,
+                part[column],
+                color=ORDERING_COLORS.get(name),
+                linewidth=2.5 if name == reference else 1.2,
+                label=labels[name],
+            )
+        ax.set_xlabel("trace tokens removed (%)" if column == "deletion_drop" else "trace tokens restored (%)")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(0, 100)
+    n = int(curves["n_traces"].max()) if len(curves) else 0
+    if names:
+        axes[0].legend(fontsize=7, loc="lower right")
+    else:
+        for ax in axes[:2]:
+            ax.text(0.5, 0.5, "no traces measured", transform=ax.transAxes, ha="center")
+    ax = axes[2]
+    groups = [rows.loc[rows["ordering"] == name, "deletion_area"].to_numpy(dtype=float) for name in names]
+    if names:
+        parts = ax.boxplot(groups, widths=0.6, patch_artist=True, showfliers=False)
+        for patch, name in zip(parts["boxes"], names):
+            patch.set_facecolor(ORDERING_COLORS.get(name, "#cccccc"))
+        ax.set_xticks(range(1, len(names) + 1), [labels[name] for name in names], rotation=35, ha="right", fontsize=7)
+    ax.set_title("deletion area per trace (nats; higher = more faithful)", fontsize=9)
+    fig.suptitle(f"Segment-level faithfulness, {n} correct traces (beyond the paper)", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -4,7 +4,8 @@ Every notebook that measures something the paper reports writes its rows to
 ``results/<profile>/<NN_stage>/paper_vs_run.csv`` with :func:`write_stage_comparison`, then
 :func:`assemble_paper_vs_run` rebuilds ``results/<profile>/paper_vs_run.md`` from the rows of every
 stage that has run, in stage order. Data still flows one way: a stage writes only its own rows, and
-the assembled table is a view over them.
+the assembled table is a view over them. A statistic the paper does not report (an analysis beyond it)
+gets a row from :func:`beyond_paper_row`, whose ``paper`` column says so.
 """
 
 from __future__ import annotations
@@ -52,6 +53,23 @@ def comparison_row(section: str, statistic: str, paper: str, run, note: str = ""
     return {"section": section, "statistic": statistic, "paper": str(paper), "run": run_text, "note": note}
 
 
+def beyond_paper_row(section: str, statistic: str, run, note: str = "", fmt: str = "{:.3g}") -> dict:
+    """A row for a statistic the paper does not report (an analysis beyond it, e.g. the segment-level
+    faithfulness of notebook 06): its ``paper`` column is :func:`beyond_paper_marker`, so the assembled
+    table marks it and nobody reads it as a replication."""
+    return comparison_row(section, statistic, beyond_paper_marker(), run, note, fmt)
+
+
+def beyond_paper_marker() -> str:
+    """The ``paper`` column of a row beyond the paper (``paper_numbers.yaml``: ``beyond_paper``)."""
+    return paper("beyond_paper")
+
+
+def is_beyond_paper(row: dict) -> bool:
+    """Whether a comparison row measures something beyond the paper (:func:`beyond_paper_row`)."""
+    return str(row.get("paper")) == beyond_paper_marker()
+
+
 def write_stage_comparison(profile: Profile, stage: str, rows: Iterable[dict]) -> Path:
     """Replace ``stage``'s rows of the comparison and return the path of its CSV."""
     rows = list(rows)
@@ -74,7 +92,8 @@ def assemble_paper_vs_run(profile: Profile) -> pd.DataFrame:
     table = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["notebook", *COLUMNS])
     header = (
         f"# Paper vs this run ({profile.name} profile)\n\n"
-        "Each statistic the paper reports, next to the value this run measured. Written by the notebooks "
+        "Each statistic the paper reports, next to the value this run measured; rows whose paper column reads "
+        f'"{beyond_paper_marker()}" measure something the paper does not. Written by the notebooks '
         "(each notebook replaces its own rows); regenerate with `make reproduce`.\n\n"
     )
     body = table.to_markdown(index=False) if len(table) else "_No notebook has written a comparison yet._"

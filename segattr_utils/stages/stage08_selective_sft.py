@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from .. import dag, services
-from ..artifacts import RecordStore, read_json, read_table, write_json, write_table
+from ..artifacts import RecordStore, read_json, write_json, write_table
 from ..config import Profile, find_project_root, load_profile
 from ..llm.training import (
     TrainingExample,
@@ -58,11 +58,6 @@ from .stage03_ig_attribution import attribute_share, attribute_traces, over_leng
 
 STAGE = dag.SELECTIVE_SFT
 SOURCES = services.SOURCES
-#: The artifacts of stages 04 and 05 holding each source's per-segment signals (Δ; perplexity, entropy).
-SIGNAL_ARTIFACTS = {
-    "self": ("segment_confidence", "segment_linguistics"),
-    "reference": ("reference_segment_confidence", "reference_segment_linguistics"),
-}
 
 
 @dataclass(frozen=True)
@@ -182,10 +177,6 @@ def _keyword_list(profile: Profile, name: str | None) -> tuple[str, ...]:
     return services.keywords_for(profile, name)
 
 
-def _optional_table(path: Path) -> pd.DataFrame | None:
-    return read_table(path) if path.exists() else None
-
-
 def load_trace_records(profile: Profile, source: str, keywords: str | None = None) -> list[TraceRecord]:
     """The training traces of one source with IG per token and, where computed for that source, the
     signals of stages 04 (confidence gain) and 05 (perplexity, entropy), the decision segment and
@@ -240,7 +231,7 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
             stacklevel=2,
         )
     # Table 7 re-segments the traces: the signals of stages 04-05 belong to the profile's own segments.
-    signals = _segment_signals(profile, source) if keywords is None else {}
+    signals = services.segment_signals(profile, source) if keywords is None else {}
     problems = services.world_problems(profile)
     records = []
     for trace in traces:
@@ -324,25 +315,6 @@ def _decision(problem, segments: list[str], answer: str) -> int | None:
 
     found = world_decision_segment(problem, segments) if problem is not None else None
     return found if found is not None else decision_segment(segments, answer)
-
-
-def _segment_signals(profile: Profile, source: str) -> dict[str, dict]:
-    """Per-trace arrays of the optional signals that notebooks 04 and 05 wrote for ``source``'s traces
-    (absent: None, and a variant that needs one names the notebook that computes it)."""
-    confidence_artifact, linguistics_artifact = SIGNAL_ARTIFACTS[source]
-    confidence = _optional_table(dag.CONFIDENCE_DELTA.path(profile, confidence_artifact))
-    linguistics = _optional_table(dag.LINGUISTICS.path(profile, linguistics_artifact))
-    out: dict[str, dict] = {}
-    if confidence is not None:
-        for trace_id, group in confidence.groupby("trace_id"):
-            out.setdefault(trace_id, {})["confidence_delta"] = group.sort_values("segment")["delta"].to_numpy()
-    if linguistics is not None:
-        for trace_id, group in linguistics.groupby("trace_id"):
-            group = group.sort_values("segment")
-            entry = out.setdefault(trace_id, {})
-            for column in ("log_ppl", "entropy", "removal_ppl_increase"):
-                entry[column] = group[column].to_numpy()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

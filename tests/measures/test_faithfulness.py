@@ -19,18 +19,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.measures.faithfulness import (
+    DEFAULT_MIN_GAP,
+    Curves,
     Score,
     aopc,
     comprehensiveness,
-    deletion_auc,
+    curve_metrics,
+    deletion_area,
     deletion_curve,
     faithfulness_summary,
-    insertion_auc,
+    insertion_area,
     insertion_curve,
     length_order,
+    metric_frame,
+    normalised_deletion_auc,
+    normalised_insertion_auc,
+    oracle_order,
+    ordering_curves,
     random_order,
     removal_curve_fractions,
     segment_order,
@@ -132,46 +141,85 @@ def test_removal_curve_fractions_validation(lengths, order, match):
         removal_curve_fractions(lengths, order)
 
 
-def test_deletion_auc_by_hand():
+def test_deletion_area_in_nats_by_hand():
+    fractions = [0.0, 0.5, 0.7, 1.0]
+    # drops F0 - Fk = [0, 2, 3, 4]; areas .5*(0+2)/2 + .2*(2+3)/2 + .3*(3+4)/2 = .5 + .5 + 1.05
+    assert deletion_area(fractions, [-1.0, -3.0, -4.0, -5.0]) == pytest.approx(2.05)
+    # F falls all the way at the first step: drops [0, 1, 1, 1] -> .25 + .2 + .3
+    assert deletion_area(fractions, [0.0, -1.0, -1.0, -1.0]) == pytest.approx(0.75)
+    # F only falls at the last step: drops [0, 0, 0, 1] -> .3 / 2
+    assert deletion_area(fractions, [0.0, 0.0, 0.0, -1.0]) == pytest.approx(0.15)
+    # linear in the tokens removed: half the total drop, in nats (scale kept, unlike the normalised area)
+    assert deletion_area([0, 0.25, 1], [10.0, 7.5, 0.0]) == pytest.approx(5.0)
+    assert deletion_area([0, 0.25, 1], [-1.0, -1.25, -2.0]) == pytest.approx(0.5)
+    # removing segments raises F: a negative area (the ranking removes what the answer does not need)
+    assert deletion_area([0, 0.5, 1], [-4.0, -2.0, -2.0]) == pytest.approx(-(0.5 + 1.0))
+
+
+def test_insertion_area_in_nats_by_hand():
+    fractions = [0.0, 0.5, 0.7, 1.0]
+    # gains Gk - G0 = [0, 3, 3.5, 4]; areas .5*1.5 + .2*3.25 + .3*3.75
+    assert insertion_area(fractions, [-5.0, -2.0, -1.5, -1.0]) == pytest.approx(0.75 + 0.65 + 1.125)
+    assert insertion_area([0, 1], [-3.0, -1.0]) == pytest.approx(1.0)
+
+
+def test_areas_stay_bounded_where_the_normalised_ones_blow_up():
+    # F_0 ~ F_n (the answer hardly depends on the segments) but the curve wobbles by 0.3 nats on the way
+    fractions, curve = [0.0, 0.5, 1.0], [-1.0, -1.3, -1.01]
+    assert deletion_area(fractions, curve) == pytest.approx(0.5 * 0.15 + 0.5 * (0.3 + 0.01) / 2)
+    unbounded = normalised_deletion_auc(fractions, curve, min_gap=0.0).value
+    assert unbounded == pytest.approx(deletion_area(fractions, curve) / 0.01) and unbounded > 15
+    guarded = normalised_deletion_auc(fractions, curve)  # the default gap of 1 nat
+    assert guarded.value is None and "1 nats" in guarded.note
+    assert DEFAULT_MIN_GAP == 1.0
+
+
+def test_normalised_deletion_auc_by_hand():
     fractions = [0.0, 0.5, 0.7, 1.0]
     # d = (F0 - Fk) / (F0 - Fn) = [0, .5, .75, 1]; areas .5*.25 + .2*.625 + .3*.875
-    score = deletion_auc(fractions, [-1.0, -3.0, -4.0, -5.0])
+    score = normalised_deletion_auc(fractions, [-1.0, -3.0, -4.0, -5.0])
     assert isinstance(score, Score) and score.note == ""
     assert score.value == pytest.approx(0.125 + 0.125 + 0.2625)
+    # equal to the nats area divided by the total drop
+    assert score.value == pytest.approx(deletion_area(fractions, [-1.0, -3.0, -4.0, -5.0]) / 4.0)
     # F falls all the way at the first step: d = [0, 1, 1, 1]
-    assert deletion_auc(fractions, [0.0, -1.0, -1.0, -1.0]).value == pytest.approx(0.25 + 0.2 + 0.3)
+    assert normalised_deletion_auc(fractions, [0.0, -2.0, -2.0, -2.0]).value == pytest.approx(0.25 + 0.2 + 0.3)
     # F falls only at the last step: d = [0, 0, 0, 1]
-    assert deletion_auc(fractions, [0.0, 0.0, 0.0, -1.0]).value == pytest.approx(0.15)
+    assert normalised_deletion_auc(fractions, [0.0, 0.0, 0.0, -2.0]).value == pytest.approx(0.15)
     # linear in the tokens removed: 0.5 whatever the scale of F
-    assert deletion_auc([0, 0.25, 1], [10.0, 7.5, 0.0]).value == pytest.approx(0.5)
-    assert deletion_auc([0, 0.25, 1], [-1.0, -1.25, -2.0]).value == pytest.approx(0.5)
+    assert normalised_deletion_auc([0, 0.25, 1], [10.0, 7.5, 0.0]).value == pytest.approx(0.5)
+    assert normalised_deletion_auc([0, 0.25, 1], [-1.0, -1.25, -2.0], min_gap=0.5).value == pytest.approx(0.5)
 
 
-def test_deletion_auc_when_removal_raises_f():
+def test_normalised_deletion_auc_when_removal_raises_f():
     # F_n > F_0: d = (F0 - Fk)/(F0 - Fn) = [0, 1, 1] -> area .5*.5 + .5*1
-    assert deletion_auc([0, 0.5, 1], [-4.0, -2.0, -2.0]).value == pytest.approx(0.75)
+    assert normalised_deletion_auc([0, 0.5, 1], [-4.0, -2.0, -2.0]).value == pytest.approx(0.75)
 
 
 def test_non_monotone_curve_can_leave_the_unit_interval():
     # d = [0, 2, 1]: area .5*1 + .5*1.5
-    assert deletion_auc([0, 0.5, 1], [0.0, -2.0, -1.0]).value == pytest.approx(1.25)
+    assert normalised_deletion_auc([0, 0.5, 1], [0.0, -4.0, -2.0]).value == pytest.approx(1.25)
 
 
-def test_insertion_auc_by_hand():
+def test_normalised_insertion_auc_by_hand():
     fractions = [0.0, 0.5, 0.7, 1.0]
     # r = (Gk - G0) / (Gn - G0) = [0, .75, .875, 1]
-    score = insertion_auc(fractions, [-5.0, -2.0, -1.5, -1.0])
+    score = normalised_insertion_auc(fractions, [-5.0, -2.0, -1.5, -1.0])
     assert score.value == pytest.approx(0.5 * 0.375 + 0.2 * 0.8125 + 0.3 * 0.9375)
     assert score.note == ""
 
 
-@pytest.mark.parametrize("area", [deletion_auc, insertion_auc])
+@pytest.mark.parametrize("area", [normalised_deletion_auc, normalised_insertion_auc])
 def test_degenerate_curve_is_none_with_a_note(area):
     score = area([0, 0.5, 1], [-2.0, -1.0, -2.0])
     assert score.value is None
     assert "undefined" in score.note
     assert area([0, 1], [1.0, 1.0 + 1e-9], min_gap=1e-6).value is None
     assert area([0, 1], [1.0, 2.0], min_gap=1e-6).value == pytest.approx(0.5)
+    assert area([0, 1], [1.0, 1.5]).value is None  # 0.5 nats is under the default gap
+    for bad in (-0.1, float("nan"), "1", True):
+        with pytest.raises(ValueError, match="min_gap"):
+            area([0, 1], [1.0, 2.0], min_gap=bad)
 
 
 @pytest.mark.parametrize(
@@ -185,7 +233,7 @@ def test_degenerate_curve_is_none_with_a_note(area):
         ([0], [2.0], "at least 2"),
     ],
 )
-@pytest.mark.parametrize("area", [deletion_auc, insertion_auc])
+@pytest.mark.parametrize("area", [deletion_area, insertion_area, normalised_deletion_auc, normalised_insertion_auc])
 def test_area_validation(area, fractions, values, match):
     with pytest.raises(ValueError, match=match):
         area(fractions, values)
@@ -334,6 +382,202 @@ def test_two_dimensional_input_raises(qwen, ids):
         deletion_curve(qwen, ids.unsqueeze(0), ANSWER, SEGMENTS, ORDER, BASELINE)
 
 
+# --------------------------------------------------------------------------- several orderings at once
+
+
+def test_ordering_curves_match_each_curve_and_run_each_sequence_once(qwen, ids):
+    sequence = SimpleNamespace(input_ids=ids, answer_span=ANSWER, segment_spans=SEGMENTS)
+    orders = {"a": [2, 0, 4, 1, 3], "b": [2, 0, 1, 3, 4], "c": [4, 3, 2, 1, 0]}
+    result = ordering_curves(qwen, sequence, orders, BASELINE, batch_size=3)
+    assert list(result.curves) == ["a", "b", "c"]
+    for name, order in orders.items():
+        curves = result.curves[name]
+        assert curves.order == order
+        np.testing.assert_allclose(curves.deletion, manual_deletion(qwen, ids, ANSWER, SEGMENTS, order), atol=1e-5)
+        np.testing.assert_allclose(curves.insertion, manual_insertion(qwen, ids, ANSWER, SEGMENTS, order), atol=1e-5)
+        np.testing.assert_allclose(curves.fractions, removal_curve_fractions([4, 3, 6, 2, 7], order))
+    # the distinct masked sets, counted by hand: deletion prefixes and insertion suffixes of the three orders
+    distinct = {frozenset(o[:k]) for o in orders.values() for k in range(6)}
+    distinct |= {frozenset(o[k:]) for o in orders.values() for k in range(6)}
+    assert result.n_forward == len(distinct) < 3 * 2 * 6
+    # every curve shares the two end points exactly (one forward pass each)
+    ends = {(c.deletion[0], c.deletion[-1], c.insertion[0], c.insertion[-1]) for c in result.curves.values()}
+    assert len(ends) == 1
+    f_full, f_empty, g_first, g_last = ends.pop()
+    assert (g_first, g_last) == (f_empty, f_full)
+
+
+def test_ordering_curves_validation(qwen, ids):
+    sequence = SimpleNamespace(input_ids=ids, answer_span=ANSWER, segment_spans=SEGMENTS)
+    with pytest.raises(ValueError, match="orders is empty"):
+        ordering_curves(qwen, sequence, {}, BASELINE)
+    with pytest.raises(ValueError, match="permutation"):
+        ordering_curves(qwen, sequence, {"a": [0, 1, 2, 3]}, BASELINE)
+
+
+def test_curve_metrics_by_hand():
+    # three segments of 2, 3, 5 tokens ranked [2, 0, 1]: x = [0, .5, .7, 1]
+    curves = Curves(
+        order=[2, 0, 1],
+        fractions=np.array([0.0, 0.5, 0.7, 1.0]),
+        deletion=np.array([-1.0, -3.0, -4.0, -5.0]),
+        insertion=np.array([-5.0, -2.0, -1.5, -1.0]),
+    )
+    row = curve_metrics([2, 3, 5], curves, budgets=(0.2, 0.5, 0.7), aopc_steps=2)
+    assert row["f_full"] == -1.0 and row["f_empty"] == -5.0
+    assert row["deletion_area"] == pytest.approx(2.05)
+    assert row["insertion_area"] == pytest.approx(0.75 + 0.65 + 1.125)
+    assert row["deletion_auc_normalised"] == pytest.approx(2.05 / 4)
+    assert row["insertion_auc_normalised"] == pytest.approx((0.75 + 0.65 + 1.125) / 4)
+    # 20% of 10 tokens: segment 2 alone (5 tokens, at least one segment), 50%: segment 2, 70%: segments 2, 0
+    assert row["comprehensiveness_20"] == pytest.approx(2.0) and row["budget_share_20"] == pytest.approx(0.5)
+    assert row["sufficiency_20"] == pytest.approx(-1.0 - -2.0)
+    assert row["comprehensiveness_50"] == pytest.approx(2.0) and row["budget_share_50"] == pytest.approx(0.5)
+    assert row["comprehensiveness_70"] == pytest.approx(3.0) and row["budget_share_70"] == pytest.approx(0.7)
+    assert row["sufficiency_70"] == pytest.approx(-1.0 - -1.5)
+    assert row["aopc"] == pytest.approx(2.5) and row["aopc_steps"] == 2
+    assert row["note"] == ""
+    # K = min(aopc_steps, n); None = every step
+    assert curve_metrics([2, 3, 5], curves, aopc_steps=10)["aopc_steps"] == 3
+    assert curve_metrics([2, 3, 5], curves)["aopc"] == pytest.approx(3.0)
+    flat = Curves([0, 1], np.array([0.0, 0.5, 1.0]), np.array([-1.0, -1.3, -1.2]), np.array([-1.2, -1.1, -1.0]))
+    row = curve_metrics([1, 1], flat)
+    assert row["deletion_auc_normalised"] is None and row["insertion_auc_normalised"] is None
+    assert "undefined" in row["note"] and row["deletion_area"] == pytest.approx(0.5 * 0.15 + 0.5 * 0.25)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"budgets": (0.0,)}, "budget"),
+        ({"budgets": (0.1, 0.1)}, "duplicate"),
+        ({"budgets": ("0.1",)}, "budget"),
+        ({"aopc_steps": 0}, "aopc_steps"),
+        ({"aopc_steps": 1.5}, "aopc_steps"),
+        ({"min_gap": -1.0}, "min_gap"),
+    ],
+)
+def test_curve_metrics_validation(kwargs, match):
+    curves = Curves([0, 1], np.array([0.0, 0.5, 1.0]), np.array([0.0, -1.0, -2.0]), np.array([-2.0, -1.0, 0.0]))
+    with pytest.raises(ValueError, match=match):
+        curve_metrics([1, 1], curves, **kwargs)
+    with pytest.raises(ValueError, match="points"):
+        curve_metrics([1, 1, 1], Curves([0, 1, 2], np.zeros(3), np.zeros(3), np.zeros(3)))
+
+
+def test_oracle_order_puts_productive_first_and_redundant_last():
+    kinds = ["repetition", "productive", "verification", "superficial", "productive", "wrong_exploration"]
+    assert oracle_order(kinds) == [1, 4, 2, 5, 0, 3]
+    with pytest.raises(ValueError, match="no ground-truth kind"):
+        oracle_order(["productive", None])
+    with pytest.raises(ValueError, match="empty"):
+        oracle_order([])
+
+
+def test_metric_frame_keeps_none_as_missing_not_nan(tmp_path):
+    frame = metric_frame(
+        [
+            {"ordering": "a", "deletion_auc_normalised": 0.5, "insertion_auc_normalised": None},
+            {"ordering": "b", "deletion_auc_normalised": None, "insertion_auc_normalised": 0.25},
+        ]
+    )
+    assert str(frame["deletion_auc_normalised"].dtype) == "Float64"
+    assert frame["deletion_auc_normalised"].isna().tolist() == [False, True]
+    path = tmp_path / "rows.parquet"
+    frame.to_parquet(path)
+    back = pd.read_parquet(path)
+    assert str(back["insertion_auc_normalised"].dtype) == "Float64"
+    assert back["insertion_auc_normalised"][0] is pd.NA
+
+
+# --------------------------------------------------------------------------- a model whose answer needs one segment
+
+
+class _Backbone(nn.Module):
+    """Hidden state at t = count of ``KEY`` tokens at positions <= t (a causal prefix sum)."""
+
+    def forward(self, inputs_embeds, use_cache=False):
+        return SimpleNamespace(last_hidden_state=torch.cumsum(inputs_embeds, dim=1))
+
+
+class OneSegmentModel(nn.Module):
+    """The answer token's logit is ``GAIN`` x (number of ``KEY`` tokens before it), every other logit 0:
+    F depends on the KEY tokens, which sit in one segment only, and on nothing else."""
+
+    def __init__(self, vocab: int = 16):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 1)
+        self.embed.weight.data.zero_()
+        self.embed.weight.data[KEY, 0] = 1.0
+        self.base_model = _Backbone()
+        self.head = nn.Linear(1, vocab, bias=False)
+        self.head.weight.data.zero_()
+        self.head.weight.data[ANSWER_ID, 0] = GAIN
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.head
+
+
+KEY, ANSWER_ID, GAIN, OTHER = 5, 9, 1.5, 7
+
+
+def _one_segment_trace():
+    # prompt 0..2, segments (2, 5) (5, 7) (7, 13) (13, 14) with the two KEY tokens in segment 2, answer 14..15
+    spans = [(2, 5), (5, 7), (7, 13), (13, 14)]
+    ids = torch.full((15,), OTHER, dtype=torch.long)
+    ids[[8, 11]] = KEY
+    ids[14] = ANSWER_ID
+    return SimpleNamespace(input_ids=ids, answer_span=(14, 15), segment_spans=spans), [3, 2, 6, 1]
+
+
+def test_the_segment_the_answer_needs_first_beats_random_by_hand():
+    model = OneSegmentModel()
+    sequence, lengths = _one_segment_trace()
+    f_with = math.log(math.exp(2 * GAIN) / (math.exp(2 * GAIN) + 15))  # two KEY tokens seen
+    f_without = math.log(1 / 16)
+    drop = f_with - f_without
+    orders = {"key_first": [2, 0, 1, 3], "key_last": [0, 1, 3, 2]}
+    result = ordering_curves(model, sequence, orders, baseline_token_id=0)
+    first = result.curves["key_first"]
+    np.testing.assert_allclose(first.deletion, [f_with] + [f_without] * 4, atol=1e-6)
+    np.testing.assert_allclose(first.insertion, [f_without] + [f_with] * 4, atol=1e-6)
+    # by hand on x = [0, 6/12, 9/12, 11/12, 1]: the drop is total from the first step on
+    x1 = 6 / 12
+    assert deletion_area(first.fractions, first.deletion) == pytest.approx(x1 * drop / 2 + (1 - x1) * drop, abs=1e-6)
+    last = result.curves["key_last"]
+    # the KEY segment goes last: F only falls over the last 6/12 of the axis
+    assert deletion_area(last.fractions, last.deletion) == pytest.approx(0.5 * drop / 2, abs=1e-6)
+    # every one of the 24 orderings: the KEY segment first is never beaten, and beats the mean of all of them
+    from itertools import permutations
+
+    all_orders = {str(p): list(p) for p in permutations(range(4))}
+    curves = ordering_curves(model, sequence, all_orders, baseline_token_id=0).curves
+    areas = {name: deletion_area(c.fractions, c.deletion) for name, c in curves.items()}
+    gains = {name: insertion_area(c.fractions, c.insertion) for name, c in curves.items()}
+    best = max(v for name, v in areas.items() if all_orders[name][0] == 2)
+    assert max(areas.values()) == pytest.approx(best)
+    assert best > np.mean(list(areas.values())) + 0.1 * drop
+    assert max(gains.values()) == pytest.approx(max(v for name, v in gains.items() if all_orders[name][0] == 2))
+    # the summary's rows: IG-like scores with the KEY segment on top and the oracle from the kinds beat random
+    kinds = ["superficial", "repetition", "productive", "truncated"]
+    assert oracle_order(kinds)[0] == 2
+    assert random_order(4, 1) == [0, 1, 2, 3]  # seed 1: the KEY segment third
+    frame = faithfulness_summary(
+        model, sequence, {"ig": [0.1, 0.2, 0.9, 0.3], "oracle": [0, 0, 1, 0]}, baseline_token_id=0, seed=1
+    )
+    by = frame.set_index("ordering")
+    assert by.loc["ig", "deletion_area"] == pytest.approx(x1 * drop / 2 + (1 - x1) * drop, abs=1e-6)
+    # random [0, 1, 2, 3]: x = [0, 3/12, 5/12, 11/12, 1], F falls between 5/12 and 11/12
+    assert by.loc["random", "deletion_area"] == pytest.approx(0.5 * drop / 2 + drop / 12, abs=1e-6)
+    assert by.loc["ig", "deletion_area"] > by.loc["random", "deletion_area"] + 0.4 * drop
+    assert by.loc["oracle", "insertion_area"] > by.loc["random", "insertion_area"] + 0.4 * drop
+    assert by.loc["ig", "comprehensiveness_50"] == pytest.approx(drop, abs=1e-6)  # segment 2 = 50% of the tokens
+    assert by.loc["ig", "sufficiency_50"] == pytest.approx(0.0, abs=1e-6)
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -341,18 +585,26 @@ def test_faithfulness_summary_against_manual_computation(qwen, ids):
     sequence = SimpleNamespace(input_ids=ids, answer_span=ANSWER, segment_spans=SEGMENTS)
     strength = [0.1, 0.3, 0.9, 0.05, 0.2]  # order [2, 1, 4, 0, 3]
     frame = faithfulness_summary(qwen, sequence, {"strength": strength}, baseline_token_id=BASELINE, seed=3)
-    assert list(frame["method"]) == ["strength", "random", "length"]
+    assert list(frame["ordering"]) == ["strength", "random", "length"]
     assert list(frame.columns) == [
-        "method",
-        "deletion_auc",
-        "insertion_auc",
+        "ordering",
+        "f_full",
+        "f_empty",
+        "deletion_area",
+        "insertion_area",
+        "deletion_auc_normalised",
+        "insertion_auc_normalised",
         "comprehensiveness_10",
         "sufficiency_10",
+        "budget_share_10",
         "comprehensiveness_20",
         "sufficiency_20",
+        "budget_share_20",
         "comprehensiveness_50",
         "sufficiency_50",
+        "budget_share_50",
         "aopc",
+        "aopc_steps",
         "note",
     ]
     row = frame.iloc[0]
@@ -360,11 +612,20 @@ def test_faithfulness_summary_against_manual_computation(qwen, ids):
     f = manual_deletion(qwen, ids, ANSWER, SEGMENTS, order)
     g = manual_insertion(qwen, ids, ANSWER, SEGMENTS, order)
     x = [0, 6 / 22, 9 / 22, 16 / 22, 20 / 22, 1]
-    d = [(f[0] - v) / (f[0] - f[-1]) for v in f]
-    r = [(v - g[0]) / (g[-1] - g[0]) for v in g]
     area = lambda y: sum((x[i + 1] - x[i]) * (y[i] + y[i + 1]) / 2 for i in range(5))  # noqa: E731
-    assert row["deletion_auc"] == pytest.approx(area(d), abs=1e-4)
-    assert row["insertion_auc"] == pytest.approx(area(r), abs=1e-4)
+    assert row["deletion_area"] == pytest.approx(area([f[0] - v for v in f]), abs=1e-5)
+    assert row["insertion_area"] == pytest.approx(area([v - g[0] for v in g]), abs=1e-5)
+    assert row["f_full"] == pytest.approx(f[0], abs=1e-5) and row["f_empty"] == pytest.approx(f[-1], abs=1e-5)
+    gap = abs(f[0] - f[-1])
+    if gap > 1.0:  # the default min_gap
+        assert row["deletion_auc_normalised"] == pytest.approx(area([(f[0] - v) / (f[0] - f[-1]) for v in f]), abs=1e-4)
+    else:
+        assert row["deletion_auc_normalised"] is pd.NA and "undefined" in row["note"]
+    strict = faithfulness_summary(
+        qwen, sequence, {"strength": strength}, baseline_token_id=BASELINE, seed=3, min_gap=0.0
+    ).iloc[0]
+    assert strict["deletion_auc_normalised"] == pytest.approx(area([(f[0] - v) / (f[0] - f[-1]) for v in f]), abs=1e-4)
+    assert strict["insertion_auc_normalised"] == pytest.approx(area([(v - g[0]) / (g[-1] - g[0]) for v in g]), abs=1e-4)
     # budgets of 22 tokens: 10% -> 2.2 (segment 2 alone, at least one), 20% -> 4.4 (segment 2 alone), 50% -> 11 (2, 1)
     full = manual_f(qwen, ids, ANSWER)
     for budget, kept in (("10", [2]), ("20", [2]), ("50", [2, 1])):
@@ -372,9 +633,9 @@ def test_faithfulness_summary_against_manual_computation(qwen, ids):
         only = manual_f(qwen, masked(ids, SEGMENTS, [i for i in range(5) if i not in kept]), ANSWER)
         assert row[f"comprehensiveness_{budget}"] == pytest.approx(full - removed, abs=1e-5)
         assert row[f"sufficiency_{budget}"] == pytest.approx(full - only, abs=1e-5)
+        assert row[f"budget_share_{budget}"] == pytest.approx(sum([4, 3, 6, 2, 7][i] for i in kept) / 22)
     assert row["aopc"] == pytest.approx(np.mean([f[0] - v for v in f[1:]]), abs=1e-5)
-    assert row["note"] == ""
-    assert frame["deletion_auc"].dtype == np.float64
+    assert frame["deletion_area"].dtype == np.float64
     # the length baseline: longest first
     length_row = frame.iloc[2]
     lf = manual_deletion(qwen, ids, ANSWER, SEGMENTS, [4, 2, 0, 1, 3])
@@ -389,11 +650,12 @@ def test_faithfulness_summary_degenerate_trace_gives_none_not_nan(qwen, ids):
     flat = masked(ids, SEGMENTS, range(len(SEGMENTS)))
     sequence = SimpleNamespace(input_ids=flat, answer_span=ANSWER, segment_spans=SEGMENTS)
     frame = faithfulness_summary(qwen, sequence, {"s": [1, 2, 3, 4, 5]}, baseline_token_id=BASELINE, min_gap=1e-6)
-    for column in ("deletion_auc", "insertion_auc"):
-        assert all(v is None for v in frame[column])
+    for column in ("deletion_auc_normalised", "insertion_auc_normalised"):
+        assert frame[column].isna().all() and str(frame[column].dtype) == "Float64"  # <NA>, not NaN
     assert all("undefined" in note for note in frame["note"])
-    assert not frame[["comprehensiveness_10", "sufficiency_50", "aopc"]].isna().any().any()
-    assert (frame["aopc"] == 0).all()
+    columns = ["deletion_area", "insertion_area", "comprehensiveness_10", "sufficiency_50", "aopc"]
+    assert not frame[columns].isna().any().any()
+    assert (frame[columns] == 0).all().all()
 
 
 def test_faithfulness_summary_validation(qwen, ids):
@@ -417,5 +679,6 @@ def test_faithfulness_summary_on_a_tokenised_trace():
     )
     assert isinstance(frame, pd.DataFrame) and len(frame) == 3
     assert {"comprehensiveness_25", "sufficiency_25"} <= set(frame.columns)
-    values = frame.drop(columns=["method", "note"]).to_numpy(dtype=float)
+    values = frame.drop(columns=["ordering", "note", "deletion_auc_normalised", "insertion_auc_normalised"])
+    values = values.to_numpy(dtype=float)
     assert np.all(np.isfinite(values)) and not math.isnan(values.sum())

@@ -22,6 +22,7 @@ from segattr_utils.measures.linguistics import (
     segment_bleu,
     segment_perplexity_entropy,
     span_means,
+    summed_entropy,
     token_nll_and_entropy,
 )
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
@@ -215,3 +216,11 @@ def test_bleu_of_a_verbatim_repeat_is_at_most_one():
     scores = segment_bleu(segments)
     assert scores[3] == 1.0
     assert all(0.0 <= score <= 1.0 for score in scores)
+
+
+def test_summed_entropy_is_mean_times_tokens():
+    np.testing.assert_allclose(summed_entropy([0.5, 0.1, 2.0], [4, 30, 1]), [2.0, 3.0, 2.0])
+    with pytest.raises(ValueError, match="one length"):
+        summed_entropy([0.5, 0.1], [4])
+    with pytest.raises(ValueError, match="NaN"):
+        summed_entropy([0.5, float("nan")], [4, 2])
