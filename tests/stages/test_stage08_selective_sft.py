@@ -104,7 +104,7 @@ def test_plan_runs_counts_and_names():
 
 def test_two_stage_schedule():
     one = sft.schedule(_profile())
-    assert len(one) == 1 and one[0].epochs == 10
+    assert len(one) == 1 and one[0].epochs == 5
     two = sft.schedule(_profile(schedule="two_stage"))
     assert [s.epochs for s in two] == [7, 4] and two[1].learning_rate == 0.0003 and two[0].learning_rate == 0.0005
     with pytest.raises(ValueError, match="schedule"):
