@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce robustness test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft bench-ig-memory gpu-hours gpu-checks lab clean-results help
+.PHONY: setup setup-gpu browser reproduce robustness test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft bench-sft-epochs bench-ig-memory gpu-hours gpu-checks lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
@@ -24,6 +24,7 @@ help:
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
 	@echo "make bench                                 IG engine, IG memory at 7B widths vs the estimator, SFT step cost,"
 	@echo "                                           GPU-hours estimate -> results/benchmarks/"
+	@echo "make bench-sft-epochs                       what fewer SFT epochs cost on the tiny profile (after make reproduce)"
 	@echo "make gpu-hours                             the paper profile's GPU-hours per stage (an estimate) -> results/benchmarks/"
 	@echo "make gpu-checks                            the GPU checks of issue 12 (needs a GPU and make setup-gpu) -> results/gpu_checks.json"
 	@echo "make lab                                   open JupyterLab on notebooks/"
@@ -100,6 +101,11 @@ bench-ig: $(STAMP)
 
 bench-sft: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) benchmarks/bench_sft.py --out results/benchmarks
+
+# What fewer SFT epochs cost (tiny.yaml's training.sft.epochs): needs results/<profile>/ up to notebook 05 (a
+# make reproduce); 8 fine-tuning runs and their evaluations, about 6 min on 2 cores. Not part of make bench.
+bench-sft-epochs: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/sft_epochs.py --profile $(PROFILE) --out results/benchmarks
 
 # Arithmetic only (seconds): paper.yaml's settings and the stated assumptions -> GPU-hours and wall time.
 gpu-hours: $(STAMP)
