@@ -24,7 +24,7 @@ help:
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
 	@echo "make bench                                 IG engine, IG memory at 7B widths vs the estimator, SFT step cost,"
 	@echo "                                           GPU-hours estimate -> results/benchmarks/"
-	@echo "make bench-sft-epochs                       what fewer SFT epochs cost on the tiny profile (after make reproduce)"
+	@echo "make bench-sft-epochs                      what fewer SFT epochs cost on the tiny profile (after make reproduce)"
 	@echo "make gpu-hours                             the paper profile's GPU-hours per stage (an estimate) -> results/benchmarks/"
 	@echo "make gpu-checks                            the GPU checks of issue 12 (needs a GPU and make setup-gpu) -> results/gpu_checks.json"
 	@echo "make lab                                   open JupyterLab on notebooks/"
