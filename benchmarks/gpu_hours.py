@@ -506,6 +506,25 @@ def stage05(ctx: Context) -> Row:
     return per_trace_row(ctx, "05", work, gpu_h, "analysis.linguistics")
 
 
+def stage06(ctx: Context) -> Row:
+    """Stage 06's segment faithfulness (beyond the paper): per trace, every distinct masked sequence of the
+    deletion and insertion curves of the ranked orderings once (at most 2 + 2 (n - 1) x orderings; six orderings
+    on hub traces, no ground-truth oracle), whole-sequence forward passes of the 7B at the IG-calibrated FLOP/s, in
+    one process (stage 06 has no accelerate launch)."""
+    load, cfg = ctx.load, ctx.profile.get_path("analysis.faithfulness", {}) or {}
+    if not cfg.get("enabled", False):
+        return Row("06", "segment faithfulness disabled (analysis.faithfulness.enabled)", 0.0, 0.0, 0.0, "-")
+    limit = cfg.get("n_traces")
+    n_traces = load.n_correct if limit is None else min(int(limit), load.n_correct)
+    passes = n_traces * (2 + 2 * (load.segments_per_trace - 1) * FAITHFULNESS_ORDERINGS)
+    gpu_h = passes * forward_flops(R1_DISTILL_QWEN_7B, load.correct_length) / ctx.calibration.ig_flops_per_s / HOUR
+    work = (
+        f"{n_traces} correct traces x <= {2 + 2 * (load.segments_per_trace - 1) * FAITHFULNESS_ORDERINGS:.0f} "
+        "forward passes (deletion/insertion curves), 7B (HF)"
+    )
+    return Row("06", work, gpu_h, gpu_h, gpu_h, "one process on one GPU")
+
+
 def judge_work(ctx: Context, n_segments: float) -> VllmWork:
     """Two rounds (App. B); the few-shot block is a prefix shared by every request."""
     judge = ctx.profile["judge"]
@@ -663,11 +682,13 @@ def reference_signals(ctx: Context) -> list[Row]:
     return [forced, ling]
 
 
-STAGES = (stage00, stage01, stage03, stage04, stage05, stage07, stage08_ig, stage08_sft, stage09)
+#: Rankings whose curves stage 06 computes on hub traces: IG, random, length, perplexity, entropy, confidence gain.
+FAITHFULNESS_ORDERINGS = 6
+STAGES = (stage00, stage01, stage03, stage04, stage05, stage06, stage07, stage08_ig, stage08_sft, stage09)
 
 
 def estimate(profile: Profile, a: Assumptions | None = None, gpu: str = "h100") -> list[Row]:
-    """One row per stage (02 and 06 run on the CPU and are left out), then stages 04-05 on the reference
+    """One row per stage (02 runs on the CPU and is left out), then stages 04-05 on the reference
     traces where the run plan needs them."""
     a = a or Assumptions()
     ctx = Context(profile, a, GPUS[gpu], Calibration.from_paper(profile, a), Workload.from_assumptions(profile, a))

@@ -101,6 +101,24 @@ def test_ig_rows_follow_the_published_calibration(gh, rows):
     assert rows["03"].gpu_hours == pytest.approx(7.0 * self_traces / reference, rel=1e-9)
 
 
+def test_stage06_faithfulness_row_by_hand(gh, paper, rows):
+    """25 of the 613 correct traces (analysis.faithfulness.n_traces), 56 segments each (7,000 trace tokens at 8
+    per 1k): at most 2 + 2 x 55 x 6 forward passes of 7,180 tokens per trace, at the calibration's FLOP/s (7 GPU-h
+    = 817 traces x 50 path points x 3 forward-pass equivalents of 6,180 tokens), in one process."""
+
+    def f(length):
+        return 2 * 7_070_619_136 * length + 2 * length**2 * 3584 * 28
+
+    passes = 25 * (2 + 2 * 55 * 6)
+    expected = 7.0 * passes * f(7180) / (817 * 50 * 3 * f(6180))
+    assert rows["06"].gpu_hours == pytest.approx(expected, rel=1e-9)
+    assert rows["06"].wall_configured_h == pytest.approx(expected)  # one process: no split over GPUs
+    disabled = load_profile("paper")
+    disabled["analysis"]["faithfulness"]["enabled"] = False
+    row = next(r for r in gh.estimate(disabled, gh.Assumptions(), "h100") if r.stage == "06")
+    assert row.gpu_hours == 0.0
+
+
 def test_sft_runs_are_the_stage_plan(gh, paper, rows):
     from segattr_utils.stages.stage08_selective_sft import plan_runs
 
