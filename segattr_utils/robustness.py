@@ -22,9 +22,11 @@ leaves it): it is read, never rerun, and counts as one draw. Each seed of ``robu
 every notebook with the existing reproduce machinery (:func:`segattr_utils.reproduce.run_papermill`) on a
 profile saved to ``<robustness root>/<profile>/seed-<s>/profile.yaml`` (the profile itself with ``seed``,
 ``world.seed`` and ``results_root`` set, nothing else changed); its results land in
-``<robustness root>/<profile>/seed-<s>/<profile>/`` and are not committed. A rerun resumes each seed's
-run where it stopped (every stage resumes from its artifacts); ``--fresh`` deletes the seeds' folders
-first (never the main run's); ``--report-only`` only rebuilds the report from what exists.
+``<robustness root>/<profile>/seed-<s>/<profile>/``; their tables are committed (not the executed notebooks,
+figures, models or record stores: ``.gitignore``), so the seeds can run on different days (``--seeds 1``, later
+``--seeds 2``) and ``--report-only`` rebuilds the report over every draw that exists. A rerun resumes each seed's run where it stopped (every stage resumes
+from its artifacts); ``--fresh`` deletes the seeds' folders first (never the main run's); ``--report-only`` only
+rebuilds the report from what exists.
 
 **Settings** (``robustness`` in the profile)::
 
