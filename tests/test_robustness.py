@@ -390,3 +390,23 @@ def test_a_draw_builds_the_main_runs_world(tmp_path, monkeypatch):
     unpinned["seed"], unpinned["results_root"] = 3, str(tmp_path / "unpinned")
     other_questions, _ = world_of(unpinned)
     assert not other_questions["question"].equals(questions["question"])
+
+
+def test_the_committed_noise_floor_is_rebuilt_from_committed_tables_alone(tmp_path):
+    # What a clean clone holds (git archive: tracked files only) must be enough to rebuild headlines.csv, and the
+    # rebuild must equal the committed one: the report is not edited by hand and needs no ignored artifact.
+    root = Path(__file__).parents[1]
+    committed = root / "results" / "robustness" / "tiny" / "headlines.csv"
+    if not (root / ".git").exists() or not committed.exists():
+        pytest.skip("no committed tiny noise floor in this checkout")
+    archive = subprocess.run(
+        ["git", "archive", "HEAD", "results/tiny", "results/robustness/tiny"], cwd=root, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(tmp_path)], input=archive, check=True)
+    profile = load_profile("tiny")
+    profile["results_root"] = str(tmp_path / "results")
+    profile["robustness"]["results_root"] = str(tmp_path / "results" / "robustness")
+    seeds = robustness.robustness_settings(profile)["seeds"]
+    _, rebuilt = robustness.write_report(profile, seeds)
+    assert rebuilt == tmp_path / "results" / "robustness" / "tiny" / "headlines.csv"
+    pd.testing.assert_frame_equal(pd.read_csv(rebuilt), pd.read_csv(committed))
