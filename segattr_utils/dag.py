@@ -188,6 +188,7 @@ EVALUATION = Stage(
     ("00_world", "08_selective_sft"),
     {
         "outputs": "outputs",
+        "generated_store": "generated_models.jsonl",
         "graded": "graded.parquet",
     },
 )

@@ -92,9 +92,12 @@ def load_model(profile: Profile, role: str, device: str | None = None, path: str
     return load_causal_lm(spec["id"], spec.get("local_path"), dtype=dtype, device=device, device_map=device_map)
 
 
-def load_generator(profile: Profile, role: str, backend: str, path: str | Path | None = None) -> tuple:
+def load_generator(
+    profile: Profile, role: str, backend: str, path: str | Path | None = None, device: str | None = None
+) -> tuple:
     """``(generator, tokenizer)`` sampling from ``role``'s model (or the fine-tuned model at ``path``)
-    with ``backend``: ``hf``, ``vllm`` or ``auto`` (vLLM when installed, else HF).
+    with ``backend``: ``hf``, ``vllm`` or ``auto`` (vLLM when installed, else HF). ``device`` places the
+    Hugging Face model (:func:`load_model`; one process's GPU when several processes evaluate).
 
     With vLLM only the tokenizer is loaded here: the engine loads the weights itself and claims
     ``generation.vllm.gpu_memory_utilization`` of every GPU it uses, so a Hugging Face copy of the model
@@ -110,7 +113,7 @@ def load_generator(profile: Profile, role: str, backend: str, path: str | Path |
         engine = profile.get_path("generation.vllm", {}) or {}
         tokenizer = load_tokenizer(target)
         return VLLMGenerator(target, dtype=_dtype(profile, role), tokenizer=tokenizer, **engine), tokenizer
-    model, tokenizer = load_model(profile, role, path=path)
+    model, tokenizer = load_model(profile, role, device=device, path=path)
     return make_generator(backend, model=model, tokenizer=tokenizer), tokenizer
 
 

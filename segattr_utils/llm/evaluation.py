@@ -89,7 +89,18 @@ class Benchmark:
     choices: str | None = None
 
 
-def evaluate_model(
+def _wanted_outputs(benchmarks: Sequence[Benchmark], greedy: SamplingSettings, sampled: SamplingSettings | None):
+    """``(benchmark, tag, n, settings)`` of every output set: greedy on each benchmark, sampled where it
+    asks for samples."""
+    wanted = []
+    for bench in benchmarks:
+        wanted.append((bench, f"greedy-{bench.name}", 1, greedy))
+        if bench.n_samples > 0:
+            wanted.append((bench, f"sample-{bench.name}", bench.n_samples, sampled))
+    return wanted
+
+
+def generate_outputs(
     load: Callable[[], tuple],
     benchmarks: Sequence[Benchmark],
     store_path,
@@ -98,28 +109,19 @@ def evaluate_model(
     batch_size: int,
     seed: int,
     make_prompt: Callable,
-    model_name: str = "",
-) -> pd.DataFrame:
-    """Greedy (and, where a benchmark asks for samples, sampled) answers of one model on every benchmark,
-    graded; one row per output (``model``, ``benchmark``, ``domain``, ``mode``, ``question_id``,
-    ``sample``, ``correct``, ``n_tokens``, ``finished``).
-
-    Generation is resumable in the record store at ``store_path`` (tags ``greedy-<benchmark>`` and
-    ``sample-<benchmark>``), through :func:`~segattr_utils.llm.generation.run_generation_tasks` (vLLM:
-    every missing output of every benchmark in one call). ``load()`` returns ``(generator, tokenizer)``
+) -> int:
+    """Generate (resumably) every missing greedy and sampled output of one model on every benchmark into
+    the record store at ``store_path`` (tags ``greedy-<benchmark>`` and ``sample-<benchmark>``), through
+    :func:`~segattr_utils.llm.generation.run_generation_tasks` (vLLM: every missing output of every
+    benchmark in one call). ``load()`` returns ``(generator, tokenizer)``
     (:func:`segattr_utils.services.load_generator`); it is called only when something is left to
     generate, and the generator is closed afterwards, so that the next model finds the GPUs free.
-    ``make_prompt(tokenizer, question)`` builds the templated prompt.
-    """
+    ``make_prompt(tokenizer, question)`` builds the templated prompt. Returns how many output sets
+    (benchmark x mode) had something to generate."""
     store = RecordStore(store_path)
-    wanted = []
-    for bench in benchmarks:
-        wanted.append((bench, f"greedy-{bench.name}", 1, greedy))
-        if bench.n_samples > 0:
-            wanted.append((bench, f"sample-{bench.name}", bench.n_samples, sampled))
     pending = [
         (bench, tag, n, settings)
-        for bench, tag, n, settings in wanted
+        for bench, tag, n, settings in _wanted_outputs(benchmarks, greedy, sampled)
         if any([qid, tag, s] not in store for qid, s in sample_jobs(list(bench.questions["id"]), n))
     ]
     if pending:
@@ -134,7 +136,14 @@ def evaluate_model(
             run_generation_tasks(generator, tasks, store, batch_size, seed)
         finally:
             generator.close()
-    records = store.records()
+    return len(pending)
+
+
+def grade_outputs(benchmarks: Sequence[Benchmark], store_path, model_name: str = "") -> pd.DataFrame:
+    """The outputs in the record store at ``store_path`` graded against each benchmark's answers; one row
+    per output (``model``, ``benchmark``, ``domain``, ``mode``, ``question_id``, ``sample``, ``correct``,
+    ``n_tokens``, ``finished``)."""
+    records = RecordStore(store_path).records()
     rows = []
     for bench in benchmarks:
         answers = dict(zip(bench.questions["id"], bench.questions["answer"]))
@@ -157,3 +166,20 @@ def evaluate_model(
                 }
             )
     return pd.DataFrame(rows)
+
+
+def evaluate_model(
+    load: Callable[[], tuple],
+    benchmarks: Sequence[Benchmark],
+    store_path,
+    greedy: SamplingSettings,
+    sampled: SamplingSettings | None,
+    batch_size: int,
+    seed: int,
+    make_prompt: Callable,
+    model_name: str = "",
+) -> pd.DataFrame:
+    """Greedy (and, where a benchmark asks for samples, sampled) answers of one model on every benchmark,
+    graded: :func:`generate_outputs` (resumable) then :func:`grade_outputs`."""
+    generate_outputs(load, benchmarks, store_path, greedy, sampled, batch_size, seed, make_prompt)
+    return grade_outputs(benchmarks, store_path, model_name)

@@ -9,9 +9,11 @@ same schedule and seed schedule; only the labels (selective) or the trace text (
 Each run is resumable (TRL checkpoints; a finished run has a completion marker and is never
 retrained) and writes its model to ``results/<profile>/08_selective_sft/models/<run>/``.
 ``runs.parquet`` lists every run with its supervision statistics and cost. ``training.launcher`` says
-where runs train: ``inprocess`` (one after another in this process: CPU, the tiny world), ``per_gpu``
-(the paper profile: each run on one GPU, the runs spread over the visible GPUs) or ``accelerate``
-(each run over ``training.accelerate_config``'s processes, DeepSpeed with ``training.deepspeed_config``).
+where runs train: ``inprocess`` (one after another in this process), ``processes`` (the tiny world: the
+runs dealt over ``training.processes`` CPU processes of ``training.threads_per_process`` torch threads,
+each training its runs one after another), ``per_gpu`` (the paper profile: each run on one GPU, the runs
+spread over the visible GPUs) or ``accelerate`` (each run over ``training.accelerate_config``'s
+processes, DeepSpeed with ``training.deepspeed_config``).
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import dag, services
+from .. import dag, distributed, services
 from ..artifacts import RecordStore, read_json, write_json, write_table
-from ..config import Profile, find_project_root, load_profile
+from ..config import Profile, find_project_root, load_profile, save_profile
 from ..llm.training import (
     TrainingExample,
     TrainSettings,
@@ -51,7 +53,7 @@ from ..llm.variants import (
 )
 from ..method.segmentation import segment
 from ..method.token_spans import build_attribution_sequence
-from ..progress import progress
+from ..progress import QUIET_ENV, progress
 from ..run_log import log_timings, read_run_log
 from . import StageResult, finish
 from .stage03_ig_attribution import attribute_share, attribute_traces, over_length_traces, skipped_traces
@@ -541,12 +543,16 @@ def train_all(profile: Profile, only: list[str] | None = None) -> pd.DataFrame:
         attribute_reference_traces(profile)
     if launcher == "inprocess":
         summaries = _train_in_process(profile, runs)
+    elif launcher == "processes":
+        summaries = _train_in_processes(profile, runs)
     elif launcher == "per_gpu":
         summaries = _train_per_gpu(profile, runs)
     elif launcher == "accelerate":
         summaries = [_launch_with_accelerate(profile, spec) for spec in progress(runs, desc="SFT runs", unit="run")]
     else:
-        raise ValueError(f"training.launcher must be 'inprocess', 'per_gpu' or 'accelerate', got {launcher!r}")
+        raise ValueError(
+            f"training.launcher must be 'inprocess', 'processes', 'per_gpu' or 'accelerate', got {launcher!r}"
+        )
     table = pd.DataFrame(summaries)
     # A fixed column order: summaries read back from summary.json have sorted keys, fresh ones do not.
     kind_columns = sorted(c for c in table.columns if c.startswith("chosen_share_"))
@@ -567,6 +573,51 @@ def _train_in_process(profile: Profile, runs: list[RunSpec]) -> list[dict]:
             cache[key] = load_trace_records(profile, spec.source, spec.keywords)
         summaries.append(train_run(profile, spec, cache[key]))
     return summaries
+
+
+def _train_in_processes(profile: Profile, runs: list[RunSpec], poll_seconds: float = 1.0) -> list[dict]:
+    """The runs dealt in turn over ``training.processes`` subprocesses of :func:`main` on this machine, each
+    with ``training.threads_per_process`` torch threads, training its runs one after another (on 2 CPU
+    cores, two single-threaded processes train ~1.3x the steps per second of one two-threaded process:
+    the tiny model's matrix products use two threads poorly). Every run seeds itself, so which process
+    trains it changes only float rounding. A finished run is not dealt again. The profile travels in a
+    file (a profile changed in memory by a notebook reaches the processes as it is); each process's output
+    goes to ``runs/.launch/process-<i>.log``, whose end a failure shows."""
+    processes, threads = distributed.resolve_processes(profile["training"], profile["kind"], "training")
+    todo = [spec for spec in runs if not (run_dir(profile, spec) / "summary.json").exists()]
+    if todo:
+        folder = STAGE.path(profile, "run_folders") / ".launch"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_profile(profile, folder / "profile.yaml")
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), QUIET_ENV: "1"}
+        shares = [distributed.deal(todo, rank, processes) for rank in range(min(processes, len(todo)))]
+        started = []
+        for rank, share in enumerate(shares):
+            log = open(folder / f"process-{rank}.log", "wb")  # noqa: SIM115 - closed when its process ends
+            command = _run_command(profile, share, profile_file=folder / "profile.yaml")
+            started.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, command))
+
+        def finished() -> int:
+            return sum((run_dir(profile, spec) / "summary.json").exists() for spec in todo)
+
+        with progress(total=len(todo), desc=f"SFT runs ({len(shares)} processes)", unit="run") as bar:
+            while any(process.poll() is None for process, _, _ in started):
+                time.sleep(poll_seconds)
+                bar.update(finished() - bar.n)
+            bar.update(finished() - bar.n)
+        for _, log, _ in started:
+            log.close()
+        for rank, (process, log, command) in enumerate(started):
+            if process.returncode != 0:
+                tail = Path(log.name).read_text(errors="replace").splitlines()[-40:]
+                raise RuntimeError(
+                    f"SFT process {rank} of {len(started)} failed (exit status {process.returncode}); the runs "
+                    f"the others finished are kept. The last lines of {log.name}:\n"
+                    + "\n".join(tail)
+                    + f"\ncommand: {' '.join(command)}"
+                )
+        shutil.rmtree(folder)
+    return [read_json(run_dir(profile, spec) / "summary.json") for spec in runs]
 
 
 def visible_gpus(profile: Profile) -> list[str]:
@@ -597,7 +648,9 @@ def _train_per_gpu(profile: Profile, runs: list[RunSpec]) -> list[dict]:
     def train_on(gpu: str, specs: list[RunSpec]) -> None:
         for spec in specs:
             if not (run_dir(profile, spec) / "summary.json").exists():
-                subprocess.run(_run_command(profile, spec), check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu})
+                subprocess.run(
+                    _run_command(profile, [spec]), check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+                )
 
     with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
         for done in [pool.submit(train_on, gpu, specs) for gpu, specs in assign_gpus(runs, gpus).items()]:
@@ -605,11 +658,18 @@ def _train_per_gpu(profile: Profile, runs: list[RunSpec]) -> list[dict]:
     return [read_json(run_dir(profile, spec) / "summary.json") for spec in runs]
 
 
-def _run_command(profile: Profile, spec: RunSpec, launcher: list[str] | None = None) -> list[str]:
-    """``python -m segattr_utils.stages.stage08_selective_sft --profile ... --run ...`` (:func:`main`),
+def _run_command(
+    profile: Profile, specs: list[RunSpec], launcher: list[str] | None = None, profile_file: Path | None = None
+) -> list[str]:
+    """``python -m segattr_utils.stages.stage08_selective_sft --profile ... --run <name> ...`` (:func:`main`),
     with this interpreter, so that it works without the environment's scripts on PATH (under ``make``)."""
     module = ["-m", "segattr_utils.stages.stage08_selective_sft"]
-    arguments = ["--profile", str(profile.source_path or profile.name), "--run", spec.name]
+    arguments = [
+        "--profile",
+        str(profile_file or profile.source_path or profile.name),
+        "--run",
+        *(s.name for s in specs),
+    ]
     return [sys.executable, *(launcher or []), *module, *arguments]
 
 
@@ -620,13 +680,14 @@ def _launch_with_accelerate(profile: Profile, spec: RunSpec) -> dict:
     if not summary_path.exists():
         config = find_project_root() / profile.get_path("training.accelerate_config")
         launch = ["-m", "accelerate.commands.launch", "--config_file", str(config)]
-        subprocess.run(_run_command(profile, spec, launch), check=True)
+        subprocess.run(_run_command(profile, [spec], launch), check=True)
     return read_json(summary_path)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m segattr_utils.stages.stage08_selective_sft --profile paper --run <name>``: train one run
-    (what ``accelerate launch`` starts on each GPU). ``--items reference`` instead: this process's share of
+    """``python -m segattr_utils.stages.stage08_selective_sft --profile paper --run <name> ...``: train these
+    runs one after another (what ``accelerate launch`` starts on each GPU, with one run; what the
+    ``processes`` launcher starts, with its share). ``--items reference`` instead: this process's share of
     the reference traces' IG under an ``accelerate launch`` started by hand on several machines
     (:func:`segattr_utils.stages.stage03_ig_attribution.attribute_share`); the next run of the notebook
     merges the ranks' stores."""
@@ -635,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--profile", required=True)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--run", help="a run name from plan_runs (see runs.parquet)")
+    what.add_argument("--run", nargs="+", help="run names from plan_runs (see runs.parquet)")
     what.add_argument("--items", choices=["reference"], help="IG of the reference traces, this rank's share")
     args = parser.parse_args(argv)
     profile = load_profile(args.profile)
@@ -644,11 +705,11 @@ def main(argv: list[str] | None = None) -> int:
         attribute_share(profile, traces, store_path)
         return 0
     specs = {r.name: r for r in plan_runs(profile)}
-    if args.run not in specs:
-        print(f"no planned run {args.run!r}; planned: {', '.join(specs)}", file=sys.stderr)
+    unknown = [name for name in args.run if name not in specs]
+    if unknown:
+        print(f"no planned run {', '.join(map(repr, unknown))}; planned: {', '.join(specs)}", file=sys.stderr)
         return 2
-    spec = specs[args.run]
-    train_run(profile, spec, load_trace_records(profile, spec.source, spec.keywords))
+    _train_in_process(profile, [specs[name] for name in args.run])
     return 0
 
 

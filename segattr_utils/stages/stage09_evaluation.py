@@ -10,7 +10,11 @@ Runs of one setting that differ only in their seed are summarised as mean ± sta
 full-CoT vs segment-selective SFT is compared with paired tests (over seeds, and over questions).
 
 Generation is batched and resumable (one record store per model), so an interrupted evaluation
-continues where it stopped.
+continues where it stopped. With ``evaluation.processes`` > 1 (Hugging Face backend) the models are dealt
+over that many processes under ``accelerate launch``, each generating its models' outputs with
+``evaluation.threads_per_process`` torch threads (two single-threaded processes generate ~1.4x the
+tokens per second of one two-threaded process on a 2-core CPU: the tiny model's decoding steps use
+two threads poorly); this process then grades every model.
 """
 
 from __future__ import annotations
@@ -21,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import dag, services
-from ..artifacts import read_table, write_table
-from ..config import Profile
+from .. import dag, distributed, services
+from ..artifacts import RecordStore, read_table, write_table
+from ..config import Profile, load_profile
 from ..data.questions import load_hub_questions
-from ..llm.evaluation import Benchmark, pass_at_k
-from ..llm.evaluation import evaluate_model as evaluate_generator
+from ..llm.evaluation import Benchmark, generate_outputs, grade_outputs, pass_at_k
 from ..llm.generation import SamplingSettings
 from ..measures.trace_stats import holm, seed_question_bootstrap
 from ..progress import progress
@@ -98,34 +101,115 @@ def evaluation_benchmarks(profile: Profile) -> list[Benchmark]:
     return out
 
 
+def evaluation_processes(profile: Profile) -> tuple[int, int]:
+    """(processes, torch threads per process) of the evaluation from ``evaluation.processes`` and
+    ``evaluation.threads_per_process`` (:func:`segattr_utils.distributed.resolve_processes`). Several
+    processes need the Hugging Face backend: a vLLM engine spreads itself over the GPUs
+    (``generation.vllm.data_parallel_size``)."""
+    cfg = profile["evaluation"]
+    processes, threads = distributed.resolve_processes(cfg, profile["kind"], "evaluation")
+    backend = cfg.get("backend", "hf")
+    if backend == "auto":
+        backend = "vllm" if services.vllm_available() else "hf"
+    if processes > 1 and backend != "hf":
+        raise ValueError(
+            f"evaluation.processes: {processes} needs evaluation.backend: hf (it is {cfg.get('backend')!r}, "
+            f"which resolves to {backend}); vLLM spreads one model over the GPUs itself "
+            "(generation.vllm.data_parallel_size): set evaluation.processes: 1"
+        )
+    return processes, threads
+
+
+def _evaluation_arguments(profile: Profile, entry: dict, device: str | None = None) -> dict:
+    """What :func:`segattr_utils.llm.evaluation.generate_outputs` needs for one model (``entry`` of
+    :func:`models_to_evaluate`): its loader, the benchmarks, its record store and the sampling settings."""
+    cfg = profile["evaluation"]
+    backend = cfg.get("backend", "hf")
+    return {
+        "load": lambda: services.load_generator(profile, "student", backend, path=entry["path"], device=device),
+        "benchmarks": evaluation_benchmarks(profile),
+        "store_path": STAGE.path(profile, "outputs") / f"{entry['model']}.jsonl",
+        "greedy": SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg["max_new_tokens"]),
+        "sampled": SamplingSettings(
+            temperature=cfg["temperature"], top_p=cfg["top_p"], max_new_tokens=cfg["max_new_tokens"]
+        ),
+        "batch_size": cfg["batch_size"],
+        "seed": int(profile["seed"]),
+        "make_prompt": services.prompt,
+    }
+
+
 def evaluate_model(profile: Profile, entry: dict) -> pd.DataFrame:
     """Greedy and sampled outputs of one model on every benchmark, graded; one row per output (Sec. 4.1).
     The model is sampled with ``evaluation.backend`` (vLLM: the weights are loaded by the engine only)
-    and released before the next model is evaluated."""
-    cfg = profile["evaluation"]
-    greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=cfg["max_new_tokens"])
-    sampled = SamplingSettings(temperature=cfg["temperature"], top_p=cfg["top_p"], max_new_tokens=cfg["max_new_tokens"])
-    return evaluate_generator(
-        lambda: services.load_generator(profile, "student", cfg.get("backend", "hf"), path=entry["path"]),
-        evaluation_benchmarks(profile),
-        STAGE.path(profile, "outputs") / f"{entry['model']}.jsonl",
-        greedy=greedy,
-        sampled=sampled,
-        batch_size=cfg["batch_size"],
-        seed=int(profile["seed"]),
-        make_prompt=services.prompt,
-        model_name=entry["model"],
-    )
+    and released before the next model is evaluated; outputs already in its store are not regenerated."""
+    arguments = _evaluation_arguments(profile, entry)
+    generate_outputs(**arguments)
+    return grade_outputs(arguments["benchmarks"], arguments["store_path"], entry["model"])
+
+
+def _model_key(entry: dict) -> str:
+    return entry["model"]
 
 
 def evaluate_all(profile: Profile) -> pd.DataFrame:
-    """Evaluate every model (resumable); writes ``graded`` (one row per output) and returns it."""
+    """Evaluate every model (resumable); writes ``graded`` (one row per output) and returns it. With
+    ``evaluation.processes`` > 1 the models' outputs are generated first by that many processes
+    (:func:`generate_share`), which mark each finished model in ``generated_models.jsonl``; models a
+    previous launch finished are not dealt again."""
+    models = models_to_evaluate(profile)
+    processes, threads = evaluation_processes(profile)
+    if processes > 1:
+        store = RecordStore(STAGE.path(profile, "generated_store"), key_fn=_model_key)
+        distributed.merge_rank_stores(store, [_model_key(entry) for entry in models])
+        todo = [entry for entry in models if _model_key(entry) not in store]
+        if todo:
+            distributed.launch_over_processes(profile, MODULE, todo, store, processes, threads, "evaluate")
     frames = [
-        evaluate_model(profile, entry) for entry in progress(models_to_evaluate(profile), desc="evaluate", unit="model")
+        evaluate_model(profile, entry)
+        for entry in progress(models, desc="evaluate" if processes == 1 else "grade", unit="model")
     ]
     graded = pd.concat(frames, ignore_index=True)
     write_table(STAGE.path(profile, "graded"), graded)
     return graded
+
+
+def generate_share(profile: Profile, models: list[dict], store: RecordStore) -> int:
+    """This process's share of ``models`` (a rank under ``accelerate launch``): dealt in turn over the ranks
+    (:func:`segattr_utils.distributed.share_of_this_process`); each model's outputs generated into its own
+    record store, then the model recorded in this rank's store. Returns how many models this rank did."""
+    import torch
+
+    on_cpu = profile["kind"] == "world" or not torch.cuda.is_available()
+    state, mine, own = distributed.share_of_this_process(models, store, cpu=on_cpu)
+    if not mine:
+        return 0
+    torch.set_num_threads(evaluation_processes(profile)[1])
+    device = "cpu" if on_cpu else str(state.device)
+    for entry in progress(mine, desc=f"evaluate, rank {state.process_index}", disable=not state.is_local_main_process):
+        generate_outputs(**_evaluation_arguments(profile, entry, device))
+        own.append([{"model": _model_key(entry)}])
+    return len(mine)
+
+
+MODULE = "segattr_utils.stages.stage09_evaluation"
+
+
+def main(argv: list[str] | None = None) -> int:
+    # torchrun's error file: the launcher's summary (what a failed launch shows) then holds the rank's error
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``accelerate launch ... python -m segattr_utils.stages.stage09_evaluation --profile <file> --items
+    <models.jsonl> --store <store>``: this process's share of the models' generation
+    (:func:`generate_share`), as :func:`evaluate_all` launches it."""
+    args = distributed.rank_arguments(_main.__doc__, {}, argv)
+    profile = load_profile(args.profile)
+    generate_share(profile, distributed.read_items(args.items), RecordStore(args.store, key_fn=_model_key))
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -825,3 +909,9 @@ def run(profile: Profile) -> StageResult:
         },
         values={"n_models": graded["model"].nunique(), "source": source, "length_vs_share": shortening_summary},
     )
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

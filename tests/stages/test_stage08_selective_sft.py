@@ -382,3 +382,78 @@ def test_reference_ig_started_by_hand_is_merged_by_the_next_notebook_run(referen
     assert rank_store_paths(store_path) == [] and len(RecordStore(store_path, key_fn=lambda r: r["trace_id"])) == 2
     refused = subprocess.run([*command, "--items", "kept"], capture_output=True, text=True)
     assert refused.returncode == 2 and "invalid choice: 'kept'" in refused.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The processes launcher: runs dealt over single-threaded subprocesses (the tiny profile's default)
+
+
+def _copy_inputs(profile, root):
+    """``profile`` with its results under ``root``, holding a copy of the stage 00-03 inputs."""
+    import shutil
+
+    from segattr_utils import dag
+    from segattr_utils.config import results_dir
+
+    moved = Profile({**profile, "results_root": str(root)})
+    for stage in (dag.WORLD, dag.GENERATION, dag.SEGMENTATION, dag.IG_ATTRIBUTION, dag.SELECTIVE_SFT):
+        if (results_dir(profile) / stage.folder).exists():
+            shutil.copytree(results_dir(profile) / stage.folder, results_dir(moved) / stage.folder)
+    return moved
+
+
+def test_runs_dealt_over_two_processes_train_what_one_process_trains(reference_profile, tmp_path):
+    """training.launcher: processes trains each run in a single-threaded subprocess of its own share; the
+    runs reach the losses and weights one in-process run reaches, up to float rounding (each run seeds
+    itself), the processes got the thread count asked for, and no launch folder is left behind."""
+    import torch
+    from safetensors.torch import load_file
+
+    profile = Profile(
+        {
+            **reference_profile,
+            "training": {
+                **reference_profile["training"],
+                "sft": {**reference_profile["training"]["sft"], "logging_steps": 1},
+            },
+        }
+    )
+    wanted = ["full__reference__seed0", "selective__reference__seed0"]
+    assert set(wanted) <= {r.name for r in sft.plan_runs(profile)}
+    one = _copy_inputs(profile, tmp_path / "one")
+    one["training"] = {**profile["training"], "launcher": "inprocess"}
+    two = _copy_inputs(profile, tmp_path / "two")
+    two["training"] = {**profile["training"], "launcher": "processes", "processes": 2, "threads_per_process": 1}
+    alone = sft.train_all(one, only=wanted).set_index("run")
+    spread = sft.train_all(two, only=wanted).set_index("run")
+    assert list(spread.index) == wanted
+    for run in wanted:
+        assert spread.loc[run, "final_loss"] == pytest.approx(alone.loc[run, "final_loss"], rel=1e-4)
+        assert spread.loc[run, "steps"] == alone.loc[run, "steps"]
+        a = load_file(str(sft.STAGE.path(one, "models") / run / "model.safetensors"))
+        b = load_file(str(sft.STAGE.path(two, "models") / run / "model.safetensors"))
+        assert a.keys() == b.keys()
+        for name in a:
+            torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
+    assert not (sft.STAGE.path(two, "run_folders") / ".launch").exists()
+    # a second call deals nothing: every run is finished
+    assert list(sft.train_all(two, only=wanted)["run"]) == wanted
+
+
+def test_a_failed_training_process_names_its_log(profile, tmp_path, monkeypatch):
+    import sys
+
+    two = Profile({**profile, "training": {**profile["training"], "launcher": "processes", "processes": 2}})
+    seen = []
+
+    def failing(profile, specs, launcher=None, profile_file=None):
+        seen.append(([s.name for s in specs], profile_file))
+        return [sys.executable, "-c", "import os, sys; print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(3)"]
+
+    monkeypatch.setattr(sft, "_run_command", failing)
+    runs = sft.plan_runs(two)[:5]
+    with pytest.raises(RuntimeError, match=r"SFT process 0 of 2 failed \(exit status 3\)(.|\n)*threads 1"):
+        sft._train_in_processes(two, runs, poll_seconds=0.05)
+    # dealt in turn: 3 runs and 2 runs; the saved profile is the one in memory
+    assert [names for names, _ in seen] == [[r.name for r in runs[0::2]], [r.name for r in runs[1::2]]]
+    assert load_profile(seen[0][1])["training"]["launcher"] == "processes"

@@ -484,3 +484,93 @@ def test_best_row_comparison_when_ours_is_best_or_tied():
     )
     # every row ties: ours shares rank 1 and is named, not whichever row sorts first
     assert row["run"].startswith("ours 50.0")
+
+
+# ---------------------------------------------------------------------------------------------
+# Several evaluation processes (the tiny profile's default)
+
+
+def _evaluation_profile(profile, root, processes: int):
+    """``profile`` (the stage fixtures' random model as the base) with world test suites of 2 + 1
+    questions, one fine-tuned run (another random model) and ``evaluation.processes``, under ``root``."""
+    import shutil
+
+    from segattr_utils import dag
+    from segattr_utils.artifacts import write_table
+    from segattr_utils.config import Profile
+
+    moved = Profile(
+        {
+            **profile,
+            "results_root": str(root),
+            "evaluation": {
+                **profile["evaluation"],
+                "processes": processes,
+                "threads_per_process": 1,
+                "max_new_tokens": 12,
+            },
+        }
+    )
+    questions = [
+        {
+            "id": "a",
+            "suite": "test_id",
+            "question": "Start with 2, then first add 1. What is the result?",
+            "answer": "3",
+        },
+        {
+            "id": "b",
+            "suite": "test_id",
+            "question": "Start with 5, then first subtract 1. What is the result?",
+            "answer": "4",
+        },
+        {
+            "id": "c",
+            "suite": "test_ood",
+            "question": "Start with 3, then first add 1. What is the result?",
+            "answer": "4",
+        },
+    ]
+    write_table(dag.WORLD.path(moved, "questions"), pd.DataFrame(questions))
+    base = profile["models"]["generator"]["local_path"]
+    run_model = dag.SELECTIVE_SFT.path(moved, "models") / "full__self__seed0"
+    shutil.copytree(base, run_model)
+    write_table(
+        dag.SELECTIVE_SFT.path(moved, "runs"),
+        pd.DataFrame([{"run": "full__self__seed0", "setting": "full__self", "seed": 0}]),
+    )
+    return moved
+
+
+def test_two_evaluation_processes_generate_what_one_process_generates(profile, tmp_path):
+    """evaluation.processes: 2 deals the models over two launched single-threaded processes, which write
+    every output; the graded table equals one process's (greedy and the per-batch seeded samples do not
+    depend on which process generates), every model is marked generated, and nothing of the launch is
+    left behind. A second call launches nothing."""
+    from segattr_utils import dag
+    from segattr_utils.artifacts import RecordStore
+    from segattr_utils.distributed import rank_store_paths
+
+    one = ev.evaluate_all(_evaluation_profile(profile, tmp_path / "one", 1))
+    spread_profile = _evaluation_profile(profile, tmp_path / "two", 2)
+    two = ev.evaluate_all(spread_profile)
+    # base: greedy + n_samples per question; the run the same
+    n_samples = int(profile["evaluation"]["n_samples"])
+    assert len(one) == 2 * 3 * (1 + n_samples)
+    keys = ["model", "benchmark", "mode", "question_id", "sample"]
+    pd.testing.assert_frame_equal(
+        two.sort_values(keys).reset_index(drop=True), one.sort_values(keys).reset_index(drop=True)
+    )
+    store = RecordStore(dag.EVALUATION.path(spread_profile, "generated_store"), key_fn=lambda r: r["model"])
+    assert sorted(r["model"] for r in store.records()) == ["base", "full__self__seed0"]
+    assert rank_store_paths(store.path) == [] and not store.path.with_suffix(".launch").exists()
+
+
+def test_several_evaluation_processes_need_the_hugging_face_backend():
+    profile = load_profile("tiny")
+    assert ev.evaluation_processes(profile) == (2, 1)
+    profile["evaluation"] = {**profile["evaluation"], "backend": "vllm"}
+    with pytest.raises(ValueError, match="evaluation.processes: 2 needs evaluation.backend: hf"):
+        ev.evaluation_processes(profile)
+    profile["evaluation"] = {**profile["evaluation"], "processes": 1}
+    assert ev.evaluation_processes(profile)[0] == 1
