@@ -26,8 +26,7 @@ from .. import dag, distributed, services
 from ..artifacts import RecordStore, write_table
 from ..config import Profile, load_profile
 from ..llm.models import free_accelerator_memory
-from ..method.attribution import execution_device, token_attributions
-from ..method.ig_cost import available_memory, choose_ig_settings
+from ..method.ig_plan import IGSettings, attribute_sequence
 from ..method.importance import always_keep_indices, importance_flags, segment_scores
 from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
@@ -39,56 +38,6 @@ from . import StageResult, finish
 STAGE = dag.IG_ATTRIBUTION
 
 
-def ig_settings_for(model, n_tokens: int, answer_tokens: int, settings: dict) -> tuple[int, bool]:
-    """(points per pass, activation checkpointing) for one trace: ``attribution.internal_batch_size`` and
-    ``attribution.activation_checkpointing`` as set, an ``auto`` one chosen by the cost estimator
-    (:func:`segattr_utils.method.ig_cost.choose_ig_settings`: the fastest setting whose predicted memory
-    fits what the model's device has free, or ``attribution.memory_budget_gb`` when that is set and lower).
-    When nothing is predicted to fit, or the architecture has no cost model, the most frugal setting is
-    used and an out-of-memory error then skips the trace (:func:`attribution_record`)."""
-    n_steps = settings["n_steps"]
-    chunk = settings.get("internal_batch_size") or n_steps  # null: every path point in one pass
-    chunk = chunk if chunk == "auto" else min(chunk, n_steps)
-    checkpointing = settings.get("activation_checkpointing", False)
-    if chunk != "auto" and checkpointing != "auto":
-        return chunk, checkpointing
-    device = execution_device(model.get_input_embeddings()) or torch.device("cpu")
-    budget = settings.get("memory_budget_gb")
-    budget = None if budget is None else int(budget * 2**30)
-    available = available_memory(device, budget)
-    if budget is not None:
-        available = min(available, budget)
-    try:
-        choice = choose_ig_settings(
-            model.config,
-            n_tokens,
-            available,
-            n_steps=n_steps,
-            dtype=model.dtype,
-            answer_tokens=answer_tokens,
-            internal_batch_size=chunk,
-            activation_checkpointing=checkpointing,
-        )
-    except ValueError as error:  # no cost model for this architecture
-        warnings.warn(f"attribution settings 'auto': {error}; using the most frugal setting", stacklevel=2)
-        choice = None
-    if choice is None:
-        return (1 if chunk == "auto" else chunk), (True if checkpointing == "auto" else checkpointing)
-    return choice.points_per_chunk, choice.activation_checkpointing
-
-
-def out_of_memory_ladder(chunk: int, checkpointing: bool) -> list[tuple[int, bool]]:
-    """The settings tried in turn for one trace when the accelerator runs out of memory: the chunk of path
-    points halved down to one point per pass, then the same with activation checkpointing."""
-    halvings = [chunk]
-    while halvings[-1] > 1:
-        halvings.append(halvings[-1] // 2)
-    ladder = [(c, checkpointing) for c in halvings]
-    if not checkpointing:
-        ladder += [(c, True) for c in halvings]
-    return ladder
-
-
 def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: dict) -> dict:
     """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores.
 
@@ -97,11 +46,10 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
     and a cut trace would leave segments without attributions), and its record says why, so that
     :func:`over_length_traces` counts it and the stage's check "every kept trace is attributed" fails.
 
-    An out-of-memory error (``torch.OutOfMemoryError``: CUDA and other accelerators; the CPU's allocator
-    raises a plain RuntimeError, and Linux's OOM killer ends the process first) does not abort the stage:
-    the trace is tried again down :func:`out_of_memory_ladder` (half the chunk, ..., then checkpointing),
-    and if even one checkpointed point per pass does not fit, the record is ``skipped: "out_of_memory ..."``
-    (:func:`skipped_traces` lists it; ``attribution.retry_skipped`` tries it again on a later run).
+    The attribution itself is :func:`segattr_utils.method.ig_plan.attribute_sequence`: points per pass and
+    checkpointing planned per trace, an out-of-memory error retried down the ladder and, failing that, the
+    record is ``skipped: "out_of_memory ..."`` (:func:`skipped_traces` lists it; ``attribution.retry_skipped``
+    tries it again on a later run). The record carries the settings that were used.
     """
     prompt = services.prompt(tokenizer, trace["question"])
     sequence = build_attribution_sequence(
@@ -112,42 +60,25 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
     if cap is not None and len(sequence) > cap:
         record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
         return record
-    started = time.perf_counter()
-    answer_tokens = sequence.answer_span[1] - sequence.answer_span[0]
-    first_try = ig_settings_for(model, len(sequence), answer_tokens, settings)
-    failures, result = [], None
-    for chunk, checkpointing in out_of_memory_ladder(*first_try):
-        try:
-            result = token_attributions(
-                model,
-                torch.tensor(sequence.input_ids),
-                sequence.answer_span,
-                baseline_token_id=baseline,
-                n_steps=settings["n_steps"],
-                method=settings["method"],
-                internal_batch_size=chunk,
-                activation_checkpointing=checkpointing,
-                # the stage records every trace's error and flags those over attribution.flag_relative_delta in
-                # its completeness table and histogram: no warning per trace in the executed notebook
-                warn_relative_delta=None,
-            )
-            break
-        except torch.OutOfMemoryError as error:
-            # keep the message only: the exception's traceback holds the failed pass's tensors
-            failures.append(f"{chunk} point(s) per pass{' checkpointed' if checkpointing else ''}")
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        free_accelerator_memory()  # outside the except block, once the traceback is released
-    if result is None:
-        record["skipped"] = f"out_of_memory after {len(failures)} attempts ({'; '.join(failures)}): {message}"
+    # the stage records every trace's error and flags those over attribution.flag_relative_delta in its
+    # completeness table and histogram: no warning per trace in the executed notebook
+    run = attribute_sequence(
+        model,
+        torch.tensor(sequence.input_ids),
+        sequence.answer_span,
+        baseline_token_id=baseline,
+        settings=IGSettings.from_mapping(settings),
+        warn_relative_delta=None,
+    )
+    if run.skipped:
+        record["skipped"] = run.skipped
         return record
+    result = run.attribution
     values = result.values.tolist()
     record.update(
         {
             "skipped": None,
-            "internal_batch_size": chunk,
-            "activation_checkpointing": checkpointing,
-            "out_of_memory_retries": len(failures),
-            "seconds": round(time.perf_counter() - started, 3),
+            **run.settings_record(),
             "f_input": result.f_input,
             "f_baseline": result.f_baseline,
             "delta": result.delta,

@@ -18,6 +18,8 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.config import load_profile, save_profile
 from segattr_utils.distributed import rank_store_path, rank_store_paths
+from segattr_utils.method import attribution as engine
+from segattr_utils.method import ig_plan
 from segattr_utils.stages import stage03_ig_attribution as pipeline
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
@@ -187,10 +189,10 @@ def test_attribution_releases_the_model_before_freeing_gpu_memory(world_profile,
 
 
 # ---------------------------------------------------------------------------------------------------
-# Out of memory (issue 13, item 3): retried with half the chunk, then checkpointing, then skipped
+# Out of memory: retried with half the chunk, then checkpointing, then skipped
 
 
-REAL_TOKEN_ATTRIBUTIONS = pipeline.token_attributions
+REAL_TOKEN_ATTRIBUTIONS = engine.token_attributions
 
 
 def _oom_after(rule, calls):
@@ -209,7 +211,7 @@ def _oom_after(rule, calls):
 
 
 def test_out_of_memory_ladder():
-    assert pipeline.out_of_memory_ladder(8, False) == [
+    assert ig_plan.out_of_memory_ladder(8, False) == [
         (8, False),
         (4, False),
         (2, False),
@@ -219,8 +221,8 @@ def test_out_of_memory_ladder():
         (2, True),
         (1, True),
     ]
-    assert pipeline.out_of_memory_ladder(3, True) == [(3, True), (1, True)]
-    assert pipeline.out_of_memory_ladder(1, False) == [(1, False), (1, True)]
+    assert ig_plan.out_of_memory_ladder(3, True) == [(3, True), (1, True)]
+    assert ig_plan.out_of_memory_ladder(1, False) == [(1, False), (1, True)]
 
 
 @pytest.mark.parametrize(
@@ -241,7 +243,7 @@ def test_out_of_memory_is_retried_down_the_ladder(world_profile, monkeypatch, ru
     settings = dict(world_profile["attribution"], internal_batch_size=8, activation_checkpointing=False)
     reference = pipeline.attribution_record(model, tokenizer, baseline, settings, TRACES[0])
     calls = []
-    monkeypatch.setattr(pipeline, "token_attributions", _oom_after(rule, calls))
+    monkeypatch.setattr(engine, "token_attributions", _oom_after(rule, calls))
     record = pipeline.attribution_record(model, tokenizer, baseline, settings, TRACES[0])
     assert calls == expected_calls
     assert record["skipped"] is None
@@ -274,7 +276,7 @@ def test_trace_out_of_memory_everywhere_is_skipped_and_not_retried_unless_asked(
     victim = traces[2]["trace_id"]
     assert sorted(lengths.values()).count(lengths[victim]) == 1  # its length singles it out
     calls = []
-    monkeypatch.setattr(pipeline, "token_attributions", _oom_after(lambda c, k, n: n == lengths[victim], calls))
+    monkeypatch.setattr(engine, "token_attributions", _oom_after(lambda c, k, n: n == lengths[victim], calls))
     profile = load_profile("smoke")
     profile.update({k: v for k, v in world_profile.items()})
     profile["attribution"] = dict(world_profile["attribution"], internal_batch_size=4, activation_checkpointing=False)
@@ -291,7 +293,7 @@ def test_trace_out_of_memory_everywhere_is_skipped_and_not_retried_unless_asked(
 
     # a resumed run leaves it skipped (and attributes nothing) ...
     calls.clear()
-    monkeypatch.setattr(pipeline, "token_attributions", _oom_after(lambda c, k, n: False, calls))
+    monkeypatch.setattr(engine, "token_attributions", _oom_after(lambda c, k, n: False, calls))
     assert pipeline.attribute_traces(profile, traces, store, "resume") == records and calls == []
     # ... unless attribution.retry_skipped asks for it; then it is attributed, in its place among the others
     profile["attribution"]["retry_skipped"] = True
@@ -323,7 +325,7 @@ def test_auto_settings_take_the_estimators_choice(world_profile, monkeypatch):
     def choose(budget_bytes, **settings):
         budget_bytes += 64  # float rounding of bytes -> GiB -> bytes
         settings = dict(auto, memory_budget_gb=budget_bytes / 2**30, **settings)
-        return pipeline.ig_settings_for(model, n_tokens, answer, settings)
+        return ig_plan.plan_ig(model, n_tokens, answer, ig_plan.IGSettings.from_mapping(settings))
 
     assert choose(10 * cost(steps, False)) == (steps, False)  # room for everything: one pass
     assert choose(cost(4, False) / 0.9) == (4, False)  # DEFAULT_MARGIN keeps 10% free
@@ -331,11 +333,14 @@ def test_auto_settings_take_the_estimators_choice(world_profile, monkeypatch):
     assert choose(cost(1, True) / 2) == (1, True)  # nothing fits: the most frugal setting, OOM handles the rest
     assert choose(cost(1, True) / 2, activation_checkpointing=False) == (1, False)
     # fixed settings are used as they are, without consulting the memory
-    assert pipeline.ig_settings_for(model, n_tokens, answer, dict(n_steps=steps, internal_batch_size=None)) == (
+    assert ig_plan.plan_ig(model, n_tokens, answer, ig_plan.IGSettings(n_steps=steps, internal_batch_size=None)) == (
         steps,
         False,
     )
-    assert pipeline.ig_settings_for(model, n_tokens, answer, dict(n_steps=steps, internal_batch_size=64)) == (8, False)
+    assert ig_plan.plan_ig(model, n_tokens, answer, ig_plan.IGSettings(n_steps=steps, internal_batch_size=64)) == (
+        8,
+        False,
+    )
 
 
 def test_stage_result_reports_skipped_traces_and_why(profile, monkeypatch):
@@ -362,7 +367,7 @@ def test_stage_result_reports_skipped_traces_and_why(profile, monkeypatch):
     }
     victim = max(lengths, key=lengths.get)
     assert sorted(lengths.values()).count(lengths[victim]) == 1
-    monkeypatch.setattr(stage, "token_attributions", _oom_after(lambda c, k, n: n == lengths[victim], []))
+    monkeypatch.setattr(engine, "token_attributions", _oom_after(lambda c, k, n: n == lengths[victim], []))
 
     with pytest.warns(UserWarning, match="ran out of memory"):
         result = stage.run(profile)
@@ -412,7 +417,7 @@ def test_a_launch_started_by_hand_is_merged_by_the_next_notebook_run(profile, tm
     def no_more_ig(*args, **kwargs):
         raise AssertionError("a trace the launched process attributed was attributed again")
 
-    monkeypatch.setattr(pipeline, "token_attributions", no_more_ig)
+    monkeypatch.setattr(engine, "token_attributions", no_more_ig)
     scores = pipeline.attribute_kept_traces(profile)
     assert set(scores["trace_id"]) == {t["trace_id"] for t in traces}
     records = RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()
