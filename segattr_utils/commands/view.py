@@ -177,11 +177,14 @@ def write_trace_page(path: Path, trace: dict, segments: pd.DataFrame, index_href
     )
 
 
-def index_rows(tables: ScoreTables, names: dict[str, str]) -> pd.DataFrame:
+def index_rows(
+    tables: ScoreTables, names: dict[str, str], groups: dict[str, pd.DataFrame] | None = None
+) -> pd.DataFrame:
     """The index's table (:func:`segattr_utils.report.viewer.render_index`): per scored trace, its
     segments, the tokens of its segments, the completeness error and the share of those tokens in the
-    selected segments (the ones selective SFT trains, Eq. 9)."""
-    groups = _groups(tables.segments)
+    selected segments (the ones selective SFT trains, Eq. 9). ``groups``: the segments by trace, where
+    already at hand."""
+    groups = _groups(tables.segments) if groups is None else groups
     rows = []
     for trace in tables.traces.to_dict("records"):
         group = groups[trace["trace_id"]]
@@ -219,7 +222,7 @@ def write_corpus(tables: ScoreTables, folder: Path, title: str) -> int:
         path = folder / PAGES / f"{names[trace['trace_id']]}.html"
         write_trace_page(path, trace, groups[trace["trace_id"]], index_href=f"../{INDEX}")
     document = viewer.render_index(
-        index_rows(tables, names),
+        index_rows(tables, names, groups),
         tables.skipped,
         title,
         flag_threshold=tables.settings.get("flag_relative_delta"),

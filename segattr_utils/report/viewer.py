@@ -529,7 +529,7 @@ INDEX_STYLE = (
     "h1{font-size:1.3em;}h2{font-size:1.05em;margin-top:1.5em;}"
     "table{border-collapse:collapse;width:100%;font-size:0.9em;}"
     "th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top;}"
-    "th:first-child,td:first-child,#skipped td{text-align:left;}"
+    "th:first-child,td:first-child,#skipped th,#skipped td{text-align:left;}"
     "#skipped td.detail{white-space:pre-wrap;font-family:monospace;font-size:0.9em;}"
     "thead th{position:sticky;top:0;background:#f4f4f4;}"
     "th button{font:inherit;font-weight:bold;background:none;border:0;cursor:pointer;padding:0;}"

