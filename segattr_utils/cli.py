@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 _MODULES = (
     ("reproduce", "run the numbered notebooks in order with papermill (or under nbval)", reproduce),
     ("score", "segment, attribute (IG) and score the traces of an R1 JSONL file with a model", score),
-    ("view", "one scored trace as a standalone HTML page", view),
+    ("view", "the scored traces as standalone HTML pages: an index and a page per trace", view),
     ("export", "a TRL-ready SFT dataset (input_ids, labels, completion_mask) from scored traces", export),
     ("estimate", "predict the memory and time of token IG for a model config, sequence length and GPU", estimate),
 )

@@ -19,6 +19,11 @@ is built for real traces of hundreds of segments:
 
 All text is HTML-escaped; newlines are kept and shown as ``↵``. The entry point for other code (the
 ``segattr view`` command, stage 06) is :func:`write_html` on a table built by :func:`trace_view`.
+
+:func:`render_index` is the page over many traces (``segattr view`` without ``--trace``): one row per
+scored trace (segments, tokens, completeness error, share of tokens trained, correct), each a link to
+its trace's page, sortable by a click on a column header (a few lines of inline JS; the order is kept
+in the URL as ``#sort=<column>-<asc|desc>``), and the skipped traces with their reasons.
 The PNG/PDF rendering for notebooks is :func:`segattr_utils.report.figures.fig1_left_segment_viewer`.
 """
 
@@ -346,6 +351,12 @@ def _qa_html(question, gold_answer, trace_answer, correct) -> str:
     return '<section class="qa">' + "".join(items) + "</section>"
 
 
+def _back_html(index_href: str | None) -> str:
+    if index_href is None:
+        return ""
+    return f'<nav class="back"><a href="{html.escape(index_href, quote=True)}">&larr; all traces</a></nav>'
+
+
 STYLE = (
     "body{font-family:sans-serif;max-width:64em;margin:1em auto;padding:0 1em;color:#222;}"
     "h1{font-size:1.3em;}h2{font-size:0.95em;margin:0.8em 0 0.2em;}"
@@ -396,6 +407,7 @@ def render_html(
     correct: bool | None = None,
     tokens: TokenPieces | None = None,
     collapse_min: int = 2,
+    index_href: str | None = None,
 ) -> str:
     """The standalone HTML page of one trace (see the module docstring).
 
@@ -403,7 +415,8 @@ def render_html(
     ``norm_strength``, ``consistency``; optional ``always_kept`` (default: first and last),
     ``n_tokens``, ``kind``). ``tokens``: per segment, ``(text, attribution)`` pieces from
     :func:`token_pieces`; when given, a checkbox colours every token by its signed attribution.
-    Runs of at least ``collapse_min`` consecutive masked segments are collapsed.
+    Runs of at least ``collapse_min`` consecutive masked segments are collapsed. ``index_href``, when
+    given, is the (relative) address of the page over all traces, linked above the title.
     """
     classes = segment_classes(view)
     if tokens is not None:
@@ -446,7 +459,7 @@ def render_html(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escaped_title}</title><style>{STYLE}</style>{SCRIPT}</head><body>"
-        f"<header><h1>{escaped_title}</h1>"
+        f"<header>{_back_html(index_href)}<h1>{escaped_title}</h1>"
         f"{_qa_html(question, gold_answer, trace_answer, correct)}"
         f"{_summary_html(summary_counts(view))}{legend}</header>{toggle}"
         f"{_strip_html(view, classes)}"
@@ -465,6 +478,7 @@ def write_html(
     correct: bool | None = None,
     tokens: TokenPieces | None = None,
     collapse_min: int = 2,
+    index_href: str | None = None,
 ) -> Path:
     """Write :func:`render_html` of ``view`` atomically to ``path`` and return it: the entry point of
     ``segattr view`` and stage 06. Example::
@@ -482,5 +496,189 @@ def write_html(
         correct=correct,
         tokens=tokens,
         collapse_min=collapse_min,
+        index_href=index_href,
     )
     return atomic_write_text(path, document)
+
+
+# ---------------------------------------------------------------------------------------------
+# The index over many traces
+
+#: The index's columns: (sort key, header, type); ``number`` columns sort by their ``data-value``.
+INDEX_COLUMNS = (
+    ("id", "trace id", "text"),
+    ("segments", "segments", "number"),
+    ("tokens", "tokens", "number"),
+    ("error", "completeness error", "number"),
+    ("share", "share of tokens trained", "number"),
+    ("correct", "correct", "number"),
+)
+#: Marks the index page as this module's (``segattr view`` replaces only a folder it wrote itself).
+INDEX_GENERATOR = '<meta name="generator" content="segattr view">'
+INDEX_FIELDS = ("trace_id", "href", "n_segments", "n_tokens", "relative_delta", "flagged", "trained_share", "correct")
+SKIPPED_FIELDS = ("trace_id", "reason", "detail")
+_HEADER_TITLES = {
+    "tokens": "tokens of the reasoning (its segments); the attributed sequence adds the prompt and the answer",
+    "error": "relative completeness error |F(x) - F(x') - sum IG| / |F(x) - F(x')| of the attributions",
+    "share": "tokens of the selected segments (important or always kept, Eq. 9) over all tokens of the reasoning",
+    "correct": "whether the trace's own boxed answer equals the gold answer",
+}
+
+INDEX_STYLE = (
+    "body{font-family:sans-serif;max-width:72em;margin:1em auto;padding:0 1em;color:#222;}"
+    "h1{font-size:1.3em;}h2{font-size:1.05em;margin-top:1.5em;}"
+    "table{border-collapse:collapse;width:100%;font-size:0.9em;}"
+    "th,td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:right;vertical-align:top;}"
+    "th:first-child,td:first-child,#skipped th,#skipped td{text-align:left;}"
+    "#skipped td.detail{white-space:pre-wrap;font-family:monospace;font-size:0.9em;}"
+    "thead th{position:sticky;top:0;background:#f4f4f4;}"
+    "th button{font:inherit;font-weight:bold;background:none;border:0;cursor:pointer;padding:0;}"
+    "th[aria-sort=ascending] button::after{content:' \\25B2';}"
+    "th[aria-sort=descending] button::after{content:' \\25BC';}"
+    "tr.flagged td.error{color:#b2182b;font-weight:bold;}"
+    "td.id{font-family:monospace;word-break:break-all;}"
+)
+
+# Sorts the table by a column: a click on a header (ascending, then descending), or the page's address
+# (#sort=<column>-<asc|desc>, kept so that a sorted view can be linked and reloaded). Ties keep the
+# file order; text sorts numerically where it holds numbers (q2 before q10).
+INDEX_SCRIPT = """<script>
+(() => {
+  const table = document.getElementById('traces');
+  if (!table) return;
+  const heads = [...table.tHead.rows[0].cells];
+  const body = table.tBodies[0];
+  const collator = new Intl.Collator(undefined, {numeric: true});
+  let current = '';
+  function value(row, col, numeric) {
+    const raw = row.cells[col].dataset.value;
+    if (!numeric) return raw;
+    const v = Number(raw);
+    return Number.isNaN(v) ? -Infinity : v;
+  }
+  function sortTable(name, dir) {
+    const col = heads.findIndex(th => th.dataset.key === name);
+    if (col < 0 || current === name + '-' + dir) return;
+    const numeric = heads[col].dataset.type === 'number';
+    const sign = dir === 'desc' ? -1 : 1;
+    const rows = [...body.rows];
+    rows.sort((a, b) => {
+      const x = value(a, col, numeric), y = value(b, col, numeric);
+      const order = numeric ? (x < y ? -1 : x > y ? 1 : 0) : collator.compare(x, y);
+      return sign * order || (Number(a.dataset.order) - Number(b.dataset.order));
+    });
+    body.append(...rows);
+    heads.forEach((th, i) => th.setAttribute('aria-sort', i !== col ? 'none' : dir === 'desc' ? 'descending' : 'ascending'));
+    current = name + '-' + dir;
+  }
+  function fromAddress() {
+    const match = /^#sort=([a-z]+)-(asc|desc)$/.exec(location.hash);
+    if (match) sortTable(match[1], match[2]);
+  }
+  heads.forEach(th => th.querySelector('button').addEventListener('click', () => {
+    const dir = th.getAttribute('aria-sort') === 'ascending' ? 'desc' : 'asc';
+    sortTable(th.dataset.key, dir);
+    location.hash = 'sort=' + th.dataset.key + '-' + dir;
+  }));
+  window.addEventListener('hashchange', fromAddress);
+  fromAddress();
+})();
+</script>"""
+
+
+def _number(value: float) -> str:
+    """A ``data-value`` that JavaScript's ``Number()`` reads back (``Infinity``, not Python's ``inf``)."""
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
+def _error_text(value: float) -> str:
+    value = float(value)
+    return "n/a" if math.isnan(value) else "∞" if math.isinf(value) else f"{value:.2%}"
+
+
+def _index_row(order: int, row: dict) -> str:
+    trace_id = html.escape(str(row["trace_id"]), quote=True)
+    href = html.escape(str(row["href"]), quote=True)
+    flagged = bool(row["flagged"])
+    correct = bool(row["correct"])
+    cells = [
+        f'<td class="id" data-value="{trace_id}"><a href="{href}">{trace_id}</a></td>',
+        f'<td data-value="{int(row["n_segments"])}">{int(row["n_segments"]):,}</td>',
+        f'<td data-value="{int(row["n_tokens"])}">{int(row["n_tokens"]):,}</td>',
+        f'<td class="error" data-value="{_number(row["relative_delta"])}">{_error_text(row["relative_delta"])}'
+        f"{' (flagged)' if flagged else ''}</td>",
+        f'<td data-value="{_number(row["trained_share"])}">{float(row["trained_share"]):.1%}</td>',
+        f'<td data-value="{int(correct)}">{"yes" if correct else "no"}</td>',
+    ]
+    flag = ' class="flagged"' if flagged else ""
+    return f'<tr data-order="{order}" data-trace="{trace_id}"{flag}>' + "".join(cells) + "</tr>"
+
+
+def _skipped_html(skipped: pd.DataFrame) -> str:
+    if skipped.empty:
+        return "<h2>Skipped traces</h2><p>No trace was skipped.</p>"
+    reasons = skipped["reason"].astype(str).value_counts()
+    counts = " · ".join(f"{html.escape(reason)}: {count:,}" for reason, count in reasons.items())
+    rows = "".join(
+        f'<tr data-trace="{html.escape(str(r["trace_id"]), quote=True)}">'
+        f'<td class="id">{html.escape(str(r["trace_id"]))}</td><td>{html.escape(str(r["reason"]))}</td>'
+        f'<td class="detail">{html.escape("" if pd.isna(r["detail"]) else str(r["detail"]))}</td></tr>'
+        for r in skipped.to_dict("records")
+    )
+    return (
+        f"<h2>Skipped traces ({len(skipped):,})</h2><p>{counts}</p>"
+        '<table id="skipped"><thead><tr><th>trace id</th><th>reason</th><th>detail</th></tr></thead>'
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def render_index(
+    traces: pd.DataFrame, skipped: pd.DataFrame, title: str = "", *, flag_threshold: float | None = None
+) -> str:
+    """The standalone HTML page over many traces (see the module docstring).
+
+    ``traces``: one row per scored trace, in the order shown until sorted, with ``trace_id``, ``href``
+    (the address of its page), ``n_segments``, ``n_tokens``, ``relative_delta`` (the completeness
+    error), ``flagged``, ``trained_share`` (0..1) and ``correct``. ``skipped``: ``trace_id``, ``reason``,
+    ``detail``. ``flag_threshold``: the completeness error above which a trace is flagged (shown in the
+    summary line).
+    """
+    for name, table, fields in (("traces", traces, INDEX_FIELDS), ("skipped", skipped, SKIPPED_FIELDS)):
+        missing = [c for c in fields if c not in table.columns]
+        if missing:
+            raise ValueError(f"the index's {name} table lacks {missing}")
+    records = traces.to_dict("records")
+    n_correct = sum(bool(r["correct"]) for r in records)
+    n_flagged = sum(bool(r["flagged"]) for r in records)
+    above = "" if flag_threshold is None else f" above {flag_threshold:g}"
+    summary = (
+        f"{_count(len(records), 'scored trace')} · {n_correct:,} correct · {n_flagged:,} flagged "
+        f"(completeness error{above}) · {_count(len(skipped), 'skipped trace')}"
+    )
+    heads = "".join(
+        f'<th data-key="{key}" data-type="{kind}" aria-sort="none"'
+        + (f' title="{html.escape(_HEADER_TITLES[key], quote=True)}"' if key in _HEADER_TITLES else "")
+        + f'><button type="button">{label}</button></th>'
+        for key, label, kind in INDEX_COLUMNS
+    )
+    rows = "\n".join(_index_row(order, row) for order, row in enumerate(records))
+    escaped_title = html.escape(title)
+    table = (
+        f'<table id="traces"><thead><tr>{heads}</tr></thead><tbody>\n{rows}\n</tbody></table>'
+        if records
+        else "<p>No scored trace.</p>"
+    )
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"{INDEX_GENERATOR}<title>{escaped_title}</title><style>{INDEX_STYLE}</style></head><body>"
+        f'<h1>{escaped_title}</h1><p class="summary">{summary}</p>'
+        "<p>Click a column header to sort by it (again for the reverse order); a trace id opens its "
+        "segments.</p>"
+        f"{table}{_skipped_html(skipped)}{INDEX_SCRIPT}</body></html>\n"
+    )

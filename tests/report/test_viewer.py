@@ -28,6 +28,7 @@ from segattr_utils.report.viewer import (
     NEWLINE_MARK,
     masked_runs,
     render_html,
+    render_index,
     segment_classes,
     token_pieces,
     trace_view,
@@ -519,3 +520,29 @@ def test_200_segment_trace_in_headless_chromium(tmp_path):
     with shot.open("rb") as handle:
         header = handle.read(24)
     assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24]) == (1280, 1000)
+
+
+def test_index_page_needs_its_columns_and_trace_pages_link_back():
+    rows = pd.DataFrame(
+        {
+            "trace_id": ["a<b"],
+            "href": ["traces/a_b.html"],
+            "n_segments": [3],
+            "n_tokens": [12],
+            "relative_delta": [0.01],
+            "flagged": [False],
+            "trained_share": [0.5],
+            "correct": [True],
+        }
+    )
+    skipped = pd.DataFrame({"trace_id": ["s"], "reason": ["over-length"], "detail": ["9000 > 8192"]})
+    document = render_index(rows, skipped, title="<corpus>")
+    assert "<title>&lt;corpus&gt;</title>" in document and 'data-trace="a&lt;b"' in document
+    assert '<a href="traces/a_b.html">a&lt;b</a>' in document and "over-length: 1" in document
+    with pytest.raises(ValueError, match="lacks \\['trained_share'\\]"):
+        render_index(rows.drop(columns="trained_share"), skipped)
+    with pytest.raises(ValueError, match="skipped table lacks \\['detail'\\]"):
+        render_index(rows, skipped.drop(columns="detail"))
+    page = render_html(_view(), index_href='../index.html?"x"')
+    assert '<nav class="back"><a href="../index.html?&quot;x&quot;">&larr; all traces</a></nav>' in page
+    assert "all traces" not in render_html(_view())
