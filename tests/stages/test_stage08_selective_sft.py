@@ -575,6 +575,34 @@ def test_runs_dealt_over_two_processes_train_what_one_process_trains(reference_p
     assert list(sft.train_all(two, only=wanted)["run"]) == wanted
 
 
+def test_a_run_under_accelerate_launch_on_the_cpu_trains_and_writes_its_model(reference_profile, tmp_path, monkeypatch):
+    """training.launcher: accelerate, with a one-process CPU accelerate config started from notebooks/ (as
+    under papermill): the run trains under accelerate launch (its summary says so), its main process writes
+    the model, and the launch folder with the config's copy is removed."""
+    import yaml
+
+    from segattr_utils.config import find_project_root
+
+    config = tmp_path / "accelerate_cpu.yaml"
+    cpu = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "NO", "num_machines": 1, "num_processes": 1}
+    config.write_text(yaml.safe_dump({**cpu, "machine_rank": 0, "mixed_precision": "no", "use_cpu": True}))
+    launched = _copy_inputs(reference_profile, tmp_path / "launched")
+    sft_settings = {**reference_profile["training"]["sft"], "logging_steps": 1}  # a loss to read back
+    launched["training"] = {
+        **reference_profile["training"],
+        "sft": sft_settings,
+        "launcher": "accelerate",
+        "accelerate_config": str(config),
+    }
+    wanted = ["full__reference__seed0"]
+    monkeypatch.chdir(find_project_root() / "notebooks")
+    runs = sft.train_all(launched, only=wanted).set_index("run")
+    assert list(runs.index) == wanted and bool(runs.loc[wanted[0], "accelerate_launch"])
+    assert runs.loc[wanted[0], "world_size"] == 1 and np.isfinite(runs.loc[wanted[0], "final_loss"])
+    assert (sft.STAGE.path(launched, "models") / wanted[0] / "model.safetensors").is_file()
+    assert not (sft.STAGE.path(launched, "run_folders") / ".launch").exists()
+
+
 def test_a_failed_training_process_names_its_log(profile, tmp_path, monkeypatch):
     two = Profile({**profile, "training": {**profile["training"], "launcher": "processes", "processes": 2}})
     seen = []
