@@ -1,16 +1,26 @@
-"""Per-item work spread over processes and machines with accelerate, one record store per rank.
+"""Starting the package's subprocesses, and per-item work spread over processes and machines with
+accelerate, one record store per rank.
+
+Every subprocess the package starts to do work goes through :func:`run_commands`: a list of
+:class:`Command` (a plain ``python -m segattr_utils.workers <job> ...``, :func:`worker_command`, with its
+environment, e.g. ``CUDA_VISIBLE_DEVICES`` for a per-GPU run; or an ``accelerate launch``,
+:func:`launch_command`, with a config file or a process count), each with its own log file, a progress bar
+fed by the caller's count of finished work, and on a failure one error naming the failed process, its exit
+status, its log's end and its command, raised once the others have finished. The rank-worker entry
+points are the jobs of :mod:`segattr_utils.workers`.
 
 IG attribution (Sec. 2.2) is independent per trace, so stage 03 runs it in as many processes as there
 are GPUs (or several single-threaded processes on a CPU). ``accelerate launch`` starts the processes, on
-one machine or several; :func:`process_state` (accelerate's ``PartialState``) tells each its rank;
-:func:`deal` gives each rank its share of the items; each rank appends its records to its own
-:class:`~segattr_utils.artifacts.RecordStore` beside the main one (:func:`rank_store_path`), so that no two
-processes write one file and a killed run keeps what every rank finished. :func:`merge_rank_stores` then
-appends the ranks' records to the main store in the items' input order and removes the rank stores.
+one machine or several (:func:`launch_ranks`); :func:`process_state` (accelerate's ``PartialState``) tells
+each its rank; :func:`deal` gives each rank its share of the items; each rank appends its records to its
+own :class:`~segattr_utils.artifacts.RecordStore` beside the main one (:func:`rank_store_path`), so that
+no two processes write one file and a killed run keeps what every rank finished.
+:func:`merge_rank_stores` then appends the ranks' records to the main store in the items' input order and
+removes the rank stores (:func:`launch_over_processes` does all of it).
 
-The notebook starts the launch itself (:func:`launch_command`, :func:`run_launch`); on several machines
-the same command is started on each machine by hand (README, "Attribution on several GPUs and machines")
-and the next run of the notebook merges what the ranks wrote.
+The notebook starts the launch itself; on several machines the same command is started on each machine
+by hand (README, "Attribution on several GPUs and machines") and the next run of the notebook merges what
+the ranks wrote.
 
 On a machine without CUDA, accelerate's ``--cpu`` flag starts one process whatever ``--num_processes``
 says (its multi-CPU mode needs mpirun); :func:`launch_command` therefore uses the torchrun launcher
@@ -21,12 +31,16 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,68 +160,254 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def launch_command(module: str, arguments: Sequence[str], num_processes: int, port: int | None = None) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# Starting processes: one launcher for every subprocess of the package
+
+
+#: The module of the rank-worker entry points (``python -m segattr_utils.workers <job> ...``).
+WORKERS = "segattr_utils.workers"
+
+
+def worker_arguments(target: str, arguments: Sequence[str] = ()) -> list[str]:
+    """``-m <module> <arguments>`` for ``target``: a job of :mod:`segattr_utils.workers` (a name without
+    dots, e.g. ``attribution``) or a module (``segattr_utils.something``)."""
+    return ["-m", target, *arguments] if "." in target else ["-m", WORKERS, target, *arguments]
+
+
+def worker_command(target: str, arguments: Sequence[str] = ()) -> list[str]:
+    """``python -m segattr_utils.workers <job> <arguments>`` (or ``python -m <module> ...``) with this
+    interpreter, so that it works without the environment's scripts on PATH (e.g. under ``make``)."""
+    return [sys.executable, *worker_arguments(target, arguments)]
+
+
+def launch_command(
+    target: str,
+    arguments: Sequence[str],
+    num_processes: int | None = None,
+    port: int | None = None,
+    config_file: str | Path | None = None,
+) -> list[str]:
     """``python -m accelerate.commands.launch ... -m <module> <arguments>`` on this machine, with this
-    interpreter (so that it works without the environment's scripts on PATH, e.g. under ``make``)."""
+    interpreter; ``target`` as in :func:`worker_arguments`. Without ``config_file``: ``num_processes``
+    processes started by torchrun (``--multi_gpu``, on GPUs or CPUs); with it: what the config file says
+    (``num_processes``, when given, overrides its count). Every launch gets a free rendezvous port."""
+    if config_file is None and num_processes is None:
+        raise ValueError("a launch needs num_processes or an accelerate config file")
+    if config_file is None:
+        options = [
+            "--multi_gpu",  # torchrun: num_processes processes on GPUs or CPUs (--cpu would start one)
+            "--num_processes",
+            str(num_processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+    else:
+        options = ["--config_file", str(config_file)]
+        options += ["--num_processes", str(num_processes)] if num_processes is not None else []
+    port_option = ["--main_process_port", str(port if port is not None else free_port())]
     return [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--multi_gpu",  # torchrun: num_processes processes on GPUs or CPUs (--cpu would start one)
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(port if port is not None else free_port()),
-        "-m",
-        module,
-        *arguments,
+        *options,
+        *port_option,
+        *worker_arguments(target, arguments),
     ]
 
 
-def run_launch(
-    command: Sequence[str],
-    log_path: Path,
+def resolved_accelerate_config(config_file: str | Path, root: str | Path) -> dict:
+    """The accelerate config ``config_file`` with its DeepSpeed file (``deepspeed_config.deepspeed_config_file``)
+    as an absolute path: the configs name it relative to the project root ``root``
+    (``configs/ds_zero2.json``), and the launched processes would open it relative to their working
+    directory (``notebooks/`` under papermill). A config file or DeepSpeed file that does not exist is
+    refused with its path."""
+    import yaml
+
+    config_file = Path(config_file)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"the accelerate config file {config_file} does not exist")
+    config = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+    if not isinstance(config, dict):
+        raise ValueError(f"the accelerate config file {config_file} must hold a mapping")
+    deepspeed = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+    if deepspeed:
+        resolved = Path(deepspeed) if Path(deepspeed).is_absolute() else Path(root) / deepspeed
+        if not resolved.is_file():
+            raise FileNotFoundError(
+                f"the DeepSpeed config file {deepspeed} named by {config_file} does not exist (looked for {resolved})"
+            )
+        config["deepspeed_config"]["deepspeed_config_file"] = str(resolved.resolve())
+    return config
+
+
+def accelerate_config_for_launch(config_file: str | Path, folder: str | Path, root: str | Path) -> Path:
+    """A copy of the accelerate config ``config_file`` in ``folder`` (``accelerate_config.yaml``) for
+    ``accelerate launch --config_file``, its DeepSpeed file an absolute path
+    (:func:`resolved_accelerate_config`)."""
+    import yaml
+
+    config = resolved_accelerate_config(config_file, root)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(Path(folder) / "accelerate_config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+@dataclass(frozen=True)
+class Command:
+    """One process for :func:`run_commands` to start.
+
+    ``argv``: the command line; ``log``: the file its output goes to; ``name``: what a failure calls it
+    (``SFT process 0 of 2``); ``env``: variables added to its environment (``CUDA_VISIBLE_DEVICES``);
+    ``queue``: the commands of one queue run one after another in list order (the runs of one GPU), those
+    of different queues, and those without one, at the same time."""
+
+    name: str
+    argv: Sequence[str]
+    log: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    queue: str | None = None
+
+
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def _failure_message(failed: list[tuple[Command, int]], not_started: list[Command], lines: int) -> str:
+    command, returncode = failed[0]
+    tail = Path(command.log).read_text(errors="replace").splitlines()[-lines:] if Path(command.log).exists() else []
+    message = (
+        f"{command.name} failed ({_exit_status(returncode)}); what the other processes finished is kept. "
+        f"The last lines of {command.log}:\n" + "\n".join(tail) + f"\ncommand: {shlex.join(command.argv)}"
+    )
+    if len(failed) > 1:
+        others = ", ".join(f"{c.name} ({_exit_status(code)}, {c.log})" for c, code in failed[1:])
+        message += f"\n{len(failed) - 1} more failed: {others}"
+    if not_started:
+        message += f"\nnot started, after a failure in their queue: {', '.join(c.name for c in not_started)}"
+    return message
+
+
+def run_commands(
+    commands: Sequence[Command],
     *,
-    threads: int,
     total: int,
     count_done: Callable[[], int],
     desc: str,
+    unit: str = "item",
+    threads: int | None = None,
+    poll_seconds: float = 1.0,
+    tail_lines: int = 40,
+) -> None:
+    """Start ``commands`` (queues one after another, the rest at once: :class:`Command`), each with its
+    output to its own log file, and wait for them, showing a progress bar of ``count_done()`` (how many of
+    the ``total`` units of work are finished, e.g. records in the rank stores) while they run (quiet in
+    executed notebooks). The processes get no progress bars of their own and, with ``threads``, that many
+    OpenMP/torch threads each. Every subprocess of the package is started here.
+
+    A process that fails does not stop the others: they finish (and what they wrote is kept), the later
+    commands of its queue are not started, and then one ``RuntimeError`` names the failed process, its exit
+    status, the last ``tail_lines`` lines of its log and its command (and any other failures). If the
+    caller is interrupted, the processes still running are terminated."""
+    base = {**os.environ, QUIET_ENV: "1"}
+    if threads is not None:
+        base["OMP_NUM_THREADS"] = str(threads)
+    queues: dict[Any, deque[Command]] = {}
+    for index, command in enumerate(commands):
+        queues.setdefault(command.queue if command.queue is not None else ("alone", index), deque()).append(command)
+    running: list[tuple[Any, Command, subprocess.Popen, Any]] = []
+    failed: list[tuple[Command, int]] = []
+    not_started: list[Command] = []
+
+    def start(queue: Any) -> None:
+        command = queues[queue].popleft()
+        Path(command.log).parent.mkdir(parents=True, exist_ok=True)
+        log = open(command.log, "wb")  # noqa: SIM115 - closed when its process ends
+        try:
+            process = subprocess.Popen(
+                list(command.argv), stdout=log, stderr=subprocess.STDOUT, env={**base, **command.env}
+            )
+        except BaseException:
+            log.close()
+            raise
+        running.append((queue, command, process, log))
+
+    begin = count_done()
+    try:
+        with progress(total=total, desc=desc, unit=unit) as bar:
+            for queue in queues:
+                start(queue)
+            while running:
+                ended = [entry for entry in running if entry[2].poll() is not None]
+                for entry in ended:
+                    running.remove(entry)
+                    queue, command, process, log = entry
+                    log.close()
+                    if process.returncode != 0:
+                        failed.append((command, process.returncode))
+                        not_started.extend(queues[queue])
+                        queues[queue].clear()
+                    elif queues[queue]:
+                        start(queue)
+                bar.update(count_done() - begin - bar.n)
+                if not ended:
+                    time.sleep(poll_seconds)
+    finally:
+        for _, _, process, _log in running:  # only when interrupted: stop what is still running
+            process.terminate()
+        for _, _, process, log in running:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+    if failed:
+        raise RuntimeError(_failure_message(failed, not_started, tail_lines))
+
+
+def launch_ranks(
+    target: str,
+    arguments: Sequence[str],
+    *,
+    processes: int,
+    threads: int,
+    logs: str | Path,
+    total: int,
+    count_done: Callable[[], int],
+    desc: str,
+    unit: str = "item",
     poll_seconds: float = 1.0,
 ) -> None:
-    """Run ``command`` (a launch), its output to ``log_path``; show a progress bar of ``count_done()`` out
-    of ``total`` while it runs (quiet in executed notebooks). The processes get ``threads`` torch threads
-    each and no progress bars of their own. A failure raises ``RuntimeError`` with the end of the log."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), QUIET_ENV: "1"}
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    start = count_done()
-    with open(log_path, "wb") as log, progress(total=total, desc=desc, unit="trace") as bar:
-        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, env=env)
-        while process.poll() is None:
-            time.sleep(poll_seconds)
-            bar.update(count_done() - start - bar.n)
-        bar.update(count_done() - start - bar.n)
-    if process.returncode != 0:
-        tail = log_path.read_text(errors="replace").splitlines()[-40:]
-        raise RuntimeError(
-            f"the launched processes failed (exit status {process.returncode}); the last lines of {log_path}:\n"
-            + "\n".join(tail)
-            + f"\ncommand: {' '.join(command)}"
-        )
+    """``processes`` ranks of one ``accelerate launch`` on this machine, each running ``target`` (a job of
+    :mod:`segattr_utils.workers`, or a module) with ``arguments`` and ``threads`` torch threads; the launch's
+    output goes to ``<logs>/launch.log``. Progress and failures as :func:`run_commands`."""
+    command = launch_command(target, arguments, processes)
+    run_commands(
+        [Command(f"the {processes} launched processes", command, Path(logs) / "launch.log")],
+        total=total,
+        count_done=count_done,
+        desc=f"{desc} ({processes} processes)",
+        unit=unit,
+        threads=threads,
+        poll_seconds=poll_seconds,
+    )
 
 
 def launch_over_processes(
-    profile: dict, module: str, items: list[dict], store: RecordStore, processes: int, threads: int, desc: str
+    profile: dict, job: str, items: list[dict], store: RecordStore, processes: int, threads: int, desc: str
 ) -> None:
     """Work through ``items`` in ``processes`` processes on this machine: ``accelerate launch`` runs
-    ``python -m <module> --profile <file> --items <file> --store <store>`` in each (which calls
-    :func:`share_of_this_process` and appends to its rank store), then the ranks' records are merged into
-    ``store`` in the order of ``items``. The profile and the items travel in files beside the store (a
+    ``python -m segattr_utils.workers <job> --profile <file> --items <file> --store <store>`` in each (which
+    calls :func:`share_of_this_process` and appends to its rank store), then the ranks' records are merged
+    into ``store`` in the order of ``items``. The profile and the items travel in files beside the store (a
     profile changed in memory, e.g. by a notebook's parameters, reaches the processes as it is); the
     launch's output goes to ``<store>.launch/launch.log``, whose end a failure shows."""
     folder = store.path.with_suffix(".launch")
@@ -217,14 +417,16 @@ def launch_over_processes(
         folder / "items.jsonl", "".join(json.dumps(item, sort_keys=True, default=json_default) + "\n" for item in items)
     )
     arguments = ["--profile", str(folder / "profile.yaml"), "--items", str(folder / "items.jsonl")]
-    command = launch_command(module, [*arguments, "--store", str(store.path)], processes)
-    run_launch(
-        command,
-        folder / "launch.log",
+    launch_ranks(
+        job,
+        [*arguments, "--store", str(store.path)],
+        processes=processes,
         threads=threads,
+        logs=folder,
         total=len(items),
         count_done=RankRecordCounter(store.path),  # leftover rank stores were merged before the launch
-        desc=f"{desc} ({processes} processes)",
+        desc=desc,
+        unit="item",
     )
     merged = merge_rank_stores(store, [store.key_fn(item) for item in items])
     missing = [store.key_fn(item) for item in items if store.key_fn(item) not in store]
@@ -252,21 +454,7 @@ def share_of_this_process(items: list[dict], store: RecordStore, *, cpu: bool, w
     return state, mine, own
 
 
-def rank_arguments(description: str, jobs: dict, argv: list[str] | None = None):
-    """The arguments of a stage's rank entry point: ``--profile`` (name or YAML file), and ``--items`` (a
-    job name from ``jobs`` or a JSONL file, which then needs ``--store``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--profile", required=True, help="a profile name or YAML file")
-    parser.add_argument("--items", required=True, help=f"{' or '.join(jobs)}, or a JSONL file of items")
-    parser.add_argument("--store", default=None, help="the record store (with a JSONL file of items)")
-    args = parser.parse_args(argv)
-    if args.items not in jobs and args.store is None:
-        parser.error(f"--items {args.items} is not a job name ({', '.join(jobs)}) and needs --store")
-    return args
-
-
 def read_items(path: str | Path) -> list[dict]:
+    """The items of a JSONL file written by :func:`launch_over_processes`."""
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]

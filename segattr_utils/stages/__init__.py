@@ -9,6 +9,9 @@ Every stage module has the same shape:
   shows what the call returned and never re-reads a file by name;
 - the functions ``run`` is made of, small enough to call and test on their own.
 
+A stage module has no command line: what a process started by a launcher runs (a rank's share of IG,
+an SFT run, ...) is a job of :mod:`segattr_utils.workers`, which calls the stage's functions.
+
 A :class:`StageResult` carries ``checks``: named conditions the stage's output must satisfy. The
 notebook's check cell asserts them, so a failed check fails ``make test``.
 """

@@ -14,7 +14,6 @@ its reason instead of aborting the stage (:func:`attribution_record`, :func:`ski
 from __future__ import annotations
 
 import random
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 
 from .. import dag, distributed, services
 from ..artifacts import RecordStore, write_table
-from ..config import Profile, load_profile
+from ..config import Profile
 from ..llm.models import free_accelerator_memory
 from ..method.ig_plan import IGSettings, attribute_sequence
 from ..method.importance import always_keep_indices, importance_flags, segment_scores
@@ -178,15 +177,16 @@ def _attribute_in_process(profile: Profile, settings: dict, traces: list[dict]):
 def launch_attribution(
     profile: Profile, traces: list[dict], store: RecordStore, processes: int, threads: int, desc: str
 ) -> None:
-    """Attribute ``traces`` in ``processes`` processes on this machine, each running :func:`main`
-    (:func:`segattr_utils.distributed.launch_over_processes`); their records are merged into ``store`` in
+    """Attribute ``traces`` in ``processes`` processes on this machine, each running the ``attribution`` job
+    of :mod:`segattr_utils.workers` (:func:`attribute_share`;
+    :func:`segattr_utils.distributed.launch_over_processes`); their records are merged into ``store`` in
     the order of ``traces``."""
     if profile.get_path("models.generator.device_map", None):
         raise ValueError(
             "models.generator.device_map spreads one copy of the generator over every visible GPU; set "
             f"attribution.processes: 1 with it (got {processes})"
         )
-    distributed.launch_over_processes(profile, MODULE, traces, store, processes, threads, desc)
+    distributed.launch_over_processes(profile, "attribution", traces, store, processes, threads, desc)
 
 
 def attribute_share(profile: Profile, traces: list[dict], store_path: Path) -> int:
@@ -225,35 +225,6 @@ def kept_traces_to_attribute(profile: Profile) -> tuple[list[dict], Path]:
 def _kept_to_attribute(profile: Profile) -> pd.DataFrame:
     kept = services.kept_traces(profile)
     return kept if profile["attribution"].get("attribute_incorrect", True) else kept[kept["correct"]]
-
-
-#: What ``python -m segattr_utils.stages.stage03_ig_attribution --items NAME`` attributes (a launch on several
-#: machines started by hand); notebook 08's reference traces: ``-m segattr_utils.stages.stage08_selective_sft
-#: --items reference``, since their store is stage 08's.
-ATTRIBUTION_JOBS = {"kept": kept_traces_to_attribute}
-MODULE = "segattr_utils.stages.stage03_ig_attribution"
-
-
-def main(argv: list[str] | None = None) -> int:
-    # torchrun's error file: the launcher's summary (what a failed launch shows) then holds the rank's error
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    return record(_main)(argv)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """``[accelerate launch ...] python -m segattr_utils.stages.stage03_ig_attribution --profile paper
-    --items kept``: this process's share of a stage's IG (:func:`attribute_share`), written to its rank
-    store; the next run of the notebook merges the ranks' stores. ``--items`` names a job
-    (:data:`ATTRIBUTION_JOBS`) or a JSONL file of traces, which then needs ``--store``."""
-    args = distributed.rank_arguments(_main.__doc__, ATTRIBUTION_JOBS, argv)
-    profile = load_profile(args.profile)
-    if args.items in ATTRIBUTION_JOBS:
-        traces, store_path = ATTRIBUTION_JOBS[args.items](profile)
-    else:
-        traces, store_path = distributed.read_items(args.items), Path(args.store)
-    attribute_share(profile, traces, Path(store_path))
-    return 0
 
 
 def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
@@ -534,7 +505,3 @@ def run(profile: Profile) -> StageResult:
         figures={"ig_completeness_delta": figures.save(fig, profile, "ig_completeness_delta")},
         checks={"every kept trace is attributed": set(completeness["trace_id"]) == set(kept["trace_id"])},
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

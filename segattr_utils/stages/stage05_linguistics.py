@@ -29,13 +29,12 @@ them, named as pooled.
 from __future__ import annotations
 
 import functools
-import sys
 
 import pandas as pd
 
 from .. import dag, distributed, services
 from ..artifacts import RecordStore, fingerprint, read_table, write_table
-from ..config import Profile, load_profile
+from ..config import Profile
 from ..measures.group_stats import MISSING_TEXT, compare_groups, format_p, readable
 from ..measures.linguistics import removal_perplexity_increase, segment_bleu, segment_perplexity_entropy
 from ..measures.redundancy import redundancy_table
@@ -162,7 +161,8 @@ def measure_linguistics(profile: Profile, source: str = "self", load_model=None)
     write its table (``segment_linguistics`` or ``reference_segment_linguistics``). ``load_model()``
     returns ``(model, tokenizer)``; pass one that caches to share the model between sources. With
     ``analysis.linguistics.processes`` > 1 (``auto``: one per GPU) the traces are measured by that many
-    processes under ``accelerate launch`` (:func:`segattr_utils.distributed.launch_over_processes`), as
+    processes under ``accelerate launch`` (:func:`segattr_utils.distributed.launch_over_processes`; each
+    runs the ``linguistics`` job of :mod:`segattr_utils.workers`, :func:`measure_share`), as
     stage 03's IG; records that ranks wrote and nobody merged are merged first."""
     spec = profile.get_path("analysis.linguistics")
     _, table_name = TRACE_SETS[source]
@@ -176,7 +176,7 @@ def measure_linguistics(profile: Profile, source: str = "self", load_model=None)
         for item in progress(todo, desc=desc, unit="trace"):
             store.append([{**linguistics_record(model, tokenizer, item, spec), "fingerprint": item["fingerprint"]}])
     elif todo:
-        distributed.launch_over_processes(profile, MODULE, todo, store, processes, threads, desc)
+        distributed.launch_over_processes(profile, "linguistics", todo, store, processes, threads, desc)
     wanted = {(item["trace_id"], item["fingerprint"]) for item in items}
     table = segment_rows([r for r in store.records() if (r["trace_id"], r["fingerprint"]) in wanted])
     write_table(STAGE.path(profile, table_name), table)
@@ -200,31 +200,6 @@ def measure_share(profile: Profile, items: list[dict], store: RecordStore) -> in
     for item in progress(mine, desc=f"perplexity, rank {state.process_index}", disable=not state.is_local_main_process):
         own.append([{**linguistics_record(model, tokenizer, item, spec), "fingerprint": item["fingerprint"]}])
     return len(mine)
-
-
-MODULE = "segattr_utils.stages.stage05_linguistics"
-
-
-def main(argv: list[str] | None = None) -> int:
-    # torchrun's error file: the launcher's summary (what a failed launch shows) then holds the rank's error
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    return record(_main)(argv)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """``[accelerate launch ...] python -m segattr_utils.stages.stage05_linguistics --profile paper --items
-    self``: this process's share of stage 05's perplexity passes (:func:`measure_share`), written to its rank
-    store; the next run of the notebook merges the ranks' stores. ``--items`` names a trace source
-    (:data:`TRACE_SETS`) or a JSONL file of items, which then needs ``--store``."""
-    args = distributed.rank_arguments(_main.__doc__, TRACE_SETS, argv)
-    profile = load_profile(args.profile)
-    if args.items in TRACE_SETS:
-        items, store = items_to_measure(profile, args.items)
-    else:
-        items, store = distributed.read_items(args.items), RecordStore(args.store, key_fn=_record_key)
-    measure_share(profile, items, store)
-    return 0
 
 
 def linguistics_tables(profile: Profile) -> dict[str, pd.DataFrame]:
@@ -557,7 +532,3 @@ def run(profile: Profile) -> StageResult:
         figures={"fig3_linguistics": figures.save(fig, profile, "fig3_linguistics")},
         checks=checks,
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

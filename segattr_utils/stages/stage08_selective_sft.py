@@ -21,11 +21,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +31,7 @@ import pandas as pd
 
 from .. import dag, distributed, services
 from ..artifacts import RecordStore, read_json, write_json, write_table
-from ..config import Profile, find_project_root, load_profile, save_profile
+from ..config import Profile, find_project_root, save_profile
 from ..llm.training import (
     TrainingExample,
     TrainSettings,
@@ -53,10 +50,10 @@ from ..llm.variants import (
 )
 from ..method.segmentation import segment
 from ..method.token_spans import build_attribution_sequence
-from ..progress import QUIET_ENV, progress
+from ..progress import progress
 from ..run_log import log_timings, read_run_log
 from . import StageResult, finish
-from .stage03_ig_attribution import attribute_share, attribute_traces, over_length_traces, skipped_traces
+from .stage03_ig_attribution import attribute_traces, over_length_traces, skipped_traces
 
 STAGE = dag.SELECTIVE_SFT
 SOURCES = services.SOURCES
@@ -528,31 +525,41 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
 
 
 def _is_main_process() -> bool:
-    """Under ``accelerate launch`` only rank 0 writes the final model and summary."""
-    return int(os.environ.get("RANK", "0")) == 0
+    """Under ``accelerate launch`` only the main process writes the final model and summary. accelerate's
+    state says which process that is: the state the Trainer set up (with DeepSpeed, the launch's process
+    group), or, when every stage was already trained and no Trainer ran, the one this process joins now
+    (on the CPU, gloo); outside a launch, one process, the main one."""
+    import torch
+
+    return distributed.process_state(cpu=not torch.cuda.is_available()).is_main_process
+
+
+LAUNCHERS = ("inprocess", "processes", "per_gpu", "accelerate")
 
 
 def train_all(profile: Profile, only: list[str] | None = None) -> pd.DataFrame:
     """Train every planned run (resumable) where ``training.launcher`` says and write ``runs.parquet``;
-    returns the run table."""
+    returns the run table. A launcher that cannot start (an unknown one, ``per_gpu`` without a GPU, a
+    missing accelerate or DeepSpeed config file) is refused before any work."""
     runs = plan_runs(profile)
     if only:
         runs = [r for r in runs if r.name in only or r.setting in only]
     launcher = profile.get_path("training.launcher", "inprocess")
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"training.launcher must be one of {', '.join(map(repr, LAUNCHERS))}, got {launcher!r}")
+    if launcher == "per_gpu":
+        _gpus_for_runs(profile)
+    if launcher == "accelerate":
+        _accelerate_config(profile)
     if any(r.source == "reference" for r in runs):
         attribute_reference_traces(profile)
-    if launcher == "inprocess":
-        summaries = _train_in_process(profile, runs)
-    elif launcher == "processes":
-        summaries = _train_in_processes(profile, runs)
-    elif launcher == "per_gpu":
-        summaries = _train_per_gpu(profile, runs)
-    elif launcher == "accelerate":
-        summaries = [_launch_with_accelerate(profile, spec) for spec in progress(runs, desc="SFT runs", unit="run")]
-    else:
-        raise ValueError(
-            f"training.launcher must be 'inprocess', 'processes', 'per_gpu' or 'accelerate', got {launcher!r}"
-        )
+    trainers = {
+        "inprocess": _train_in_process,
+        "processes": _train_in_processes,
+        "per_gpu": _train_per_gpu,
+        "accelerate": _launch_with_accelerate,
+    }
+    summaries = trainers[launcher](profile, runs)
     table = pd.DataFrame(summaries)
     # A fixed column order: summaries read back from summary.json have sorted keys, fresh ones do not.
     kind_columns = sorted(c for c in table.columns if c.startswith("chosen_share_"))
@@ -575,49 +582,98 @@ def _train_in_process(profile: Profile, runs: list[RunSpec]) -> list[dict]:
     return summaries
 
 
-def _train_in_processes(profile: Profile, runs: list[RunSpec], poll_seconds: float = 1.0) -> list[dict]:
-    """The runs dealt in turn over ``training.processes`` subprocesses of :func:`main` on this machine, each
-    with ``training.threads_per_process`` torch threads, training its runs one after another (on 2 CPU
-    cores, two single-threaded processes train ~1.3x the steps per second of one two-threaded process:
-    the tiny model's matrix products use two threads poorly). Every run seeds itself, so which process
-    trains it changes only float rounding. A finished run is not dealt again. The profile travels in a
-    file (a profile changed in memory by a notebook reaches the processes as it is); each process's output
-    goes to ``runs/.launch/process-<i>.log``, whose end a failure shows."""
-    processes, threads = distributed.resolve_processes(profile["training"], profile["kind"], "training")
-    todo = [spec for spec in runs if not (run_dir(profile, spec) / "summary.json").exists()]
-    if todo:
-        folder = STAGE.path(profile, "run_folders") / ".launch"
-        folder.mkdir(parents=True, exist_ok=True)
-        save_profile(profile, folder / "profile.yaml")
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads), QUIET_ENV: "1"}
-        shares = [distributed.deal(todo, rank, processes) for rank in range(min(processes, len(todo)))]
-        started = []
-        for rank, share in enumerate(shares):
-            log = open(folder / f"process-{rank}.log", "wb")  # noqa: SIM115 - closed when its process ends
-            command = _run_command(profile, share, profile_file=folder / "profile.yaml")
-            started.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env), log, command))
+def train_named_runs(profile: Profile, names: list[str]) -> list[dict]:
+    """The planned runs ``names`` trained one after another in this process: what each process the
+    launchers start runs (the ``sft`` job of :mod:`segattr_utils.workers`). An unknown name is refused
+    before any training."""
+    specs = {r.name: r for r in plan_runs(profile)}
+    unknown = [name for name in names if name not in specs]
+    if unknown:
+        raise ValueError(f"no planned run {', '.join(map(repr, unknown))}; planned: {', '.join(specs)}")
+    return _train_in_process(profile, [specs[name] for name in names])
 
-        def finished() -> int:
-            return sum((run_dir(profile, spec) / "summary.json").exists() for spec in todo)
 
-        with progress(total=len(todo), desc=f"SFT runs ({len(shares)} processes)", unit="run") as bar:
-            while any(process.poll() is None for process, _, _ in started):
-                time.sleep(poll_seconds)
-                bar.update(finished() - bar.n)
-            bar.update(finished() - bar.n)
-        for _, log, _ in started:
-            log.close()
-        for rank, (process, log, command) in enumerate(started):
-            if process.returncode != 0:
-                tail = Path(log.name).read_text(errors="replace").splitlines()[-40:]
-                raise RuntimeError(
-                    f"SFT process {rank} of {len(started)} failed (exit status {process.returncode}); the runs "
-                    f"the others finished are kept. The last lines of {log.name}:\n"
-                    + "\n".join(tail)
-                    + f"\ncommand: {' '.join(command)}"
-                )
-        shutil.rmtree(folder)
+# ---------------------------------------------------------------------------------------------
+# Launchers: subprocesses of the ``sft`` worker job, started by segattr_utils.distributed.run_commands
+#
+# Each run is an independent fine-tuning job. Runs are therefore never spread over the ranks of one
+# ``accelerate launch`` (as IG's traces are): the Trainer in a launched process joins the launch's
+# process group and makes one DDP job of all ranks, which would train one run with averaged gradients,
+# not one run per rank. The processes and per_gpu launchers start plain processes without a process group;
+# the accelerate launcher gives every run a launch of its own, over the config's processes.
+
+
+def _finished(profile: Profile, spec: RunSpec) -> bool:
+    return (run_dir(profile, spec) / "summary.json").exists()
+
+
+def _summaries(profile: Profile, runs: list[RunSpec]) -> list[dict]:
     return [read_json(run_dir(profile, spec) / "summary.json") for spec in runs]
+
+
+def _launch_folder(profile: Profile) -> tuple[Path, Path]:
+    """``runs/.launch/`` (the processes' logs) and the profile file the processes read there: the profile
+    as it is in memory (a profile changed by a notebook's parameters reaches the processes as it is)."""
+    folder = STAGE.path(profile, "run_folders") / ".launch"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder, save_profile(profile, folder / "profile.yaml")
+
+
+def _run_command(specs: list[RunSpec], profile_file: Path, accelerate_config: Path | None = None) -> list[str]:
+    """``python -m segattr_utils.workers sft --profile <file> --runs <name> ...`` (:func:`train_named_runs`)
+    with this interpreter; with ``accelerate_config``, the same under ``accelerate launch --config_file``."""
+    arguments = ["--profile", str(profile_file), "--runs", *(s.name for s in specs)]
+    if accelerate_config is None:
+        return distributed.worker_command("sft", arguments)
+    return distributed.launch_command("sft", arguments, config_file=accelerate_config)
+
+
+def _run_launch(
+    profile: Profile,
+    commands: list[distributed.Command],
+    todo: list[RunSpec],
+    desc: str,
+    folder: Path,
+    threads: int | None = None,
+    poll_seconds: float = 1.0,
+) -> None:
+    """Start ``commands`` with a progress bar of the finished runs of ``todo``; the launch folder is removed
+    once every process succeeded (a failure keeps it, with the logs, and the runs finished are kept)."""
+    distributed.run_commands(
+        commands,
+        total=len(todo),
+        count_done=lambda: sum(_finished(profile, spec) for spec in todo),
+        desc=desc,
+        unit="run",
+        threads=threads,
+        poll_seconds=poll_seconds,
+    )
+    shutil.rmtree(folder)
+
+
+def _train_in_processes(profile: Profile, runs: list[RunSpec], poll_seconds: float = 1.0) -> list[dict]:
+    """The runs dealt in turn over ``training.processes`` subprocesses on this machine, each with
+    ``training.threads_per_process`` torch threads, training its runs one after another (on 2 CPU cores,
+    two single-threaded processes train ~1.3x the steps per second of one two-threaded process: the tiny
+    model's matrix products use two threads poorly). Every run seeds itself, so which process trains it
+    changes only float rounding. A finished run is not dealt again. Each process's output goes to
+    ``runs/.launch/process-<i>.log``, whose end a failure shows."""
+    processes, threads = distributed.resolve_processes(profile["training"], profile["kind"], "training")
+    todo = [spec for spec in runs if not _finished(profile, spec)]
+    if todo:
+        folder, profile_file = _launch_folder(profile)
+        shares = [distributed.deal(todo, rank, processes) for rank in range(min(processes, len(todo)))]
+        commands = [
+            distributed.Command(
+                f"SFT process {rank} of {len(shares)}",
+                _run_command(share, profile_file),
+                folder / f"process-{rank}.log",
+            )
+            for rank, share in enumerate(shares)
+        ]
+        desc = f"SFT runs ({len(shares)} processes)"
+        _run_launch(profile, commands, todo, desc, folder, threads=threads, poll_seconds=poll_seconds)
+    return _summaries(profile, runs)
 
 
 def visible_gpus(profile: Profile) -> list[str]:
@@ -637,80 +693,71 @@ def assign_gpus(runs: list[RunSpec], gpus: list[str]) -> dict[str, list[RunSpec]
     return {gpu: runs[index :: len(gpus)] for index, gpu in enumerate(gpus) if runs[index :: len(gpus)]}
 
 
-def _train_per_gpu(profile: Profile, runs: list[RunSpec]) -> list[dict]:
-    """The paper profile's default (the authors: one GPU, batch 2): every run is a subprocess of
-    :func:`main` that sees one GPU (``CUDA_VISIBLE_DEVICES``); the GPUs work through their runs at the
-    same time. A finished run is not relaunched."""
+def _gpus_for_runs(profile: Profile) -> list[str]:
     gpus = visible_gpus(profile)
     if not gpus:
         raise RuntimeError("training.launcher: per_gpu needs a CUDA GPU; use training.launcher: inprocess on a CPU")
-
-    def train_on(gpu: str, specs: list[RunSpec]) -> None:
-        for spec in specs:
-            if not (run_dir(profile, spec) / "summary.json").exists():
-                subprocess.run(
-                    _run_command(profile, [spec]), check=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
-                )
-
-    with ThreadPoolExecutor(max_workers=len(gpus)) as pool:
-        for done in [pool.submit(train_on, gpu, specs) for gpu, specs in assign_gpus(runs, gpus).items()]:
-            done.result()  # a failed run raises here, after the other GPUs finished their runs
-    return [read_json(run_dir(profile, spec) / "summary.json") for spec in runs]
+    return gpus
 
 
-def _run_command(
-    profile: Profile, specs: list[RunSpec], launcher: list[str] | None = None, profile_file: Path | None = None
-) -> list[str]:
-    """``python -m segattr_utils.stages.stage08_selective_sft --profile ... --run <name> ...`` (:func:`main`),
-    with this interpreter, so that it works without the environment's scripts on PATH (under ``make``)."""
-    module = ["-m", "segattr_utils.stages.stage08_selective_sft"]
-    arguments = [
-        "--profile",
-        str(profile_file or profile.source_path or profile.name),
-        "--run",
-        *(s.name for s in specs),
-    ]
-    return [sys.executable, *(launcher or []), *module, *arguments]
+def _train_per_gpu(profile: Profile, runs: list[RunSpec], poll_seconds: float = 1.0) -> list[dict]:
+    """The paper profile's default (the authors: one GPU, batch 2): every run is a subprocess that sees one
+    GPU (``CUDA_VISIBLE_DEVICES``), with its output in ``runs/.launch/<run>.log``; each GPU trains its
+    runs (:func:`assign_gpus`) one after another, the GPUs at the same time. A finished run is not
+    relaunched; a failed run stops its GPU's later runs, the other GPUs finish theirs."""
+    gpus = _gpus_for_runs(profile)
+    todo = [spec for spec in runs if not _finished(profile, spec)]
+    if todo:
+        folder, profile_file = _launch_folder(profile)
+        commands = [
+            distributed.Command(
+                f"SFT run {spec.name} on GPU {gpu}",
+                _run_command([spec], profile_file),
+                folder / f"{spec.name}.log",
+                env={"CUDA_VISIBLE_DEVICES": gpu},
+                queue=f"GPU {gpu}",
+            )
+            for gpu, specs in assign_gpus(runs, gpus).items()
+            for spec in specs
+            if not _finished(profile, spec)
+        ]
+        desc = f"SFT runs ({len(gpus)} GPUs)"
+        _run_launch(profile, commands, todo, desc, folder, poll_seconds=poll_seconds)
+    return _summaries(profile, runs)
 
 
-def _launch_with_accelerate(profile: Profile, spec: RunSpec) -> dict:
-    """One ``accelerate launch`` per run with the profile's accelerate config (DeepSpeed with
-    ``training.deepspeed_config``); the launched processes run :func:`main` for this run only."""
-    summary_path = run_dir(profile, spec) / "summary.json"
-    if not summary_path.exists():
-        config = find_project_root() / profile.get_path("training.accelerate_config")
-        launch = ["-m", "accelerate.commands.launch", "--config_file", str(config)]
-        subprocess.run(_run_command(profile, [spec], launch), check=True)
-    return read_json(summary_path)
+def _accelerate_config(profile: Profile) -> Path:
+    """``training.accelerate_config`` (relative to the project root), checked with the DeepSpeed file it
+    names (:func:`segattr_utils.distributed.resolved_accelerate_config`)."""
+    name = profile.get_path("training.accelerate_config", None)
+    if not name:
+        raise ValueError("training.launcher: accelerate needs training.accelerate_config (an accelerate config file)")
+    config = find_project_root() / name
+    distributed.resolved_accelerate_config(config, find_project_root())
+    return config
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m segattr_utils.stages.stage08_selective_sft --profile paper --run <name> ...``: train these
-    runs one after another (what ``accelerate launch`` starts on each GPU, with one run; what the
-    ``processes`` launcher starts, with its share). ``--items reference`` instead: this process's share of
-    the reference traces' IG under an ``accelerate launch`` started by hand on several machines
-    (:func:`segattr_utils.stages.stage03_ig_attribution.attribute_share`); the next run of the notebook
-    merges the ranks' stores."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--profile", required=True)
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--run", nargs="+", help="run names from plan_runs (see runs.parquet)")
-    what.add_argument("--items", choices=["reference"], help="IG of the reference traces, this rank's share")
-    args = parser.parse_args(argv)
-    profile = load_profile(args.profile)
-    if args.items == "reference":
-        traces, store_path = reference_traces_to_attribute(profile)
-        attribute_share(profile, traces, store_path)
-        return 0
-    specs = {r.name: r for r in plan_runs(profile)}
-    unknown = [name for name in args.run if name not in specs]
-    if unknown:
-        print(f"no planned run {', '.join(map(repr, unknown))}; planned: {', '.join(specs)}", file=sys.stderr)
-        return 2
-    _train_in_process(profile, [specs[name] for name in args.run])
-    return 0
+def _launch_with_accelerate(profile: Profile, runs: list[RunSpec], poll_seconds: float = 1.0) -> list[dict]:
+    """One ``accelerate launch`` per run, one after another, with the profile's accelerate config (DeepSpeed
+    with ``training.deepspeed_config``); the launched processes train this run only, their output in
+    ``runs/.launch/<run>.log``. The launch reads a copy of the config whose DeepSpeed file is an absolute
+    path (the processes run in the notebook's working directory, ``notebooks/`` under papermill)."""
+    config = _accelerate_config(profile)
+    todo = [spec for spec in runs if not _finished(profile, spec)]
+    if todo:
+        folder, profile_file = _launch_folder(profile)
+        launch_config = distributed.accelerate_config_for_launch(config, folder, find_project_root())
+        commands = [
+            distributed.Command(
+                f"the accelerate launch of SFT run {spec.name}",
+                _run_command([spec], profile_file, launch_config),
+                folder / f"{spec.name}.log",
+                queue="accelerate",
+            )
+            for spec in todo
+        ]
+        _run_launch(profile, commands, todo, "SFT runs (accelerate launch)", folder, poll_seconds=poll_seconds)
+    return _summaries(profile, runs)
 
 
 def run(profile: Profile) -> StageResult:
@@ -760,7 +807,3 @@ def run(profile: Profile) -> StageResult:
         values=values,
         checks={"every planned run finished": set(runs["run"]) == {r.name for r in plan}},
     )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -27,7 +27,7 @@ import pandas as pd
 
 from .. import dag, distributed, services
 from ..artifacts import RecordStore, read_table, write_table
-from ..config import Profile, load_profile
+from ..config import Profile
 from ..data.questions import load_hub_questions
 from ..llm.evaluation import Benchmark, generate_outputs, grade_outputs, pass_at_k
 from ..llm.generation import SamplingSettings
@@ -155,8 +155,8 @@ def _model_key(entry: dict) -> str:
 def evaluate_all(profile: Profile) -> pd.DataFrame:
     """Evaluate every model (resumable); writes ``graded`` (one row per output) and returns it. With
     ``evaluation.processes`` > 1 the models' outputs are generated first by that many processes
-    (:func:`generate_share`), which mark each finished model in ``generated_models.jsonl``; models a
-    previous launch finished are not dealt again."""
+    (:func:`generate_share`, the ``evaluation`` job of :mod:`segattr_utils.workers`), which mark each
+    finished model in ``generated_models.jsonl``; models a previous launch finished are not dealt again."""
     models = models_to_evaluate(profile)
     processes, threads = evaluation_processes(profile)
     if processes > 1:
@@ -164,7 +164,7 @@ def evaluate_all(profile: Profile) -> pd.DataFrame:
         distributed.merge_rank_stores(store, [_model_key(entry) for entry in models])
         todo = [entry for entry in models if _model_key(entry) not in store]
         if todo:
-            distributed.launch_over_processes(profile, MODULE, todo, store, processes, threads, "evaluate")
+            distributed.launch_over_processes(profile, "evaluation", todo, store, processes, threads, "evaluate")
     frames = [
         evaluate_model(profile, entry)
         for entry in progress(models, desc="evaluate" if processes == 1 else "grade", unit="model")
@@ -190,26 +190,6 @@ def generate_share(profile: Profile, models: list[dict], store: RecordStore) -> 
         generate_outputs(**_evaluation_arguments(profile, entry, device))
         own.append([{"model": _model_key(entry)}])
     return len(mine)
-
-
-MODULE = "segattr_utils.stages.stage09_evaluation"
-
-
-def main(argv: list[str] | None = None) -> int:
-    # torchrun's error file: the launcher's summary (what a failed launch shows) then holds the rank's error
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    return record(_main)(argv)
-
-
-def _main(argv: list[str] | None = None) -> int:
-    """``accelerate launch ... python -m segattr_utils.stages.stage09_evaluation --profile <file> --items
-    <models.jsonl> --store <store>``: this process's share of the models' generation
-    (:func:`generate_share`), as :func:`evaluate_all` launches it."""
-    args = distributed.rank_arguments(_main.__doc__, {}, argv)
-    profile = load_profile(args.profile)
-    generate_share(profile, distributed.read_items(args.items), RecordStore(args.store, key_fn=_model_key))
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -909,9 +889,3 @@ def run(profile: Profile) -> StageResult:
         },
         values={"n_models": graded["model"].nunique(), "source": source, "length_vs_share": shortening_summary},
     )
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

@@ -400,13 +400,22 @@ def test_notebook_08_warns_about_traces_skipped_out_of_memory(profile, monkeypat
 
 
 def test_a_launch_started_by_hand_is_merged_by_the_next_notebook_run(profile, tmp_path, monkeypatch):
-    """The multi-machine path: each machine runs ``python -m segattr_utils.stages.stage03_ig_attribution
-    --profile ... --items kept`` under accelerate launch; here one such process, started by hand. Its records
-    wait in its rank store; notebook 03's next run merges them and attributes nothing again."""
+    """The multi-machine path: each machine runs ``python -m segattr_utils.workers attribution --profile ...
+    --items kept`` under accelerate launch; here one such process, started by hand. Its records wait in its
+    rank store; notebook 03's next run merges them and attributes nothing again."""
     profile_file = save_profile(profile, tmp_path / "profile.yaml")
     assert load_profile(profile_file) == profile
     subprocess.run(
-        [sys.executable, "-m", pipeline.MODULE, "--profile", str(profile_file), "--items", "kept"],
+        [
+            sys.executable,
+            "-m",
+            "segattr_utils.workers",
+            "attribution",
+            "--profile",
+            str(profile_file),
+            "--items",
+            "kept",
+        ],
         check=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

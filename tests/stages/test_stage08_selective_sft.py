@@ -8,6 +8,9 @@ by enumeration), never by the function under test.
 from __future__ import annotations
 
 import math
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,18 +186,36 @@ def _paper_profile(tmp_path, **training) -> Profile:
     return profile
 
 
-def _fake_subprocess(profile, launched):
-    """subprocess.run that records (command, CUDA_VISIBLE_DEVICES) and writes the run's summary."""
-    import json
+# A stand-in for the ``sft`` worker: writes the run's summary (or fails with status 4 for a run named in
+# FAIL_RUNS) and records the GPU it saw.
+FAKE_SFT_WORKER = """
+import json, os, sys
+from pathlib import Path
+folder, run = Path(sys.argv[1]), sys.argv[2]
+(Path(sys.argv[3]) / (run + ".gpu")).write_text(os.environ.get("CUDA_VISIBLE_DEVICES", ""))
+if run in os.environ.get("FAIL_RUNS", "").split(","):
+    print("out of memory in", run)
+    sys.exit(4)
+(folder / run).mkdir(parents=True, exist_ok=True)
+(folder / run / "summary.json").write_text(json.dumps({"run": run}))
+"""
 
-    def fake_run(command, check, env=None):
-        run = command[command.index("--run") + 1]
-        launched.append((command, (env or {}).get("CUDA_VISIBLE_DEVICES")))
-        summary = sft.STAGE.path(profile, "run_folders") / run / "summary.json"
-        summary.parent.mkdir(parents=True, exist_ok=True)
-        summary.write_text(json.dumps({"run": run}))
 
-    return fake_run
+def _fake_worker(profile, seen_dir, commands, profiles=None):
+    """``_run_command`` replaced by the stand-in worker (one run per command); the real commands are kept in
+    ``commands``, the profiles the processes would read in ``profiles``."""
+    real = sft._run_command
+    seen_dir.mkdir(parents=True, exist_ok=True)
+
+    def command(specs, profile_file, accelerate_config=None):
+        (spec,) = specs
+        commands.append(real(specs, profile_file, accelerate_config))
+        if profiles is not None:
+            profiles.append(load_profile(profile_file))
+        folder = sft.STAGE.path(profile, "run_folders")
+        return [sys.executable, "-c", FAKE_SFT_WORKER, str(folder), spec.name, str(seen_dir)]
+
+    return command
 
 
 def test_default_paper_plan_trains_each_run_on_one_gpu_with_the_authors_batch(tmp_path, monkeypatch):
@@ -213,42 +234,153 @@ def test_default_paper_plan_trains_each_run_on_one_gpu_with_the_authors_batch(tm
 
 
 def test_runs_go_round_robin_to_the_visible_gpus_one_subprocess_each(tmp_path, monkeypatch):
-    import sys
-
     profile = _paper_profile(tmp_path)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    launched = []
-    monkeypatch.setattr(sft.subprocess, "run", _fake_subprocess(profile, launched))
+    commands, profiles = [], []
+    profile["training"]["sft"] = {**profile["training"]["sft"], "learning_rate": 1e-6}  # changed in memory
+    monkeypatch.setattr(sft, "_run_command", _fake_worker(profile, tmp_path / "seen", commands, profiles))
     runs = sft.plan_runs(profile)[:5]
-    summaries = sft._train_per_gpu(profile, runs)
+    summaries = sft._train_per_gpu(profile, runs, poll_seconds=0.02)
     assert [s["run"] for s in summaries] == [r.name for r in runs]
-    gpu_of = {command[command.index("--run") + 1]: gpu for command, gpu in launched}
+    gpu_of = {r.name: (tmp_path / "seen" / f"{r.name}.gpu").read_text() for r in runs}
     assert gpu_of == {r.name: gpu for r, gpu in zip(runs, ["3", "5", "3", "5", "3"])}
-    command = launched[0][0]
-    assert command[:3] == [sys.executable, "-m", "segattr_utils.stages.stage08_selective_sft"]
+    # the worker command: this interpreter, the sft job, the profile as it was in memory, one run
+    command = commands[0]
+    assert command[:4] == [sys.executable, "-m", "segattr_utils.workers", "sft"]
+    assert profiles[0] == profile and profiles[0]["training"]["sft"]["learning_rate"] == 1e-6
+    assert sorted(c[c.index("--runs") + 1] for c in commands) == sorted(r.name for r in runs)
+    assert not (sft.STAGE.path(profile, "run_folders") / ".launch").exists()
     # finished runs are not relaunched; training.gpus limits the GPUs used
-    launched.clear()
-    assert len(sft._train_per_gpu(profile, runs)) == 5 and not launched
+    commands.clear()
+    assert len(sft._train_per_gpu(profile, runs)) == 5 and not commands
     assert sft.visible_gpus(_paper_profile(tmp_path, gpus=1)) == ["3"]
     monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         sft._train_per_gpu(profile, sft.plan_runs(profile)[5:6])
 
 
-def test_accelerate_launch_runs_with_this_interpreter(tmp_path, monkeypatch):
-    import sys
+def test_a_failed_run_stops_its_gpu_the_other_gpu_finishes_its_runs(tmp_path, monkeypatch):
+    profile = _paper_profile(tmp_path)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    runs = sft.plan_runs(profile)[:6]  # GPU 0: runs 0, 2, 4; GPU 1: runs 1, 3, 5
+    monkeypatch.setenv("FAIL_RUNS", runs[2].name)
+    monkeypatch.setattr(sft, "_run_command", _fake_worker(profile, tmp_path / "seen", []))
+    with pytest.raises(RuntimeError) as error:
+        sft._train_per_gpu(profile, runs, poll_seconds=0.02)
+    log = sft.STAGE.path(profile, "run_folders") / ".launch" / f"{runs[2].name}.log"
+    assert str(error.value).startswith(f"SFT run {runs[2].name} on GPU 0 failed (exit status 4)")
+    assert f"{log}:\nout of memory in {runs[2].name}\n" in str(error.value)
+    assert f"not started, after a failure in their queue: SFT run {runs[4].name} on GPU 0" in str(error.value)
+    finished = {r.name for r in runs if sft._finished(profile, r)}
+    assert finished == {runs[0].name, runs[1].name, runs[3].name, runs[5].name}
+    # the next call trains what is left, nothing twice
+    monkeypatch.delenv("FAIL_RUNS")
+    for seen in (tmp_path / "seen").glob("*.gpu"):
+        seen.unlink()
+    assert [s["run"] for s in sft._train_per_gpu(profile, runs, poll_seconds=0.02)] == [r.name for r in runs]
+    assert sorted(p.stem for p in (tmp_path / "seen").glob("*.gpu")) == sorted([runs[2].name, runs[4].name])
 
+
+def test_accelerate_launch_runs_with_this_interpreter(tmp_path, monkeypatch):
     profile = _paper_profile(tmp_path, launcher="accelerate")
-    launched = []
-    monkeypatch.setattr(sft.subprocess, "run", _fake_subprocess(profile, launched))
-    spec = sft.plan_runs(profile)[0]
-    assert sft._launch_with_accelerate(profile, spec) == {"run": spec.name}
-    ((command, _),) = launched
-    assert command[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", command[4]]
-    assert command[4].endswith("configs/accelerate_deepspeed_zero2.yaml")
-    assert command[5:] == ["-m", "segattr_utils.stages.stage08_selective_sft"] + command[7:]
-    assert command[command.index("--run") + 1] == spec.name
+    commands = []
+    monkeypatch.setattr(sft, "_run_command", _fake_worker(profile, tmp_path / "seen", commands))
+    specs = sft.plan_runs(profile)[:2]
+    assert sft._launch_with_accelerate(profile, specs, poll_seconds=0.02) == [{"run": s.name} for s in specs]
+    for command, spec in zip(commands, specs):  # one launch per run, in turn
+        assert command[:5] == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", command[4]]
+        assert command[4].endswith(".launch/accelerate_config.yaml")  # the launch's copy of the config
+        at = command.index("-m", 5)
+        assert command[at : at + 3] == ["-m", "segattr_utils.workers", "sft"]
+        assert command[command.index("--runs") + 1 :] == [spec.name]
+
+
+def test_the_accelerate_launcher_finds_its_deepspeed_file_from_the_notebooks_folder(tmp_path, monkeypatch):
+    """papermill runs notebook 08 in notebooks/; the processes accelerate launches open the DeepSpeed file
+    named by configs/accelerate_deepspeed_zero2.yaml (configs/ds_zero2.json) relative to that folder.
+    The config the launch reads must name it so that it is found from there."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from segattr_utils.config import find_project_root
+
+    root = find_project_root()
+    monkeypatch.chdir(root / "notebooks")
+    profile = _paper_profile(tmp_path, launcher="accelerate")
+    assert profile.get_path("training.accelerate_config") == "configs/accelerate_deepspeed_zero2.yaml"
+    read = {}
+
+    def fake_run_commands(commands, **kwargs):
+        for command in commands:
+            config = command.argv[command.argv.index("--config_file") + 1]
+            # what accelerate launch reads and passes on to its processes (ACCELERATE_DEEPSPEED_CONFIG_FILE)
+            read[config] = load_config_from_file(config).deepspeed_config["deepspeed_config_file"]
+            run = command.argv[command.argv.index("--runs") + 1]
+            (sft.STAGE.path(profile, "run_folders") / run).mkdir(parents=True, exist_ok=True)
+            (sft.STAGE.path(profile, "run_folders") / run / "summary.json").write_text(f'{{"run": "{run}"}}')
+
+    monkeypatch.setattr(sft.distributed, "run_commands", fake_run_commands)
+    sft._launch_with_accelerate(profile, sft.plan_runs(profile)[:1])
+    ((deepspeed_file,),) = [read.values()]
+    assert os.path.isfile(deepspeed_file)  # found from notebooks/, where the processes run
+    assert Path(deepspeed_file) == root / "configs" / "ds_zero2.json"
+
+
+def test_a_launcher_that_cannot_start_is_refused_before_the_reference_ig(tmp_path, monkeypatch):
+    def no_work(profile):
+        raise AssertionError("work started before the launcher was checked")
+
+    monkeypatch.setattr(sft, "attribute_reference_traces", no_work)
+    missing = tmp_path / "accelerate.yaml"
+    missing.write_text("deepspeed_config:\n  deepspeed_config_file: configs/no_such_ds.json\n")
+    with pytest.raises(FileNotFoundError, match="DeepSpeed config file configs/no_such_ds.json"):
+        sft.train_all(_paper_profile(tmp_path, launcher="accelerate", accelerate_config=str(missing)))
+    with pytest.raises(ValueError, match="training.launcher must be one of"):
+        sft.train_all(_paper_profile(tmp_path, launcher="slurm"))
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)
+    with pytest.raises(RuntimeError, match="per_gpu needs a CUDA GPU"):
+        sft.train_all(_paper_profile(tmp_path, launcher="per_gpu"))
+
+
+# A module run as each rank of a launch: is this rank the one that writes the final model?
+MAIN_PROCESS_PROBE = """
+import os, sys
+from segattr_utils import distributed
+from segattr_utils.stages.stage08_selective_sft import _is_main_process
+distributed.process_state(cpu=True)  # the Trainer sets up the state first (gloo on the CPU)
+rank = os.environ["RANK"]
+open(os.path.join(sys.argv[1], "rank-" + rank), "w").write(str(_is_main_process()))
+"""
+
+
+def test_only_accelerates_main_process_writes_the_model(tmp_path, monkeypatch):
+    """Which process writes the final model comes from accelerate's state: in a launch of two processes
+    exactly rank 0; outside a launch the one process, whatever RANK an outer job left in the environment."""
+    from segattr_utils import distributed
+
+    (tmp_path / "probe").mkdir()
+    (tmp_path / "probe" / "__init__.py").write_text("")
+    (tmp_path / "probe" / "main_process.py").write_text(MAIN_PROCESS_PROBE)
+    env_path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    monkeypatch.setenv("PYTHONPATH", env_path)
+    distributed.launch_ranks(
+        "probe.main_process",  # a module: a dotted name
+        [str(tmp_path)],
+        processes=2,
+        threads=1,
+        logs=tmp_path / "logs",
+        total=2,
+        count_done=lambda: len(list(tmp_path.glob("rank-*"))),
+        desc="probe",
+        poll_seconds=0.5,
+    )
+    assert {p.name: p.read_text() for p in tmp_path.glob("rank-*")} == {"rank-0": "True", "rank-1": "False"}
+    monkeypatch.setenv("RANK", "1")
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        if name != "RANK":
+            monkeypatch.delenv(name, raising=False)
+    assert sft._is_main_process()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,27 +493,30 @@ def test_ablations_on_reference_traces_carry_the_signals_of_stages_04_and_05(ref
 
 
 def test_reference_ig_started_by_hand_is_merged_by_the_next_notebook_run(reference_profile, tmp_path):
-    """``python -m segattr_utils.stages.stage08_selective_sft --items reference`` (a rank of a launch on several
+    """``python -m segattr_utils.workers attribution --items reference`` (a rank of a launch on several
     machines, here one process) writes its rank store; notebook 08's reference IG then merges it, in input
     order, and has nothing left to attribute."""
-    import os
     import subprocess
-    import sys
 
     from segattr_utils.artifacts import RecordStore
     from segattr_utils.config import save_profile
     from segattr_utils.distributed import rank_store_paths
 
     profile_file = save_profile(reference_profile, tmp_path / "profile.yaml")
-    command = [sys.executable, "-m", "segattr_utils.stages.stage08_selective_sft", "--profile", str(profile_file)]
+    command = [sys.executable, "-m", "segattr_utils.workers", "attribution", "--profile", str(profile_file)]
     subprocess.run([*command, "--items", "reference"], check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     traces, store_path = sft.reference_traces_to_attribute(reference_profile)
     assert len(rank_store_paths(store_path)) == 1 and not store_path.exists()
     table = sft.attribute_reference_traces(reference_profile)
     assert list(table["trace_id"]) == [t["trace_id"] for t in traces] and table["skipped"].isna().all()
     assert rank_store_paths(store_path) == [] and len(RecordStore(store_path, key_fn=lambda r: r["trace_id"])) == 2
-    refused = subprocess.run([*command, "--items", "kept"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "invalid choice: 'kept'" in refused.stderr
+    refused = subprocess.run([*command, "--items", "refrence"], capture_output=True, text=True)
+    assert (
+        refused.returncode == 2 and "--items refrence is not one of kept, reference and needs --store" in refused.stderr
+    )
+    unknown = [sys.executable, "-m", "segattr_utils.workers", "sft", "--profile", str(profile_file), "--runs", "nope"]
+    refused = subprocess.run(unknown, capture_output=True, text=True)
+    assert refused.returncode == 2 and "no planned run 'nope'; planned: full__reference__seed0" in refused.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -440,13 +575,39 @@ def test_runs_dealt_over_two_processes_train_what_one_process_trains(reference_p
     assert list(sft.train_all(two, only=wanted)["run"]) == wanted
 
 
-def test_a_failed_training_process_names_its_log(profile, tmp_path, monkeypatch):
-    import sys
+def test_a_run_under_accelerate_launch_on_the_cpu_trains_and_writes_its_model(reference_profile, tmp_path, monkeypatch):
+    """training.launcher: accelerate, with a one-process CPU accelerate config started from notebooks/ (as
+    under papermill): the run trains under accelerate launch (its summary says so), its main process writes
+    the model, and the launch folder with the config's copy is removed."""
+    import yaml
 
+    from segattr_utils.config import find_project_root
+
+    config = tmp_path / "accelerate_cpu.yaml"
+    cpu = {"compute_environment": "LOCAL_MACHINE", "distributed_type": "NO", "num_machines": 1, "num_processes": 1}
+    config.write_text(yaml.safe_dump({**cpu, "machine_rank": 0, "mixed_precision": "no", "use_cpu": True}))
+    launched = _copy_inputs(reference_profile, tmp_path / "launched")
+    sft_settings = {**reference_profile["training"]["sft"], "logging_steps": 1}  # a loss to read back
+    launched["training"] = {
+        **reference_profile["training"],
+        "sft": sft_settings,
+        "launcher": "accelerate",
+        "accelerate_config": str(config),
+    }
+    wanted = ["full__reference__seed0"]
+    monkeypatch.chdir(find_project_root() / "notebooks")
+    runs = sft.train_all(launched, only=wanted).set_index("run")
+    assert list(runs.index) == wanted and bool(runs.loc[wanted[0], "accelerate_launch"])
+    assert runs.loc[wanted[0], "world_size"] == 1 and np.isfinite(runs.loc[wanted[0], "final_loss"])
+    assert (sft.STAGE.path(launched, "models") / wanted[0] / "model.safetensors").is_file()
+    assert not (sft.STAGE.path(launched, "run_folders") / ".launch").exists()
+
+
+def test_a_failed_training_process_names_its_log(profile, tmp_path, monkeypatch):
     two = Profile({**profile, "training": {**profile["training"], "launcher": "processes", "processes": 2}})
     seen = []
 
-    def failing(profile, specs, launcher=None, profile_file=None):
+    def failing(specs, profile_file, accelerate_config=None):
         seen.append(([s.name for s in specs], profile_file))
         return [sys.executable, "-c", "import os, sys; print('threads', os.environ['OMP_NUM_THREADS']); sys.exit(3)"]
 
@@ -457,3 +618,5 @@ def test_a_failed_training_process_names_its_log(profile, tmp_path, monkeypatch)
     # dealt in turn: 3 runs and 2 runs; the saved profile is the one in memory
     assert [names for names, _ in seen] == [[r.name for r in runs[0::2]], [r.name for r in runs[1::2]]]
     assert load_profile(seen[0][1])["training"]["launcher"] == "processes"
+    # the logs are kept for a look
+    assert (sft.STAGE.path(two, "run_folders") / ".launch" / "process-1.log").read_text() == "threads 1\n"
