@@ -26,8 +26,12 @@ Checks, in the order they run (the numbers are issue 12's):
    template's (no doubled BOS).
 -. ``vllm_data_parallel``: ``data_parallel_size`` 2 (two worker processes, one engine each) answers a call
    split by prompt, the workers exit on ``close()``; outputs compared with one in-process engine's.
-6. ``sft_16k``: 20 SFT steps of the 1.5B at 16k tokens with the project's ``train_sft`` (TRL), bf16,
-   gradient checkpointing, batch 2: peak memory, s/step, achieved FLOP/s.
+6. ``sft_16k``: 20 SFT steps of the 1.5B at 16k tokens with the project's ``train_sft`` (TRL), float32 master
+   weights under bf16 autocast (``training.sft.precision: fp32_master``), gradient checkpointing, batch 2: peak
+   memory, s/step, achieved FLOP/s.
+-. ``sft_fp32_master``: one SFT step of the 1.5B loaded in bf16, with paper.yaml's ``training.sft``: the weights
+   train in float32 (bf16 autocast in the passes on CUDA), the step moves them, and how many of its updates bf16
+   weights would have lost (below half a bf16 step).
 8. ``ig_memory``: ``token_attributions`` one path point per pass on the 7B config with 2 layers at L = 2k, 4k.
 
 A check whose dependency is missing (CUDA, vLLM) is skipped with the reason. ``--quick`` shrinks every
@@ -84,11 +88,12 @@ class Shapes:
     sft_length: int
     sft_steps: int
     ig_lengths: tuple[int, ...]
+    sft_master_length: int
 
     @classmethod
     def for_mode(cls, quick: bool) -> Shapes:
         if quick:
-            return cls(QUICK_1_5B, QUICK_7B, torch.float32, 256, 128, 4, 16, (8, 32), 16, 128, 2, (64, 128))
+            return cls(QUICK_1_5B, QUICK_7B, torch.float32, 256, 128, 4, 16, (8, 32), 16, 128, 2, (64, 128), 64)
         return cls(
             R1_DISTILL_QWEN_1_5B,
             R1_DISTILL_QWEN_7B,
@@ -102,6 +107,7 @@ class Shapes:
             16384,
             20,
             (2048, 4096),
+            1024,
         )
 
 
@@ -723,8 +729,9 @@ def sft_flops_per_step(config: dict, length: int, batch: int) -> float:
 @check("sft_16k", full_needs=("cuda",))
 def check_sft(res: Resources) -> dict:
     """Issue 12 check 6: 20 optimizer steps of the 1.5B (random weights) on 16k-token sequences, batch 2,
-    bf16, gradient checkpointing, through ``segattr_utils.llm.training.train_sft`` (TRL's SFTTrainer):
-    peak memory, seconds per step and the achieved FLOP/s (compare with gpu_hours.py's SFT assumption)."""
+    float32 master weights under bf16 autocast (TrainSettings' default precision), gradient checkpointing,
+    through ``segattr_utils.llm.training.train_sft`` (TRL's SFTTrainer): peak memory, seconds per step and the
+    achieved FLOP/s (compare with gpu_hours.py's SFT assumption)."""
     from segattr_utils.llm.training import TrainSettings, train_sft
 
     shapes, cuda = res.shapes, torch.cuda.is_available()
@@ -759,6 +766,78 @@ def check_sft(res: Resources) -> dict:
     del model
     values["passed"] = summary["steps"] == shapes.sft_steps and bool(
         torch.isfinite(torch.tensor(values["mean_train_loss"]))
+    )
+    return values
+
+
+@check("sft_fp32_master", full_needs=("cuda",))
+def check_sft_fp32_master(res: Resources) -> dict:
+    """One optimizer step of the 1.5B (random weights, built in bf16 as the hub's checkpoint is) through
+    ``train_sft`` with paper.yaml's ``training.sft`` (one sequence, a constant lr of 3e-5): the weights
+    train as float32 master weights, a decoder layer's matrix products run under bf16 autocast (on CUDA;
+    the CPU trains without autocast), the step moves every weight that got a gradient, and the share of
+    those updates that bf16 weights would have lost (``bf16(w + update) == w``) is reported."""
+    from segattr_utils.config import load_profile
+    from segattr_utils.llm.training import TrainSettings, train_sft
+    from segattr_utils.stages.stage08_selective_sft import schedule
+
+    shapes, cuda = res.shapes, torch.cuda.is_available()
+    (paper,) = schedule(load_profile("paper"))
+    settings = TrainSettings.from_dict(
+        {
+            **vars(paper),
+            "epochs": 1,
+            "stop_after_epoch": None,
+            "batch_size": 1,
+            "warmup_ratio": 0.0,
+            "lr_scheduler_type": "constant",
+            "max_length": shapes.sft_master_length,
+            "bf16": paper.bf16 and cuda,  # the CPU: float32 without autocast
+            "optim": sft_optimizer(),
+            "save_strategy": "no",
+        }
+    )
+    model = random_causal_lm(shapes.student, torch.bfloat16, device_name(), res.tokenizer())
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}  # bf16: exact as float32
+    seen = []
+    hook = model.model.layers[0].mlp.down_proj.register_forward_hook(
+        lambda module, args, output: seen.append((str(module.weight.dtype), str(output.dtype)))
+    )
+    examples = random_examples(1, shapes.sft_master_length, len(res.tokenizer()) - 8)
+    try:
+        summary = train_sft(model, res.tokenizer(), examples, settings, res.workdir / "sft_fp32_master", seed=0)
+    finally:
+        hook.remove()
+    moved = changed_total = lost = 0
+    for name, p in model.named_parameters():
+        if name == "model.embed_tokens.weight":  # rows of tokens not in the sequence get no gradient
+            continue
+        start, now = before[name].float(), p.detach()
+        step = now != start
+        moved += int(step.sum())
+        changed_total += step.numel()
+        lost += int((now.bfloat16() == before[name])[step].sum())  # the same update on bf16 weights
+    weight_dtypes = sorted({str(p.dtype) for p in model.parameters()})
+    autocast = "torch.bfloat16" if settings.bf16 else "torch.float32"
+    values = {
+        "optimizer": settings.optim,
+        "precision": settings.precision,
+        "bf16_autocast": settings.bf16,
+        "sequence_tokens": shapes.sft_master_length,
+        "steps": summary["steps"],
+        "weight_dtypes": weight_dtypes,
+        "layer0_mlp_weight_and_output_dtype": sorted(set(seen)),
+        "moved_share": round(moved / changed_total, 4),
+        "lost_in_bf16_share": round(lost / max(moved, 1), 4),
+        "loss": summary["mean_train_loss"],
+    }
+    del model, before
+    values["passed"] = (
+        summary["steps"] == 1
+        and weight_dtypes == ["torch.float32"]
+        and set(seen) == {("torch.float32", autocast)}
+        and values["moved_share"] > 0.9
+        and bool(torch.isfinite(torch.tensor(values["loss"])))
     )
     return values
 

@@ -8,17 +8,24 @@ printed beside the table. Three cost models:
 - Forward/backward passes (IG, stage 03 and 08; removal perplexity, stage 05): FLOPs of a forward pass
   of L tokens are ``2·N·L + 2·L²·d·layers`` (N: parameters a token passes through, i.e. without the
   input embedding; d: query heads × head dim; the attention term counts QKᵀ and AV under a causal
-  mask). One IG path point is a forward and a backward pass, counted as 3 forward passes
-  (``3·2·N·L``, Eq. 2 evaluated at J points). The achieved FLOP/s comes from the paper's published
-  cost: 7 GPU-hours for IG of the 817 LIMO traces with the 7B (J = 50).
+  mask). Sequence lengths are spread (:class:`Lengths`: lognormal, ``sequence_length_cv``), so the
+  attention term takes E[L²] = (1 + cv²)·E[L]², not E[L]², and a per-trace count of passes that grows with
+  the trace (one per segment, stages 05 and 06) takes E[L³]. One IG path point is a forward and a
+  backward pass, counted as 3 forward passes (Eq. 2 evaluated at J points); a trace too long to fit the GPU
+  without activation checkpointing (``attribution.activation_checkpointing: auto``, decided by the code's own
+  cost model, :func:`ig_checkpoint_from`) recomputes every layer's forward in the backward pass: 4. The
+  achieved FLOP/s comes from the paper's published cost: 7 GPU-hours for IG of the 817 LIMO traces with the
+  7B (J = 50), at ``paper_ig_passes_per_point``.
 - SFT (stage 08, Sec. 4, App. C.3): ``3`` forward passes per trained token and epoch (``6·N·tokens``
-  plus the attention term); the achieved FLOP/s comes from the paper's 8 GPU-hours for one 7B SFT run on
-  LIMO, and is used unchanged for the 1.5B student.
+  plus the attention term, each sequence capped at ``training.sft.max_length``); the achieved FLOP/s comes
+  from the paper's 8 GPU-hours for one 7B SFT run on LIMO, and is used unchanged for the 1.5B student.
 - vLLM decoding (stages 01, 04, 07, 09): memory-bound. Each decode step reads the weights and the KV
   cache of every running sequence, so an engine's rate is ``concurrency / step time`` with
   ``step = (weights + concurrency·context·KV bytes per token) / (HBM bandwidth · efficiency) + overhead``
   per GPU of the engine; concurrency is vLLM's ``max_num_seqs`` or what the KV cache holds at the mean
-  context, whichever is smaller. Prefill is compute-bound (``2·N·L`` per prompt token at an assumed MFU);
+  context, whichever is smaller. Every request of the stages carries its own seed, and vLLM draws a seeded
+  request's sampling noise with its own generator, one small kernel per request and step: each step costs
+  ``seeded_sampling_s_per_token`` more per running sampled sequence (greedy requests draw none). Prefill is compute-bound (``2·N·L`` per prompt token at an assumed MFU);
   each call ends with a tail in which the longest outputs decode nearly alone; every engine start costs a
   fixed time.
 
@@ -46,13 +53,18 @@ from __future__ import annotations
 import argparse
 import copy
 import heapq
+import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from statistics import NormalDist
+from types import SimpleNamespace
 
 from segattr_utils.config import Profile, load_profile
 from segattr_utils.llm import architectures
 from segattr_utils.llm.vllm_parallel import DEFAULT_UTILISATION, Devices, ModelLayout, parallel_sizes
+from segattr_utils.method.ig_cost import DEFAULT_MARGIN, estimate_ig_cost
 
 GIB = 2**30
 HOUR = 3600.0
@@ -175,12 +187,15 @@ class Assumptions:
     judge_round1_tokens: float = 1500  # mean thinking output of Qwen3-8B under the 2000-token cap
     judge_round2_share: float = 0.4  # segments undecided after round 1 (cap reached)
     judge_round2_tokens: float = 500  # mean round-2 output (cap 1000)
-    forced_answer_tokens: float = 32  # every forced answer runs to max_new_tokens (no stop string)
+    forced_answer_tokens: float = 64  # vLLM samples every forced answer to max_new_tokens (cut at its brace after)
     forced_answer_lead_in_tokens: float = 31  # lead-in + the partial KV block not shared by prefix caching
+    sequence_length_cv: float = 0.5  # spread of sequence lengths within a group (lognormal): E[L²] = 1.25 E[L]²
     paper_ig_gpu_hours: float = 7.0  # published: IG of the 817 LIMO traces, 7B, J = 50
+    paper_ig_passes_per_point: float = 3.0  # the authors' IG: forward + backward, no activation checkpointing
     paper_sft_gpu_hours: float = 8.0  # published: one 7B SFT run on LIMO (App. C.3 schedule)
     hbm_efficiency: float = 0.6  # share of peak HBM bandwidth a decode step achieves
     decode_step_overhead_s: float = 0.005  # scheduling, sampling over 152k logits, launches per step
+    seeded_sampling_s_per_token: float = 1.5e-5  # per running seeded (sampled) sequence and decode step
     max_num_seqs: int = 1024  # vLLM 0.30.0's default for LLM() on H100/H200 (EngineArgs.get_batch_defaults)
     reserve_gib_per_gpu: float = 4.0  # activations, CUDA graphs, NCCL buffers outside the KV cache
     prefill_mfu: float = 0.4
@@ -205,12 +220,16 @@ ASSUMPTION_NOTES = {
     "judge_round1_tokens": "a guess; Qwen3 thinking often runs to the cap",
     "judge_round2_share": "a guess",
     "judge_round2_tokens": "a guess under the 1,000-token cap",
-    "forced_answer_tokens": "no stop string: an answer runs to max_new_tokens",
+    "forced_answer_tokens": "vLLM has no stop rule that counts braces: an answer runs to max_new_tokens (64)",
+    "sequence_length_cv": "assumed (R1-style traces range from a few hundred to 32k tokens); lognormal within a group",
     "forced_answer_lead_in_tokens": "the lead-in + the partial 16-token KV block each prefix recomputes",
     "paper_ig_gpu_hours": "calibrates the achieved FLOP/s of IG and forward passes (taken as H100-hours)",
+    "paper_ig_passes_per_point": "assumed: the authors' script (bf16, full logits) is not known to checkpoint",
     "paper_sft_gpu_hours": "calibrates the achieved FLOP/s of SFT (taken as H100-hours)",
     "hbm_efficiency": "paged-attention decode typically reaches 50-70% of peak bandwidth",
     "decode_step_overhead_s": "a guess, with CUDA graphs",
+    "seeded_sampling_s_per_token": "assumed, not measured: vLLM's sampler draws a seeded request's noise with "
+    "its own torch.Generator (one exponential_ kernel per request and step, ~15 us)",
     "max_num_seqs": "read in vLLM 0.30.0's source",
     "reserve_gib_per_gpu": "a guess",
     "prefill_mfu": "a guess",
@@ -223,23 +242,133 @@ ASSUMPTION_NOTES = {
 # Cost models
 
 
+@dataclass(frozen=True)
+class Lengths:
+    """Sequence lengths of a group of traces, in tokens: lognormal with this ``mean`` and coefficient of
+    variation ``cv`` (``cv = 0``: every sequence has the mean length). With s² = ln(1 + cv²) and
+    mu = ln(mean) - s²/2, the moments are E[L^k] = mean^k (1 + cv²)^(k(k-1)/2) (E[L²] = (1 + cv²) mean²)
+    and the partial ones E[L^k; lower < L <= upper] = e^(k mu + k² s²/2) (Phi(z(upper)) - Phi(z(lower))),
+    z(x) = (ln x - mu - k s²) / s."""
+
+    mean: float
+    cv: float = 0.0
+
+    def partial_moment(self, k: int, lower: float = 0.0, upper: float = math.inf) -> float:
+        if self.cv == 0:
+            return self.mean**k if lower < self.mean <= upper else 0.0
+        s2 = math.log1p(self.cv**2)
+        mu, s = math.log(self.mean) - s2 / 2, math.sqrt(s2)
+
+        def below(x: float) -> float:
+            if x <= 0:
+                return 0.0
+            return 1.0 if math.isinf(x) else NormalDist().cdf((math.log(x) - mu - k * s2) / s)
+
+        return math.exp(k * mu + k * k * s2 / 2) * (below(upper) - below(lower))
+
+    def expect(self, coefficients: Sequence[float], lower: float = 0.0, upper: float = math.inf) -> float:
+        """E[sum_k c_k L^k ; lower < L <= upper] for ``coefficients`` c_0, c_1, ..."""
+        return sum(c * self.partial_moment(k, lower, upper) for k, c in enumerate(coefficients) if c)
+
+    def share_above(self, length: float) -> float:
+        return self.partial_moment(0, lower=length)
+
+    def scaled(self, factor: float) -> Lengths:
+        return Lengths(self.mean * factor, self.cv)
+
+
+def _lengths(length: Lengths | float) -> Lengths:
+    return length if isinstance(length, Lengths) else Lengths(float(length))
+
+
+def poly_mul(a: Sequence[float], b: Sequence[float]) -> list[float]:
+    """The coefficients of the product of two polynomials in L."""
+    out = [0.0] * (len(a) + len(b) - 1)
+    for i, x in enumerate(a):
+        for j, y in enumerate(b):
+            out[i + j] += x * y
+    return out
+
+
+def forward_coefficients(model: ModelShape) -> tuple[float, float, float]:
+    """A forward pass over L tokens as a polynomial in L: 2·N·L + 2·d·layers·L²."""
+    return 0.0, 2.0 * model.compute_params, 2.0 * model.attention_width * model.layers
+
+
 def forward_flops(model: ModelShape, length: float) -> float:
     """FLOPs of one forward pass over ``length`` tokens: the matrix products (2·N per token) and causal
     attention (QKᵀ and AV, 2·L²·d per layer)."""
     return 2 * model.compute_params * length + 2 * length**2 * model.attention_width * model.layers
 
 
-def ig_trace_flops(model: ModelShape, length: float, n_steps: int) -> float:
-    """IG of one sequence (Eq. 2): ``n_steps`` path points, each a forward and a backward pass, counted
-    as 3 forward passes. The backward needs no weight gradients (the parameters are frozen), so the real
-    ratio is nearer 2; the calibration on the published IG cost absorbs the constant."""
-    return n_steps * 3 * forward_flops(model, length)
+def expected_forward_flops(
+    model: ModelShape, lengths: Lengths | float, lower: float = 0.0, upper: float = math.inf
+) -> float:
+    """E[forward FLOPs; lower < L <= upper] over ``lengths``: the attention term takes E[L²], not E[L]²."""
+    return _lengths(lengths).expect(forward_coefficients(model), lower, upper)
 
 
-def sft_flops(model: ModelShape, length: float, n_examples: float, epochs: float) -> float:
-    """SFT FLOPs: 3 forward passes per trained sequence and epoch (6·N·tokens + attention). Gradient
-    checkpointing adds a fourth forward; it is inside the calibrated FLOP/s."""
-    return epochs * n_examples * 3 * forward_flops(model, length)
+#: Forward-pass equivalents of one IG path point: forward + backward (~2), and with activation checkpointing
+#: the forward of every layer again in the backward pass.
+IG_PASSES_PLAIN = 3
+IG_PASSES_CHECKPOINTED = 4
+
+
+def ig_trace_flops(
+    model: ModelShape, lengths: Lengths | float, n_steps: int, checkpoint_from: float = math.inf
+) -> float:
+    """Expected IG FLOPs of one sequence (Eq. 2): ``n_steps`` path points, each a forward and a backward pass,
+    counted as 3 forward passes, or 4 for a sequence longer than ``checkpoint_from`` tokens (activation
+    checkpointing recomputes the layers). The backward needs no weight gradients (the parameters are frozen),
+    so the real ratio is nearer 2 than 3; the calibration on the published IG cost absorbs the constant."""
+    plain = expected_forward_flops(model, lengths, upper=checkpoint_from)
+    checkpointed = expected_forward_flops(model, lengths, lower=checkpoint_from)
+    return n_steps * (IG_PASSES_PLAIN * plain + IG_PASSES_CHECKPOINTED * checkpointed)
+
+
+def sft_flops(
+    model: ModelShape, lengths: Lengths | float, n_examples: float, epochs: float, max_length: float = math.inf
+) -> float:
+    """SFT FLOPs: 3 forward passes per trained sequence and epoch (6·N·tokens + attention), each sequence
+    cut to ``max_length`` tokens: E[f(min(L, max_length))]. Gradient checkpointing adds a fourth forward; it
+    is inside the calibrated FLOP/s (the authors' runs checkpoint too)."""
+    lengths = _lengths(lengths)
+    per_sequence = expected_forward_flops(model, lengths, upper=max_length)
+    if not math.isinf(max_length):
+        per_sequence += forward_flops(model, max_length) * lengths.share_above(max_length)
+    return epochs * n_examples * 3 * per_sequence
+
+
+def ig_checkpoint_from(profile: Profile, gpu: GPU, model_config: dict = architectures.R1_DISTILL_QWEN_7B) -> float:
+    """Sequence length (tokens) from which stage 03 attributes with activation checkpointing on ``gpu``:
+    ``attribution.activation_checkpointing`` true: every sequence (0), false: none (inf); auto: the shortest
+    length at which no chunk of path points fits without checkpointing, by the code's own cost model
+    (``segattr_utils.method.ig_cost``: the weights and one path point, less its margin of the memory, capped by
+    ``attribution.memory_budget_gb``), as stage 03 decides per trace."""
+    att = profile.get_path("attribution")
+    mode = att.get("activation_checkpointing", False)
+    if mode is True:
+        return 0.0
+    if mode is False:
+        return math.inf
+    config = SimpleNamespace(model_type="qwen2", **model_config)
+    chunk = att.get("internal_batch_size")
+    chunk = chunk if isinstance(chunk, int) and not isinstance(chunk, bool) else 1
+    budget_gb = att.get("memory_budget_gb")
+
+    def fits(length: int) -> bool:
+        cost = estimate_ig_cost(config, length, points_per_chunk=chunk, n_steps=int(att["n_steps"]))
+        room = gpu.memory_bytes - cost.weight_bytes
+        room = room if budget_gb is None else min(room, budget_gb * GIB)
+        return cost.working_bytes <= room * (1 - DEFAULT_MARGIN)
+
+    low, high = 8, 1 << 22  # fits(low); the first length that does not fit lies in (low, high]
+    if not fits(low):
+        return 0.0
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return float(high)
 
 
 @dataclass(frozen=True)
@@ -251,10 +380,14 @@ class Calibration:
 
     @classmethod
     def from_paper(cls, profile: Profile, a: Assumptions) -> Calibration:
-        length = a.prompt_tokens + a.reference_trace_tokens + a.answer_tokens
+        """The published costs over the FLOPs of the authors' runs: LIMO's reference traces (spread as every
+        group), ``paper_ig_passes_per_point`` per IG path point, SFT sequences capped at ``max_length``."""
+        lengths = Lengths(a.prompt_tokens + a.reference_trace_tokens + a.answer_tokens, a.sequence_length_cv)
         n_steps = int(profile.get_path("attribution.n_steps"))
-        ig = a.limo_questions * ig_trace_flops(R1_DISTILL_QWEN_7B, length, n_steps) / (a.paper_ig_gpu_hours * HOUR)
-        sft = sft_flops(R1_DISTILL_QWEN_7B, length, a.limo_questions, sft_epochs(profile)) / (
+        ig_flops = n_steps * a.paper_ig_passes_per_point * expected_forward_flops(R1_DISTILL_QWEN_7B, lengths)
+        ig = a.limo_questions * ig_flops / (a.paper_ig_gpu_hours * HOUR)
+        cap = float(profile.get_path("training.sft.max_length"))
+        sft = sft_flops(R1_DISTILL_QWEN_7B, lengths, a.limo_questions, sft_epochs(profile), cap) / (
             a.paper_sft_gpu_hours * HOUR
         )
         return cls(ig, sft)
@@ -273,8 +406,18 @@ class DecodeRate:
     step_s: float
 
 
-def decode_rate(model: ModelShape, gpu: GPU, a: Assumptions, tp: int, utilisation: float, context: float) -> DecodeRate:
-    """Memory-bound decode rate of one ``tp``-GPU engine at mean ``context`` tokens per sequence."""
+def decode_rate(
+    model: ModelShape,
+    gpu: GPU,
+    a: Assumptions,
+    tp: int,
+    utilisation: float,
+    context: float,
+    seeded_share: float = 0.0,
+) -> DecodeRate:
+    """Memory-bound decode rate of one ``tp``-GPU engine at mean ``context`` tokens per sequence; a share
+    ``seeded_share`` of the running sequences is sampled with its own seed (``seeded_sampling_s_per_token``
+    each per step)."""
     weights = model.weight_bytes / tp
     kv_per_token = model.kv_bytes_per_token_per_gpu(tp)
     kv_room = gpu.memory_bytes * utilisation - weights - a.reserve_gib_per_gpu * GIB
@@ -283,7 +426,8 @@ def decode_rate(model: ModelShape, gpu: GPU, a: Assumptions, tp: int, utilisatio
     concurrency = max(1.0, min(a.max_num_seqs, kv_room / kv_per_token / context))
     memory_s = (weights + concurrency * context * kv_per_token) / (gpu.hbm_bandwidth * a.hbm_efficiency)
     compute_s = concurrency * forward_flops(model, 1) / tp / (gpu.bf16_flops * a.prefill_mfu)
-    step = max(memory_s, compute_s) + a.decode_step_overhead_s
+    seeded_s = concurrency * seeded_share * a.seeded_sampling_s_per_token
+    step = max(memory_s, compute_s) + a.decode_step_overhead_s + seeded_s
     return DecodeRate(concurrency / step, concurrency, step)
 
 
@@ -301,6 +445,7 @@ class VllmWork:
     n_calls: int = 1  # LLM.generate calls (each ends with a tail)
     n_engine_starts: int = 1
     context_tokens: float | None = None  # mean KV tokens of a running sequence; default prompt + output / 2
+    seeded_share: float = 1.0  # running sequences sampled with a per-request seed (greedy ones draw no noise)
 
     @property
     def context(self) -> float:
@@ -316,10 +461,10 @@ def vllm_engine_seconds(work: VllmWork, gpu: GPU, a: Assumptions, tp: int, utili
     """Engine-seconds (multiply by ``tp`` for GPU-seconds): decoding at the memory-bound rate, prefill at
     ``prefill_mfu``, one tail per call (the longest output decoding nearly alone) and the engine starts."""
     context = work.context
-    rate = decode_rate(work.model, gpu, a, tp, utilisation, context)
+    rate = decode_rate(work.model, gpu, a, tp, utilisation, context, work.seeded_share)
     decode = work.n_requests * work.output_tokens / rate.tokens_per_s
     prefill = work.prefill_tokens * forward_flops(work.model, 1) / (tp * gpu.bf16_flops * a.prefill_mfu)
-    alone = decode_rate(work.model, gpu, replace(a, max_num_seqs=1), tp, utilisation, context)
+    alone = decode_rate(work.model, gpu, replace(a, max_num_seqs=1), tp, utilisation, context, work.seeded_share)
     tail = work.n_calls * work.max_new_tokens * alone.step_s
     return decode + prefill + tail + work.n_engine_starts * a.engine_start_s
 
@@ -390,6 +535,14 @@ class Context:
         """(TP, DP) of ``model``'s engines on the node, resolved as the code resolves ``generation.vllm``."""
         return engine_layout(self.profile, model, self.gpu, self.a.node_gpus)
 
+    def lengths(self, mean: float) -> Lengths:
+        """A group of sequences of ``mean`` tokens, spread as every group (``sequence_length_cv``)."""
+        return Lengths(mean, self.a.sequence_length_cv)
+
+    @property
+    def checkpoint_from(self) -> float:
+        return ig_checkpoint_from(self.profile, self.gpu)
+
     def processes(self, section: str) -> int:
         """``<section>.processes`` on the node: ``auto`` is one per GPU, as the code resolves it on 8 GPUs."""
         value = self.profile.get_path(f"{section}.processes", 1)
@@ -419,8 +572,11 @@ def vllm_row(ctx: Context, stage: str, work: str, load: VllmWork) -> Row:
 
 
 def ig_row(ctx: Context, stage: str, work: str, traces: list[tuple[float, float, int]]) -> Row:
-    """IG rows: ``traces`` holds (count, sequence length, J) groups; one trace per GPU."""
-    flops = sum(count * ig_trace_flops(R1_DISTILL_QWEN_7B, length, j) for count, length, j in traces)
+    """IG rows: ``traces`` holds (count, mean sequence length, J) groups; one trace per GPU."""
+    start = ctx.checkpoint_from
+    flops = sum(
+        count * ig_trace_flops(R1_DISTILL_QWEN_7B, ctx.lengths(length), j, start) for count, length, j in traces
+    )
     gpu_h = flops / ctx.calibration.ig_flops_per_s / HOUR
     return per_trace_row(ctx, stage, work, gpu_h, "attribution")
 
@@ -447,6 +603,7 @@ def stage01(ctx: Context) -> Row:
         ctx.a.sample_tokens,
         gen["max_new_tokens"],
         prefill_tokens=ctx.a.limo_questions * ctx.a.prompt_tokens,  # the K copies share the prompt's KV
+        seeded_share=int(gen["n_samples"]) / (int(gen["n_samples"]) + 1),  # the greedy output draws no noise
     )
     work = f"{ctx.a.limo_questions} x ({gen['n_samples']} samples + greedy) x {ctx.a.sample_tokens:,.0f} tokens, 7B"
     return vllm_row(ctx, "01", work, load)
@@ -492,16 +649,32 @@ def stage04(ctx: Context) -> Row:
     )
 
 
-def linguistics_gpu_hours(ctx: Context, n_traces: int, length: float, segments: float) -> float:
+def segments_polynomial(ctx: Context, constant: float, per_segment: float) -> tuple[float, float]:
+    """``constant + per_segment x segments`` of a sequence of L tokens as a polynomial in L: its trace
+    (L - prompt - answer tokens) has ``segments_per_1k_tokens`` segments per 1,000 tokens."""
+    rate = ctx.a.segments_per_1k_tokens / 1000
+    wrap = ctx.a.prompt_tokens + ctx.a.answer_tokens
+    return constant - per_segment * rate * wrap, per_segment * rate
+
+
+def passes_gpu_hours(ctx: Context, n_traces: int, length: float, constant: float, per_segment: float) -> float:
+    """GPU-hours of ``constant + per_segment x segments`` whole-sequence forward passes of the 7B per trace, at
+    the IG-calibrated FLOP/s: E[passes(L) x f(L)] over the spread lengths (a long trace has more segments
+    and longer passes, so this takes E[L³], not E[L]³)."""
+    passes = segments_polynomial(ctx, constant, per_segment)
+    flops = ctx.lengths(length).expect(poly_mul(passes, forward_coefficients(R1_DISTILL_QWEN_7B)))
+    return n_traces * flops / ctx.calibration.ig_flops_per_s / HOUR
+
+
+def linguistics_gpu_hours(ctx: Context, n_traces: int, length: float) -> float:
     """Stage 05 on the HF model: one pass for perplexity/entropy, n+1 passes for the removal perplexity
     (Cui et al.), each about a whole sequence; forward passes at the IG-calibrated FLOP/s."""
-    passes = n_traces * (segments + 2)
-    return passes * forward_flops(R1_DISTILL_QWEN_7B, length) / ctx.calibration.ig_flops_per_s / HOUR
+    return passes_gpu_hours(ctx, n_traces, length, 2, 1)
 
 
 def stage05(ctx: Context) -> Row:
     load = ctx.load
-    gpu_h = linguistics_gpu_hours(ctx, load.n_correct, load.correct_length, load.segments_per_trace)
+    gpu_h = linguistics_gpu_hours(ctx, load.n_correct, load.correct_length)
     work = f"{load.n_correct} correct traces x ({load.segments_per_trace:.0f} + 2) forward passes, 7B (HF)"
     return per_trace_row(ctx, "05", work, gpu_h, "analysis.linguistics")
 
@@ -516,8 +689,9 @@ def stage06(ctx: Context) -> Row:
         return Row("06", "segment faithfulness disabled (analysis.faithfulness.enabled)", 0.0, 0.0, 0.0, "-")
     limit = cfg.get("n_traces")
     n_traces = load.n_correct if limit is None else min(int(limit), load.n_correct)
-    passes = n_traces * (2 + 2 * (load.segments_per_trace - 1) * FAITHFULNESS_ORDERINGS)
-    gpu_h = passes * forward_flops(R1_DISTILL_QWEN_7B, load.correct_length) / ctx.calibration.ig_flops_per_s / HOUR
+    # 2 + 2 (n - 1) x orderings passes of a trace of n segments
+    orderings = FAITHFULNESS_ORDERINGS
+    gpu_h = passes_gpu_hours(ctx, n_traces, load.correct_length, 2 - 2 * orderings, 2 * orderings)
     work = (
         f"{n_traces} correct traces x <= {2 + 2 * (load.segments_per_trace - 1) * FAITHFULNESS_ORDERINGS:.0f} "
         "forward passes (deletion/insertion curves), 7B (HF)"
@@ -566,8 +740,8 @@ def planned_runs(profile: Profile) -> list:
 
 
 def run_gpu_hours(ctx: Context, spec) -> float:
-    """GPU-hours of one SFT run of the student: its source's traces (capped at ``max_length``), pruned
-    variants on ``1 - prune_token_share`` of the tokens."""
+    """GPU-hours of one SFT run of the student: its source's traces (spread, each capped at ``max_length``),
+    pruned variants on ``1 - prune_token_share`` of the tokens."""
     from segattr_utils.llm.variants import get_variant
 
     training = ctx.profile["training"]
@@ -578,7 +752,7 @@ def run_gpu_hours(ctx: Context, spec) -> float:
         n, length = ctx.load.n_correct, ctx.load.correct_length
     if get_variant(spec.variant).mode == "pruned":
         length *= 1 - float(training.get("prune_token_share", 0.0))
-    flops = sft_flops(R1_DISTILL_QWEN_1_5B, min(length, cap), n, sft_epochs(ctx.profile))
+    flops = sft_flops(R1_DISTILL_QWEN_1_5B, ctx.lengths(length), n, sft_epochs(ctx.profile), cap)
     return flops / ctx.calibration.sft_flops_per_s / HOUR
 
 
@@ -636,6 +810,13 @@ def evaluation_lengths(a: Assumptions, greedy: int, sampled: int) -> tuple[float
     return mean_output, a.prompt_tokens + sum(n * length**2 for n, length in lengths) / (2 * tokens)
 
 
+def evaluation_seeded_share(a: Assumptions, greedy: int, sampled: int) -> float:
+    """The share of running sequences that are sampled (seeded): sampled tokens over all tokens (a sequence
+    runs as many steps as it has tokens); greedy outputs draw no noise."""
+    sampled_tokens = sampled * a.eval_sample_tokens
+    return sampled_tokens / (sampled_tokens + greedy * a.eval_greedy_tokens)
+
+
 def stage09(ctx: Context) -> Row:
     models = 1 + len(planned_runs(ctx.profile))  # the base student and every SFT run
     greedy, sampled = evaluation_request_counts(ctx.profile)
@@ -652,6 +833,7 @@ def stage09(ctx: Context) -> Row:
         n_calls=models,
         n_engine_starts=models,
         context_tokens=context,
+        seeded_share=evaluation_seeded_share(ctx.a, greedy, sampled),
     )
     work = (
         f"{models} models x ({greedy:,} greedy x {ctx.a.eval_greedy_tokens:,.0f} + {sampled:,} sampled x "
@@ -676,7 +858,7 @@ def reference_signals(ctx: Context) -> list[Row]:
             n_engine_starts=0,
         ),
     )
-    gpu_h = linguistics_gpu_hours(ctx, ctx.a.limo_questions, load.reference_length, load.reference_segments)
+    gpu_h = linguistics_gpu_hours(ctx, ctx.a.limo_questions, load.reference_length)
     work = f"perplexity passes on the {ctx.a.limo_questions} reference traces, 7B (HF)"
     ling = per_trace_row(ctx, "05 ref.", work, gpu_h, "analysis.linguistics")
     return [forced, ling]
@@ -806,17 +988,23 @@ def decode_rate_table(profile: Profile, a: Assumptions, gpu: GPU) -> str:
         "| model (stage, mean context) | TP 1 | TP 2 | TP 4 | concurrency at the chosen TP |",
         "|---|---:|---:|---:|---|",
     ]
-    for model, context, what in (
-        (R1_DISTILL_QWEN_7B, a.prompt_tokens + a.sample_tokens / 2, "01 sampling"),
-        (QWEN3_8B, a.judge_prompt_tokens + a.judge_round1_tokens / 2, "07 judge"),
-        (R1_DISTILL_QWEN_1_5B, evaluation_lengths(a, greedy, sampled)[1], "09 evaluation"),
+    k = int(profile.get_path("generation.n_samples"))
+    for model, context, what, seeded in (
+        (R1_DISTILL_QWEN_7B, a.prompt_tokens + a.sample_tokens / 2, "01 sampling", k / (k + 1)),
+        (QWEN3_8B, a.judge_prompt_tokens + a.judge_round1_tokens / 2, "07 judge", 1.0),
+        (
+            R1_DISTILL_QWEN_1_5B,
+            evaluation_lengths(a, greedy, sampled)[1],
+            "09 evaluation",
+            evaluation_seeded_share(a, greedy, sampled),
+        ),
     ):
         chosen, _ = engine_layout(profile, model, gpu, a.node_gpus)
         cells = []
         for tp in (1, 2, 4):
-            per_gpu = f"{decode_rate(model, gpu, a, tp, util, context).tokens_per_s / tp:,.0f}"
+            per_gpu = f"{decode_rate(model, gpu, a, tp, util, context, seeded).tokens_per_s / tp:,.0f}"
             cells.append(f"**{per_gpu}**" if tp == chosen else per_gpu)
-        rate = decode_rate(model, gpu, a, chosen, util, context)
+        rate = decode_rate(model, gpu, a, chosen, util, context, seeded)
         lines.append(
             f"| {model.name} ({what}, {context:,.0f} tokens) | {' | '.join(cells)} | {rate.concurrency:,.0f} "
             f"sequences per engine, {rate.step_s * 1000:.0f} ms per step |"
@@ -833,6 +1021,13 @@ def assumption_table(profile: Profile, a: Assumptions, gpu: GPU) -> str:
     lines.append(
         f"| GPU | {gpu.name} | {gpu.bf16_flops / 1e12:.0f} TFLOP/s bf16 dense, {gpu.hbm_bandwidth / 1e12:.2f} TB/s, "
         f"{gpu.memory_bytes / GIB:.1f} GiB |"
+    )
+    start = ig_checkpoint_from(profile, gpu)
+    share = Lengths(a.prompt_tokens + a.answer_tokens + a.kept_correct_tokens, a.sequence_length_cv).share_above(start)
+    lines.append(
+        f"| IG with activation checkpointing from | {start:,.0f} tokens | attribution.activation_checkpointing "
+        f"on {gpu.name} by segattr_utils.method.ig_cost ({share:.1%} of the kept correct traces): 4 passes per "
+        "path point instead of 3 |"
     )
     lines.append(
         f"| achieved IG FLOP/s per GPU | {cal.ig_flops_per_s / 1e12:.0f} T | from paper_ig_gpu_hours "

@@ -36,7 +36,7 @@ rebuilds the report from what exists.
 
 The tiny profile draws seeds 1 and 2 (about 50-75 min each on 2 CPU cores, as one ``make reproduce``);
 smoke one seed; the paper profile has the setting commented out (each draw is a whole paper run: about
-228 GPU-hours by ``make gpu-hours``), and a profile without it is refused.
+252 GPU-hours by ``make gpu-hours``), and a profile without it is refused.
 
 **The report**, ``<robustness root>/<profile>/report.md`` and ``headlines.csv``: per headline the main
 run's value, each seed's, the mean, SD (ddof 1) and min-max over every draw, and the floor
@@ -93,7 +93,7 @@ def robustness_settings(profile: Profile) -> dict:
         raise RobustnessUnavailable(
             f"profile {profile.name!r} has no robustness setting (robustness: {{seeds: [1, 2]}}); "
             "every draw is a whole run of the profile's notebooks"
-            + (" (for the paper profile: about 228 GPU-hours each, see paper.yaml)" if profile["kind"] == "hub" else "")
+            + (" (for the paper profile: about 252 GPU-hours each, see paper.yaml)" if profile["kind"] == "hub" else "")
         )
     return {"seeds": check_seeds(profile, settings["seeds"]), "results_root": settings.get("results_root")}
 

@@ -72,11 +72,14 @@ def _dtype(profile: Profile, role: str) -> str:
     return profile.get_path(f"models.{role}").get("dtype", "bfloat16")
 
 
-def load_model(profile: Profile, role: str, device: str | None = None, path: str | Path | None = None):
+def load_model(
+    profile: Profile, role: str, device: str | None = None, path: str | Path | None = None, dtype: str | None = None
+):
     """``(model, tokenizer)`` of ``role``, or of the fine-tuned model saved at ``path`` (which then has
     the role's dtype). World models always load on the CPU; hub models on ``device`` (default: CUDA
-    when available), or over several GPUs with the role's ``device_map`` when no device is given."""
-    dtype = _dtype(profile, role)
+    when available), or over several GPUs with the role's ``device_map`` when no device is given.
+    ``dtype`` overrides the role's dtype (SFT loads the student in its training precision's)."""
+    dtype = dtype or _dtype(profile, role)
     if profile["kind"] == "world":
         folder = Path(path) if path is not None else Path(model_path(profile, role))
         if not folder.is_dir():

@@ -43,7 +43,7 @@ def test_quick_mode_runs_the_cpu_checks_and_skips_the_rest(gpu_checks, quick_row
     for name in ("vllm_engine_memory", "vllm_seed_diversity", "vllm_throughput", "vllm_data_parallel"):
         assert quick_rows[name]["status"] == "skipped"
         assert "needs CUDA" in quick_rows[name]["error"]
-    for name in ("sdpa_flash_gqa", "prompt_token_ids", "sft_16k", "ig_memory"):
+    for name in ("sdpa_flash_gqa", "prompt_token_ids", "sft_16k", "sft_fp32_master", "ig_memory"):
         assert quick_rows[name]["status"] == "passed", quick_rows[name]
     assert quick_rows["environment"]["status"] in ("passed", "failed")  # pip check's verdict on this venv
     assert "pip_check" in quick_rows["environment"]["values"]
@@ -147,3 +147,17 @@ def test_vllm_checks_run_against_the_cpu_stand_in(gpu_checks, fake_vllm, monkeyp
     # data parallel check, whose in-process engine is the fourth (its two workers' engines are in subprocesses)
     assert len(engines) == 4 and all(e.llm_engine.engine_core.shutdown_calls == 1 for e in engines)
     assert all(e.alive_at_start == 0 for e in engines)
+
+
+def test_one_sft_step_with_fp32_master_weights_on_the_cpu(gpu_checks, tmp_path):
+    """--quick: the 1.5B's head layout at CPU widths, built in bf16, trains one step as float32 master weights
+    (the CPU without autocast); every weight with a gradient moves."""
+    if gpu_checks.missing_requirement("cuda") is None:
+        pytest.skip("this test describes a CPU machine")
+    (row,) = gpu_checks.run_checks(["sft_fp32_master"], quick=True, workdir=tmp_path)
+    assert row["status"] == "passed", row
+    values = row["values"]
+    assert values["precision"] == "fp32_master" and values["steps"] == 1 and not values["bf16_autocast"]
+    assert values["weight_dtypes"] == ["torch.float32"]
+    assert values["layer0_mlp_weight_and_output_dtype"] == [("torch.float32", "torch.float32")]
+    assert values["moved_share"] > 0.9 and 0 < values["lost_in_bf16_share"] <= 1

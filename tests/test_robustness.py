@@ -59,7 +59,7 @@ def _flatten(node, prefix=""):
 def test_packaged_settings():
     assert robustness_settings(load_profile("tiny")) == {"seeds": [1, 2], "results_root": None}
     assert robustness_settings(load_profile("smoke"))["seeds"] == [1]
-    with pytest.raises(RobustnessUnavailable, match="228 GPU-hours"):
+    with pytest.raises(RobustnessUnavailable, match="252 GPU-hours"):
         robustness_settings(load_profile("paper"))
 
 

@@ -89,7 +89,10 @@ class HFGenerator:
         self.model, self.tokenizer = model, tokenizer
 
     @torch.no_grad()
-    def generate(self, prompts: Sequence[str], settings: SamplingSettings, seed: int) -> list[dict]:
+    def generate(
+        self, prompts: Sequence[str], settings: SamplingSettings, seed: int, stopping_criteria=None
+    ) -> list[dict]:
+        """``stopping_criteria``: ``model.generate``'s (a row it stops is padded after its last token)."""
         tokenizer = self.tokenizer
         batch = left_padded_batch(tokenizer, prompts, next(self.model.parameters()).device)
         torch.manual_seed(seed)
@@ -106,7 +109,7 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
-            output = self.model.generate(**batch, **kwargs)
+            output = self.model.generate(**batch, **kwargs, stopping_criteria=stopping_criteria)
         finally:
             self.model.train(was_training)
         new_tokens = output[:, batch["input_ids"].shape[1] :]

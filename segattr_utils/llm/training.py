@@ -21,6 +21,10 @@ from ..progress import quiet_libraries, silence_trainer, trainer_progress
 
 DONE_MARKER = "TRAINING_COMPLETE"
 
+# training.sft.precision: the dtype the optimizer updates (``bf16`` separately turns on bf16 autocast)
+PRECISIONS = {"fp32_master": "float32", "bf16_weights": "bfloat16"}
+SAVE_DTYPES = ("float32", "bfloat16")
+
 
 @dataclass
 class TrainingExample:
@@ -110,7 +114,22 @@ def build_char_masked_example(
 
 @dataclass
 class TrainSettings:
-    """The schedule shared by every variant (App. C.3)."""
+    """The schedule shared by every variant (App. C.3).
+
+    Precision: ``precision`` is the dtype of the weights the optimizer updates, ``bf16`` whether the
+    forward and backward passes run under bf16 autocast (TrainingArguments' mixed precision).
+
+    - ``fp32_master`` (default): weights, gradients and optimizer states in float32; with ``bf16`` the
+      matrix products run in bf16. An update smaller than half a bf16 step of its weight (at lr 3e-5
+      and below, on the cosine tail, many are) is kept.
+    - ``bf16_weights``: the authors' setting (the model in bf16, the optimizer writing into bf16
+      weights): such updates round back to the old weight and are lost. Half the memory of the weights
+      and gradients (the 7B's float32 weights + gradients + 8-bit AdamW states take ~70 GB).
+
+    ``save_dtype`` (``float32``/``bfloat16``, None: the training dtype) is the dtype the finished model
+    is written in; evaluation loads it in the student's dtype either way. Under DeepSpeed with bf16,
+    ZeRO keeps float32 master weights in its optimizer itself.
+    """
 
     epochs: float = 3.0
     learning_rate: float = 1e-3
@@ -128,10 +147,23 @@ class TrainSettings:
     save_steps: int | None = None
     logging_steps: int = 20
     stop_after_epoch: float | None = None  # the authors' callback stops 10-epoch runs after epoch 9
+    precision: str = "fp32_master"  # or "bf16_weights" (the authors'): see the class docstring
+    save_dtype: str | None = None  # the finished model's dtype on disk (None: the training dtype)
 
     def __post_init__(self):
         if self.save_strategy == "steps" and not self.save_steps:
             raise ValueError("save_strategy 'steps' needs save_steps")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"training.sft.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.save_dtype is not None and self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(
+                f"training.sft.save_dtype must be one of {', '.join(SAVE_DTYPES)} or null, got {self.save_dtype!r}"
+            )
+
+    @property
+    def weight_dtype(self) -> str:
+        """The dtype of the trained weights (``float32`` or ``bfloat16``), as ``load_causal_lm`` names it."""
+        return PRECISIONS[self.precision]
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainSettings:
@@ -164,33 +196,14 @@ def is_trained(output_dir: str | Path) -> bool:
     return (Path(output_dir) / DONE_MARKER).exists()
 
 
-def train_sft(
-    model,
-    tokenizer,
-    examples: Sequence[TrainingExample],
-    settings: TrainSettings,
-    output_dir: str | Path,
-    seed: int,
-    deepspeed: str | None = None,
-) -> dict:
-    """Train ``model`` in place on ``examples`` with TRL's SFTTrainer; resumable from checkpoints.
-
-    The final model and tokenizer are saved to ``output_dir/final`` and a completion marker is
-    written last, so an interrupted run resumes from its latest checkpoint and a finished one is
-    never retrained. Returns the training log history summary.
-    """
+def sft_config(settings: TrainSettings, output_dir: str | Path, seed: int, deepspeed: str | None = None):
+    """TRL's ``SFTConfig`` for ``settings``: every value SFTConfig would default differently is set
+    (SFTConfig defaults to ``bf16=True`` and ``max_length=1024``). ``bf16`` is mixed precision (autocast
+    of the forward and backward passes); the weights stay in the dtype :func:`cast_to_training_dtype` gives."""
     import torch
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
-    quiet_libraries()  # under reproduce: no bars of datasets ("Truncating train dataset") or transformers
-    output_dir = Path(output_dir)
-    if is_trained(output_dir):
-        raise FileExistsError(f"{output_dir} already holds a finished run; load {output_dir / 'final'} instead")
-    if not examples:
-        raise ValueError("no training examples")
-    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
-    config = SFTConfig(
+    return SFTConfig(
         output_dir=str(output_dir),
         num_train_epochs=settings.epochs,
         learning_rate=settings.learning_rate,
@@ -220,6 +233,46 @@ def train_sft(
         deepspeed=deepspeed,
         **trainer_progress(),  # a bar in a terminal; nothing per step in an executed notebook
     )
+
+
+def cast_to_training_dtype(model, settings: TrainSettings) -> None:
+    """Put ``model``'s floating-point weights in ``settings.weight_dtype`` in place: float32 master
+    weights (``fp32_master``; a bf16 checkpoint widens exactly) or bf16 (``bf16_weights``)."""
+    import torch
+
+    dtype = getattr(torch, settings.weight_dtype)
+    if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        model.to(dtype)
+
+
+def train_sft(
+    model,
+    tokenizer,
+    examples: Sequence[TrainingExample],
+    settings: TrainSettings,
+    output_dir: str | Path,
+    seed: int,
+    deepspeed: str | None = None,
+) -> dict:
+    """Train ``model`` in place on ``examples`` with TRL's SFTTrainer; resumable from checkpoints.
+
+    The final model and tokenizer are saved to ``output_dir/final`` and a completion marker is
+    written last, so an interrupted run resumes from its latest checkpoint and a finished one is
+    never retrained. The weights are first put in the precision's dtype (:func:`cast_to_training_dtype`:
+    float32 master weights by default). Returns the training log history summary.
+    """
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    quiet_libraries()  # under reproduce: no bars of datasets ("Truncating train dataset") or transformers
+    output_dir = Path(output_dir)
+    if is_trained(output_dir):
+        raise FileExistsError(f"{output_dir} already holds a finished run; load {output_dir / 'final'} instead")
+    if not examples:
+        raise ValueError("no training examples")
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    config = sft_config(settings, output_dir, seed, deepspeed)
+    cast_to_training_dtype(model, settings)
     callbacks = [StopAfterEpoch(settings.stop_after_epoch)] if settings.stop_after_epoch else None
     trainer = SFTTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks

@@ -10,8 +10,13 @@ the correct answer." For a trace S_1..S_n and k = 0..n the forced-answer input i
     prompt + S_1 + ... + S_k + answer lead-in          (e.g. "\\n</think>\\n\\nThe final answer is \\boxed{")
 
 and the model samples K short continuations; c_k is the fraction whose completed ``\\boxed{}``
-grades correct (:func:`segattr_utils.llm.grading.grade`). c_0 is the confidence with an empty trace. The
-change of segment S_k is Δ_k = c_k − c_{k−1}; segment ``k - 1`` in 0-based indices.
+grades correct (:func:`segattr_utils.llm.grading.grade`). A continuation ends at the brace that closes
+the box the lead-in opened (nested braces counted: ``\\frac{1}{2}}`` closes after the last brace;
+:func:`answer_end`): what follows is cut before grading, so a second ``\\boxed{}`` written after the
+answer is never graded, and the HF samplers stop there (:class:`AnswerCloses`). vLLM has no per-request
+stop rule that counts braces (a stop string ``}`` would cut ``\\frac{1}{2}``), so there the answer runs
+to ``max_new_tokens`` (or EOS) and is cut at the same brace afterwards. c_0 is the confidence with an
+empty trace. The change of segment S_k is Δ_k = c_k − c_{k−1}; segment ``k - 1`` in 0-based indices.
 
 **Groups (Sec. 3.1).** A segment has *high strength* when it is among the top-k* segments holding τ
 of the trace's normalised strength (Eq. 5-6) and *moderate consistency* when its consistency is at
@@ -39,6 +44,7 @@ temperature 0 is greedy.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -64,10 +70,90 @@ def forced_answer_prompt(prompt: str, segments: Sequence[str], n_prefix: int, le
     return prompt + "".join(segments[:n_prefix]) + lead_in
 
 
+BOX_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")  # as grading.last_boxed finds a box
+
+
+def open_box_depth(text: str) -> int:
+    """Braces still open inside the first ``\\boxed{`` (or ``\\fbox{``) of ``text`` that is not closed by
+    its end, the box's own brace included (1 right after ``\\boxed{``); 0 when every box is closed."""
+    for match in BOX_OPEN.finditer(text):
+        depth = 1
+        for char in text[match.end() :]:
+            depth += (char == "{") - (char == "}")
+            if depth == 0:
+                break
+        if depth:
+            return depth
+    return 0
+
+
+def answer_end(lead_in: str, text: str) -> int | None:
+    """The index in ``text`` just past the brace that closes the forced answer's box, or None while it is
+    open. The box is the one ``lead_in`` leaves open (``...\\boxed{``), or, when it leaves none open, the
+    first one ``text`` opens; braces inside it nest (``1}{2}}`` closes ``\\boxed{\\frac{`` at its end)."""
+    depth, start = open_box_depth(lead_in), 0
+    if not depth:
+        match = BOX_OPEN.search(text)
+        if match is None:
+            return None
+        depth, start = 1, match.end()
+    for index in range(start, len(text)):
+        depth += (text[index] == "{") - (text[index] == "}")
+        if depth == 0:
+            return index + 1
+    return None
+
+
+def cut_forced_answer(text: str, lead_in: str) -> str:
+    """``text`` up to and including the brace that closes the answer's box (:func:`answer_end`); an
+    answer whose box is still open is kept whole (and grades wrong)."""
+    end = answer_end(lead_in, text)
+    return text if end is None else text[:end]
+
+
+class AnswerCloses:
+    """Stops sampling once a continuation of ``lead_in`` has closed the answer's box (:func:`answer_end`).
+
+    ``update(row, token)`` is fed each row's new tokens in order and says whether that row's box is now
+    closed. A row's text is decoded only at a token that holds ``}`` (a per-token lookup, cached), since
+    only such a token can close the box. As a ``transformers`` stopping criterion (``model.generate(...,
+    stopping_criteria=[stop])``) it reads the newest token of each row at every call; use a new one per
+    call."""
+
+    def __init__(self, tokenizer, lead_in: str):
+        self.tokenizer, self.lead_in = tokenizer, lead_in
+        self._has_close: dict[int, bool] = {}
+        self._tokens: dict[int, list[int]] = {}
+        self._closed: set[int] = set()
+
+    def _may_close(self, token: int) -> bool:
+        if token not in self._has_close:
+            self._has_close[token] = "}" in self.tokenizer.decode([token], skip_special_tokens=True)
+        return self._has_close[token]
+
+    def update(self, row: int, token: int) -> bool:
+        if row in self._closed:
+            return True
+        tokens = self._tokens.setdefault(row, [])
+        tokens.append(int(token))
+        if self._may_close(int(token)):
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+            if answer_end(self.lead_in, text) is not None:
+                self._closed.add(row)
+                return True
+        return False
+
+    def __call__(self, input_ids: torch.Tensor, scores=None, **kwargs) -> torch.Tensor:
+        last = input_ids[:, -1].tolist()
+        done = [self.update(row, token) for row, token in enumerate(last)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
 def grade_forced_answers(continuations: Iterable[str], gold: str, lead_in: str) -> list[dict]:
-    """Grade each sampled continuation of ``lead_in`` (which opens ``\\boxed{``): the answer is the
-    last ``\\boxed{}`` of ``lead_in + continuation``; an unclosed box counts as wrong."""
-    return [grade(lead_in + text, gold) for text in continuations]
+    """Grade each sampled continuation of ``lead_in`` (which opens ``\\boxed{``): the continuation is cut
+    at the brace that closes that box (:func:`cut_forced_answer`) and the answer is the last
+    ``\\boxed{}`` of ``lead_in + cut continuation``; an unclosed box counts as wrong."""
+    return [grade(lead_in + cut_forced_answer(text, lead_in), gold) for text in continuations]
 
 
 def answer_confidence(continuations: Sequence[str], gold: str, lead_in: str) -> float:
@@ -114,14 +200,22 @@ def _filter_top_p(probs: torch.Tensor, top_p: float) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_continuations(
-    model, tokenizer, prompts: Sequence[str], n_samples: int, settings: SamplingSettings, seed: int
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    n_samples: int,
+    settings: SamplingSettings,
+    seed: int,
+    lead_in: str | None = None,
 ) -> list[list[str]]:
     """``n_samples`` continuations of every prompt, the prompt encoded once and its cache shared.
 
     Prompts are left-padded into one batch; after the prefill the key/value cache and the last
     logits are repeated ``n_samples`` times and decoding runs for ``settings.max_new_tokens`` steps
-    or until every row has produced EOS. Returns, per prompt, the decoded texts (special tokens
-    skipped, cut at EOS). Deterministic for a given ``seed`` and batch.
+    or until every row has produced EOS, or, given the forced answer's ``lead_in``, has closed the box
+    it opens (:class:`AnswerCloses`). Returns, per prompt, the decoded texts (special tokens skipped,
+    cut at EOS or after the closing brace). Deterministic for a given ``seed`` and batch; a stopped row
+    draws no fewer random numbers, so the other rows' samples are those without the stop.
     """
     if n_samples < 1:
         raise ValueError("n_samples must be positive")
@@ -145,6 +239,8 @@ def sample_continuations(
         generator = torch.Generator(device=device).manual_seed(int(seed))
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
+        stop = AnswerCloses(tokenizer, lead_in) if lead_in is not None else None
+        ends = [None] * logits.shape[0]  # where a row closed its answer's box
         tokens = []
         for step in range(settings.max_new_tokens):
             if settings.greedy:
@@ -155,6 +251,10 @@ def sample_continuations(
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             token = torch.where(finished, torch.full_like(token, pad), token)
             tokens.append(token)
+            if stop is not None:
+                for row in (~finished).nonzero().flatten().tolist():
+                    if stop.update(row, int(token[row])):
+                        finished[row], ends[row] = True, step + 1
             finished |= token == eos
             if bool(finished.all()) or step == settings.max_new_tokens - 1:
                 break
@@ -169,7 +269,8 @@ def sample_continuations(
         model.train(was_training)
     generated = torch.stack(tokens, dim=1).tolist()
     texts = []
-    for row in generated:
+    for row, end in zip(generated, ends):
+        row = row if end is None else row[:end]
         if eos in row:
             row = row[: row.index(eos)]
         texts.append(tokenizer.decode(row, skip_special_tokens=True))

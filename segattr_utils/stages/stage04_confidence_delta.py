@@ -30,8 +30,9 @@ import pandas as pd
 from .. import dag, services
 from ..artifacts import RecordStore, fingerprint, read_table, write_table
 from ..config import Profile
-from ..llm.generation import SamplingSettings, derive_seed
+from ..llm.generation import HFGenerator, SamplingSettings, derive_seed
 from ..measures.confidence import (
+    AnswerCloses,
     beta_ablation,
     choose_threshold,
     confidence_deltas,
@@ -105,17 +106,20 @@ def _forced_answer_sampler(profile: Profile):
     ``shared_prefix``: each prefix encoded once, its KV cache shared by the n samples (HF). ``generator``:
     the prompts repeated n times through ``generation.backend``. ``seed`` is one seed for the batch or,
     when ``generator.per_request_seeds`` (vLLM), one list of n seeds per prompt: vLLM seeds every request
-    on its own, so n copies of a prompt under one seed would be n identical answers. The caller closes
+    on its own, so n copies of a prompt under one seed would be n identical answers. The HF samplers stop
+    a row at the brace that closes the lead-in's ``\\boxed{`` (:class:`AnswerCloses`); vLLM samples to
+    ``max_new_tokens`` and the grading cuts there (:func:`grade_forced_answers`). The caller closes
     ``generator``.
     """
     mode = profile.get_path("analysis.confidence.sampler")
+    lead_in = profile.get_path("analysis.confidence.answer_lead_in")
     if mode == "shared_prefix":
         generator, tokenizer = services.load_generator(profile, "generator", "hf")
         return (
             generator,
             tokenizer,
             lambda prompts, n, settings, seed: sample_continuations(
-                generator.model, tokenizer, prompts, n, settings, seed
+                generator.model, tokenizer, prompts, n, settings, seed, lead_in=lead_in
             ),
         )
     if mode != "generator":
@@ -124,7 +128,12 @@ def _forced_answer_sampler(profile: Profile):
 
     def sample(prompts, n, settings, seed):
         seeds = [s for per_prompt in seed for s in per_prompt] if generator.per_request_seeds else seed
-        outputs = generator.generate([p for p in prompts for _ in range(n)], settings, seeds)
+        repeated = [p for p in prompts for _ in range(n)]
+        if isinstance(generator, HFGenerator):
+            stop = [AnswerCloses(tokenizer, lead_in)]
+            outputs = generator.generate(repeated, settings, seeds, stopping_criteria=stop)
+        else:
+            outputs = generator.generate(repeated, settings, seeds)
         texts = [o["text"] for o in outputs]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 

@@ -456,8 +456,10 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     settings = selection_settings(profile, spec)
     selections = variant.selections(records, settings)
     stages = schedule(profile)
-    # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed).
-    model, tokenizer = services.load_model(profile, "student", device="cpu")
+    # Loaded on the CPU: the trainer places it (on this process's GPU under accelerate/DeepSpeed). In the
+    # dtype the optimizer updates (training.sft.precision: float32 master weights unless bf16_weights).
+    weight_dtype = stages[0].weight_dtype
+    model, tokenizer = services.load_model(profile, "student", device="cpu", dtype=weight_dtype)
     full_examples = build_examples(tokenizer, records, _whole_traces(records), "full")
     examples = build_examples(tokenizer, records, selections, variant.mode)
     stats = supervision_stats(records, selections, examples, variant.mode, stages[-1].max_length)
@@ -468,7 +470,7 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
         stage_examples = full_examples if len(stages) == 2 and index == 0 else examples
         out = run_dir(profile, spec) / f"stage{index + 1}"
         if is_trained(out):
-            model, tokenizer = services.load_model(profile, "student", path=out / "final")
+            model, tokenizer = services.load_model(profile, "student", path=out / "final", dtype=weight_dtype)
             stage_summaries.append(read_json(out / "stage_summary.json"))
             continue
         model.train()
@@ -486,6 +488,10 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     final_dir = model_dir(profile, spec)
     tmp_dir = final_dir.with_name(final_dir.name + ".tmp")
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    if stages[-1].save_dtype:  # e.g. bfloat16: half the disk of float32 master weights
+        import torch
+
+        model.to(getattr(torch, stages[-1].save_dtype))
     model.save_pretrained(tmp_dir)
     tokenizer.save_pretrained(tmp_dir)
     shutil.rmtree(final_dir, ignore_errors=True)
