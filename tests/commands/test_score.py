@@ -1,7 +1,10 @@
 """``segattr score`` on a tiny local model and an R1 JSONL written here: the tables it writes (checked
 against the library called directly and against Eq. 5-7 recomputed), the traces it skips with their
-reasons (one over-length, one without ``</think>``), and resuming (a second run does no IG and loads no
-model; changed selection settings reuse the stored attributions; changed J recomputes them)."""
+reasons (one over-length, one without ``</think>``), resuming (a second run does no IG and loads no
+model; changed selection settings reuse the stored attributions; changed J recomputes them; a killed run
+finishes with the same bytes), arguments refused before the model loads, and memory: an injected
+out-of-memory error retried with less or skipping the trace, and a small ``--memory-budget`` that makes
+the cost estimator checkpoint."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import pandas as pd
 import pytest
 
 import segattr_utils.llm.models as models
+import segattr_utils.method.attribution as engine
 import segattr_utils.scored_trace as scored_trace
 from segattr_utils import cli
 from segattr_utils.commands.score import read_keywords
@@ -23,6 +27,7 @@ from ..conftest import R1_TRACES
 
 OPTIONS = ["--n-steps", "4", "--max-length", "200", "--dtype", "float32", "--device", "cpu"]
 SCORED = ["sum", "double", "wrong"]  # file order; "long" is over 200 tokens, "unfinished" has no </think>
+TABLES = ("segments.parquet", "traces.parquet", "segments.csv", "skipped.csv", "settings.json")
 
 
 def _score(model_dir, traces, out, *extra):
@@ -47,7 +52,7 @@ def scored_dir(r1_model_dir, traces_file, tmp_path_factory):
 def counted(monkeypatch):
     """Count IG runs and model loads of `segattr score` (both still run)."""
     calls = {"ig": 0, "load": 0}
-    real_ig, real_load = scored_trace.token_attributions, models.load_causal_lm
+    real_ig, real_load = engine.token_attributions, models.load_causal_lm
 
     def ig(*args, **kwargs):
         calls["ig"] += 1
@@ -57,18 +62,28 @@ def counted(monkeypatch):
         calls["load"] += 1
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(scored_trace, "token_attributions", ig)
+    monkeypatch.setattr(engine, "token_attributions", ig)
     monkeypatch.setattr(models, "load_causal_lm", load)
     return calls
 
 
 def test_tables_and_skipped_traces(scored_dir, r1_model_dir):
     skipped = pd.read_csv(scored_dir / "skipped.csv")
-    assert dict(zip(skipped["trace_id"], skipped["reason"])) == {"long": "over-length", "unfinished": "no </think>"}
+    assert dict(zip(skipped["trace_id"], skipped["reason"])) == {"unfinished": "no </think>", "long": "over-length"}
     detail = skipped.set_index("trace_id").loc["long", "detail"]
     assert "more than max_length (200)" in detail and "not truncated" in detail
+    # an invalid record is listed with notebook 01's message for it
+    detail = skipped.set_index("trace_id").loc["unfinished", "detail"]
+    assert detail.startswith("line 5 (id 'unfinished'): field 'output' (output) has no </think>")
     traces = pd.read_parquet(scored_dir / "traces.parquet")
     assert list(traces["trace_id"]) == SCORED
+    # how IG ran is recorded per trace (the tiny model fits at once: J points per pass, no checkpointing);
+    # no wall-clock column: timings are in the run log
+    assert "seconds" not in traces.columns
+    assert list(traces["n_steps"]) == [4] * 3 and not traces["activation_checkpointing"].any()
+    assert list(traces["internal_batch_size"]) == [4] * 3 and list(traces["out_of_memory_retries"]) == [0] * 3
+    log = pd.read_csv(scored_dir / "run_log.csv")
+    assert list(log.columns) == ["what", "seconds"] and len(log) == 4  # the four valid records, timed
     assert list(traces["correct"]) == [True, True, False] and list(traces["predicted"]) == ["11", "12", "14"]
     assert set(traces.columns) >= {"n_tokens", "f_input", "f_baseline", "delta", "relative_delta", "flagged"}
     assert (traces["n_tokens"] <= 200).all()
@@ -118,7 +133,7 @@ def test_second_run_does_no_work_and_selection_changes_reuse_attributions(
     before = pd.read_parquet(out / "segments.parquet")
     assert _score(r1_model_dir, traces_file, out) == 0
     assert counted == {"ig": 0, "load": 0}
-    assert "5 traces, 5 already scored" in capsys.readouterr().out
+    assert "4 traces, 4 already scored" in capsys.readouterr().out
     pd.testing.assert_frame_equal(pd.read_parquet(out / "segments.parquet"), before)
 
     assert _score(r1_model_dir, traces_file, out, "--tau", "0.4", "--beta", "0.6") == 0
@@ -138,11 +153,17 @@ def test_interrupted_run_resumes_where_it_stopped(scored_dir, r1_model_dir, trac
     shutil.copytree(scored_dir, out)
     store = out / "records.jsonl"
     lines = store.read_text().splitlines(keepends=True)
-    assert [json.loads(line)["trace_id"] for line in lines] == ["sum", "double", "wrong", "long", "unfinished"]
+    assert [json.loads(line)["trace_id"] for line in lines] == ["sum", "double", "wrong", "long"]
+    assert all("seconds" not in json.loads(line) for line in lines)
     store.write_text("".join(lines[:2]) + lines[2][:40])  # killed while writing "wrong"
+    for table in TABLES:
+        (out / table).unlink()
     assert _score(r1_model_dir, traces_file, out) == 0
     assert counted == {"ig": 1, "load": 1}  # only "wrong" is attributed again; the skips are only re-checked
     assert list(pd.read_parquet(out / "traces.parquet")["trace_id"]) == SCORED
+    # equal data, equal bytes: the killed-and-resumed folder's tables are the uninterrupted run's
+    for table in TABLES:
+        assert (out / table).read_bytes() == (scored_dir / table).read_bytes(), table
 
 
 def test_missing_model_folder_and_bad_trace_file(tmp_path, traces_file, capsys):
