@@ -23,9 +23,8 @@ import torch
 
 from segattr_utils.artifacts import write_table
 from segattr_utils.config import load_profile
-from segattr_utils.data.questions import chat_prompt, world_suites
+from segattr_utils.data.questions import r1_prompt, world_suites
 from segattr_utils.llm.training import TrainSettings, build_training_example, train_sft
-from segattr_utils.world import user_prompt
 from segattr_utils.world.tiny_model import answer_part, build_tiny_model, build_world_tokenizer, teacher_traces
 
 
@@ -38,7 +37,7 @@ def examples(profile, n: int, seed: int):
     rng = random.Random(seed)
     variants = {"full": [], "selective": [], "pruned": []}
     for problem, trace in zip(problems, traces):
-        prompt = chat_prompt(tokenizer, user_prompt(problem))
+        prompt = r1_prompt(tokenizer, problem.question)
         n_seg = len(trace.segments)
         chosen = sorted({0, n_seg - 1} | {i for i in range(n_seg) if rng.random() < 0.4})
         tail = answer_part(problem.answer)

@@ -38,11 +38,19 @@ from .method.token_spans import (
     char_span_to_covering_tokens,
     char_spans_to_token_spans,
 )
-from .scored_trace import OverLengthError, ScoredTrace, TraceFormatError, score_trace, training_example
+from .scored_trace import (
+    AttributionOutOfMemoryError,
+    OverLengthError,
+    ScoredTrace,
+    TraceFormatError,
+    score_trace,
+    training_example,
+)
 
 __all__ = [
     "AGGREGATIONS",
     "Attribution",
+    "AttributionOutOfMemoryError",
     "AttributionSequence",
     "CompletenessWarning",
     "DEFAULT_ANSWER_SUFFIX",

@@ -18,7 +18,13 @@ TIMING_KEYS = ("train_runtime", "train_seconds", "trainer_runtime", "seconds_per
 
 def log_seconds(profile: Profile, stage: dag.Stage, what: str, seconds: float) -> Path:
     """Append one timing to ``stage``'s run log and return its path."""
-    path = stage.dir(profile) / dag.RUN_LOG_FILE
+    return append_seconds(stage.dir(profile) / dag.RUN_LOG_FILE, what, seconds)
+
+
+def append_seconds(path: str | Path, what: str, seconds: float) -> Path:
+    """Append one timing to the run log at ``path`` (a ``what,seconds`` CSV, created with its header)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with path.open("a", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)

@@ -4,11 +4,14 @@
 (reasoning, ``</think>``, an answer with ``\\boxed{}``) and the gold answer, and returns a
 :class:`ScoredTrace`:
 
-1. the output is split at ``</think>`` into the reasoning T and the trace's own answer part
+1. the output is split at its last ``</think>`` into the reasoning T and the trace's own answer part
    (:func:`segattr_utils.llm.grading.split_output`; the answer part keeps the newlines before ``</think>``);
 2. T is split into segments at transition keywords (Sec. 2.1, App. C.2);
 3. ``prompt + T + "</think> So, the final answer is \\boxed{gold}"`` is tokenised once and integrated
-   gradients of the gold answer's log-probability give every token an attribution (Eq. 1-2, App. C.4);
+   gradients of the gold answer's log-probability give every token an attribution (Eq. 1-2, App. C.4),
+   planned for the memory at hand (:func:`segattr_utils.method.ig_plan.attribute_sequence`: path points
+   per pass and activation checkpointing chosen by the cost estimator, an out-of-memory pass retried with
+   less; a trace that fits nowhere raises :class:`AttributionOutOfMemoryError`);
 4. per segment: strength and consistency (Eq. 3), normalised strength (Eq. 4), high strength (top-k*
    holding tau of the strength, Eq. 5-6), important = high strength and consistency <= beta (Eq. 7), and
    the always-kept first and last segments (App. C.4).
@@ -42,14 +45,14 @@ from typing import Literal
 import pandas as pd
 import torch
 
-from .data.questions import chat_prompt
+from .data.questions import r1_prompt
 from .llm.grading import is_equivalent, last_boxed, split_output
 from .llm.training import TrainingExample, build_training_example
-from .method.attribution import FLAG_RELATIVE_DELTA, token_attributions
+from .method.attribution import FLAG_RELATIVE_DELTA
+from .method.ig_plan import AUTO, IGSettings, attribute_sequence
 from .method.importance import always_keep_indices, importance_flags, segment_scores
 from .method.segmentation import DEFAULT_KEYWORDS, segment
 from .method.token_spans import DEFAULT_ANSWER_SUFFIX, build_attribution_sequence
-from .world import PROMPT_SUFFIX
 
 Mask = Literal["selective", "full", "pruned"]
 Overlength = Literal["truncate", "skip"]
@@ -78,6 +81,13 @@ class OverLengthError(ValueError):
             "trace and the answer after it, so the trace is skipped, not truncated"
         )
         self.n_tokens, self.limit = n_tokens, limit
+
+
+class AttributionOutOfMemoryError(ValueError):
+    """Integrated gradients ran out of accelerator memory at every setting tried, down to one checkpointed
+    path point per pass (:func:`segattr_utils.method.ig_plan.out_of_memory_ladder`); the message lists them."""
+
+    reason = "out_of_memory"
 
 
 def segment_table(
@@ -191,36 +201,12 @@ class ScoredTrace:
         return cls(**values)
 
 
-def r1_prompt(tokenizer, question: str) -> str:
-    """The R1 prompt of a question: the question and the instruction to box the answer, in the
-    tokenizer's chat template with the generation prompt (the pipeline's prompt)."""
-    return chat_prompt(tokenizer, question + PROMPT_SUFFIX)
-
-
 def _text(name: str, value, *, allow_number: bool = False) -> str:
     if allow_number and isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, got {type(value).__name__}: {str(value)[:80]!r}")
     return value
-
-
-def split_trace(output: str, prompt: str) -> tuple[str, str, str]:
-    """``(prompt, reasoning, answer_part)`` of an R1 output, or :class:`TraceFormatError`.
-
-    A leading ``<think>`` in the output is dropped when the prompt already opens the thinking block (the
-    R1-Distill template's generation prompt ends with ``<think>\\n``) and otherwise moved to the prompt:
-    it is context, neither segmented, attributed nor trained.
-    """
-    try:
-        prefix, reasoning, answer_part = split_output(output)
-    except ValueError:
-        raise TraceFormatError("no </think>", "the output has no </think>: there is no finished reasoning") from None
-    if not reasoning.strip():
-        raise TraceFormatError("empty reasoning", "the output has no reasoning before </think>")
-    if prefix and not prompt.rstrip().endswith("<think>"):
-        prompt = prompt + prefix
-    return prompt, reasoning, answer_part
 
 
 def score_trace(
@@ -238,7 +224,9 @@ def score_trace(
     aggregation: str = "sqrt_len",
     always_keep: str = "first_last",
     baseline_token_id: int | None = None,
-    internal_batch_size: int | None = None,
+    internal_batch_size: int | str | None = AUTO,
+    activation_checkpointing: bool | str = AUTO,
+    memory_budget_gb: float | None = None,
     answer_suffix: str = DEFAULT_ANSWER_SUFFIX,
     max_length: int | None = None,
     prompt: str | None = None,
@@ -249,29 +237,56 @@ def score_trace(
     Args:
         model, tokenizer: a Hugging Face causal LM and its fast tokenizer (with a chat template unless
             ``prompt`` is given).
-        question: the question as the user asked it; the prompt is :func:`r1_prompt` unless ``prompt``
-            (the fully templated prompt text) is given.
+        question: the question as the user asked it; the prompt is
+            :func:`segattr_utils.data.questions.r1_prompt` unless ``prompt`` (the fully templated prompt
+            text) is given.
         output: the model's output: reasoning, ``</think>``, an answer with ``\\boxed{}``.
         gold_answer: the correct answer; its log-probability after the trace is the IG target.
         n_steps, method: the IG path points J and quadrature rule (``official`` is the authors' rule).
         tau, beta, aggregation, always_keep: the selection of Eq. 5-7 and App. C.4.
         keywords: the transition keywords (:data:`DEFAULT_KEYWORDS`, or ``RETRO_SEARCH_KEYWORDS``).
         baseline_token_id: the IG baseline token (default: the tokenizer's pad token).
-        internal_batch_size: path points per forward/backward pass (default: all J at once).
+        internal_batch_size: path points per forward/backward pass: an int, ``None`` (all J at once) or
+            ``"auto"`` (the default: the most the memory allows, by the cost estimator).
+        activation_checkpointing: recompute each layer in the backward pass (``True``), never
+            (``False``), or ``"auto"`` (the default: only where the trace does not fit otherwise).
+        memory_budget_gb: GiB the attribution may use beside the weights (default: the device's free
+            memory); ``auto`` settings are chosen to fit it.
         answer_suffix: the forced answer after the trace, with ``{answer}`` (App. C.4).
         max_length: longest attribution sequence accepted (default: the model's positions).
         warn_relative_delta: warn (``CompletenessWarning``) above this relative completeness error.
 
-    Raises :class:`TraceFormatError` (no ``</think>``, empty reasoning, no ``\\boxed{}`` answer) and
-    :class:`OverLengthError`, each with a ``reason`` tag.
+    The settings used are in the result's ``settings``: ``internal_batch_size`` and
+    ``activation_checkpointing`` as run, and ``out_of_memory_retries``.
+
+    Raises :class:`TraceFormatError` (no ``</think>``, empty reasoning, no ``\\boxed{}`` answer),
+    :class:`OverLengthError` and :class:`AttributionOutOfMemoryError`, each with a ``reason`` tag, and
+    ``ValueError`` for invalid IG settings before any work.
     """
+    ig_settings = IGSettings(
+        n_steps=n_steps,
+        method=method,
+        internal_batch_size=internal_batch_size,
+        activation_checkpointing=activation_checkpointing,
+        memory_budget_gb=memory_budget_gb,
+    )
     question = _text("question", question)
     output = _text("output", output)
     gold_answer = _text("gold_answer", gold_answer, allow_number=True).strip()
     if not gold_answer:
         raise ValueError("gold_answer is empty: IG needs the correct answer as its target")
     prompt = r1_prompt(tokenizer, question) if prompt is None else _text("prompt", prompt)
-    prompt, reasoning, answer_part = split_trace(output, prompt)
+    try:
+        # at the last </think>: an earlier one is quoted inside the reasoning (as notebook 01 imports traces)
+        prefix, reasoning, answer_part = split_output(output, last=True)
+    except ValueError:
+        raise TraceFormatError("no </think>", "the output has no </think>: there is no finished reasoning") from None
+    if not reasoning.strip():
+        raise TraceFormatError("empty reasoning", "the output has no reasoning before </think>")
+    # a leading <think> is context, neither segmented, attributed nor trained: dropped when the prompt
+    # already opens the thinking block (R1-Distill's generation prompt ends with "<think>\n"), else prompt
+    if prefix and not prompt.rstrip().endswith("<think>"):
+        prompt = prompt + prefix
     predicted = last_boxed(answer_part)
     if predicted is None:
         raise TraceFormatError("no boxed answer", "the answer part after </think> has no \\boxed{} answer")
@@ -284,16 +299,17 @@ def score_trace(
         raise OverLengthError(len(sequence), positions, "the model's maximum positions")
     if baseline_token_id is None:
         baseline_token_id = tokenizer.pad_token_id  # App. C.4: the pad token (R1: pad = EOS)
-    attribution = token_attributions(
+    run = attribute_sequence(
         model,
         torch.tensor(sequence.input_ids),
         sequence.answer_span,
         baseline_token_id=baseline_token_id,
-        n_steps=n_steps,
-        method=method,
-        internal_batch_size=internal_batch_size,
+        settings=ig_settings,
         warn_relative_delta=warn_relative_delta,
     )
+    if run.skipped:
+        raise AttributionOutOfMemoryError(run.skipped)
+    attribution = run.attribution
     values = attribution.values.tolist()
     return ScoredTrace(
         question=question,
@@ -319,6 +335,7 @@ def score_trace(
             "keywords": list(keywords),
             "baseline_token_id": baseline_token_id,
             "answer_suffix": answer_suffix,
+            **run.settings_record(),
         },
     )
 

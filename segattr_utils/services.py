@@ -11,7 +11,7 @@ Every stage asks this module, so each of these decisions is made in one place:
 - :func:`load_questions`, :func:`world_problems`: question suites and the world's ground truth
   (:func:`imported_traces`: the training questions and their traces come from a file instead,
   ``data.traces``; the world's ground truth then does not apply, :func:`world_ground_truth`).
-- :func:`user_message`, :func:`prompt`: the R1 prompt format (question + "Please reason step by step,
+- :func:`user_message`, :func:`prompt` (:func:`segattr_utils.data.questions.r1_prompt`): the R1 prompt format (question + "Please reason step by step,
   and put your final answer within \\boxed{}.", wrapped in the chat template).
 - :func:`keywords_for`: the segmentation keyword list (App. C.2) a profile or run asks for.
 - :func:`kept_traces`, :func:`segment_texts`, :func:`reference_traces`: the traces the stages read.
@@ -33,7 +33,7 @@ from . import dag
 from . import world as world_lib
 from .artifacts import read_table
 from .config import Profile
-from .data.questions import chat_prompt, load_hub_questions
+from .data.questions import load_hub_questions, r1_prompt, r1_user_message
 from .llm.generation import SamplingSettings, VLLMGenerator, make_generator, vllm_available
 from .llm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from .llm.variants import signals_needed
@@ -45,6 +45,10 @@ KEYWORD_LISTS = {"default": DEFAULT_KEYWORDS, "retro_search": RETRO_SEARCH_KEYWO
 SOURCES = ("self", "reference")
 #: The table whose runs (full-CoT vs segment selective SFT) train on every source.
 MAIN_TABLE = "1"
+
+#: The R1 prompt format under the names the stages call; built in one place, :mod:`.data.questions`.
+user_message = r1_user_message
+prompt = r1_prompt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,16 +167,6 @@ def world_problems(profile: Profile) -> dict[str, world_lib.Problem]:
         return {}
     questions = read_table(dag.WORLD.path(profile, "questions"))
     return {r["id"]: world_lib.Problem.from_record(r) for r in questions.to_dict("records")}
-
-
-def user_message(question: str) -> str:
-    """The R1 user message: the question and the instruction to box the final answer."""
-    return question + world_lib.PROMPT_SUFFIX
-
-
-def prompt(tokenizer, question: str) -> str:
-    """The templated prompt of a question (chat template with the generation prompt)."""
-    return chat_prompt(tokenizer, user_message(question))
 
 
 def keywords_for(profile: Profile, name: str | None = None) -> tuple[str, ...]:

@@ -8,11 +8,14 @@
 - ``traces.parquet``: one row per scored trace: question, gold and predicted answer, ``correct``, the
   prompt and the trace's own answer part, ``n_segments``, ``n_tokens`` (the attributed sequence),
   completeness (``f_input``, ``f_baseline``, ``delta``, ``relative_delta``, ``flagged`` above the
-  threshold) and the seconds IG took;
-- ``skipped.csv``: ``trace_id``, ``reason`` (``over-length``, ``no </think>``, ``empty reasoning``, ``no boxed
-  answer``, ...) and ``detail``;
+  threshold) and how IG ran (:data:`RUN_COLUMNS`: ``n_steps``, ``internal_batch_size`` path points per
+  pass, ``activation_checkpointing``, ``out_of_memory_retries``);
+- ``skipped.csv``: ``trace_id``, ``reason`` (``over-length``, ``out_of_memory``, ``no </think>``, ``empty
+  reasoning``, ``no boxed answer``, ``invalid record``, ...) and ``detail``;
 - ``settings.json``: the model and every setting of the run;
-- ``records.jsonl``: the resumable record store (one record per trace and settings fingerprint).
+- ``records.jsonl``: the resumable record store (one record per trace and settings fingerprint);
+- ``run_log.csv``: how long each trace's IG took (``what``, ``seconds``; appended by every run). Timings
+  are kept out of the tables and records, so a rerun of equal data writes equal bytes.
 """
 
 from __future__ import annotations
@@ -24,17 +27,20 @@ import pandas as pd
 from ..artifacts import read_json, write_json, write_table
 from ..scored_trace import ScoredTrace
 
-SEGMENTS, SEGMENTS_CSV, TRACES, SKIPPED, SETTINGS, RECORDS = (
+SEGMENTS, SEGMENTS_CSV, TRACES, SKIPPED, SETTINGS, RECORDS, RUN_LOG = (
     "segments.parquet",
     "segments.csv",
     "traces.parquet",
     "skipped.csv",
     "settings.json",
     "records.jsonl",
+    "run_log.csv",
 )
 TOKEN_COLUMNS = ("token_ids", "token_attributions")
 SKIPPED_COLUMNS = ("trace_id", "reason", "detail")
 SELECTION_KEYS = ("tau", "beta", "aggregation", "always_keep")
+#: How each trace's IG ran (its ScoredTrace's settings): traces.parquet's last columns.
+RUN_COLUMNS = ("n_steps", "internal_batch_size", "activation_checkpointing", "out_of_memory_retries")
 
 
 def segment_rows(trace_id: str, scored: ScoredTrace) -> pd.DataFrame:
@@ -45,7 +51,7 @@ def segment_rows(trace_id: str, scored: ScoredTrace) -> pd.DataFrame:
     return table
 
 
-def trace_row(trace_id: str, scored: ScoredTrace, threshold: float, seconds: float | None) -> dict:
+def trace_row(trace_id: str, scored: ScoredTrace, threshold: float) -> dict:
     return {
         "trace_id": trace_id,
         "question": scored.question,
@@ -62,13 +68,11 @@ def trace_row(trace_id: str, scored: ScoredTrace, threshold: float, seconds: flo
         "delta": scored.delta,
         "relative_delta": scored.relative_delta,
         "flagged": scored.relative_delta > threshold,
-        "seconds": seconds,
+        **{column: scored.settings.get(column) for column in RUN_COLUMNS},
     }
 
 
-def write_scores(
-    folder: Path, scored: dict[str, ScoredTrace], skipped: list[dict], settings: dict, seconds: dict
-) -> None:
+def write_scores(folder: Path, scored: dict[str, ScoredTrace], skipped: list[dict], settings: dict) -> None:
     """Write the tables of the module docstring for ``scored`` (trace id -> scored trace, file order)."""
     segments = (
         pd.concat([segment_rows(tid, s) for tid, s in scored.items()], ignore_index=True)
@@ -76,7 +80,7 @@ def write_scores(
         else pd.DataFrame(columns=["trace_id", "segment", "text", *TOKEN_COLUMNS])
     )
     threshold = settings["flag_relative_delta"]
-    traces = pd.DataFrame([trace_row(tid, s, threshold, seconds.get(tid)) for tid, s in scored.items()])
+    traces = pd.DataFrame([trace_row(tid, s, threshold) for tid, s in scored.items()])
     write_table(folder / SEGMENTS, segments)
     write_table(folder / SEGMENTS_CSV, segments.drop(columns=list(TOKEN_COLUMNS)))
     write_table(folder / TRACES, traces)
@@ -89,6 +93,12 @@ def read_settings(folder: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{folder} holds no {SETTINGS}: is it a folder written by `segattr score`?")
     return read_json(path)
+
+
+def _run_settings(row: dict) -> dict:
+    """The per-trace IG settings of a traces.parquet row (:data:`RUN_COLUMNS`; absent in older folders)."""
+    types = {"n_steps": int, "internal_batch_size": int, "activation_checkpointing": bool, "out_of_memory_retries": int}
+    return {c: types[c](row[c]) for c in RUN_COLUMNS if c in row and pd.notna(row[c])}
 
 
 def load_scored(folder: str | Path) -> dict[str, ScoredTrace]:
@@ -117,7 +127,7 @@ def load_scored(folder: str | Path) -> dict[str, ScoredTrace]:
             f_baseline=float(row["f_baseline"]),
             delta=float(row["delta"]),
             n_tokens=int(row["n_tokens"]),
-            settings=scoring,
+            settings={**scoring, **_run_settings(row)},
         )
         # the table is what the user sees; a selection that no longer follows from it (an edited table, a
         # settings file from another run) must not be exported silently

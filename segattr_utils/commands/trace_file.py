@@ -1,31 +1,37 @@
-"""Reading a file of R1-format traces for ``segattr score``: one record per trace with a question, one
-model output (reasoning, ``</think>``, an answer with ``\\boxed{}``) and the gold answer.
+"""The traces ``segattr score`` scores, read and validated by notebook 01's trace import
+(:mod:`segattr_utils.data.traces`): one file, one set of checks, the same messages.
 
-The file is JSON Lines (one object per line) or, named ``*.json``, a JSON list of objects. Field names default to
-``id``, ``question``, ``output`` and ``answer`` and can be renamed (``--question-field problem``). Every
-field is checked, and an error names the line and the field: a missing field (with the fields the record
-has), a list where a string is expected (a list of outputs needs ``--output-index``), an empty question,
-output or answer, a duplicate id. Without an ``id`` field a trace is called ``line-N`` (``item-N`` in a JSON list).
+The file is JSON Lines, a JSON list (``.json``), Parquet or a saved dataset folder; each record holds a
+question, one model output (reasoning, ``</think>``, an answer with ``\\boxed{}``) and the gold answer.
+Field names default to ``id``, ``question``, ``output`` and ``answer`` and are renamed with
+``--question-field problem`` and so on; a list of outputs needs ``--output-index``. The output is split at
+its last ``</think>``.
 
-What is checked here is the record's shape; whether an output is a finished R1 trace (``</think>``, a
-boxed answer) is decided per trace by :func:`segattr_utils.scored_trace.score_trace`, and such traces
-are listed as skipped, not rejected with the file.
+A record that is not valid (a missing or empty field, a list where one text is expected, no ``</think>``,
+an empty reasoning, two records of one id that disagree on the question or gold answer) is not scored and
+is listed with notebook 01's message (:func:`read_score_traces` returns it, ``segattr score`` writes it to
+``skipped.csv``); it is never dropped silently. A file with no valid record at all is an error.
 
-(The pipeline's own trace import, notebook 01's ``data.traces``, validates the same fields; the two are
-to be merged.)
+Trace ids: the id field where the file has one (``id-N`` for the N-th output of an id given by several
+records), else the record's place in the file (``line-3`` of a JSONL file, ``row-2`` of another source).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data.traces import Problem, TraceImportError, TraceSettings, parse_traces, problem_report, read_records
+
 DEFAULT_FIELDS = {"id": "id", "question": "question", "output": "output", "answer": "answer"}
+#: The reason tag of a record that cannot be scored, unless its problem has a more precise one.
+INVALID_RECORD = "invalid record"
 
 
 class TraceFileError(ValueError):
-    """A trace file that cannot be read: the message names the line and the field."""
+    """A trace file that cannot be scored at all (missing, unreadable, or without a valid record)."""
 
 
 @dataclass(frozen=True)
@@ -36,83 +42,71 @@ class TraceInput:
     answer: str
 
 
-def _records(path: Path) -> list[tuple[str, object]]:
-    """``(where, record)`` pairs: ``line N`` of a JSONL file, ``item N`` of a JSON list."""
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise TraceFileError(f"{path}: not valid JSON ({error})") from None
-        if not isinstance(items, list):
-            raise TraceFileError(f"{path}: a .json trace file must hold a list of objects")
-        return [(f"item {i + 1}", item) for i, item in enumerate(items)]
-    records = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as error:
-            raise TraceFileError(f"{path}, line {number}: not a JSON object ({error.msg})") from None
-    return records
-
-
-def _field(record: dict, name: str, key: str, where: str, *, option: str, index: int | None = None):
-    if key not in record:
-        present = ", ".join(sorted(map(str, record))) or "none"
-        raise TraceFileError(
-            f"{where}: no field {key!r} for the {name} (fields present: {present}); name it with --{option}-field"
-        )
-    value = record[key]
-    if isinstance(value, list):
-        if index is None:
-            hint = f"; choose one with --{option}-index" if name == "output" else ""
-            raise TraceFileError(f"{where}: field {key!r} ({name}) is a list of {len(value)} items, not a string{hint}")
-        if not -len(value) <= index < len(value):
-            raise TraceFileError(f"{where}: field {key!r} ({name}) has {len(value)} items, no item {index}")
-        value = value[index]
-    if name in ("answer", "id") and isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        raise TraceFileError(f"{where}: field {key!r} ({name}) must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise TraceFileError(f"{where}: field {key!r} ({name}) is empty")
-    return value
-
-
-def read_r1_traces(path: str | Path, fields: dict | None = None, output_index: int | None = None) -> list[TraceInput]:
-    """The traces of an R1 JSONL (or JSON list) file, in file order; :class:`TraceFileError` names the
-    line and field of the first bad record. ``fields`` renames ``id``/``question``/``output``/``answer``;
-    ``output_index`` picks one output where the output field holds a list."""
-    path = Path(path)
-    if not path.is_file():
-        raise TraceFileError(f"the trace file {str(path)!r} does not exist")
-    names = {**DEFAULT_FIELDS, **(fields or {})}
+def trace_settings(path: str | Path, fields: dict | None = None, output_index: int | None = None) -> TraceSettings:
+    """The :class:`TraceSettings` of a ``segattr score`` call: its file, the ``--*-field`` names (an id
+    field named ``None`` is used when the records have it) and ``--output-index``; messages name the
+    command-line options. Checks the arguments only (the file is not read)."""
+    names = {**DEFAULT_FIELDS, **{k: v for k, v in (fields or {}).items() if v is not None}}
     unknown = set(names) - set(DEFAULT_FIELDS)
     if unknown:
         raise ValueError(f"unknown trace fields {sorted(unknown)}; use {', '.join(DEFAULT_FIELDS)}")
-    traces, seen = [], {}
-    for position, record in _records(path):
-        where = f"{path}, {position}"
-        if not isinstance(record, dict):
-            raise TraceFileError(f"{where}: a trace must be a JSON object, got {type(record).__name__}")
-        trace_id = (
-            _field(record, "id", names["id"], where, option="id")
-            if names["id"] in record
-            else position.replace(" ", "-")
-        )
-        if trace_id in seen:
-            raise TraceFileError(f"{where}: trace id {trace_id!r} is also on {seen[trace_id]}")
-        seen[trace_id] = position
-        traces.append(
-            TraceInput(
-                trace_id=trace_id,
-                question=_field(record, "question", names["question"], where, option="question"),
-                output=_field(record, "output", names["output"], where, option="output", index=output_index),
-                answer=_field(record, "answer", names["answer"], where, option="answer").strip(),
-            )
-        )
-    if not traces:
-        raise TraceFileError(f"{path} holds no traces")
-    return traces
+    if not Path(path).exists():
+        raise TraceFileError(f"the trace file {str(path)!r} does not exist")
+    spec = {"path": str(path), "fields": names, "outputs": "single", "on_invalid": "skip", "output_index": output_index}
+    settings = TraceSettings.from_spec(spec)
+    return dataclasses.replace(settings, spelling="cli")
+
+
+def _trace_id(location: str) -> str:
+    return location.replace(" ", "-")
+
+
+def read_score_traces(settings: TraceSettings) -> tuple[list[TraceInput], list[dict]]:
+    """``(traces, rejected)`` of the file: the valid traces in file order, and one row per invalid record
+    (``trace_id``, ``reason``, ``detail``: notebook 01's messages for that record, joined). Raises
+    :class:`TraceFileError` when the file cannot be read or holds no valid trace."""
+    try:
+        records, unreadable = read_records(settings)
+    except (OSError, ValueError) as error:  # an unsupported suffix, a broken .json, a missing folder
+        raise TraceFileError(f"{settings.source}: {error}") from None
+    if not records and not unreadable:
+        raise TraceFileError(f"{settings.source} holds no traces")
+    id_field = settings.fields["id"]
+    if id_field == DEFAULT_FIELDS["id"] and not any(id_field in row for _, row in records):
+        # no record has the default id field: the traces are named by their place in the file (a field
+        # named with --id-field must be there)
+        settings = dataclasses.replace(settings, fields={**settings.fields, "id": None})
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the invalid records are returned and listed, not warned about
+            imported = parse_traces(records, settings, unreadable)
+    except TraceImportError as error:
+        n_read = len(records) + len(unreadable)
+        raise TraceFileError(
+            problem_report(error.problems, settings, n_read) if error.problems else str(error)
+        ) from None
+    questions = imported.questions.set_index("id")
+    outputs = imported.outputs
+    per_question = outputs["question_id"].value_counts()
+    traces = []
+    for row in outputs.itertuples():
+        if settings.fields["id"]:
+            trace_id = row.question_id if per_question[row.question_id] == 1 else f"{row.question_id}-{row.sample}"
+        else:
+            trace_id = _trace_id(row.record)
+        question = questions.loc[row.question_id]
+        traces.append(TraceInput(trace_id, question["question"], row.text, question["answer"].strip()))
+    return traces, _rejected(imported.problems)
+
+
+def _rejected(problems: list[Problem]) -> list[dict]:
+    """One row per invalid record: its id (or place), the first precise reason, every message."""
+    by_record: dict[str, list[Problem]] = {}
+    for problem in problems:
+        by_record.setdefault(problem.record, []).append(problem)
+    rows = []
+    for record, found in by_record.items():
+        trace_id = next((p.question_id for p in found if p.question_id), None) or _trace_id(record)
+        reason = next((p.kind for p in found if p.kind), INVALID_RECORD)
+        rows.append({"trace_id": trace_id, "reason": reason, "detail": "; ".join(str(p) for p in found)})
+    return rows

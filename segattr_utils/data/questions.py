@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..llm.models import ModelUnavailableError, offline
-from ..world import Arithmetic, Problem, make_problems
+from ..world import PROMPT_SUFFIX, Arithmetic, Problem, make_problems
 
 
 def world_suites(world: dict, seed: int) -> dict[str, list[Problem]]:
@@ -158,3 +158,14 @@ def chat_prompt(tokenizer, user_message: str) -> str:
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
     )
+
+
+def r1_user_message(question: str) -> str:
+    """The R1 user message: the question and the instruction to box the final answer."""
+    return question + PROMPT_SUFFIX
+
+
+def r1_prompt(tokenizer, question: str) -> str:
+    """The R1 prompt of a question: :func:`r1_user_message` in the tokenizer's chat template with the
+    generation prompt. Every prompt of the pipeline, ``segattr score`` and the library is built here."""
+    return chat_prompt(tokenizer, r1_user_message(question))

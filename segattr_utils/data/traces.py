@@ -1,6 +1,6 @@
 """Traces one already has: R1-format outputs read from a file or a hub dataset (profile ``data.traces``),
-validated record by record, so that stage 01 grades and keeps them instead of generating (issue 14,
-deliverable 1).
+validated record by record, so that stage 01 grades and keeps them instead of generating, and
+``segattr score`` scores them (:mod:`segattr_utils.commands.trace_file`).
 
 The profile section::
 
@@ -18,7 +18,9 @@ Each record holds a question, its gold answer and one output (``outputs: single`
 outputs: ``first`` takes the list's first item, ``all`` takes every item as a sample of the question.
 Several records may share a question (the same ``id``, or the same question text without an ``id``
 field); their outputs are all samples of it. An output is split at its last ``</think>`` into the
-reasoning that is segmented and the answer part kept with the trace (:func:`split_imported_output`).
+reasoning that is segmented and the answer part kept with the trace
+(:func:`segattr_utils.llm.grading.split_output` with ``last=True``). ``output_index: N`` (``segattr
+score --output-index``) takes item N of an output list instead.
 
 Validation collects every problem before failing (:class:`TraceImportError` lists up to
 :data:`MAX_LISTED` of them with their count); each names the record (``line N`` of a JSONL file,
@@ -29,13 +31,16 @@ its Python repr), an empty question or output, an output without ``</think>`` (u
 two records of one question that disagree on its text or gold answer, and a reference solution holding
 ``</think>`` (a full output given as the solution). With ``on_invalid: skip`` the invalid outputs are
 left out with a warning and listed in the ``rejected`` table instead.
+
+Messages name the settings as the user writes them: ``data.traces.fields.output`` in a profile, the
+command-line option (``--output-field``) for ``segattr score`` (:attr:`TraceSettings.spelling`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
-import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +79,8 @@ class Problem:
     message: str
     item: int | None = None
     question_id: str | None = None
+    #: a short tag of an output that is no finished R1 trace (``no </think>``, ``empty reasoning``)
+    kind: str | None = None
 
     def __str__(self) -> str:
         where = self.record if self.question_id is None else f"{self.record} (id {self.question_id!r})"
@@ -95,6 +102,9 @@ class TraceSettings:
     outputs: str
     require_think_close: bool
     on_invalid: str
+    output_index: int | None = None
+    #: how messages name the settings: ``profile`` (``data.traces.fields.output``) or ``cli`` (``--output-field``)
+    spelling: str = "profile"
 
     @classmethod
     def from_spec(cls, spec: dict) -> TraceSettings:
@@ -103,10 +113,7 @@ class TraceSettings:
         unknown = (
             set(spec)
             - {"path", "hub_id", "split", "config", "fields", "outputs"}
-            - {
-                "require_think_close",
-                "on_invalid",
-            }
+            - {"require_think_close", "on_invalid", "output_index"}
         )
         if unknown:
             raise ValueError(f"data.traces has unknown settings {sorted(unknown)}")
@@ -121,6 +128,11 @@ class TraceSettings:
         outputs = spec.get("outputs", "single")
         if outputs not in OUTPUT_MODES:
             raise ValueError(f"data.traces.outputs must be one of {', '.join(OUTPUT_MODES)}, got {outputs!r}")
+        output_index = spec.get("output_index")
+        if output_index is not None and (
+            not isinstance(output_index, int) or isinstance(output_index, bool) or output_index < 0
+        ):
+            raise ValueError(f"data.traces.output_index must be an integer of at least 0, got {output_index!r}")
         on_invalid = spec.get("on_invalid", "error")
         if on_invalid not in ON_INVALID:
             raise ValueError(f"data.traces.on_invalid must be one of {', '.join(ON_INVALID)}, got {on_invalid!r}")
@@ -133,7 +145,12 @@ class TraceSettings:
             outputs=outputs,
             require_think_close=bool(spec.get("require_think_close", True)),
             on_invalid=on_invalid,
+            output_index=output_index,
         )
+
+    def field_option(self, key: str) -> str:
+        """How the user names the column of ``key``: ``data.traces.fields.output`` or ``--output-field``."""
+        return f"--{key}-field" if self.spelling == "cli" else f"data.traces.fields.{key}"
 
     @property
     def source(self) -> str:
@@ -238,10 +255,11 @@ def _is_list(value) -> bool:
     return isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0)
 
 
-def _text(row: dict, key: str, column: str) -> tuple[str | None, str | None]:
-    """``(text, None)`` of a field that must hold one non-empty string, else ``(None, problem)``."""
+def _text(row: dict, key: str, column: str, option: str) -> tuple[str | None, str | None]:
+    """``(text, None)`` of a field that must hold one non-empty string, else ``(None, problem)``;
+    ``option`` names the setting that maps the field."""
     if column not in row:
-        return None, f"missing field {column!r} (data.traces.fields.{key})"
+        return None, f"missing field {column!r} ({option})"
     value = row[column]
     if _missing(value):
         return None, f"field {column!r} ({key}) is empty (null)"
@@ -254,10 +272,10 @@ def _text(row: dict, key: str, column: str) -> tuple[str | None, str | None]:
     return value, None
 
 
-def _gold(row: dict, column: str) -> tuple[str | None, str | None]:
+def _gold(row: dict, column: str, option: str) -> tuple[str | None, str | None]:
     """The gold answer as text (:func:`answer_text`: the first item of a list, numbers as written)."""
     if column not in row:
-        return None, f"missing field {column!r} (data.traces.fields.answer): no gold answer"
+        return None, f"missing field {column!r} ({option}): no gold answer"
     value = row[column]
     if _missing(value):
         return None, f"field {column!r} (answer) is empty (null): no gold answer"
@@ -272,9 +290,9 @@ def _gold(row: dict, column: str) -> tuple[str | None, str | None]:
     return text, None
 
 
-def _record_id(row: dict, column: str) -> tuple[str | None, str | None]:
+def _record_id(row: dict, column: str, option: str) -> tuple[str | None, str | None]:
     if column not in row:
-        return None, f"missing field {column!r} (data.traces.fields.id)"
+        return None, f"missing field {column!r} ({option})"
     value = row[column]
     if _missing(value) or (isinstance(value, str) and not value.strip()):
         return None, f"field {column!r} (id) is empty"
@@ -283,21 +301,28 @@ def _record_id(row: dict, column: str) -> tuple[str | None, str | None]:
     return str(value).strip(), None
 
 
-def _outputs(row: dict, column: str, mode: str) -> tuple[list[tuple[int | None, object]], str | None]:
+def _outputs(row: dict, column: str, settings: TraceSettings) -> tuple[list[tuple[int | None, object]], str | None]:
     """The record's outputs as ``(item, value)`` (item: position in a list, None for a single output)."""
+    mode, index = settings.outputs, settings.output_index
     if column not in row:
-        return [], f"missing field {column!r} (data.traces.fields.output)"
+        return [], f"missing field {column!r} ({settings.field_option('output')})"
     value = row[column]
     if _missing(value):
         return [], f"field {column!r} (output) is empty (null)"
     if not _is_list(value):
         return [(None, value)], None
     items = list(value.tolist() if hasattr(value, "tolist") else value)
+    if index is not None:
+        if index >= len(items):
+            return [], f"field {column!r} (output) has {len(items)} items, no item {index}"
+        return [(index, items[index])], None
     if mode == "single":
-        return [], (
-            f"field {column!r} (output) holds a list of {len(items)} items where one output is expected; "
-            "set data.traces.outputs: all (every item a sample of the question) or first (its first item)"
+        hint = (
+            "choose one with --output-index"
+            if settings.spelling == "cli"
+            else "set data.traces.outputs: all (every item a sample of the question) or first (its first item)"
         )
+        return [], f"field {column!r} (output) holds a list of {len(items)} items where one output is expected; {hint}"
     if not items:
         return [], f"field {column!r} (output) is an empty list"
     if mode == "first":
@@ -305,43 +330,33 @@ def _outputs(row: dict, column: str, mode: str) -> tuple[list[tuple[int | None, 
     return list(enumerate(items)), None
 
 
-def split_imported_output(output: str, require_think_close: bool = True) -> tuple[str, str]:
-    """``(reasoning, answer part)`` of an R1 output, split at its last ``</think>``.
-
-    As for generated outputs (:func:`segattr_utils.llm.grading.split_output`), a leading ``<think>`` line
-    is dropped, the reasoning ends before the newlines preceding ``</think>`` and the answer part starts
-    there, so the answer part begins with ``</think>``. The split is at the last ``</think>``: the
-    answer part holds no earlier one, so no reasoning is trained or attributed as answer. Without any
-    ``</think>``, ``require_think_close`` raises ``ValueError``; otherwise the whole output (less the
-    ``<think>`` line) is the reasoning and the answer part is empty.
-    """
-    if THINK_CLOSE in output:
-        _, reasoning, answer_part = split_output(output, last=True)
-        return reasoning, answer_part
-    if require_think_close:
-        raise ValueError("output has no </think>: an R1 output closes its thinking before the answer")
-    opening = re.match(r"<think>\n*", output)
-    return output[opening.end() :] if opening else output, ""
-
-
-def _output_problem(value, column: str, require_think_close: bool) -> tuple[tuple[str, str] | None, str | None]:
+def _output_problem(
+    value, column: str, settings: TraceSettings
+) -> tuple[tuple[str, str] | None, str | None, str | None]:
+    """``(split, None, None)`` of a valid output (reasoning and answer part, split at the last ``</think>``
+    by :func:`split_output`), else ``(None, problem, kind)``."""
     if _missing(value):
-        return None, f"field {column!r} (output) is empty (null)"
+        return None, f"field {column!r} (output) is empty (null)", None
     if _is_list(value):
-        return None, f"field {column!r} (output) holds a nested list where an output (a text) is expected"
+        return None, f"field {column!r} (output) holds a nested list where an output (a text) is expected", None
     if not isinstance(value, str):
-        return None, f"field {column!r} (output) holds a {type(value).__name__} where an output (a text) is expected"
+        kind = type(value).__name__
+        return None, f"field {column!r} (output) holds a {kind} where an output (a text) is expected", None
     if not value.strip():
-        return None, f"field {column!r} (output) is empty"
-    if require_think_close and THINK_CLOSE not in value:
-        return None, (
-            f"field {column!r} (output) has no </think>: an R1 output closes its thinking before the answer "
-            "(data.traces.require_think_close: false takes the whole output as reasoning)"
+        return None, f"field {column!r} (output) is empty", None
+    if settings.require_think_close and THINK_CLOSE not in value:
+        hint = (
+            ""
+            if settings.spelling == "cli"
+            else " (data.traces.require_think_close: false takes the whole output as reasoning)"
         )
-    reasoning, answer_part = split_imported_output(value, require_think_close)
+        message = f"field {column!r} (output) has no </think>: an R1 output closes its thinking before the answer"
+        return None, message + hint, "no </think>"
+    _, reasoning, answer_part = split_output(value, last=True, require_close=settings.require_think_close)
     if not reasoning.strip():
-        return None, f"field {column!r} (output) has an empty reasoning" + (" before </think>" if answer_part else "")
-    return (reasoning, answer_part), None
+        message = f"field {column!r} (output) has an empty reasoning" + (" before </think>" if answer_part else "")
+        return None, message, "empty reasoning"
+    return (reasoning, answer_part), None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +373,7 @@ def parse_traces(
     question, id or gold answer is invalid) are left out with a warning and listed in ``rejected``.
     """
     problems = list(problems or [])
-    fields, mode = settings.fields, settings.outputs
+    fields = settings.fields
     questions: dict[str, dict] = {}  # question key -> question record (first valid record wins)
     first_seen: dict[str, str] = {}  # question key -> its first record's location
     outputs: list[dict] = []
@@ -367,22 +382,22 @@ def parse_traces(
         record_problems: list[Problem] = []
         qid = None
         if fields["id"]:
-            qid, message = _record_id(row, fields["id"])
+            qid, message = _record_id(row, fields["id"], settings.field_option("id"))
             if message:
                 record_problems.append(Problem(location, "id", message))
 
         def problem(name: str, message: str, item: int | None = None, where=location, qid=qid) -> Problem:
             return Problem(where, name, message, item=item, question_id=qid)
 
-        question, message = _text(row, "question", fields["question"])
+        question, message = _text(row, "question", fields["question"], settings.field_option("question"))
         if message:
             record_problems.append(problem("question", message))
-        gold, message = _gold(row, fields["answer"])
+        gold, message = _gold(row, fields["answer"], settings.field_option("answer"))
         if message:
             record_problems.append(problem("answer", message))
         solution = None
         if fields["solution"]:
-            solution, message = _text(row, "solution", fields["solution"])
+            solution, message = _text(row, "solution", fields["solution"], settings.field_option("solution"))
             if message:
                 record_problems.append(problem("solution", message))
             elif THINK_CLOSE in solution:
@@ -393,7 +408,7 @@ def parse_traces(
                         "reasoning alone, not a full output",
                     )
                 )
-        items, message = _outputs(row, fields["output"], mode)
+        items, message = _outputs(row, fields["output"], settings)
         n_outputs += max(len(items), 1)
         if message:
             record_problems.append(problem("output", message))
@@ -427,9 +442,9 @@ def parse_traces(
             problems.extend(record_problems)
             continue
         for item, value in items:
-            split, message = _output_problem(value, fields["output"], settings.require_think_close)
+            split, message, kind = _output_problem(value, fields["output"], settings)
             if message:
-                problems.append(problem("output", message, item))
+                problems.append(dataclasses.replace(problem("output", message, item), kind=kind))
                 continue
             outputs.append(
                 {

@@ -45,38 +45,29 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
-def split_output(output: str, last: bool = False) -> tuple[str, str, str]:
-    """(prefix, reasoning, answer part) with ``prefix + reasoning + answer_part == output``.
+def split_output(output: str, last: bool = False, require_close: bool = True) -> tuple[str, str, str]:
+    """(prefix, reasoning, answer part) with ``prefix + reasoning + answer_part == output``: the one
+    split of an R1 output into the reasoning that is segmented and the answer part kept with it.
 
     ``prefix`` is a leading ``<think>`` line (absent when the chat template opened it), the reasoning ends
-    before the newlines preceding ``</think>``, and the answer part starts there. The split is at the
-    first ``</think>``, or with ``last`` at the last one (imported outputs, where an earlier ``</think>``
-    is quoted inside the reasoning and the answer part follows only the last). Raises ``ValueError``
-    without ``</think>``.
+    before the newlines preceding ``</think>``, and the answer part starts there (so it begins with those
+    newlines and ``</think>``). The split is at the first ``</think>``, or with ``last`` at the last one
+    (imported outputs and ``segattr score``, where an earlier ``</think>`` is quoted inside the reasoning
+    and the answer part follows only the last). Without ``</think>``: ``ValueError``, or with
+    ``require_close=False`` the whole output after the prefix is the reasoning and the answer part is empty.
     """
-    if THINK_CLOSE not in output:
-        raise ValueError("output has no </think>: there is no finished reasoning trace")
     prefix = ""
     match = re.match(r"<think>\n*", output)
     if match:
         prefix = match.group(0)
+    if THINK_CLOSE not in output:
+        if require_close:
+            raise ValueError("output has no </think>: there is no finished reasoning trace")
+        return prefix, output[len(prefix) :], ""
     close = output.rindex(THINK_CLOSE) if last else output.index(THINK_CLOSE)
     head = output[len(prefix) : close]
     reasoning = head.rstrip("\n")
     return prefix, reasoning, output[len(prefix) + len(reasoning) :]
-
-
-def split_reasoning(output: str) -> tuple[str, str | None]:
-    """(reasoning, answer part) of an R1-style output; the answer part is None without ``</think>``.
-
-    Leading ``<think>`` and surrounding newlines are not part of the trace that is segmented.
-    """
-    if THINK_CLOSE not in output:
-        return output, None
-    reasoning, answer_part = output.split(THINK_CLOSE, 1)
-    if reasoning.startswith("<think>"):
-        reasoning = reasoning[len("<think>") :]
-    return reasoning.rstrip("\n"), answer_part
 
 
 #: Relative tolerance of numeric equality (the authors' grader: ``math.isclose(..., rel_tol=1e-4)``).

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from ..data.questions import chat_prompt
+from ..data.questions import r1_prompt
 from ..llm.training import TrainingExample, build_training_example
 from . import Misconception, Problem, TeacherTrace, format_completion, teacher_trace, user_prompt
 from .tokenizer import build_bpe_tokenizer
@@ -57,6 +57,6 @@ def build_tiny_model(tokenizer, architecture: dict, seed: int) -> Qwen2ForCausal
 def teacher_examples(tokenizer, problems: Sequence[Problem], traces: Sequence[TeacherTrace]) -> list[TrainingExample]:
     """Full-CoT training examples from teacher traces (prompt masked, reasoning + answer trained)."""
     return [
-        build_training_example(tokenizer, chat_prompt(tokenizer, user_prompt(p)), t.segments, answer_part(p.answer))
+        build_training_example(tokenizer, r1_prompt(tokenizer, p.question), t.segments, answer_part(p.answer))
         for p, t in zip(problems, traces)
     ]

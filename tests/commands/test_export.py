@@ -19,8 +19,8 @@ import torch
 from datasets import load_from_disk
 
 from segattr_utils import cli
+from segattr_utils.data.questions import r1_prompt
 from segattr_utils.llm.models import load_causal_lm
-from segattr_utils.scored_trace import r1_prompt
 
 from ..conftest import R1_TRACES, hand_labels
 

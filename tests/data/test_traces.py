@@ -15,8 +15,8 @@ from segattr_utils.data.traces import (
     TraceImportError,
     TraceSettings,
     load_traces,
-    split_imported_output,
 )
+from segattr_utils.llm.grading import split_output
 from segattr_utils.llm.models import ModelUnavailableError
 
 from ..fixtures.r1_traces import INVALID_FIELDS, INVALID_ROWS, UNIT_ROWS, write_jsonl
@@ -36,19 +36,19 @@ UNIT_FIELDS = {"id": "id"}
 
 def test_split_at_the_last_think_close_keeps_a_quoted_one_in_the_reasoning():
     output = "<think>\nI will write </think> later.\n\nWait, done.\n</think>\n\nSo \\boxed{1}."
-    reasoning, answer_part = split_imported_output(output)
+    _, reasoning, answer_part = split_output(output, last=True)
     assert reasoning == "I will write </think> later.\n\nWait, done."
     assert answer_part == "\n</think>\n\nSo \\boxed{1}."
 
 
 def test_split_without_think_close():
     with pytest.raises(ValueError, match="no </think>"):
-        split_imported_output("3 + 4 = 7, \\boxed{7}")
-    assert split_imported_output("<think>\n3 + 4 = 7, \\boxed{7}", require_think_close=False) == (
+        split_output("3 + 4 = 7, \\boxed{7}", last=True)
+    assert split_output("<think>\n3 + 4 = 7, \\boxed{7}", last=True, require_close=False)[1:] == (
         "3 + 4 = 7, \\boxed{7}",
         "",
     )
-    assert split_imported_output("3 + 4 = 7", require_think_close=False) == ("3 + 4 = 7", "")
+    assert split_output("3 + 4 = 7", last=True, require_close=False)[1:] == ("3 + 4 = 7", "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from segattr_utils.llm.grading import (
     numbers_equal,
     parse_number,
     split_output,
-    split_reasoning,
 )
 
 R1_CORRECT = (
@@ -78,33 +77,40 @@ def test_last_boxed_rejects_non_str():
 
 
 # ----------------------------------------------------------------------------------------------
-# split_reasoning
+# split_output
 
 
-def test_split_reasoning_with_think_tags():
-    assert split_reasoning("<think>abc</think>answer") == ("abc", "answer")
-    assert split_reasoning("<think>a\n\nb\n\n</think>\n\nThe answer") == ("a\n\nb", "\n\nThe answer")
+def test_split_output_with_think_tags():
+    assert split_output("<think>abc</think>answer") == ("<think>", "abc", "</think>answer")
+    assert split_output("<think>a\n\nb\n\n</think>\n\nThe answer") == (
+        "<think>",
+        "a\n\nb",
+        "\n\n</think>\n\nThe answer",
+    )
 
 
-def test_split_reasoning_r1_output():
-    reasoning, answer = split_reasoning(R1_CORRECT)
+def test_split_output_r1_output():
+    prefix, reasoning, answer = split_output(R1_CORRECT)
+    assert prefix == ""
     assert reasoning == (
         "Okay, so I need to compute 12 + 15. 12 + 15 = 27.\n\n"
         "Wait, let me double check: 10 + 15 = 25, plus 2 is 27. So it is 27."
     )
-    assert answer == "\n\nThe sum is $12 + 15 = 27$.\n\nThe final answer is \\boxed{27}."
-    # the reasoning is a prefix of the output (as the pipeline relies on)
-    assert R1_CORRECT.startswith(reasoning)
+    assert answer == "\n</think>\n\nThe sum is $12 + 15 = 27$.\n\nThe final answer is \\boxed{27}."
+    # the three parts are the output, in order (as the pipeline relies on)
+    assert prefix + reasoning + answer == R1_CORRECT
 
 
-def test_split_reasoning_without_close_tag():
-    assert split_reasoning(R1_UNFINISHED) == (R1_UNFINISHED, None)
-    assert split_reasoning("<think>abc") == ("<think>abc", None)
+def test_split_output_without_close_tag():
+    with pytest.raises(ValueError, match="no </think>"):
+        split_output(R1_UNFINISHED)
+    assert split_output(R1_UNFINISHED, require_close=False) == ("", R1_UNFINISHED, "")
+    # the opening line is the prefix, the rest (newlines included) the reasoning
+    assert split_output("<think>\nabc\n", last=True, require_close=False) == ("<think>\n", "abc\n", "")
 
 
-def test_split_reasoning_only_first_close_tag():
-    reasoning, answer = split_reasoning("r</think>a</think>b")
-    assert reasoning == "r" and answer == "a</think>b"
+def test_split_output_only_first_close_tag():
+    assert split_output("r</think>a</think>b") == ("", "r", "</think>a</think>b")
 
 
 # ----------------------------------------------------------------------------------------------
