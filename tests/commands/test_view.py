@@ -67,7 +67,7 @@ def _trace(i: int, rng: np.random.Generator, n_segments: int | None = None, **fi
 
 def _write(folder: Path, scored: dict[str, ScoredTrace], skipped: list[dict] | None = None) -> Path:
     folder.mkdir(parents=True)
-    scores_dir.write_scores(folder, scored, skipped or [], dict(SETTINGS), {})
+    scores_dir.write_scores(folder, scored, skipped or [], dict(SETTINGS))
     return folder
 
 
