@@ -51,6 +51,7 @@ import gc
 import hashlib
 import importlib.util
 import os
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -209,13 +210,22 @@ def prompt_token_ids(tokenizer, text: str) -> list[int]:
 def group_requests(tokenizer, prompts: Sequence[str], params: Sequence[dict]) -> list[dict]:
     """The requests of one call grouped by prompt, in order of first appearance: ``{"prompt": text,
     "prompt_token_ids": ids, "requests": [{"index": position in the call, "params": SamplingParams
-    kwargs}, ...]}``. Each distinct prompt is encoded once (:func:`prompt_token_ids`)."""
+    kwargs}, ...]}``. Each distinct prompt is encoded once (:func:`prompt_token_ids`), its ids kept as a
+    compact ``array('i')`` (a list of Python ints takes ~9x the memory) until its chunk goes to an engine
+    (:func:`sendable`)."""
     groups: dict[str, dict] = {}
     for index, (text, kwargs) in enumerate(zip(prompts, params)):
         if text not in groups:
-            groups[text] = {"prompt": text, "prompt_token_ids": prompt_token_ids(tokenizer, text), "requests": []}
+            ids = array("i", prompt_token_ids(tokenizer, text))  # 4 bytes a token until its chunk is sent
+            groups[text] = {"prompt": text, "prompt_token_ids": ids, "requests": []}
         groups[text]["requests"].append({"index": index, "params": kwargs})
     return list(groups.values())
+
+
+def sendable(groups: Sequence[dict]) -> list[dict]:
+    """``groups`` with their prompt ids as lists of ints, as vLLM's token prompts and JSON take them (one
+    list per group: its requests share it)."""
+    return [{**group, "prompt_token_ids": list(group["prompt_token_ids"])} for group in groups]
 
 
 def group_work(group: dict) -> float:
@@ -262,6 +272,7 @@ def run_groups(llm, groups: Sequence[dict]) -> list[dict]:
     every data parallel worker run this function, so they send the same inputs."""
     from vllm import SamplingParams
 
+    groups = sendable(groups)
     requests = sorted(
         ((group, request) for group in groups for request in group["requests"]), key=lambda gr: gr[1]["index"]
     )

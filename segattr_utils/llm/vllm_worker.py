@@ -210,7 +210,9 @@ class WorkerPool:
     def _send(self, worker: Worker, chunk: list[dict]) -> str:
         self.chunks_sent += 1
         name = f"chunk-{self.chunks_sent}"
-        write_jsonl(worker.folder / f"{name}.requests.jsonl", chunk)
+        from .generation import sendable
+
+        write_jsonl(worker.folder / f"{name}.requests.jsonl", sendable(chunk))
         worker.send(name)
         return name
 
