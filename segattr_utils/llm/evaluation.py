@@ -113,7 +113,7 @@ def generate_outputs(
     """Generate (resumably) every missing greedy and sampled output of one model on every benchmark into
     the record store at ``store_path`` (tags ``greedy-<benchmark>`` and ``sample-<benchmark>``), through
     :func:`~segattr_utils.llm.generation.run_generation_tasks` (vLLM: every missing output of every
-    benchmark in one call). ``load()`` returns ``(generator, tokenizer)``
+    benchmark, in chunks stored as they finish). ``load()`` returns ``(generator, tokenizer)``
     (:func:`segattr_utils.services.load_generator`); it is called only when something is left to
     generate, and the generator is closed afterwards, so that the next model finds the GPUs free.
     ``make_prompt(tokenizer, question)`` builds the templated prompt. Returns how many output sets

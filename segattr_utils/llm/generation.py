@@ -263,7 +263,7 @@ def chunk_groups(groups: Sequence[dict], chunk_requests: int) -> list[list[dict]
 
 
 def run_groups(llm, groups: Sequence[dict]) -> list[dict]:
-    """Every request of ``groups`` in ONE ``llm.generate`` call, each as a token prompt
+    """Every request of ``groups`` (one chunk) in ONE ``llm.generate`` call, each as a token prompt
     ``{"prompt_token_ids": ids, "prompt": text}`` (vLLM 0.30.0's ``TokensPrompt``: the ids are used as
     they are, the text spares the detokenisation) with its own ``SamplingParams``.
 

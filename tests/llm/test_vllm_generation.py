@@ -221,6 +221,19 @@ def test_engine_settings_from_the_profile_reach_vllm(fake_vllm, paper_profile):
     assert [e.model for e in fake_vllm.ENGINES] == [paper_profile["models"]["generator"]["local_path"]] * 2
 
 
+def test_bad_chunk_or_batch_invariance_settings_fail_before_anything_loads(fake_vllm, paper_profile, monkeypatch):
+    monkeypatch.setattr(services, "load_tokenizer", lambda *a: pytest.fail("the tokenizer was loaded"))
+    for bad in (0, -5, 1.5, "many", None):
+        paper_profile["generation"]["vllm_chunk_requests"] = bad
+        with pytest.raises(ValueError, match=f"generation.vllm_chunk_requests must be a positive integer, got {bad!r}"):
+            services.load_generator(paper_profile, "generator", "vllm")
+    paper_profile["generation"]["vllm_chunk_requests"] = 512
+    paper_profile["generation"]["vllm"]["batch_invariant"] = "false"
+    with pytest.raises(ValueError, match="generation.vllm.batch_invariant must be true or false, got 'false'"):
+        services.load_generator(paper_profile, "generator", "vllm")
+    assert fake_vllm.ENGINES == []
+
+
 # ----------------------------------------------------------------------------------------------
 # The prompt ids the engine sees
 
