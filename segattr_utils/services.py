@@ -34,7 +34,15 @@ from . import world as world_lib
 from .artifacts import read_table
 from .config import Profile
 from .data.questions import load_hub_questions, r1_prompt, r1_user_message
-from .llm.generation import SamplingSettings, VLLMGenerator, make_generator, vllm_available
+from .llm.generation import (
+    DEFAULT_CHUNK_REQUESTS,
+    SamplingSettings,
+    VLLMGenerator,
+    check_batch_invariant,
+    check_chunk_requests,
+    make_generator,
+    vllm_available,
+)
 from .llm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from .llm.variants import signals_needed
 from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
@@ -110,16 +118,23 @@ def load_generator(
     ``generation.vllm.gpu_memory_utilization`` of every GPU it uses, so a Hugging Face copy of the model
     beside it would keep it from starting. The engine settings are the profile's ``generation.vllm``
     section (``tensor_parallel_size`` / ``data_parallel_size: auto``: one engine per GPU for the paper's
-    models, each in its own worker process); the engine gets its prompts encoded by this tokenizer. Call
+    models, each in its own worker process; ``batch_invariant``: ``VLLM_BATCH_INVARIANT=1`` for the engine
+    processes); each engine call holds at most ``generation.vllm_chunk_requests`` requests (both checked
+    before anything is loaded); the engine gets its prompts encoded by this tokenizer. Call
     ``generator.close()`` when done, before another model is loaded.
     """
     if backend == "auto":
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
         target = str(path) if path is not None else model_path(profile, role)
-        engine = profile.get_path("generation.vllm", {}) or {}
+        engine = dict(profile.get_path("generation.vllm", {}) or {})
+        chunk = check_chunk_requests(profile.get_path("generation.vllm_chunk_requests", DEFAULT_CHUNK_REQUESTS))
+        check_batch_invariant(engine.get("batch_invariant", False))
         tokenizer = load_tokenizer(target)
-        return VLLMGenerator(target, dtype=_dtype(profile, role), tokenizer=tokenizer, **engine), tokenizer
+        generator = VLLMGenerator(
+            target, dtype=_dtype(profile, role), tokenizer=tokenizer, chunk_requests=chunk, **engine
+        )
+        return generator, tokenizer
     model, tokenizer = load_model(profile, role, device=device, path=path)
     return make_generator(backend, model=model, tokenizer=tokenizer), tokenizer
 

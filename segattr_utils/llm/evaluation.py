@@ -113,7 +113,7 @@ def generate_outputs(
     """Generate (resumably) every missing greedy and sampled output of one model on every benchmark into
     the record store at ``store_path`` (tags ``greedy-<benchmark>`` and ``sample-<benchmark>``), through
     :func:`~segattr_utils.llm.generation.run_generation_tasks` (vLLM: every missing output of every
-    benchmark in one call). ``load()`` returns ``(generator, tokenizer)``
+    benchmark, in chunks stored as they finish). ``load()`` returns ``(generator, tokenizer)``
     (:func:`segattr_utils.services.load_generator`); it is called only when something is left to
     generate, and the generator is closed afterwards, so that the next model finds the GPUs free.
     ``make_prompt(tokenizer, question)`` builds the templated prompt. Returns how many output sets
@@ -142,12 +142,18 @@ def generate_outputs(
 def grade_outputs(benchmarks: Sequence[Benchmark], store_path, model_name: str = "") -> pd.DataFrame:
     """The outputs in the record store at ``store_path`` graded against each benchmark's answers; one row
     per output (``model``, ``benchmark``, ``domain``, ``mode``, ``question_id``, ``sample``, ``correct``,
-    ``n_tokens``, ``finished``)."""
+    ``n_tokens``, ``finished``), ordered as the jobs are (benchmark, greedy before sampled, question, sample),
+    whatever the order of the store's lines (a resumed run, or vLLM chunks that finished in another order)."""
     records = RecordStore(store_path).records()
     rows = []
     for bench in benchmarks:
         answers = dict(zip(bench.questions["id"], bench.questions["answer"]))
-        for record in records:
+        position = {qid: i for i, qid in enumerate(bench.questions["id"])}
+
+        def order(record, position=position):
+            return record["tag"].partition("-")[0] != "greedy", position[record["question_id"]], record["sample"]
+
+        for record in sorted((r for r in records if r["question_id"] in answers), key=order):
             mode, _, name = record["tag"].partition("-")
             if name != bench.name or record["question_id"] not in answers:
                 continue

@@ -1,17 +1,48 @@
 """Sampling reasoning traces (Sec. 3 setup, Sec. 4.1): batched Hugging Face ``generate``, or vLLM
 when it is installed and the profile asks for it.
 
-Every (question, sample) job is reproducible from the run seed, so a resumed run regenerates exactly
-the records it lacks, with the same results as an uninterrupted run:
+Every (question, sample) job has a seed derived from the run seed, and finished records go to a record
+store, so a resumed run generates only the records it lacks:
 
 - Hugging Face: fixed batches of jobs, each batch seeded from the run seed and its index (the rows of a
   batch are independent draws from one torch generator).
-- vLLM: every missing job of a stage in one ``LLM.generate`` call (the engine schedules them itself),
-  each request with its own seed ``derive_seed(seed, tag, question_id, sample)``: vLLM seeds one
-  generator per request from ``SamplingParams.seed``, so the K copies of a prompt under one shared seed
-  would be K identical samples. Prompts go to vLLM as token ids encoded as the HF paths encode them
-  (one BOS); with ``generation.vllm.data_parallel_size`` > 1 the call is split by prompt between one
-  engine per GPU group (:mod:`segattr_utils.llm.vllm_parallel`, :mod:`segattr_utils.llm.vllm_worker`).
+- vLLM: the missing jobs of a stage go to the engine in chunks of ``generation.vllm_chunk_requests``
+  requests per engine (:func:`chunk_groups`), and each finished chunk's records are appended to the
+  store at once, so a crash loses at most the chunks in flight. Each request carries its own seed
+  ``derive_seed(seed, tag, question_id, sample)``: vLLM seeds one generator per request from
+  ``SamplingParams.seed``, so the K copies of a prompt under one shared seed would be K identical
+  samples. Prompts go to vLLM as token ids encoded as the HF paths encode them (one BOS); with
+  ``generation.vllm.data_parallel_size`` > 1 the chunks are spread over one engine per GPU group
+  (:mod:`segattr_utils.llm.vllm_parallel`, :mod:`segattr_utils.llm.vllm_worker`).
+
+What is reproduced, and how exactly:
+
+- Hugging Face backend: bitwise on one machine (same hardware, library versions and batch size): a
+  resumed run regenerates the missing batches whole, with their seeds, and gets the records of an
+  uninterrupted run.
+- vLLM with ``generation.vllm.batch_invariant: true`` (sets ``VLLM_BATCH_INVARIANT=1`` for the engine
+  processes before vLLM starts): a request's logits no longer depend on which other requests share its
+  batch, so with the per-request seeds a resumed run, another chunk size or another data parallel split
+  gives the same records, on the same GPU type with the same vLLM version. vLLM documents batch invariant
+  mode as slower than its default kernels; the cost is not measured here.
+- vLLM by default: the logits of a request depend (in their last bits) on the batch it was scheduled
+  with, which the chunk size, the data parallel split, the set of missing requests and the engine's
+  timing all change. A resumed or differently split run then gives other samples from the same
+  distribution: equal in distribution (statistically), not in bytes. The per-request seeds still make
+  the K samples of a prompt independent draws.
+
+Cost of the per-request seeds: vLLM draws the noise of every seeded sampled request with that request's
+own ``torch.Generator``, one call per request per decoding step in a Python loop of its sampler, which is
+slower than one batched draw for unseeded requests (not measured here). Greedy requests (temperature 0)
+are sampled greedily whatever their seed and skip that loop. The project keeps one seed per sampled
+request all the same: without them no vLLM run could be repeated at all, not even with batch invariance.
+
+Host memory: vLLM's engine keeps each request's prompt ids twice (``vllm/v1/request.py``:
+``prompt_token_ids`` and the ``_all_token_ids`` copy), as Python lists of ints decoded per request:
+about 2 x 8 bytes of list slots + 28 bytes of int object = ~44 bytes per prompt token per request
+(an estimate from CPython object sizes, not measured). Only one chunk per engine is inside an engine at
+a time, so an engine holds about ``44 x mean prompt tokens x vllm_chunk_requests`` bytes of prompt ids
+(see :mod:`segattr_utils.stages.stage04_confidence_delta` for that stage's numbers).
 """
 
 from __future__ import annotations
@@ -19,7 +50,9 @@ from __future__ import annotations
 import gc
 import hashlib
 import importlib.util
-from collections.abc import Sequence
+import os
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +91,33 @@ def derive_seed(*parts) -> int:
 
 def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
+
+
+#: Requests per engine per ``LLM.generate`` call when the profile does not say
+#: (``generation.vllm_chunk_requests``).
+DEFAULT_CHUNK_REQUESTS = 2048
+#: The environment variable that switches vLLM to batch invariant kernels.
+BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
+
+
+def check_chunk_requests(value) -> int:
+    """``generation.vllm_chunk_requests`` as a positive integer, or a one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"generation.vllm_chunk_requests must be a positive integer, got {value!r}")
+    return value
+
+
+def check_batch_invariant(value) -> bool:
+    """``generation.vllm.batch_invariant`` as a bool, or a one-line ``ValueError``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"generation.vllm.batch_invariant must be true or false, got {value!r}")
+    return value
+
+
+def engine_environment(batch_invariant: bool) -> dict[str, str]:
+    """The variables the engine processes need before vLLM is imported: ``VLLM_BATCH_INVARIANT=1`` with
+    ``batch_invariant``, else nothing (the caller's environment is left as it is)."""
+    return {BATCH_INVARIANT_ENV: "1"} if batch_invariant else {}
 
 
 def release_gpu_memory() -> None:
@@ -153,13 +213,22 @@ def prompt_token_ids(tokenizer, text: str) -> list[int]:
 def group_requests(tokenizer, prompts: Sequence[str], params: Sequence[dict]) -> list[dict]:
     """The requests of one call grouped by prompt, in order of first appearance: ``{"prompt": text,
     "prompt_token_ids": ids, "requests": [{"index": position in the call, "params": SamplingParams
-    kwargs}, ...]}``. Each distinct prompt is encoded once (:func:`prompt_token_ids`)."""
+    kwargs}, ...]}``. Each distinct prompt is encoded once (:func:`prompt_token_ids`), its ids kept as a
+    compact ``array('i')`` (a list of Python ints takes ~9x the memory) until its chunk goes to an engine
+    (:func:`sendable`)."""
     groups: dict[str, dict] = {}
     for index, (text, kwargs) in enumerate(zip(prompts, params)):
         if text not in groups:
-            groups[text] = {"prompt": text, "prompt_token_ids": prompt_token_ids(tokenizer, text), "requests": []}
+            ids = array("i", prompt_token_ids(tokenizer, text))  # 4 bytes a token until its chunk is sent
+            groups[text] = {"prompt": text, "prompt_token_ids": ids, "requests": []}
         groups[text]["requests"].append({"index": index, "params": kwargs})
     return list(groups.values())
+
+
+def sendable(groups: Sequence[dict]) -> list[dict]:
+    """``groups`` with their prompt ids as lists of ints, as vLLM's token prompts and JSON take them (one
+    list per group: its requests share it)."""
+    return [{**group, "prompt_token_ids": list(group["prompt_token_ids"])} for group in groups]
 
 
 def group_work(group: dict) -> float:
@@ -168,8 +237,36 @@ def group_work(group: dict) -> float:
     return len(group["prompt_token_ids"]) + sum(r["params"]["max_tokens"] for r in group["requests"])
 
 
+def chunk_groups(groups: Sequence[dict], chunk_requests: int) -> list[list[dict]]:
+    """``groups`` (:func:`group_requests`) cut, in order, into chunks of at most ``chunk_requests``
+    requests. A chunk holds whole prompt groups where they fit (the samples of a prompt share its prefix
+    cache within one engine call); a group of more than ``chunk_requests`` requests is split into pieces
+    that fill chunks of their own."""
+    check_chunk_requests(chunk_requests)
+    chunks: list[list[dict]] = []
+    current: list[dict] = []
+    size = 0
+    for group in groups:
+        requests = group["requests"]
+        if len(requests) > chunk_requests:
+            if current:
+                chunks.append(current)
+                current, size = [], 0
+            for start in range(0, len(requests), chunk_requests):
+                chunks.append([{**group, "requests": requests[start : start + chunk_requests]}])
+            continue
+        if size + len(requests) > chunk_requests:
+            chunks.append(current)
+            current, size = [], 0
+        current.append(group)
+        size += len(requests)
+    if current:
+        chunks.append(current)
+    return chunks
+
+
 def run_groups(llm, groups: Sequence[dict]) -> list[dict]:
-    """Every request of ``groups`` in ONE ``llm.generate`` call, each as a token prompt
+    """Every request of ``groups`` (one chunk) in ONE ``llm.generate`` call, each as a token prompt
     ``{"prompt_token_ids": ids, "prompt": text}`` (vLLM 0.30.0's ``TokensPrompt``: the ids are used as
     they are, the text spares the detokenisation) with its own ``SamplingParams``.
 
@@ -178,6 +275,7 @@ def run_groups(llm, groups: Sequence[dict]) -> list[dict]:
     every data parallel worker run this function, so they send the same inputs."""
     from vllm import SamplingParams
 
+    groups = sendable(groups)
     requests = sorted(
         ((group, request) for group in groups for request in group["requests"]), key=lambda gr: gr[1]["index"]
     )
@@ -220,22 +318,41 @@ class VLLMGenerator:
     """Sampling with vLLM (paper profile on GPUs). Loaded lazily: vLLM is optional.
 
     ``engine_kwargs`` are the profile's ``generation.vllm`` section (tensor_parallel_size,
-    data_parallel_size, max_model_len, gpu_memory_utilization, ...). ``tensor_parallel_size`` and
-    ``data_parallel_size`` may be ``auto`` and are resolved for the model and ``devices`` (default: the
-    visible GPUs) by :func:`~segattr_utils.llm.vllm_parallel.plan_engines`; the rest goes to ``vllm.LLM``
-    as it is. With one engine (DP 1) it runs in this process; with DP > 1 each engine runs in a worker
-    process on its own GPUs (:class:`~segattr_utils.llm.vllm_worker.WorkerPool`), since vLLM refuses
+    data_parallel_size, max_model_len, gpu_memory_utilization, ..., batch_invariant).
+    ``tensor_parallel_size`` and ``data_parallel_size`` may be ``auto`` and are resolved for the model and
+    ``devices`` (default: the visible GPUs) by :func:`~segattr_utils.llm.vllm_parallel.plan_engines`;
+    ``batch_invariant`` (default false) sets ``VLLM_BATCH_INVARIANT=1`` in this process before vLLM is
+    imported, or in the workers' environment (:func:`engine_environment`); the rest goes to ``vllm.LLM`` as
+    it is. With one engine (DP 1) it runs in this process; with DP > 1 each engine runs in a worker process
+    on its own GPUs (:class:`~segattr_utils.llm.vllm_worker.WorkerPool`), since vLLM refuses
     ``data_parallel_size > 1`` in one process. Either way no process holds two engines.
 
+    ``chunk_requests`` (``generation.vllm_chunk_requests``) bounds the requests of one engine call:
+    :meth:`generate_chunks` yields the outputs of every finished chunk, so that the caller can store them
+    before the next chunk ends. Each chunk ends with the engine draining its last, longest requests at a
+    smaller batch: larger chunks waste less of that tail, smaller ones lose less work on a crash and hold
+    less host memory (module docstring).
+
     Prompts are sent as token ids, encoded by ``tokenizer`` (default: the model folder's) exactly as the
-    Hugging Face paths encode them (:func:`prompt_token_ids`: one BOS). :meth:`generate` takes one seed
-    per request; :meth:`close` shuts the engine(s) down so that the next model fits on the GPUs.
+    Hugging Face paths encode them (:func:`prompt_token_ids`: one BOS). Every request has its own seed;
+    :meth:`close` shuts the engine(s) down so that the next model fits on the GPUs.
     """
 
     name = "vllm"
     per_request_seeds = True
 
-    def __init__(self, model_path: str, dtype: str = "bfloat16", tokenizer=None, devices=None, **engine_kwargs):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str = "bfloat16",
+        tokenizer=None,
+        devices=None,
+        chunk_requests: int = DEFAULT_CHUNK_REQUESTS,
+        batch_invariant: bool = False,
+        **engine_kwargs,
+    ):
+        self.chunk_requests = check_chunk_requests(chunk_requests)
+        self.batch_invariant = check_batch_invariant(batch_invariant)
         if not vllm_available():
             raise ImportError("vLLM is not installed; install it on a GPU machine or use the 'hf' backend")
         from .vllm_parallel import plan_engines, visible_devices
@@ -249,26 +366,38 @@ class VLLMGenerator:
             model_path, dtype, engine_kwargs, devices if devices is not None else visible_devices()
         )
         self.llm = self.workers = None
+        environment = engine_environment(self.batch_invariant)
         if self.plan.data_parallel_size == 1:
+            # vLLM reads VLLM_BATCH_INVARIANT in this process and in the engine core processes it starts,
+            # which inherit this environment: set before the import and the engine's start.
+            os.environ.update(environment)
             from vllm import LLM
 
             self.llm = LLM(model=model_path, dtype=dtype, **self.plan.engine_kwargs)
         else:
             from .vllm_worker import WorkerPool
 
-            self.workers = WorkerPool(model_path, dtype, self.plan.engine_kwargs, self.plan.device_groups)
+            self.workers = WorkerPool(
+                model_path, dtype, self.plan.engine_kwargs, self.plan.device_groups, environment=environment
+            )
 
     def engine_prompts(self, prompts: Sequence[str]) -> list[dict]:
         """The token prompts :meth:`generate` hands the engine for ``prompts`` (one per prompt)."""
         return [{"prompt_token_ids": prompt_token_ids(self.tokenizer, p), "prompt": p} for p in prompts]
 
-    def generate(
+    def generate_chunks(
         self, prompts: Sequence[str], settings: SamplingSettings | Sequence[SamplingSettings], seeds: Sequence[int]
-    ) -> list[dict]:
-        """All ``prompts`` in one call; request ``i`` is sampled with ``settings`` (one for all, or one per
-        prompt) and its own seed ``seeds[i]``, so copies of a prompt under distinct seeds are independent.
-        With DP > 1 the requests are split by prompt between the engines and merged back in call order;
-        a request's output depends on its prompt, settings and seed only, not on DP."""
+    ) -> Iterator[list[tuple[int, dict]]]:
+        """Request ``i`` sampled with ``settings`` (one for all, or one per prompt) and its own seed
+        ``seeds[i]``, so copies of a prompt under distinct seeds are independent. Yields, as each chunk
+        of at most ``chunk_requests`` requests finishes, its ``(i, {"text", "n_tokens", "finished"})``
+        pairs; every request is yielded once.
+
+        One engine: the chunks (:func:`chunk_groups`, in call order) run one after the other. DP > 1:
+        the prompt groups are split between the engines and each engine works through its own chunks
+        (:meth:`~segattr_utils.llm.vllm_worker.WorkerPool.run_chunks`); a worker that dies loses its
+        chunk in flight only: the other workers' chunks are still yielded before the error is raised.
+        Without batch invariance a request's output depends on the batch it ran in (module docstring)."""
         if isinstance(settings, SamplingSettings):
             settings = [settings] * len(prompts)
         if not len(prompts) == len(settings) == len(seeds):
@@ -276,9 +405,20 @@ class VLLMGenerator:
         if self.llm is None and self.workers is None:
             raise RuntimeError("this generator is closed")
         groups = group_requests(self.tokenizer, prompts, [sampling_kwargs(s, seed) for s, seed in zip(settings, seeds)])
-        outputs = run_groups(self.llm, groups) if self.llm is not None else self.workers.run(groups)
-        by_index = {out["index"]: out for out in outputs}
-        return [{k: v for k, v in by_index[i].items() if k != "index"} for i in range(len(prompts))]
+        if self.workers is not None:
+            chunks = self.workers.run_chunks(groups, self.chunk_requests)
+        else:
+            chunks = (run_groups(self.llm, chunk) for chunk in chunk_groups(groups, self.chunk_requests))
+        for outputs in chunks:
+            yield [(out["index"], {k: v for k, v in out.items() if k != "index"}) for out in outputs]
+
+    def generate(
+        self, prompts: Sequence[str], settings: SamplingSettings | Sequence[SamplingSettings], seeds: Sequence[int]
+    ) -> list[dict]:
+        """Every output of :meth:`generate_chunks`, in call order (for callers that store nothing
+        before the last chunk)."""
+        by_index = dict(pair for chunk in self.generate_chunks(prompts, settings, seeds) for pair in chunk)
+        return [by_index[i] for i in range(len(prompts))]
 
     def close(self) -> None:
         """Shut the engine down and free its GPU memory (:func:`shutdown_engine`), or stop the data parallel
@@ -291,6 +431,17 @@ class VLLMGenerator:
         if self.workers is not None:
             workers, self.workers = self.workers, None
             workers.close()
+
+
+def generate_in_chunks(
+    generator, prompts: Sequence[str], settings, seeds, desc: str
+) -> Iterator[list[tuple[int, dict]]]:
+    """``generator.generate_chunks`` with a progress bar of requests (:func:`segattr_utils.progress.progress`:
+    updated once per finished chunk; quiet in executed notebooks)."""
+    with progress(total=len(prompts), desc=desc, unit="request") as bar:
+        for chunk in generator.generate_chunks(prompts, settings, seeds):
+            yield chunk
+            bar.update(len(chunk))
 
 
 def make_generator(backend: str, model=None, tokenizer=None, model_path: str | None = None, **kwargs):
@@ -352,9 +503,12 @@ def run_generation_tasks(
     Records: ``{"key": [question_id, tag, sample], "question_id", "sample", "tag", "text",
     "n_tokens", "finished"}`` (plus ``extra``).
 
-    - A generator with per-request seeds (vLLM) gets every missing job of every task in ONE call, job
-      ``(question_id, sample)`` of a task seeded with ``derive_seed(seed, tag, question_id, sample)``;
-      ``batch_size`` is not used. The records are appended when the call returns.
+    - A generator with per-request seeds (vLLM) gets every missing job of every task, job
+      ``(question_id, sample)`` of a task seeded with ``derive_seed(seed, tag, question_id, sample)``, and
+      runs them in chunks (:meth:`VLLMGenerator.generate_chunks`); the records of each finished chunk are
+      appended at once (one ``RecordStore.append``: whole lines, flushed and synced), so an interrupted
+      run keeps every finished chunk and a resumed one sends only what is missing. ``batch_size`` is not
+      used.
     - Otherwise (Hugging Face) each task in turn is cut into fixed batches of ``batch_size`` jobs (job
       order); a batch is skipped when all of its records exist and otherwise regenerated whole, with
       the seed ``derive_seed(seed, tag, index)``, and appended when it finishes.
@@ -373,12 +527,17 @@ def run_generation_tasks(
             if [qid, task.tag, s] not in store
         ]
         if jobs:
-            outputs = generator.generate(
+            tags = ", ".join(dict.fromkeys(task.tag for task, _, _ in jobs))
+            for chunk in generate_in_chunks(
+                generator,
                 [task.prompts[qid] for task, qid, _ in jobs],
                 [task.settings for task, _, _ in jobs],
                 [derive_seed(seed, task.tag, qid, s) for task, qid, s in jobs],
-            )
-            store.append([{**record(*job, out), **(extra or {})} for job, out in zip(jobs, outputs)])
+                desc=f"generate[{tags}]",
+            ):
+                store.append(
+                    [{**record(*jobs[i], out), **(extra or {})} for i, out in sorted(chunk, key=lambda p: p[0])]
+                )
         return
     for task in tasks:
         jobs = sample_jobs(list(task.prompts), task.n_samples)

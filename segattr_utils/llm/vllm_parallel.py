@@ -17,7 +17,10 @@ replicas: one worker process per engine (:mod:`segattr_utils.llm.vllm_worker`), 
 
 The requests of one call are split by prompt (:func:`shard_groups`): every request of a prompt goes to
 the same engine, so the K samples of a question (and its greedy output) share the prompt's KV cache
-through prefix caching, as with one engine.
+through prefix caching, as with one engine. Each engine then runs its share in chunks of
+``generation.vllm_chunk_requests`` requests (:meth:`segattr_utils.llm.vllm_worker.WorkerPool.run_chunks`).
+Without ``generation.vllm.batch_invariant`` a request's sample depends on the batch it ran in, so another
+split gives other samples of the same distribution (:mod:`segattr_utils.llm.generation`).
 """
 
 from __future__ import annotations

@@ -2,22 +2,26 @@
 
 vLLM refuses ``LLM(data_parallel_size > 1)`` in one process, so :class:`~segattr_utils.llm.generation.
 VLLMGenerator` starts DP workers (``python -m segattr_utils.llm.vllm_worker <folder>``), each with
-``CUDA_VISIBLE_DEVICES`` set to its TP GPUs (:func:`~segattr_utils.llm.vllm_parallel.plan_engines`).
+``CUDA_VISIBLE_DEVICES`` set to its TP GPUs (:func:`~segattr_utils.llm.vllm_parallel.plan_engines`) and
+the engine environment of the profile (``VLLM_BATCH_INVARIANT=1`` with ``generation.vllm.batch_invariant``).
 
 The protocol, in the worker's folder of a temporary directory:
 
 1. the parent writes ``engine.json`` (model, dtype, ``vllm.LLM`` keyword arguments) and starts the worker;
    the worker builds its engine and writes ``ready``;
-2. per ``generate`` call the parent writes ``call-<n>.requests.jsonl`` (one prompt group per line:
-   :func:`~segattr_utils.llm.generation.group_requests`) and sends ``call-<n>`` on the worker's stdin;
-   the worker runs every request in one engine call (:func:`~segattr_utils.llm.generation.run_groups`,
-   as the in-process engine does) and writes ``call-<n>.outputs.jsonl`` (one output per request, with its
-   index in the call);
+2. per chunk the parent writes ``chunk-<n>.requests.jsonl`` (one prompt group per line:
+   :func:`~segattr_utils.llm.generation.group_requests`) and sends ``chunk-<n>`` on the worker's stdin;
+   the worker runs the chunk's requests in one engine call (:func:`~segattr_utils.llm.generation.run_groups`,
+   as the in-process engine does) and writes ``chunk-<n>.outputs.jsonl`` (one output per request, with its
+   index in the call). The parent keeps :data:`CHUNKS_IN_FLIGHT` chunks queued per worker, so that an
+   engine starts its next chunk as soon as one ends, reads every finished chunk at once and hands it to
+   the caller (which stores it) before it waits for the next;
 3. end of stdin (``close()``, or the parent's death) makes the worker shut its engine down and exit,
    which frees its GPUs.
 
 Files appear whole (written beside and renamed). A worker's stdout and stderr go to ``log.txt``; a worker
-that exits early makes the parent raise :class:`WorkerError` with the end of that log.
+that exits early loses its chunk in flight: the parent still collects the other workers' chunks in flight,
+then raises :class:`WorkerError` with the end of that log.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import sys
 import tempfile
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 #: Seconds a worker is given to shut its engine down and exit after its stdin closes, then to die after
@@ -39,6 +44,8 @@ from pathlib import Path
 STOP_GRACE_S = 60.0
 KILL_GRACE_S = 15.0
 LOG_TAIL_CHARS = 4000
+#: Chunks sent ahead to each worker: the one its engine runs and the next, read from stdin as it ends.
+CHUNKS_IN_FLIGHT = 2
 
 
 class WorkerError(RuntimeError):
@@ -73,14 +80,27 @@ def package_root() -> str:
 class Worker:
     """One worker process (its folder, its GPUs, its log)."""
 
-    def __init__(self, folder: Path, model: str, dtype: str, engine_kwargs: dict, gpus: Sequence[str]):
+    def __init__(
+        self,
+        folder: Path,
+        model: str,
+        dtype: str,
+        engine_kwargs: dict,
+        gpus: Sequence[str],
+        environment: dict[str, str] | None = None,
+    ):
         self.folder, self.gpus = folder, tuple(gpus)
         folder.mkdir(parents=True)
         write_atomically(
             folder / "engine.json", json.dumps({"model": model, "dtype": dtype, "engine_kwargs": engine_kwargs})
         )
         path = os.pathsep.join(p for p in (package_root(), os.environ.get("PYTHONPATH", "")) if p)
-        environment = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(self.gpus), "PYTHONPATH": path}
+        environment = {
+            **os.environ,
+            **(environment or {}),
+            "CUDA_VISIBLE_DEVICES": ",".join(self.gpus),
+            "PYTHONPATH": path,
+        }
         with open(folder / "log.txt", "wb") as log:
             # its own session: a worker that must be stopped is stopped with the engine processes it started
             self.process = subprocess.Popen(
@@ -148,7 +168,10 @@ def wait_for_files(workers: Sequence[Worker], name: str, doing: str) -> None:
 
 
 def stop_workers(workers: Sequence[Worker], folder: Path) -> None:
-    """Stop every worker (:meth:`Worker.stop`) and remove the exchange folder."""
+    """Stop every worker (:meth:`Worker.stop`) and remove the exchange folder. By then every chunk a
+    worker finished has been read and handed to the caller (:meth:`WorkerPool.run_chunks`); what the
+    folder still holds are requests and the output of a chunk that finished after the caller stopped
+    reading (an interrupt), which no caller would store."""
     for worker in workers:
         worker.stop()
     shutil.rmtree(folder, ignore_errors=True)
@@ -156,42 +179,111 @@ def stop_workers(workers: Sequence[Worker], folder: Path) -> None:
 
 class WorkerPool:
     """DP engines of one model, one worker process each on the GPUs of ``device_groups`` (started at once,
-    ready when the constructor returns). :meth:`run` splits one call's prompt groups between the workers
+    ready when the constructor returns), with ``environment`` added to each worker's environment.
+    :meth:`run_chunks` splits one call's prompt groups between the workers
     (:func:`~segattr_utils.llm.vllm_parallel.shard_groups`: by prompt, balanced by expected work) and
-    returns every output; :meth:`close` stops the workers and removes their folder (also done when the pool
-    is garbage-collected or the interpreter exits without ``close()``)."""
+    yields every chunk's outputs as it finishes; :meth:`close` stops the workers and removes their folder
+    (also done when the pool is garbage-collected or the interpreter exits without ``close()``)."""
 
-    def __init__(self, model: str, dtype: str, engine_kwargs: dict, device_groups: Sequence[Sequence[str]]):
+    def __init__(
+        self,
+        model: str,
+        dtype: str,
+        engine_kwargs: dict,
+        device_groups: Sequence[Sequence[str]],
+        environment: dict[str, str] | None = None,
+    ):
         self.folder = Path(tempfile.mkdtemp(prefix="segattr_vllm_dp_"))
-        self.calls = 0
+        self.chunks_sent = 0
         self.workers: list[Worker] = []
         self._stop = weakref.finalize(self, stop_workers, self.workers, self.folder)
         try:
             for i, gpus in enumerate(device_groups):
-                self.workers.append(Worker(self.folder / f"worker{i}", model, dtype, engine_kwargs, gpus))
+                self.workers.append(
+                    Worker(self.folder / f"worker{i}", model, dtype, engine_kwargs, gpus, environment=environment)
+                )
             wait_for_files(self.workers, "ready", "starting its engine")
         except BaseException:
             self.close()
             raise
 
-    def run(self, groups: Sequence[dict]) -> list[dict]:
-        """Every request of ``groups``: ``[{"index", "text", "n_tokens", "finished"}]`` (any order)."""
-        from .generation import group_work
+    def _send(self, worker: Worker, chunk: list[dict]) -> str:
+        self.chunks_sent += 1
+        name = f"chunk-{self.chunks_sent}"
+        from .generation import sendable
+
+        write_jsonl(worker.folder / f"{name}.requests.jsonl", sendable(chunk))
+        worker.send(name)
+        return name
+
+    def run_chunks(self, groups: Sequence[dict], chunk_requests: int) -> Iterator[list[dict]]:
+        """Every request of ``groups``: yields ``[{"index", "text", "n_tokens", "finished"}]`` per finished
+        chunk (in the order the chunks finish). Each worker gets its shard of the prompt groups cut into
+        chunks of at most ``chunk_requests`` requests (:func:`~segattr_utils.llm.generation.chunk_groups`)
+        and works through them on its own: no worker waits for another between chunks.
+
+        A worker that exits loses its chunk in flight (and is sent nothing more); the others finish the
+        chunks they hold, which are yielded, and then :class:`WorkerError` is raised for the first worker
+        that failed. Nothing a worker finished is lost to another's failure."""
+        from .generation import chunk_groups, group_work
         from .vllm_parallel import shard_groups
 
         if not self._stop.alive:
             raise RuntimeError("the vLLM workers were stopped")
-        self.calls += 1
-        call = f"call-{self.calls}"
         shards = shard_groups([group_work(g) for g in groups], len(self.workers))
-        busy = []
-        for worker, shard in zip(self.workers, shards):
-            if shard:
-                write_jsonl(worker.folder / f"{call}.requests.jsonl", (groups[i] for i in shard))
-                worker.send(call)
-                busy.append(worker)
-        wait_for_files(busy, f"{call}.outputs.jsonl", f"running {call}")
-        return [out for worker in busy for out in read_jsonl(worker.folder / f"{call}.outputs.jsonl")]
+        queues = {
+            worker: deque(chunk_groups([groups[i] for i in shard], chunk_requests))
+            for worker, shard in zip(self.workers, shards)
+        }
+        sent: dict[Worker, deque[str]] = {worker: deque() for worker in self.workers}
+        failures: list[WorkerError] = []
+
+        def top_up(worker: Worker) -> None:
+            while queues[worker] and len(sent[worker]) < CHUNKS_IN_FLIGHT:
+                try:
+                    sent[worker].append(self._send(worker, queues[worker].popleft()))
+                except WorkerError as error:
+                    failures.append(error)
+                    queues[worker].clear()
+
+        for worker in self.workers:
+            top_up(worker)
+        delay = 0.01
+        while any(sent.values()):
+            progressed = False
+            for worker in self.workers:
+                while sent[worker]:
+                    name = sent[worker][0]
+                    outputs = worker.folder / f"{name}.outputs.jsonl"
+                    if not outputs.exists():
+                        if worker.process.poll() is not None and not outputs.exists():
+                            failures.append(worker.failure(f"running {name}"))
+                            sent[worker].clear()
+                            queues[worker].clear()
+                        break
+                    rows = read_jsonl(outputs)
+                    outputs.unlink()
+                    (worker.folder / f"{name}.requests.jsonl").unlink(missing_ok=True)
+                    sent[worker].popleft()
+                    progressed = True
+                    if not failures:
+                        top_up(worker)
+                    yield rows
+                if failures:  # the failed worker's chunks are not given to others: finish what is in flight
+                    for other in self.workers:
+                        queues[other].clear()
+            if progressed:
+                delay = 0.01
+            elif any(sent.values()):
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
+        if failures:
+            raise failures[0]
+
+    def run(self, groups: Sequence[dict], chunk_requests: int | None = None) -> list[dict]:
+        """Every output of :meth:`run_chunks` (one chunk per worker when ``chunk_requests`` is None)."""
+        size = chunk_requests or max(1, sum(len(g["requests"]) for g in groups))
+        return [out for chunk in self.run_chunks(groups, size) for out in chunk]
 
     def exit_codes(self) -> list[int | None]:
         """Each worker's exit code (None while it runs)."""

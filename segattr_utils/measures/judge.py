@@ -36,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..artifacts import RecordStore
-from ..llm.generation import SamplingSettings, derive_seed
+from ..llm.generation import SamplingSettings, derive_seed, generate_in_chunks
 from ..progress import progress
 
 TRUNCATED, COMPLETE = 1, 0
@@ -334,39 +334,41 @@ def _run_round(
     seed: int,
     tag: str,
 ) -> None:
-    """Generate one round for ``keys``: with a per-request-seeded generator (vLLM) every missing key in
-    one call, key ``k`` seeded with ``derive_seed(seed, tag, round_number, k)``; otherwise in fixed
-    batches (a batch is skipped when all its records exist) seeded with ``derive_seed(seed, tag,
-    round_number, batch index)``."""
+    """Generate one round for ``keys``: with a per-request-seeded generator (vLLM) every missing key,
+    key ``k`` seeded with ``derive_seed(seed, tag, round_number, k)``, in the generator's chunks (each
+    finished chunk stored at once); otherwise in fixed batches (a batch is skipped when all its records
+    exist) seeded with ``derive_seed(seed, tag, round_number, batch index)``."""
+
+    def record(k, out):
+        return {
+            "key": [k, round_number],
+            "item": k,
+            "round": round_number,
+            "prompt_sha": _prompt_digest(inputs[k]),
+            "text": out["text"],
+            "n_tokens": int(out["n_tokens"]),
+            "finished": bool(out["finished"]),
+        }
+
     if getattr(generator, "per_request_seeds", False):
         missing = [k for k in keys if [k, round_number] not in store]
-        todo = [(missing, [derive_seed(seed, tag, round_number, k) for k in missing])] if missing else []
-    else:
-        batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
-        todo = [
-            (b, derive_seed(seed, tag, round_number, i))
-            for i, b in enumerate(batches)
-            if not all([k, round_number] in store for k in b)
-        ]
+        if missing:
+            seeds = [derive_seed(seed, tag, round_number, k) for k in missing]
+            prompts = [inputs[k] for k in missing]
+            for chunk in generate_in_chunks(generator, prompts, settings, seeds, f"judge round {round_number}"):
+                store.append([record(missing[i], out) for i, out in sorted(chunk, key=lambda pair: pair[0])])
+        return
+    batches = [keys[i : i + batch_size] for i in range(0, len(keys), batch_size)]
+    todo = [
+        (b, derive_seed(seed, tag, round_number, i))
+        for i, b in enumerate(batches)
+        if not all([k, round_number] in store for k in b)
+    ]
     for batch, seeds in progress(todo, desc=f"judge round {round_number}", unit="batch"):
         outputs = generator.generate([inputs[k] for k in batch], settings, seeds)
         if len(outputs) != len(batch):
             raise RuntimeError(f"the generator returned {len(outputs)} outputs for {len(batch)} prompts")
-        store.append(
-            [
-                {
-                    "key": [k, round_number],
-                    "item": k,
-                    "round": round_number,
-                    "prompt_sha": _prompt_digest(inputs[k]),
-                    "text": out["text"],
-                    "n_tokens": int(out["n_tokens"]),
-                    "finished": bool(out["finished"]),
-                }
-                for k, out in zip(batch, outputs)
-                if [k, round_number] not in store
-            ]
-        )
+        store.append([record(k, out) for k, out in zip(batch, outputs) if [k, round_number] not in store])
 
 
 def run_judge(
@@ -375,9 +377,12 @@ def run_judge(
     """Judge every prompt with the two-round protocol of App. B (resumable through ``store``).
 
     Round 1 runs all prompts with ``settings.round1`` in fixed batches of ``settings.batch_size`` (vLLM:
-    all in one call); round 2 runs only the prompts left undecided, on :func:`round2_prompt`, with
-    ``settings.round2``. Seeds are ``derive_seed(seed, tag, round, batch index)`` (vLLM: ``derive_seed(seed,
-    tag, round, key)`` per request), so a resumed run gives the same judgements as an uninterrupted one. Store records hold the raw outputs, keyed ``[key, round]``.
+    chunks of ``generation.vllm_chunk_requests``); round 2 runs only the prompts left undecided, on
+    :func:`round2_prompt`, with ``settings.round2``. Seeds are ``derive_seed(seed, tag, round, batch
+    index)`` (vLLM: ``derive_seed(seed, tag, round, key)`` per request), so a resumed run gives the same
+    judgements as an uninterrupted one with the HF backend, and with vLLM under
+    ``generation.vllm.batch_invariant`` (otherwise other samples of the same distribution:
+    :mod:`segattr_utils.llm.generation`). Store records hold the raw outputs, keyed ``[key, round]``.
 
     Returns one dict per prompt (in ``prompts`` order): ``key``, ``label`` (1, 0 or ``None``),
     ``rounds`` (1 or 2), ``undecided`` (no decision after the last round), ``round1_output``,

@@ -1,10 +1,13 @@
 """Stage 01 (notebook ``01_generation``): K sampled and one greedy output per training question, graded,
 and the shortest correct and shortest incorrect trace of each question (Sec. 3 setup, Sec. 4.1).
 
-Generation runs in fixed, seeded batches (HF ``generate``) or, with vLLM, as one call holding every
-missing request, each with its own seed (:func:`segattr_utils.llm.generation.run_generation_tasks`);
-finished outputs are appended to the ``samples_store`` record store, so an interrupted run resumes
-where it stopped.
+Generation runs in fixed, seeded batches (HF ``generate``) or, with vLLM, as every missing request, each
+with its own seed, in chunks of ``generation.vllm_chunk_requests`` requests per engine
+(:func:`segattr_utils.llm.generation.run_generation_tasks`); each finished batch or chunk is appended to
+the ``samples_store`` record store, so an interrupted run loses only the chunks in flight and resumes
+where it stopped. A resumed HF run gives the records of an uninterrupted one; a resumed vLLM run gives
+other samples of the same distribution unless ``generation.vllm.batch_invariant`` is set (then the same
+records on the same GPU type and vLLM version: :mod:`segattr_utils.llm.generation`).
 
 With ``data.traces`` in the profile the stage generates nothing: it reads the outputs of a trace file
 (:mod:`segattr_utils.data.traces`: validated, split at the last ``</think>``), grades them against their

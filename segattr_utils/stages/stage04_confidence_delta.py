@@ -8,8 +8,21 @@ Artifacts in ``results/<profile>/04_confidence_delta/``:
   fingerprint of the trace text and sampling settings): the K graded answers and the confidence c_k. Prefixes are sampled in fixed batches of
   ``analysis.confidence.batch_size // n_samples`` prefixes (job order: trace, then k), each batch
   seeded with ``derive_seed(seed, "forced-answer", batch index)``; a finished batch is skipped on resume.
-  With vLLM every missing prefix goes in one call, answer j of prefix k of trace t seeded with
-  ``derive_seed(seed, "forced-answer", t, k, j)``.
+  With vLLM every missing prefix is sent, answer j of prefix k of trace t seeded with
+  ``derive_seed(seed, "forced-answer", t, k, j)``, in chunks of ``generation.vllm_chunk_requests``
+  requests per engine; a prefix's record is appended as soon as its last answer's chunk finishes, so an
+  interrupted run keeps every finished chunk and a resumed one sends only the missing prefixes (the same
+  records with the HF sampler; with vLLM other samples of the same distribution unless
+  ``generation.vllm.batch_invariant``: :mod:`segattr_utils.llm.generation`).
+
+  Host memory with vLLM: the engine keeps each request's prompt ids twice (``vllm/v1/request.py``), ~44
+  bytes per prompt token per request (two 8-byte list slots and a 28-byte int object; an estimate from
+  CPython object sizes, not measured). The paper profile's ~1.1M forced-answer requests (~34k prefixes x
+  32 answers), at a mean prompt of ~4k tokens (what the ~190 GB of one call for all of them points to),
+  would hold ~1.1M x 4k x 44 B ≈ 190 GB in one call; one
+  chunk of 2048 requests holds 2048 x 4k x 44 B ≈ 0.36 GB per engine (≈ 2.9 GB on 8 engines), and at most
+  2048 x 34,816 x 44 B ≈ 3.1 GB per engine if every prompt were ``max_model_len`` long. This process keeps
+  the ids of every distinct prompt at 4 bytes a token (~0.55 GB for ~140M prefix tokens).
 - ``segment_confidence.parquet``: trace_id, segment, confidence_before, confidence_after, delta
   (one row per segment of every attributed correct trace; read by the training notebook's Tables 3-4).
 - ``reference_forced_answers.jsonl`` and ``reference_segment_confidence.parquet``: the same for the
@@ -30,7 +43,7 @@ import pandas as pd
 from .. import dag, services
 from ..artifacts import RecordStore, fingerprint, read_table, write_table
 from ..config import Profile
-from ..llm.generation import HFGenerator, SamplingSettings, derive_seed
+from ..llm.generation import HFGenerator, SamplingSettings, derive_seed, generate_in_chunks
 from ..measures.confidence import (
     AnswerCloses,
     beta_ablation,
@@ -104,12 +117,12 @@ def _forced_answer_sampler(profile: Profile):
     settings, seed) -> [[text] * n]``.
 
     ``shared_prefix``: each prefix encoded once, its KV cache shared by the n samples (HF). ``generator``:
-    the prompts repeated n times through ``generation.backend``. ``seed`` is one seed for the batch or,
-    when ``generator.per_request_seeds`` (vLLM), one list of n seeds per prompt: vLLM seeds every request
-    on its own, so n copies of a prompt under one seed would be n identical answers. The HF samplers stop
-    a row at the brace that closes the lead-in's ``\\boxed{`` (:class:`AnswerCloses`); vLLM samples to
-    ``max_new_tokens`` and the grading cuts there (:func:`grade_forced_answers`). The caller closes
-    ``generator``.
+    the prompts repeated n times through ``generation.backend``, one seed for the batch. A generator with
+    ``per_request_seeds`` (vLLM) is not called through ``sample``: :func:`measure_prefix_confidence` sends
+    its requests in chunks, one seed per answer (vLLM seeds every request on its own, so n copies of a
+    prompt under one seed would be n identical answers). The HF samplers stop a row at the brace that
+    closes the lead-in's ``\\boxed{`` (:class:`AnswerCloses`); vLLM samples to ``max_new_tokens`` and the
+    grading cuts there (:func:`grade_forced_answers`). The caller closes ``generator``.
     """
     mode = profile.get_path("analysis.confidence.sampler")
     lead_in = profile.get_path("analysis.confidence.answer_lead_in")
@@ -127,13 +140,12 @@ def _forced_answer_sampler(profile: Profile):
     generator, tokenizer = services.load_generator(profile, "generator", profile.get_path("generation.backend"))
 
     def sample(prompts, n, settings, seed):
-        seeds = [s for per_prompt in seed for s in per_prompt] if generator.per_request_seeds else seed
         repeated = [p for p in prompts for _ in range(n)]
         if isinstance(generator, HFGenerator):
             stop = [AnswerCloses(tokenizer, lead_in)]
-            outputs = generator.generate(repeated, settings, seeds, stopping_criteria=stop)
+            outputs = generator.generate(repeated, settings, seed, stopping_criteria=stop)
         else:
-            outputs = generator.generate(repeated, settings, seeds)
+            outputs = generator.generate(repeated, settings, seed)
         texts = [o["text"] for o in outputs]
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
@@ -222,36 +234,51 @@ def measure_prefix_confidence(
         generator, tokenizer, sample = sampler.get()
         prompts = {tid: services.prompt(tokenizer, t["question"]) for tid, t in traces.items()}
         seed, tag = int(profile["seed"]), trace_set.seed_tag
-        if generator.per_request_seeds:
-            # vLLM: every missing prefix in one call, answer j after k segments of trace t seeded with
-            # derive_seed(seed, tag, t, k, j).
-            missing = [(tid, k) for _, batch in todo for tid, k in batch if [tid, k, fingerprints[tid]] not in store]
-            seeds = [[derive_seed(seed, tag, tid, k, j) for j in range(n_samples)] for tid, k in missing]
-            todo = [(missing, seeds)]
-        else:
-            todo = [(batch, derive_seed(seed, tag, index)) for index, batch in todo]
         desc = "forced answers" if source == "self" else f"forced answers ({source})"
-        for batch, batch_seed in progress(todo, desc=desc, unit="batch"):
-            batch_prompts = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in batch]
-            continuations = sample(batch_prompts, n_samples, settings, batch_seed)
-            records = []
-            for (tid, k), answers in zip(batch, continuations):
-                if [tid, k, fingerprints[tid]] in store:
-                    continue
-                verdicts = grade_forced_answers(answers, traces[tid]["answer"], lead_in)
-                n_correct = sum(v["correct"] for v in verdicts)
-                records.append(
-                    {
-                        "trace_id": tid,
-                        "prefix": k,
-                        "fingerprint": fingerprints[tid],
-                        "n_samples": len(verdicts),
-                        "n_correct": n_correct,
-                        "confidence": n_correct / len(verdicts),
-                        "answers": [v["pred"] for v in verdicts],
-                    }
+
+        def record(tid, k, answers):
+            verdicts = grade_forced_answers(answers, traces[tid]["answer"], lead_in)
+            n_correct = sum(v["correct"] for v in verdicts)
+            return {
+                "trace_id": tid,
+                "prefix": k,
+                "fingerprint": fingerprints[tid],
+                "n_samples": len(verdicts),
+                "n_correct": n_correct,
+                "confidence": n_correct / len(verdicts),
+                "answers": [v["pred"] for v in verdicts],
+            }
+
+        if generator.per_request_seeds:
+            # vLLM: every missing prefix, answer j after k segments of trace t seeded with
+            # derive_seed(seed, tag, t, k, j), in the generator's chunks; a prefix is stored once all of
+            # its answers are back.
+            missing = [(tid, k) for _, batch in todo for tid, k in batch if [tid, k, fingerprints[tid]] not in store]
+            requests = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in missing]
+            seeds = [derive_seed(seed, tag, tid, k, j) for tid, k in missing for j in range(n_samples)]
+            answers: dict[int, dict[int, str]] = {}
+            for chunk in generate_in_chunks(
+                generator, [p for p in requests for _ in range(n_samples)], settings, seeds, desc
+            ):
+                done = []
+                for index, output in chunk:
+                    position, j = divmod(index, n_samples)
+                    answers.setdefault(position, {})[j] = output["text"]
+                    if len(answers[position]) == n_samples:
+                        done.append(position)
+                finished = {i: answers.pop(i) for i in sorted(done)}
+                store.append([record(*missing[i], [got[j] for j in range(n_samples)]) for i, got in finished.items()])
+        else:
+            for index, batch in progress(todo, desc=desc, unit="batch"):
+                batch_prompts = [forced_answer_prompt(prompts[tid], texts[tid], k, lead_in) for tid, k in batch]
+                continuations = sample(batch_prompts, n_samples, settings, derive_seed(seed, tag, index))
+                store.append(
+                    [
+                        record(tid, k, answers)
+                        for (tid, k), answers in zip(batch, continuations)
+                        if [tid, k, fingerprints[tid]] not in store
+                    ]
                 )
-            store.append(records)
     wanted = {(tid, k, fingerprints[tid]) for tid, k in jobs}
     records = [r for r in store.records() if (r["trace_id"], r["prefix"], r["fingerprint"]) in wanted]
     columns = ["trace_id", "prefix", "n_samples", "n_correct", "confidence"]

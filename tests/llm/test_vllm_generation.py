@@ -2,11 +2,14 @@
 which, like real vLLM, seeds every request on its own from ``SamplingParams.seed``.
 
 The K samples of a prompt must be independent draws (one seed per request, not one per call), reproducible
-for a run seed, all of a stage's missing requests must go to the engine in one call, a resumed run must give
-the records of an uninterrupted one, the profile's ``generation.vllm`` settings must reach ``vllm.LLM``, no
-Hugging Face copy of the weights may be loaded, and ``close()`` must release the engine. The engine must see
-the prompt ids the Hugging Face paths use (one BOS), and data parallel workers (real subprocesses running the
-stand-in) must give the outputs of one engine.
+for a run seed, a stage's missing requests must go to the engine in chunks of at most
+``generation.vllm_chunk_requests`` (whole prompt groups where they fit) with each chunk stored as it ends, a
+resumed run must give the records of an uninterrupted one (the stand-in's samples do not depend on the batch,
+as vLLM's with batch invariance), the profile's ``generation.vllm`` settings must reach ``vllm.LLM`` (and
+``batch_invariant`` the engine processes' environment), no Hugging Face copy of the weights may be loaded, and
+``close()`` must release the engine. The engine must see the prompt ids the Hugging Face paths use (one BOS),
+data parallel workers (real subprocesses running the stand-in) must give the outputs of one engine, and a
+worker that dies (SIGKILL) must cost no other worker's finished chunks.
 """
 
 from __future__ import annotations
@@ -106,7 +109,7 @@ def test_samples_of_a_prompt_are_independent_and_reproducible(fake_vllm, tmp_pat
     assert all(_texts(c)[key] != text for key, text in texts.items())
 
 
-def test_all_missing_requests_of_all_tasks_in_one_call(fake_vllm, tmp_path):
+def test_all_missing_requests_of_all_tasks_in_one_chunk_when_they_fit(fake_vllm, tmp_path):
     generator = _generator()
     store = RecordStore(tmp_path / "gen.jsonl")
     tasks = [GenerationTask("greedy", PROMPTS, 1, GREEDY), GenerationTask("sample", PROMPTS, 3, SAMPLED)]
@@ -207,11 +210,28 @@ def test_engine_settings_from_the_profile_reach_vllm(fake_vllm, paper_profile):
         generator, tokenizer = services.load_generator(paper_profile, role, backend)
         assert isinstance(generator, VLLMGenerator) and tokenizer is not None
         assert generator.tokenizer is tokenizer and generator.workers is None  # no GPU: one engine, in-process
-    expected = {k: v for k, v in settings.items() if k != "data_parallel_size"} | {"tensor_parallel_size": 1}
+    assert generator.chunk_requests == paper_profile.get_path("generation.vllm_chunk_requests")
+    assert settings["batch_invariant"] is False and generator.batch_invariant is False
+    # DP is the project's own and batch_invariant an environment variable: neither is a vllm.LLM argument
+    expected = {k: v for k, v in settings.items() if k not in ("data_parallel_size", "batch_invariant")}
+    expected |= {"tensor_parallel_size": 1}
     for engine in fake_vllm.ENGINES:
         assert engine.dtype == "bfloat16"
         assert engine.engine_kwargs == expected and engine.engine_kwargs["max_model_len"] >= 32768
     assert [e.model for e in fake_vllm.ENGINES] == [paper_profile["models"]["generator"]["local_path"]] * 2
+
+
+def test_bad_chunk_or_batch_invariance_settings_fail_before_anything_loads(fake_vllm, paper_profile, monkeypatch):
+    monkeypatch.setattr(services, "load_tokenizer", lambda *a: pytest.fail("the tokenizer was loaded"))
+    for bad in (0, -5, 1.5, "many", None):
+        paper_profile["generation"]["vllm_chunk_requests"] = bad
+        with pytest.raises(ValueError, match=f"generation.vllm_chunk_requests must be a positive integer, got {bad!r}"):
+            services.load_generator(paper_profile, "generator", "vllm")
+    paper_profile["generation"]["vllm_chunk_requests"] = 512
+    paper_profile["generation"]["vllm"]["batch_invariant"] = "false"
+    with pytest.raises(ValueError, match="generation.vllm.batch_invariant must be true or false, got 'false'"):
+        services.load_generator(paper_profile, "generator", "vllm")
+    assert fake_vllm.ENGINES == []
 
 
 # ----------------------------------------------------------------------------------------------
@@ -298,7 +318,8 @@ def test_data_parallel_workers_give_the_outputs_of_one_engine(worker_env, fake_v
     assert len(fake_vllm.ENGINES) == 1  # the workers' engines live in the workers, none in this process
     double = RecordStore(tmp_path / "dp2.jsonl")
     run_generation_tasks(two, _stage09_like_tasks(), double, batch_size=4, seed=11)
-    assert double.records() == single.records()  # same records, same order
+    # the same records; their lines in the order the workers' chunks finished
+    assert sorted(map(json.dumps, double.records())) == sorted(map(json.dumps, single.records()))
     pool = two.workers
     two.close()
     assert pool.exit_codes() == [0, 0] and not pool.folder.exists()
@@ -337,3 +358,145 @@ def test_a_worker_that_cannot_start_raises_at_once(worker_env, fake_vllm, tmp_pa
     folder = str(_model_folder(tmp_path / "model"))
     with pytest.raises(WorkerError, match="starting its engine(.|\\n)*Unknown dtype: 'int3'"):
         _generator(folder, dtype="int3", devices=Devices(("fake0", "fake1")), data_parallel_size=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Chunks: what a crash leaves behind, and the resume
+
+
+def _chunked_tasks() -> list[GenerationTask]:
+    return [GenerationTask("greedy", PROMPTS, 1, GREEDY), GenerationTask("sample", PROMPTS, 3, SAMPLED)]
+
+
+def test_chunked_generation_gives_the_records_of_one_call(fake_vllm, tmp_path):
+    """5 prompts x (1 greedy + 3 samples) = 5 prompt groups of 4 requests; chunks of at most 8 requests hold
+    whole groups (8, 8, 4), and the stored records equal those of one call."""
+    whole = RecordStore(tmp_path / "whole.jsonl")
+    run_generation_tasks(_generator(chunk_requests=10_000), _chunked_tasks(), whole, batch_size=4, seed=5)
+    assert [len(prompts) for prompts, _ in fake_vllm.ENGINES[0].calls] == [20]
+    chunked = RecordStore(tmp_path / "chunked.jsonl")
+    run_generation_tasks(_generator(chunk_requests=8), _chunked_tasks(), chunked, batch_size=4, seed=5)
+    calls = fake_vllm.ENGINES[1].calls
+    assert [len(prompts) for prompts, _ in calls] == [8, 8, 4]
+    assert all(prompts.count(p) == 4 for prompts, _ in calls for p in prompts)  # a prompt's requests together
+    # the same records; the store's lines chunk by chunk (a chunk holds a prompt's greedy and sampled outputs)
+    assert sorted(map(json.dumps, chunked.records())) == sorted(map(json.dumps, whole.records()))
+
+
+def test_a_group_larger_than_a_chunk_is_split():
+    from segattr_utils.llm.generation import chunk_groups
+
+    groups = [{"prompt": p, "requests": [{"index": i} for i in range(n)]} for p, n in (("a", 2), ("b", 5), ("c", 1))]
+    chunks = chunk_groups(groups, 3)
+    assert [[(g["prompt"], len(g["requests"])) for g in chunk] for chunk in chunks] == [
+        [("a", 2)],
+        [("b", 3)],
+        [("b", 2)],
+        [("c", 1)],
+    ]
+    for bad in (0, -1, 2.5, True, "2048"):
+        with pytest.raises(ValueError, match="vllm_chunk_requests must be a positive integer"):
+            chunk_groups(groups, bad)
+
+
+def test_a_crash_keeps_the_finished_chunks_and_a_resume_completes(fake_vllm, tmp_path, monkeypatch):
+    """One engine in this process fails in its third chunk: the first two chunks' records are stored; a
+    resumed run sends only the rest and ends with the records of an uninterrupted run."""
+    reference = RecordStore(tmp_path / "reference.jsonl")
+    run_generation_tasks(_generator(chunk_requests=4), _chunked_tasks(), reference, batch_size=4, seed=2)
+    fake_vllm.reset()
+    monkeypatch.setenv("FAKE_VLLM_FAIL_AFTER_CALLS", "2")
+    store = RecordStore(tmp_path / "gen.jsonl")
+    with pytest.raises(RuntimeError, match="fake engine failure after 2 calls"):
+        run_generation_tasks(_generator(chunk_requests=4), _chunked_tasks(), store, batch_size=4, seed=2)
+    first_two = sum(len(prompts) for prompts, _ in fake_vllm.ENGINES[0].calls)
+    assert first_two == 4 + 4 and len(RecordStore(store.path)) == first_two
+    monkeypatch.delenv("FAKE_VLLM_FAIL_AFTER_CALLS")
+    resumed = RecordStore(store.path)
+    run_generation_tasks(_generator(chunk_requests=4), _chunked_tasks(), resumed, batch_size=4, seed=2)
+    assert sum(len(prompts) for prompts, _ in fake_vllm.ENGINES[1].calls) == 20 - first_two  # only the missing
+    assert sorted(map(json.dumps, resumed.records())) == sorted(map(json.dumps, reference.records()))
+
+
+def test_a_dead_worker_does_not_cost_the_other_workers_outputs(worker_env, fake_vllm, tmp_path, monkeypatch):
+    """Default chunk size (each worker's share in one chunk): the worker given q3 is killed; the other
+    worker's outputs, finished and written to the exchange folder, reach the store before WorkerError is
+    raised and the folder is removed (they were deleted unread when the pool stopped)."""
+    folder = str(_model_folder(tmp_path / "model"))
+    prompts = PROMPTS | {f"r{i}": f"What is {i} - 1?" for i in range(5)}
+    monkeypatch.setenv("FAKE_VLLM_KILL_ON", PROMPTS["q3"])
+    store = RecordStore(tmp_path / "gen.jsonl")
+    generator = _generator(folder, devices=Devices(("fake0", "fake1")), data_parallel_size=2)
+    try:
+        with pytest.raises(WorkerError, match="exited with code -9"):
+            run_generation_tasks(generator, [GenerationTask("sample", prompts, 2, SAMPLED)], store, 4, seed=9)
+    finally:
+        generator.close()
+    answered = [e for e in _events(worker_env) if e["event"] == "generate"]
+    assert len(answered) == 1 and len(answered[0]["requests"]) > 0  # the surviving worker's one call
+    stored = RecordStore(store.path).records()
+    assert len(stored) == len(answered[0]["requests"]) and all(r["question_id"] != "q3" for r in stored)
+
+
+def test_a_killed_worker_keeps_every_workers_finished_chunks(worker_env, fake_vllm, tmp_path, monkeypatch):
+    """Two data parallel workers, chunks of 4 requests (two prompts); the worker that holds the prompt of q3
+    is killed (SIGKILL) in the chunk with it. Every chunk a worker answered, the other worker's included, is
+    in the store when WorkerError is raised (no finished output is deleted unread); a resume with fresh
+    workers generates only what is missing and ends with the records of an uninterrupted run."""
+    folder = str(_model_folder(tmp_path / "model"))
+    devices = Devices(("fake0", "fake1"))
+    prompts = PROMPTS | {f"r{i}": f"What is {i} - 1?" for i in range(5)}
+    tasks = [GenerationTask("sample", prompts, 2, SAMPLED)]
+    key_of_seed = {derive_seed(9, "sample", q, s): (q, "sample", s) for q in prompts for s in range(2)}
+    reference = RecordStore(tmp_path / "reference.jsonl")
+    run_generation_tasks(_generator(folder, devices=Devices(())), tasks, reference, batch_size=4, seed=9)
+
+    monkeypatch.setenv("FAKE_VLLM_KILL_ON", PROMPTS["q3"])
+    store = RecordStore(tmp_path / "gen.jsonl")
+    generator = _generator(folder, devices=devices, data_parallel_size=2, chunk_requests=4)
+    pool = generator.workers
+    try:
+        with pytest.raises(WorkerError, match="exited with code -9 while running chunk-"):
+            run_generation_tasks(generator, tasks, store, batch_size=4, seed=9)
+    finally:
+        generator.close()
+    assert sorted(pool.exit_codes()) == [-9, 0]  # the other worker finished its chunks and stopped cleanly
+    answered = [e for e in _events(worker_env) if e["event"] == "generate" and e["pid"] != os.getpid()]
+    assert all(len(e["requests"]) <= 4 for e in answered)
+    done = {key_of_seed[r["seed"]] for e in answered for r in e["requests"]}
+    kept = {tuple(r["key"]) for r in RecordStore(store.path).records()}
+    assert kept == done and ("q3", "sample", 0) not in kept and len(kept) >= 10  # the other worker's half at least
+
+    monkeypatch.delenv("FAKE_VLLM_KILL_ON")
+    before = len(_events(worker_env))
+    resumed = RecordStore(store.path)
+    generator = _generator(folder, devices=devices, data_parallel_size=2, chunk_requests=4)
+    try:
+        run_generation_tasks(generator, tasks, resumed, batch_size=4, seed=9)
+    finally:
+        generator.close()
+    again = [e for e in _events(worker_env)[before:] if e["event"] == "generate"]
+    assert sum(len(e["requests"]) for e in again) == 20 - len(kept)  # only the missing requests
+    assert sorted(map(json.dumps, resumed.records())) == sorted(map(json.dumps, reference.records()))
+
+
+def test_batch_invariance_reaches_every_engine_process(worker_env, fake_vllm, tmp_path, monkeypatch):
+    """``generation.vllm.batch_invariant: true`` sets VLLM_BATCH_INVARIANT=1 where vLLM reads it: in this
+    process before the in-process engine starts, and in each data parallel worker's environment; it is no
+    ``vllm.LLM`` argument. Off (the default) it leaves the environment alone."""
+    monkeypatch.delenv("VLLM_BATCH_INVARIANT", raising=False)
+    folder = str(_model_folder(tmp_path / "model"))
+    off = _generator(folder, devices=Devices(()))
+    assert fake_vllm.ENGINES[-1].environment is None
+    off.close()
+    with pytest.raises(ValueError, match="batch_invariant must be true or false, got 'yes'"):
+        _generator(folder, devices=Devices(()), batch_invariant="yes")
+    on = _generator(folder, devices=Devices(()), batch_invariant=True, max_model_len=64)
+    assert fake_vllm.ENGINES[-1].environment == "1" and fake_vllm.ENGINES[-1].engine_kwargs == {"max_model_len": 64}
+    on.close()
+    monkeypatch.delenv("VLLM_BATCH_INVARIANT")  # set by the in-process engine above
+    workers = _generator(folder, devices=Devices(("fake0", "fake1")), data_parallel_size=2, batch_invariant=True)
+    workers.close()
+    starts = [e for e in _events(worker_env) if e["event"] == "start" and e["pid"] != os.getpid()]
+    assert [e["vllm_batch_invariant"] for e in starts] == ["1", "1"]
+    assert all("batch_invariant" not in e["engine_kwargs"] for e in starts)

@@ -1,6 +1,7 @@
 """Stages 01, 04 and 09 with ``generation.backend`` / ``evaluation.backend`` vllm, on the CPU stand-in of
 ``tests/fakes/vllm``: no stage loads Hugging Face weights (``services.load_model`` raises), every stage
-hands the engine all of its missing requests in one call with one seed per request, the samples of a
+hands the engine all of its missing requests (in one call when they fit in ``generation.vllm_chunk_requests``;
+stage 04 in chunks, resumed after a crash) with one seed per request, the samples of a
 question differ, and an engine is shut down before the next model's engine starts; with one engine per (fake)
 GPU, stage 09 grades as with one engine."""
 
@@ -68,6 +69,35 @@ def test_stage04_forced_answers_with_one_engine_call_and_resume(vllm_profile, fa
     pd.testing.assert_frame_equal(resumed, table)
     assert len(fake_vllm.ENGINES) == 2 and len(fake_vllm.ENGINES[1].calls[0][0]) == 4 * n
     assert sorted(store.read_text().splitlines()) == sorted(lines)
+
+
+def test_stage04_in_chunks_keeps_finished_prefixes_after_a_crash(vllm_profile, fake_vllm, monkeypatch):
+    """Chunks of n - 1 requests (n answers per prefix): each prefix's answers come back in two chunks (n - 1,
+    then 1), and its record is stored once the last is back. The engine fails in its fourth chunk: the one
+    prefix whose answers all came back is stored, the half-answered one is not; a resumed run sends only the
+    other prefixes and ends with the records and table of one call."""
+    vllm_profile["analysis"]["confidence"] = {**vllm_profile["analysis"]["confidence"], "sampler": "generator"}
+    n = vllm_profile.get_path("analysis.confidence.n_samples")
+    assert n >= 2
+    table = confidence_delta.segment_confidence(vllm_profile)  # the default chunk holds every request
+    store = stage_dir(vllm_profile, "04_confidence_delta") / "forced_answers.jsonl"
+    lines = sorted(store.read_text().splitlines())
+    assert len(lines) == 6 and len(fake_vllm.ENGINES[0].calls) == 1
+    store.unlink()
+    vllm_profile["generation"]["vllm_chunk_requests"] = n - 1
+    monkeypatch.setenv("FAKE_VLLM_FAIL_AFTER_CALLS", "3")
+    fake_vllm.reset()
+    with pytest.raises(RuntimeError, match="fake engine failure"):
+        confidence_delta.segment_confidence(vllm_profile)
+    # a prompt group larger than a chunk is split: prefix 0 in two chunks, then n - 1 answers of prefix 1
+    assert [len(prompts) for prompts, _ in fake_vllm.ENGINES[0].calls] == [n - 1, 1, n - 1]
+    assert len(store.read_text().splitlines()) == 1
+    monkeypatch.delenv("FAKE_VLLM_FAIL_AFTER_CALLS")
+    resumed = confidence_delta.segment_confidence(vllm_profile)
+    assert sum(len(prompts) for prompts, _ in fake_vllm.ENGINES[1].calls) == 5 * n  # only the 5 missing prefixes
+    assert all(len(prompts) <= n - 1 for prompts, _ in fake_vllm.ENGINES[1].calls)
+    assert sorted(store.read_text().splitlines()) == lines
+    pd.testing.assert_frame_equal(resumed, table)
 
 
 def test_stage09_evaluates_each_model_with_its_own_engine(vllm_profile, fake_vllm, monkeypatch):

@@ -23,7 +23,13 @@ Module state records what happened: ``ENGINES`` (every LLM built, in order), and
 list per ``generate``), ``alive_at_start`` (engines not shut down when it was built) and
 ``llm_engine.engine_core.shutdown_calls``. When ``FAKE_VLLM_LOG`` names a file, every engine start (with
 ``CUDA_VISIBLE_DEVICES``), ``generate`` call and shutdown is also appended to it as one JSON line, so that a test
-can see what other processes (notebook kernels, data parallel workers) did with vLLM.
+can see what other processes (notebook kernels, data parallel workers) did with vLLM. Each engine also records
+``environment``: the value of ``VLLM_BATCH_INVARIANT`` when it was built (None when unset), also in its start event.
+
+Failures on demand, to test what a crash leaves behind: with ``FAKE_VLLM_FAIL_AFTER_CALLS=N`` an engine's
+``generate`` raises ``RuntimeError`` once this process's engines have answered N calls; with
+``FAKE_VLLM_KILL_ON=text`` a ``generate`` call holding a prompt that contains ``text`` kills its own process with
+SIGKILL (no cleanup, no output: as a node losing a worker).
 """
 
 from __future__ import annotations
@@ -32,10 +38,13 @@ import hashlib
 import json
 import os
 import random
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ENGINES: list[LLM] = []
+#: ``generate`` calls answered by this process's engines (for ``FAKE_VLLM_FAIL_AFTER_CALLS``).
+ANSWERED: list[int] = [0]
 
 
 def _log(event: str, engine: LLM, **fields) -> None:
@@ -48,6 +57,7 @@ def _log(event: str, engine: LLM, **fields) -> None:
 
 def reset() -> None:
     ENGINES.clear()
+    ANSWERED[0] = 0
     from .distributed import parallel_state
 
     parallel_state.CALLS.clear()
@@ -110,8 +120,16 @@ class LLM:
         # engines alive when this one started (real vLLM would find their GPU memory taken)
         self.alive_at_start = sum(engine.llm_engine.engine_core.shutdown_calls == 0 for engine in ENGINES)
         self._tokenizer = None
+        self.environment = os.environ.get("VLLM_BATCH_INVARIANT")
         ENGINES.append(self)
-        _log("start", self, dtype=dtype, engine_kwargs=engine_kwargs, cuda_visible_devices=_visible_devices())
+        _log(
+            "start",
+            self,
+            dtype=dtype,
+            engine_kwargs=engine_kwargs,
+            cuda_visible_devices=_visible_devices(),
+            vllm_batch_invariant=self.environment,
+        )
 
     def _get_tokenizer(self):
         """The model folder's ``AutoTokenizer``, as vLLM loads it (None without a tokenizer.json)."""
@@ -163,6 +181,13 @@ class LLM:
                     f"The decoder prompt (length {len(ids)}) is longer than the maximum model length of {limit}."
                 )
         texts = [text for text, _ in parsed]
+        fail_after = os.environ.get("FAKE_VLLM_FAIL_AFTER_CALLS")
+        if fail_after is not None and ANSWERED[0] >= int(fail_after):
+            raise RuntimeError(f"fake engine failure after {ANSWERED[0]} calls")
+        kill_on = os.environ.get("FAKE_VLLM_KILL_ON")
+        if kill_on and any(kill_on in text for text in texts):
+            os.kill(os.getpid(), signal.SIGKILL)
+        ANSWERED[0] += 1
         self.calls.append((texts, list(sampling_params)))
         self.prompt_token_ids.append([ids for _, ids in parsed])
         _log(
