@@ -37,6 +37,7 @@ TRACES = [
         "question": f"Start with {i}. Step 1: add 5.",
         "answer": str(i + 5),
         "segments": [f"Okay, so {i} + 5 = {i + 5}.", f"\n\nWait, let me check: {i} + 5 = {i + 5}."],
+        "answer_part": f"\n</think>\n\nThe final answer is \\boxed{{{i + 5}}}.",
     }
     for i in range(2, 7)
 ]
@@ -93,8 +94,8 @@ def test_attribution_in_two_launched_processes_equals_one_process_and_resumes(wo
     for ours, reference in zip(parallel, serial):
         assert ours["segment_spans"] == reference["segment_spans"]
         assert ours["f_input"] == pytest.approx(reference["f_input"], abs=1e-5)
-        flat_ours = [v for segment in ours["segment_values"] for v in segment]
-        flat_reference = [v for segment in reference["segment_values"] for v in segment]
+        flat_ours = [v for segment in ours["token_attributions"] for v in segment]
+        flat_reference = [v for segment in reference["token_attributions"] for v in segment]
         assert flat_ours == pytest.approx(flat_reference, abs=1e-5)
         # completeness (Eq. 3) holds in every process's record
         assert abs(ours["delta"]) <= 0.05 * abs(ours["f_input"] - ours["f_baseline"]) + 1e-4
@@ -149,13 +150,14 @@ def test_attribution_max_length_is_an_optional_cap_whose_skips_are_counted(world
     )
     assert record["skipped"] is None
     assert (
-        sum(len(v) for v in record["segment_values"]) == record["segment_spans"][-1][1] - record["segment_spans"][0][0]
+        sum(len(v) for v in record["token_attributions"])
+        == record["segment_spans"][-1][1] - record["segment_spans"][0][0]
     )
     assert pipeline.over_length_traces([record]) == []
     # a cap below the trace's length skips it, and the skip is counted
     capped = dict(world_profile["attribution"], max_length=record["n_tokens"] - 1)
     skipped = pipeline.attribution_record(model, tokenizer, baseline, capped, trace)
-    assert skipped["skipped"] and "segment_values" not in skipped
+    assert skipped["skipped"] and "token_attributions" not in skipped
     assert pipeline.over_length_traces([record, skipped]) == [trace["trace_id"]]
 
 
@@ -251,8 +253,8 @@ def test_out_of_memory_is_retried_down_the_ladder(world_profile, monkeypatch, ru
     assert record["out_of_memory_retries"] == len(expected_calls) - 1
     # the retried trace gets the attributions of an undisturbed run
     assert record["f_input"] == pytest.approx(reference["f_input"], abs=1e-6)
-    flat = [v for segment in record["segment_values"] for v in segment]
-    assert flat == pytest.approx([v for segment in reference["segment_values"] for v in segment], abs=1e-5)
+    flat = [v for segment in record["token_attributions"] for v in segment]
+    assert flat == pytest.approx([v for segment in reference["token_attributions"] for v in segment], abs=1e-5)
 
 
 def test_trace_out_of_memory_everywhere_is_skipped_and_not_retried_unless_asked(world_profile, tmp_path, monkeypatch):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
 from segattr_utils.config import Profile, load_profile
 from segattr_utils.llm.training import build_char_masked_example, build_training_example, tokenize_with_offsets
 from segattr_utils.stages import stage08_selective_sft as sft
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.scored import trace_record
 
 CORPUS = [
     "Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
@@ -165,9 +166,9 @@ def test_the_registry_alone_drives_the_run_plan():
 
 def test_a_variant_names_the_signal_it_needs():
 
-    from segattr_utils.llm.variants import SelectionSettings, TraceRecord, get_variant
+    from segattr_utils.llm.variants import SelectionSettings, get_variant
 
-    record = TraceRecord("t", "q", "1", ["a", "b"], "x", [np.ones(1), np.ones(1)], [[(0, 1)], [(1, 2)]])
+    record = trace_record("t", "q", "1", ["a", "b"], "x", [[1.0], [1.0]], [[(0, 1)], [(1, 2)]])
     with pytest.raises(ValueError, match="needs 'confidence_delta' .*notebook 04"):
         get_variant("confidence_gain").selections([record], SelectionSettings())
 
@@ -256,12 +257,12 @@ def test_accelerate_launch_runs_with_this_interpreter(tmp_path, monkeypatch):
 
 
 def test_an_over_length_trace_is_kept_truncated_and_counted(tokenizer):
-    from segattr_utils.llm.variants import TraceRecord, TraceSelection
+    from segattr_utils.llm.variants import TraceSelection
 
     long_segments = SEGMENTS * 6
     records = [
-        TraceRecord("short", PROMPT_MSG, "15", SEGMENTS, ANSWER, [np.ones(1)] * 2, [[(0, 1)]] * 2),
-        TraceRecord("long", PROMPT_MSG, "15", long_segments, ANSWER, [np.ones(1)] * 12, [[(0, 1)]] * 12),
+        trace_record("short", PROMPT_MSG, "15", SEGMENTS, ANSWER, [[1.0]] * 2, [[(0, 1)]] * 2),
+        trace_record("long", PROMPT_MSG, "15", long_segments, ANSWER, [[1.0]] * 12, [[(0, 1)]] * 12),
     ]
     selections = [TraceSelection({0}), TraceSelection({0})]
     examples = sft.build_examples(tokenizer, records, selections, "selective")
