@@ -13,12 +13,19 @@
    holding tau of the strength, Eq. 5-6), important = high strength and consistency <= beta (Eq. 7), and
    the always-kept first and last segments (App. C.4).
 
-:func:`training_example` turns a scored trace into ``input_ids``, ``labels`` and ``completion_mask`` for
-TRL's ``SFTTrainer``. The training sequence is NOT the attributed one: it is ``prompt + T + the trace's
+A scored trace is also what stage 03 stores per trace (:meth:`ScoredTrace.to_record`, with each token's
+character offsets in the trace) and what stage 08 and every training variant select from: its segment
+table (:func:`segment_table`) is the one stage 03 writes, and :meth:`ScoredTrace.regrouped` cuts it into
+other segments (Table 7) without re-tokenising.
+
+:func:`training_example` is the one builder of SFT examples (``segattr export``, stage 08's variants): it
+turns a scored trace into ``input_ids``, ``labels`` and ``completion_mask`` for TRL's ``SFTTrainer``. The training sequence is NOT the attributed one: it is ``prompt + T + the trace's
 own answer part + EOS`` (the synthetic answer suffix only serves as the IG target). Labels are -100 on the
 prompt and on unselected segments; the selected segments (important or always kept), the answer part
 and EOS are labelled, so the model's loss is Eq. 9 (``mask="selective"``); ``mask="full"`` labels every
 segment (Eq. 8); ``mask="pruned"`` deletes the unselected segments from the text and labels the rest.
+A variant's own selection replaces the trace's (``segments=``), and a token-level one (Table 2) is given
+as per-token flags (``token_masks=``).
 
 Over-length policy (``max_length``): ``overlength="truncate"`` keeps the first ``max_length`` tokens, as
 TRL's ``truncation_mode="keep_start"`` and the authors' trainer do (the answer part and EOS of a cut

@@ -3,8 +3,10 @@
 important set (Eq. 5-7, always-kept segments of App. C.4), completeness deltas, and how much the number
 of path points J changes the segment-level results.
 
-The sequence is ``prompt + trace + answer suffix``; one record per trace is appended to the
-``attributions_store`` as soon as it is done (resumable). The reference traces that notebook 08 also
+The sequence is ``prompt + trace + answer suffix``; one record per trace, its scored trace
+(:class:`~segattr_utils.scored_trace.ScoredTrace`) and how the run went, is appended to the
+``attributions_store`` as soon as it is done (resumable); the segment table and stage 08's training
+examples are built from these records as stored (:func:`scored_traces`). The reference traces that notebook 08 also
 trains on are attributed there with the same settings (:func:`attribute_traces`). Path points per pass and
 activation checkpointing may be ``auto`` (per trace, from the cost estimator and the device's free
 memory); a trace that runs out of accelerator memory is retried with less and, failing that, skipped with

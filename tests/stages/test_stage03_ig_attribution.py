@@ -425,3 +425,47 @@ def test_a_launch_started_by_hand_is_merged_by_the_next_notebook_run(profile, tm
     records = RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()
     assert [r["trace_id"] for r in records] == [t["trace_id"] for t in traces]
     assert rank_store_paths(store_path) == []
+
+
+def test_segment_scores_come_from_the_stored_scored_traces(world_profile, tmp_path):
+    """score_segments reads each record's scored trace: its columns are Eq. 3-7 computed by hand from the
+    stored attributions, selected_for_sft is important or first/last; a record without a scored trace
+    (an older store) is refused with the store to rebuild, before anything is written."""
+    import math
+
+    import pandas as pd
+
+    from segattr_utils import services
+
+    profile = load_profile("smoke")
+    profile.update({k: v for k, v in world_profile.items()})
+    profile["results_root"] = str(tmp_path / "results")
+    model, tokenizer = services.load_model(profile, "generator")
+    baseline = services.baseline_token(profile, tokenizer)
+    trace = dict(TRACES[0], segments=TRACES[0]["segments"] * 2, correct=True)
+    record = pipeline.attribution_record(model, tokenizer, baseline, profile["attribution"], trace)
+    kept = pd.DataFrame([{"trace_id": trace["trace_id"], "correct": True}])
+    segments = pd.DataFrame(
+        [{"trace_id": trace["trace_id"], "segment": i, "kind": f"k{i}"} for i in range(len(trace["segments"]))]
+    )
+    table = pipeline.score_segments(profile, kept, segments, [record])
+    values = record["token_attributions"]
+    strength = [sum(abs(v) for v in seg) / math.sqrt(len(seg)) for seg in values]
+    consistency = [abs(sum(seg)) / sum(abs(v) for v in seg) for seg in values]
+    norm = [s / sum(strength) for s in strength]
+    order = sorted(range(len(norm)), key=lambda i: -norm[i])
+    k_star = next(
+        k for k in range(1, len(norm) + 1) if sum(norm[i] for i in order[:k]) >= profile["selection"]["tau"] - 1e-9
+    )
+    important = [i in order[:k_star] and consistency[i] <= profile["selection"]["beta"] for i in range(len(norm))]
+    assert list(table.columns) == pipeline.SEGMENT_SCORE_COLUMNS
+    assert table["norm_strength"].tolist() == pytest.approx(norm) and table["consistency"].tolist() == pytest.approx(
+        consistency
+    )
+    assert table["important"].tolist() == important
+    assert table["selected_for_sft"].tolist() == [imp or i in (0, len(norm) - 1) for i, imp in enumerate(important)]
+    assert table["kind"].tolist() == ["k0", "k1", "k2", "k3"] and table["n_tokens"].tolist() == [len(v) for v in values]
+    older = {k: v for k, v in record.items() if k not in ("token_ids", "token_attributions", "token_offsets")}
+    older["segment_values"] = values
+    with pytest.raises(ValueError, match=r"q2:sample.*lacks token_ids, token_attributions.*rerun the attribution"):
+        pipeline.score_segments(profile, kept, segments, [older])
