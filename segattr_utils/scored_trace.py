@@ -16,12 +16,19 @@
    holding tau of the strength, Eq. 5-6), important = high strength and consistency <= beta (Eq. 7), and
    the always-kept first and last segments (App. C.4).
 
-:func:`training_example` turns a scored trace into ``input_ids``, ``labels`` and ``completion_mask`` for
-TRL's ``SFTTrainer``. The training sequence is NOT the attributed one: it is ``prompt + T + the trace's
+A scored trace is also what stage 03 stores per trace (:meth:`ScoredTrace.to_record`, with each token's
+character offsets in the trace) and what stage 08 and every training variant select from: its segment
+table (:func:`segment_table`) is the one stage 03 writes, and :meth:`ScoredTrace.regrouped` cuts it into
+other segments (Table 7) without re-tokenising.
+
+:func:`training_example` is the one builder of SFT examples (``segattr export``, stage 08's variants): it
+turns a scored trace into ``input_ids``, ``labels`` and ``completion_mask`` for TRL's ``SFTTrainer``. The training sequence is NOT the attributed one: it is ``prompt + T + the trace's
 own answer part + EOS`` (the synthetic answer suffix only serves as the IG target). Labels are -100 on the
 prompt and on unselected segments; the selected segments (important or always kept), the answer part
 and EOS are labelled, so the model's loss is Eq. 9 (``mask="selective"``); ``mask="full"`` labels every
 segment (Eq. 8); ``mask="pruned"`` deletes the unselected segments from the text and labels the rest.
+A variant's own selection replaces the trace's (``segments=``), and a token-level one (Table 2) is given
+as per-token flags (``token_masks=``).
 
 Over-length policy (``max_length``): ``overlength="truncate"`` keeps the first ``max_length`` tokens, as
 TRL's ``truncation_mode="keep_start"`` and the authors' trainer do (the answer part and EOS of a cut
@@ -47,12 +54,17 @@ import torch
 
 from .data.questions import r1_prompt
 from .llm.grading import is_equivalent, last_boxed, split_output
-from .llm.training import TrainingExample, build_training_example
+from .llm.training import TrainingExample, build_char_masked_example, build_training_example
 from .method.attribution import FLAG_RELATIVE_DELTA
 from .method.ig_plan import AUTO, IGSettings, attribute_sequence
 from .method.importance import always_keep_indices, importance_flags, segment_scores
 from .method.segmentation import DEFAULT_KEYWORDS, segment
-from .method.token_spans import DEFAULT_ANSWER_SUFFIX, build_attribution_sequence
+from .method.token_spans import (
+    DEFAULT_ANSWER_SUFFIX,
+    AttributionSequence,
+    build_attribution_sequence,
+    char_spans_to_token_spans,
+)
 
 Mask = Literal["selective", "full", "pruned"]
 Overlength = Literal["truncate", "skip"]
@@ -122,7 +134,10 @@ class ScoredTrace:
     ``f_baseline`` and ``delta`` its completeness (``delta = F(x) - F(x') - sum IG``), ``n_tokens`` its
     length. ``settings`` records how it was scored (J, method, keywords, tau, beta, ...); :attr:`scores`
     is the per-segment table at ``settings``' tau and beta (:meth:`rescored` changes them without
-    recomputing IG).
+    recomputing IG). ``token_offsets`` (when known) holds, per segment, each token's character span
+    relative to the start of the reasoning: token-level selections (Table 2) become character spans of
+    the trained text with it, and :meth:`regrouped` moves tokens to other segment boundaries (Table 7);
+    neither needs the tokenizer.
     """
 
     question: str
@@ -139,6 +154,67 @@ class ScoredTrace:
     delta: float
     n_tokens: int
     settings: dict = field(default_factory=dict)
+    token_offsets: tuple[tuple[tuple[int, int], ...], ...] | None = None
+
+    def __post_init__(self):
+        n = len(self.segments)
+        if len(self.token_ids) != n or len(self.token_attributions) != n:
+            raise ValueError(
+                f"{n} segments but {len(self.token_ids)} token id lists and {len(self.token_attributions)} "
+                "attribution lists"
+            )
+        for index, (ids, values) in enumerate(zip(self.token_ids, self.token_attributions)):
+            if len(ids) != len(values):
+                raise ValueError(f"segment {index}: {len(ids)} token ids but {len(values)} attributions")
+        if self.token_offsets is not None:
+            if len(self.token_offsets) != n:
+                raise ValueError(f"{n} segments but {len(self.token_offsets)} token offset lists")
+            for index, (ids, offsets) in enumerate(zip(self.token_ids, self.token_offsets)):
+                if len(ids) != len(offsets):
+                    raise ValueError(f"segment {index}: {len(ids)} token ids but {len(offsets)} token offsets")
+
+    @classmethod
+    def from_sequence(
+        cls,
+        sequence: AttributionSequence,
+        attribution,
+        *,
+        question: str,
+        gold_answer: str,
+        prompt: str,
+        segments: Sequence[str],
+        answer_part: str,
+        settings: dict,
+        correct: bool | None = None,
+    ) -> ScoredTrace:
+        """The scored trace of one attributed sequence (:func:`build_attribution_sequence` of ``prompt``,
+        ``segments`` and ``gold_answer``) and its IG result (``values``, ``f_input``, ``f_baseline``,
+        ``delta``). ``predicted`` is the answer part's last ``\\boxed{}``; ``correct`` is whether it
+        equals the gold answer unless given (a grade made elsewhere, e.g. stage 01's)."""
+        values = attribution.values.tolist()
+        predicted = last_boxed(answer_part)
+        if correct is None:
+            correct = predicted is not None and is_equivalent(predicted, gold_answer)
+        start = len(prompt)
+        return cls(
+            question=question,
+            gold_answer=gold_answer,
+            prompt=prompt,
+            segments=tuple(segments),
+            answer_part=answer_part,
+            predicted=predicted,
+            correct=bool(correct),
+            token_ids=tuple(tuple(sequence.input_ids[s:e]) for s, e in sequence.segment_spans),
+            token_attributions=tuple(tuple(values[s:e]) for s, e in sequence.segment_spans),
+            f_input=float(attribution.f_input),
+            f_baseline=float(attribution.f_baseline),
+            delta=float(attribution.delta),
+            n_tokens=len(sequence),
+            settings=dict(settings),
+            token_offsets=tuple(
+                tuple((a - start, b - start) for a, b in sequence.offsets[s:e]) for s, e in sequence.segment_spans
+            ),
+        )
 
     @cached_property
     def scores(self) -> pd.DataFrame:
@@ -184,20 +260,81 @@ class ScoredTrace:
             raise ValueError(f"rescored() takes tau, beta, aggregation, always_keep; got {sorted(unknown)}")
         return dataclasses.replace(self, settings={**self.settings, **selection})
 
+    def regrouped(self, segments: Sequence[str]) -> ScoredTrace:
+        """The same trace cut into other ``segments`` (another keyword list, Table 7): their concatenation
+        must be the reasoning. Token attributions do not depend on segmentation, so the stored tokens are
+        regrouped by the new character boundaries (a token belongs to the segment holding its first
+        character, the rule of :mod:`segattr_utils.method.token_spans`); nothing is re-tokenised."""
+        segments = tuple(segments)
+        if "".join(segments) != self.reasoning:
+            raise ValueError("the new segments do not concatenate to the trace's reasoning")
+        if any(not s for s in segments):
+            raise ValueError("a segment is empty; segments must be non-empty strings")
+        if self.token_offsets is None:
+            raise ValueError("this scored trace has no token offsets: it cannot be regrouped without re-tokenising")
+        ids = [t for seg in self.token_ids for t in seg]
+        values = [v for seg in self.token_attributions for v in seg]
+        offsets = [o for seg in self.token_offsets for o in seg]
+        char_spans, cursor = [], 0
+        for text in segments:
+            char_spans.append((cursor, cursor + len(text)))
+            cursor += len(text)
+        spans = char_spans_to_token_spans(offsets, char_spans)
+        spans[0] = (0, spans[0][1])  # every stored token belongs to the trace
+        spans[-1] = (spans[-1][0], len(ids))
+        return dataclasses.replace(
+            self,
+            segments=segments,
+            token_ids=tuple(tuple(ids[s:e]) for s, e in spans),
+            token_attributions=tuple(tuple(values[s:e]) for s, e in spans),
+            token_offsets=tuple(tuple(offsets[s:e]) for s, e in spans),
+        )
+
+    def learned_char_spans(self, token_masks: Sequence[Sequence[bool]]) -> list[tuple[int, int]]:
+        """The character spans (relative to the reasoning) of the tokens that ``token_masks`` (per
+        segment, one flag per token) learn, clipped to the reasoning."""
+        if self.token_offsets is None:
+            raise ValueError("a token-level selection needs the scored trace's token offsets (token_offsets)")
+        if len(token_masks) != self.n_segments:
+            raise ValueError(f"{len(token_masks)} token masks for {self.n_segments} segments")
+        n_chars = len(self.reasoning)
+        spans = []
+        for index, (offsets, mask) in enumerate(zip(self.token_offsets, token_masks)):
+            if len(mask) != len(offsets):
+                raise ValueError(f"segment {index}: a mask of {len(mask)} flags for {len(offsets)} tokens")
+            spans += [(max(0, s), min(n_chars, e)) for (s, e), m in zip(offsets, mask) if m]
+        return spans
+
     def to_record(self) -> dict:
         """A JSON-serialisable dict (:meth:`from_record` restores the trace)."""
         record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         record["segments"] = list(self.segments)
         record["token_ids"] = [list(t) for t in self.token_ids]
         record["token_attributions"] = [list(v) for v in self.token_attributions]
+        record["settings"] = dict(self.settings)
+        if self.token_offsets is not None:
+            record["token_offsets"] = [[list(o) for o in seg] for seg in self.token_offsets]
         return record
 
     @classmethod
     def from_record(cls, record: dict) -> ScoredTrace:
+        """The scored trace of :meth:`to_record`'s dict (other keys, e.g. a store's run metadata, are
+        ignored); a record without a field of the trace raises naming it."""
+        required = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        missing = [name for name in required if name not in record]
+        if missing:
+            raise ValueError(f"the record lacks {', '.join(missing)}: it holds no scored trace")
         values = {f.name: record[f.name] for f in dataclasses.fields(cls) if f.name in record}
         values["segments"] = tuple(values["segments"])
         values["token_ids"] = tuple(tuple(int(t) for t in ids) for ids in values["token_ids"])
         values["token_attributions"] = tuple(tuple(float(v) for v in vs) for vs in values["token_attributions"])
+        if values.get("token_offsets") is not None:
+            values["token_offsets"] = tuple(tuple((int(a), int(b)) for a, b in seg) for seg in values["token_offsets"])
+        values["settings"] = dict(values.get("settings") or {})
         return cls(**values)
 
 
@@ -309,22 +446,14 @@ def score_trace(
     )
     if run.skipped:
         raise AttributionOutOfMemoryError(run.skipped)
-    attribution = run.attribution
-    values = attribution.values.tolist()
-    return ScoredTrace(
+    return ScoredTrace.from_sequence(
+        sequence,
+        run.attribution,
         question=question,
         gold_answer=gold_answer,
         prompt=prompt,
-        segments=tuple(segments),
+        segments=segments,
         answer_part=answer_part,
-        predicted=predicted,
-        correct=is_equivalent(predicted, gold_answer),
-        token_ids=tuple(tuple(sequence.input_ids[s:e]) for s, e in sequence.segment_spans),
-        token_attributions=tuple(tuple(values[s:e]) for s, e in sequence.segment_spans),
-        f_input=attribution.f_input,
-        f_baseline=attribution.f_baseline,
-        delta=attribution.delta,
-        n_tokens=len(sequence),
         settings={
             "n_steps": n_steps,
             "method": method,
@@ -361,30 +490,54 @@ def training_example(
     mask: Mask = "selective",
     max_length: int | None = None,
     overlength: Overlength = "truncate",
+    *,
+    segments: Sequence[int] | None = None,
+    token_masks: Sequence[Sequence[bool]] | None = None,
+    prompt: str | None = None,
 ) -> dict | None:
     """The SFT example of a scored trace: ``{"input_ids", "labels", "completion_mask"}`` (Sec. 2.3).
 
     The sequence is ``prompt + trace + the trace's own answer part + EOS``, tokenised once. Labels are
     the token ids where the loss applies and -100 elsewhere: never on the prompt; on the selected
-    segments (important or always kept) for ``selective`` (Eq. 9), on every segment for ``full``
-    (Eq. 8), on what is left after deleting the unselected segments for ``pruned``; always on the answer
-    part and EOS. ``completion_mask`` is 1 exactly where a label is set, so TRL trains the same tokens
-    from ``labels`` (which it uses as they are) or, without them, from ``completion_mask``
-    (``completion_only_loss``). Returns ``None`` when the over-length policy drops the example.
+    segments for ``selective`` (Eq. 9), on every segment for ``full`` (Eq. 8), on what is left after
+    deleting the unselected segments for ``pruned``; always on the answer part and EOS.
+    ``completion_mask`` is 1 exactly where a label is set, so TRL trains the same tokens from ``labels``
+    (which it uses as they are) or, without them, from ``completion_mask`` (``completion_only_loss``).
+    Returns ``None`` when the over-length policy drops the example.
+
+    Every training variant is one call:
+
+    - ``segments``: the indices of the learned (``selective``) or kept (``pruned``) segments; by default
+      the trace's own selection, important or always kept (:attr:`ScoredTrace.selected`);
+    - ``token_masks`` (``selective`` only): per segment, one flag per stored token, a token-level
+      selection (Table 2's top-|IG| tokens). The chosen tokens' character spans (``token_offsets``) are
+      learned in the training tokenisation: a token there is trained when its first character is one
+      of theirs, so the selection carries over even where the two tokenisations differ at the end of
+      the trace;
+    - ``prompt``: the templated prompt of the model being trained (default: the one that was attributed).
     """
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {', '.join(MASKS)}, got {mask!r}")
-    segments, selected = list(scored.segments), scored.selected
-    if mask == "selective":
-        example = build_training_example(tokenizer, scored.prompt, segments, scored.answer_part, selected=selected)
+    if token_masks is not None and mask != "selective":
+        raise ValueError(f"token_masks select tokens for mask 'selective', not {mask!r}")
+    texts = list(scored.segments)
+    chosen = scored.selected if segments is None else sorted({int(i) for i in segments})
+    if any(not 0 <= i < len(texts) for i in chosen):
+        raise ValueError(f"segments {chosen} out of range for {len(texts)} segments")
+    prompt = scored.prompt if prompt is None else prompt
+    if mask == "selective" and token_masks is not None:
+        spans = scored.learned_char_spans(token_masks)
+        example = build_char_masked_example(tokenizer, prompt, scored.reasoning, scored.answer_part, spans)
+    elif mask == "selective":
+        example = build_training_example(tokenizer, prompt, texts, scored.answer_part, selected=chosen)
     elif mask == "full":
-        example = build_training_example(tokenizer, scored.prompt, segments, scored.answer_part)
+        example = build_training_example(tokenizer, prompt, texts, scored.answer_part)
     else:
         # each kept segment keeps its own transition words, so the pruned trace still reads as paragraphs
-        kept = [segments[i] for i in selected]
+        kept = [texts[i] for i in chosen]
         if not kept:
             raise ValueError("mask 'pruned' needs a selected segment: this trace has none (always_keep='none'?)")
-        example = build_training_example(tokenizer, scored.prompt, kept, scored.answer_part)
+        example = build_training_example(tokenizer, prompt, kept, scored.answer_part)
     example = fit_length(example, max_length, overlength)
     if example is None:
         return None

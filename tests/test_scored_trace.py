@@ -261,3 +261,80 @@ def test_readme_library_snippets_run_and_end_in_real_labels(loaded):
     assert labels == expected
     trained = tokenizer.decode([t for t in labels if t != IGNORE])
     assert trained.endswith("\\boxed{10}." + tokenizer.eos_token) and SUFFIX_WORDS not in trained
+
+
+def test_token_offsets_are_the_tokenizers_own_relative_to_the_trace(loaded, scored):
+    _, tokenizer = loaded
+    trace = scored["long"]
+    text = trace.prompt + trace.reasoning + "</think> So, the final answer is \\boxed{10}"
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    start, end = len(trace.prompt), len(trace.prompt) + len(trace.reasoning)
+    in_trace = [i for i, (s, _) in enumerate(encoded["offset_mapping"]) if start <= s < end]
+    assert [o for seg in trace.token_offsets for o in seg] == [
+        (encoded["offset_mapping"][i][0] - start, encoded["offset_mapping"][i][1] - start) for i in in_trace
+    ]
+    assert [t for seg in trace.token_ids for t in seg] == [encoded["input_ids"][i] for i in in_trace]
+
+
+def test_regrouped_moves_the_stored_tokens_to_the_new_boundaries(loaded, scored):
+    """By hand: a token belongs to the new segment holding its first character; values travel with it."""
+    _, tokenizer = loaded
+    trace = scored["long"]
+    reasoning = trace.reasoning
+    cut = reasoning.index(" ", len(reasoning) // 3)  # a boundary inside an old segment
+    pieces = [reasoning[:cut], reasoning[cut:]]
+    regrouped = trace.rescored(tau=1.0).regrouped(pieces)
+    assert regrouped.segments == tuple(pieces) and regrouped.settings["tau"] == 1.0
+    tokens = [
+        (t, v, o)
+        for ids, values, offsets in zip(trace.token_ids, trace.token_attributions, trace.token_offsets)
+        for t, v, o in zip(ids, values, offsets)
+    ]
+    expected = [[x for x in tokens if x[2][0] < cut], [x for x in tokens if x[2][0] >= cut]]
+    for segment, want in zip(range(2), expected):
+        assert list(regrouped.token_ids[segment]) == [t for t, _, _ in want]
+        assert list(regrouped.token_attributions[segment]) == [v for _, v, _ in want]
+        assert list(regrouped.token_offsets[segment]) == [o for _, _, o in want]
+    with pytest.raises(ValueError, match="concatenate"):
+        trace.regrouped([reasoning[:cut]])
+
+
+def test_training_example_takes_any_segment_or_token_selection(loaded, scored):
+    _, tokenizer = loaded
+    trace = scored["long"]
+    example = make_example(tokenizer, trace, segments=[1])
+    assert (example["input_ids"], example["labels"]) == _hand_labels(tokenizer, trace, {1})
+    # token level: every other stored token of segment 0, by hand from the trained text's own offsets
+    masks = [
+        [i % 2 == 0 for i in range(len(ids))] if s == 0 else [False] * len(ids) for s, ids in enumerate(trace.token_ids)
+    ]
+    chosen = [o for o, m in zip(trace.token_offsets[0], masks[0]) if m]
+    tokens = make_example(tokenizer, trace, token_masks=masks)
+    text = trace.prompt + trace.reasoning + trace.answer_part
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    expected = []
+    for token, (first, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        position = first - len(trace.prompt)
+        learned = position >= len(trace.reasoning) or any(s <= position < e for s, e in chosen)
+        expected.append(token if learned else IGNORE)
+    assert tokens["labels"] == expected + [tokenizer.eos_token_id]
+    assert tokens["input_ids"] == encoded["input_ids"] + [tokenizer.eos_token_id]
+    with pytest.raises(ValueError, match="token_masks"):
+        make_example(tokenizer, trace, "pruned", token_masks=masks)
+    with pytest.raises(ValueError, match="out of range"):
+        make_example(tokenizer, trace, segments=[trace.n_segments])
+
+
+def test_record_round_trip_keeps_token_offsets_and_names_a_missing_field(scored):
+    trace = scored["long"]
+    back = ScoredTrace.from_record(json.loads(json.dumps(trace.to_record())))
+    assert back.token_offsets == trace.token_offsets and back.token_ids == trace.token_ids
+    assert back.token_attributions == trace.token_attributions and back.settings == trace.settings
+    record = trace.to_record()
+    del record["token_ids"]
+    with pytest.raises(ValueError, match="lacks token_ids"):
+        ScoredTrace.from_record(record)
+    record = trace.to_record()
+    record["token_offsets"][0] = record["token_offsets"][0][:-1]
+    with pytest.raises(ValueError, match="segment 0"):
+        ScoredTrace.from_record(record)

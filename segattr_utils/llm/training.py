@@ -3,6 +3,11 @@
 Every variant (full-CoT SFT, segment-selective SFT, the baselines of Tables 2-4) differs only in its
 labels: the sequence, the schedule and the cost per step are identical. Prompt tokens are never
 trained; the answer part after ``</think>`` (and the EOS token) always is.
+
+:func:`build_training_example` (segment selection) and :func:`build_char_masked_example` (token-level
+selection) tokenise the trained text; every caller reaches them through
+:func:`segattr_utils.scored_trace.training_example`, which picks one from a scored trace and a variant's
+selection.
 """
 
 from __future__ import annotations

@@ -22,62 +22,78 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
 
 from ..measures.linguistics import summed_entropy
-from ..method.importance import always_keep_indices, segment_scores, select_important, top_strength_segments
+from ..method.importance import always_keep_indices
+from ..scored_trace import ScoredTrace
 
 Mode = Literal["full", "selective", "pruned"]
 
 
-@dataclass
+@dataclass(eq=False)
 class TraceRecord:
-    """One training trace with every per-segment signal a selection rule may use.
+    """One training trace: its scored trace (stage 03's record: segments, token ids, token attributions
+    and offsets, the segment table) and every other per-segment signal a selection rule may use.
 
-    ``token_values`` holds the IG attribution of each token, per segment (stage 03); ``token_offsets``
-    the character span of each of those tokens relative to the start of the trace. The optional
-    signals come from stages 04 (``confidence_delta``) and 05 (``log_ppl``, ``entropy``,
+    The optional signals come from stages 04 (``confidence_delta``) and 05 (``log_ppl``, ``entropy``,
     ``removal_ppl_increase``), measured on the self-generated traces and, when a planned variant needs
-    them there, on the reference traces; ``decision_segment`` is the first segment that reaches the answer.
+    them there, on the reference traces; ``decision_segment`` is the first segment that reaches the
+    answer, ``kinds`` the world's ground truth per segment.
     """
 
     trace_id: str
-    question: str
-    answer: str
-    segments: list[str]
-    answer_part: str
-    token_values: list[np.ndarray]
-    token_offsets: list[list[tuple[int, int]]]
+    scored: ScoredTrace
     confidence_delta: np.ndarray | None = None
     log_ppl: np.ndarray | None = None
     entropy: np.ndarray | None = None
     removal_ppl_increase: np.ndarray | None = None
     decision_segment: int | None = None
     kinds: list | None = None
+    _tables: dict = field(default_factory=dict, init=False, repr=False)
 
-    def __post_init__(self):
-        if len(self.token_values) != len(self.segments) or len(self.token_offsets) != len(self.segments):
-            raise ValueError(
-                f"trace {self.trace_id}: {len(self.segments)} segments but "
-                f"{len(self.token_values)} value arrays and {len(self.token_offsets)} offset lists"
-            )
-        self.token_values = [np.asarray(v, dtype=np.float64) for v in self.token_values]
-        for index, (values, offsets) in enumerate(zip(self.token_values, self.token_offsets)):
-            if len(values) != len(offsets):
-                raise ValueError(f"trace {self.trace_id} segment {index}: {len(values)} values, {len(offsets)} offsets")
+    @property
+    def question(self) -> str:
+        return self.scored.question
+
+    @property
+    def answer(self) -> str:
+        return self.scored.gold_answer
+
+    @property
+    def segments(self) -> list[str]:
+        return list(self.scored.segments)
+
+    @property
+    def answer_part(self) -> str:
+        return self.scored.answer_part
 
     @property
     def n_segments(self) -> int:
-        return len(self.segments)
+        return self.scored.n_segments
 
-    @property
+    @cached_property
+    def token_values(self) -> list[np.ndarray]:
+        """The IG attribution of each token, per segment (Eq. 2)."""
+        return [np.asarray(v, dtype=np.float64) for v in self.scored.token_attributions]
+
+    @cached_property
     def segment_tokens(self) -> np.ndarray:
-        return np.array([len(v) for v in self.token_values])
+        return np.array([len(v) for v in self.scored.token_ids])
 
-    def scores(self, aggregation: str = "sqrt_len"):
-        return segment_scores(self.token_values, aggregation=aggregation)
+    def table(self, settings: SelectionSettings):
+        """The scored trace's segment table (:func:`segattr_utils.scored_trace.segment_table`: Eq. 3-7 and
+        the always-kept segments) at the settings' tau, beta, aggregation and always-keep rule: the table
+        stage 03 writes, so that a rule selects from the same flags."""
+        key = (settings.tau, settings.beta, settings.aggregation, settings.always_keep)
+        if key not in self._tables:
+            self._tables[key] = self.scored.rescored(
+                tau=settings.tau, beta=settings.beta, aggregation=settings.aggregation, always_keep=settings.always_keep
+            ).scores
+        return self._tables[key]
 
 
 @dataclass
@@ -216,10 +232,10 @@ def _signal(record: TraceRecord, name: str) -> np.ndarray:
 
 
 def ours(record: TraceRecord, settings: SelectionSettings) -> set[int]:
-    """Important segments (Eq. 5-7) at the settings' tau and beta, plus the always-kept ones."""
-    scores = record.scores(settings.aggregation)
-    chosen = select_important(scores["norm_strength"], scores["consistency"], settings.tau, settings.beta)
-    return set(chosen) | _kept(record, settings)
+    """Important segments (Eq. 5-7) at the settings' tau and beta, plus the always-kept ones: the
+    ``selected`` column of the scored trace's segment table (stage 03's ``selected_for_sft``)."""
+    table = record.table(settings)
+    return {int(i) for i in table.loc[table["selected"], "segment"]}
 
 
 def selected_token_share(records: Sequence[TraceRecord], selections: Sequence[TraceSelection]) -> float:
@@ -327,10 +343,8 @@ def _signed_ig_tokens(records, settings):
 def _high_strength(records, settings):
     out = []
     for r in records:
-        scores = r.scores(settings.aggregation)
-        out.append(
-            TraceSelection(set(top_strength_segments(scores["norm_strength"], settings.tau)) | _kept(r, settings))
-        )
+        table = r.table(settings)
+        out.append(TraceSelection({int(i) for i in table.loc[table["high_strength"], "segment"]} | _kept(r, settings)))
     return out
 
 

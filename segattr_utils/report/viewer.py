@@ -210,9 +210,10 @@ def token_pieces(sequence, values: Sequence[float | None]) -> list[list[tuple[st
 
 def record_token_values(record: dict, n_tokens: int) -> list[float | None]:
     """Per-token attributions of a whole sequence from a stage 03 record (``segment_spans`` and
-    ``segment_values``); ``None`` outside the segments (the record keeps only the trace's tokens)."""
+    ``token_attributions``, per segment); ``None`` outside the segments (the record keeps only the trace's
+    tokens)."""
     values: list[float | None] = [None] * n_tokens
-    for (start, end), segment_values in zip(record["segment_spans"], record["segment_values"]):
+    for (start, end), segment_values in zip(record["segment_spans"], record["token_attributions"]):
         values[start:end] = [float(v) for v in segment_values]
     return values
 

@@ -3,8 +3,10 @@
 important set (Eq. 5-7, always-kept segments of App. C.4), completeness deltas, and how much the number
 of path points J changes the segment-level results.
 
-The sequence is ``prompt + trace + answer suffix``; one record per trace is appended to the
-``attributions_store`` as soon as it is done (resumable). The reference traces that notebook 08 also
+The sequence is ``prompt + trace + answer suffix``; one record per trace, its scored trace
+(:class:`~segattr_utils.scored_trace.ScoredTrace`) and how the run went, is appended to the
+``attributions_store`` as soon as it is done (resumable); the segment table and stage 08's training
+examples are built from these records as stored (:func:`scored_traces`). The reference traces that notebook 08 also
 trains on are attributed there with the same settings (:func:`attribute_traces`). Path points per pass and
 activation checkpointing may be ``auto`` (per trace, from the cost estimator and the device's free
 memory); a trace that runs out of accelerator memory is retried with less and, failing that, skipped with
@@ -26,19 +28,27 @@ from ..artifacts import RecordStore, write_table
 from ..config import Profile
 from ..llm.models import free_accelerator_memory
 from ..method.ig_plan import IGSettings, attribute_sequence
-from ..method.importance import always_keep_indices, importance_flags, segment_scores
 from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
 from ..run_log import log_seconds
+from ..scored_trace import ScoredTrace, segment_table
 from . import StageResult, finish
 
 STAGE = dag.IG_ATTRIBUTION
 
 
 def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: dict) -> dict:
-    """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores.
+    """Token IG (Eq. 2-3) of the correct answer for one trace, as the record stage 03 stores: the scored
+    trace (:meth:`segattr_utils.scored_trace.ScoredTrace.to_record`: question, gold answer, prompt,
+    segments, answer part, per-segment token ids, attributions and character offsets, F(x), F(x'),
+    delta, n_tokens, the IG settings) and how the run went (``skipped``, points per pass, checkpointing,
+    out-of-memory retries; ``segment_spans`` and ``answer_span``, the token positions in the attributed
+    sequence). Stage 08 and every training variant train from this record as stored.
+
+    ``trace`` holds ``trace_id``, ``question``, ``answer`` (gold), ``segments``, ``answer_part`` and,
+    when graded elsewhere (stage 01), ``correct``.
 
     ``attribution.max_length`` is an optional cap: the authors attribute every trace (no cap, the paper
     profile); a longer sequence is skipped, never truncated (IG needs the answer at the end of the sequence,
@@ -51,8 +61,9 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
     tries it again on a later run). The record carries the settings that were used.
     """
     prompt = services.prompt(tokenizer, trace["question"])
+    gold = str(trace["answer"])
     sequence = build_attribution_sequence(
-        tokenizer, prompt, list(trace["segments"]), trace["answer"], suffix_template=settings["answer_suffix"]
+        tokenizer, prompt, list(trace["segments"]), gold, suffix_template=settings["answer_suffix"]
     )
     record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
     cap = settings.get("max_length")
@@ -61,33 +72,64 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
         return record
     # the stage records every trace's error and flags those over attribution.flag_relative_delta in its
     # completeness table and histogram: no warning per trace in the executed notebook
+    ig = IGSettings.from_mapping(settings)
     run = attribute_sequence(
         model,
         torch.tensor(sequence.input_ids),
         sequence.answer_span,
         baseline_token_id=baseline,
-        settings=IGSettings.from_mapping(settings),
+        settings=ig,
         warn_relative_delta=None,
     )
     if run.skipped:
         record["skipped"] = run.skipped
         return record
-    result = run.attribution
-    values = result.values.tolist()
+    scored = ScoredTrace.from_sequence(
+        sequence,
+        run.attribution,
+        question=trace["question"],
+        gold_answer=gold,
+        prompt=prompt,
+        segments=trace["segments"],
+        answer_part=trace["answer_part"],
+        correct=trace.get("correct"),
+        settings={
+            "n_steps": ig.n_steps,
+            "method": ig.method,
+            "baseline_token_id": baseline,
+            "answer_suffix": settings["answer_suffix"],
+        },
+    )
     record.update(
         {
             "skipped": None,
             **run.settings_record(),
-            "f_input": result.f_input,
-            "f_baseline": result.f_baseline,
-            "delta": result.delta,
-            "relative_delta": result.relative_delta,
+            **scored.to_record(),
             "answer_span": list(sequence.answer_span),
             "segment_spans": [list(s) for s in sequence.segment_spans],
-            "segment_values": [values[s:e] for s, e in sequence.segment_spans],
         }
     )
     return record
+
+
+def scored_traces(profile: Profile, records: list[dict]) -> dict[str, ScoredTrace]:
+    """The scored trace of every attributed record (trace id -> :class:`ScoredTrace`, in record order) at
+    the profile's ``selection`` (tau, beta, aggregation, always-kept segments; App. C.4), as stored:
+    nothing is re-tokenised. Skipped records have none. A record written before records held scored
+    traces raises, naming the store to rebuild."""
+    selection = {k: profile["selection"][k] for k in ("tau", "beta", "aggregation", "always_keep")}
+    out = {}
+    for record in records:
+        if record.get("skipped"):
+            continue
+        try:
+            out[record["trace_id"]] = ScoredTrace.from_record(record).rescored(**selection)
+        except ValueError as error:
+            raise ValueError(
+                f"attribution record of {record['trace_id']!r}: {error}; rerun the attribution (delete the "
+                "record store of notebook 03, or stage 08's reference store)"
+            ) from None
+    return out
 
 
 def attribution_processes(settings: dict, kind: str) -> tuple[int, int]:
@@ -236,41 +278,54 @@ def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
     return score_segments(profile, _kept_to_attribute(profile), services.segment_table(profile), records)
 
 
+#: The columns of ``segment_scores`` (stage 03's per-segment table), in order.
+SEGMENT_SCORE_COLUMNS = [
+    "trace_id",
+    "segment",
+    "n_tokens",
+    "signed_sum",
+    "abs_sum",
+    "strength",
+    "consistency",
+    "norm_strength",
+    "correct",
+    "n_segments",
+    "high_strength",
+    "important",
+    "always_kept",
+    "selected_for_sft",
+    "kind",
+]
+
+
 def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame, records: list[dict]) -> pd.DataFrame:
     """Segment strength, consistency and normalised strength (Eq. 3-4) and the important set
-    (Eq. 5-7 with the always-kept segments of App. C.4) for every attributed trace; writes
-    ``segment_scores`` and ``completeness``."""
-    selection = profile["selection"]
+    (Eq. 5-7 with the always-kept segments of App. C.4) for every attributed trace, from its stored
+    scored trace (:attr:`ScoredTrace.scores <segattr_utils.scored_trace.ScoredTrace.scores>`, the table
+    every training variant selects from); writes ``segment_scores`` and ``completeness``.
+    ``selected_for_sft`` (important or always kept) is the selection the ``selective`` variant of stage
+    08 trains on (Eq. 9)."""
     correct = dict(zip(kept["trace_id"], kept["correct"]))
     kinds = {(r["trace_id"], r["segment"]): r["kind"] for r in segments.to_dict("records")}
+    threshold = profile.get_path("attribution.flag_relative_delta")
     rows, completeness = [], []
-    for record in records:
-        if record.get("skipped") or record["trace_id"] not in correct:
-            continue
-        scores = segment_scores(record["segment_values"], aggregation=selection["aggregation"])
-        n = len(scores)
-        flags = importance_flags(scores["norm_strength"], scores["consistency"], selection["tau"], selection["beta"])
-        kept_always = set(always_keep_indices(n, selection["always_keep"]))
-        scores.insert(0, "segment", range(n))
-        scores.insert(0, "trace_id", record["trace_id"])
-        scores["correct"] = correct[record["trace_id"]]
-        scores["n_segments"] = n
-        scores["high_strength"] = flags["high_strength"].to_numpy()
-        scores["important"] = flags["important"].to_numpy()
-        scores["always_kept"] = scores["segment"].isin(kept_always)
-        scores["selected_for_sft"] = scores["important"] | scores["always_kept"]
-        scores["kind"] = [kinds.get((record["trace_id"], i)) for i in range(n)]
-        rows.append(scores)
+    for trace_id, scored in scored_traces(profile, [r for r in records if r["trace_id"] in correct]).items():
+        table = scored.scores.rename(columns={"selected": "selected_for_sft"})
+        table.insert(0, "trace_id", trace_id)
+        table["correct"] = correct[trace_id]
+        table["n_segments"] = scored.n_segments
+        table["kind"] = [kinds.get((trace_id, i)) for i in range(scored.n_segments)]
+        rows.append(table[SEGMENT_SCORE_COLUMNS])
         completeness.append(
             {
-                "trace_id": record["trace_id"],
-                "correct": correct[record["trace_id"]],
-                "f_input": record["f_input"],
-                "f_baseline": record["f_baseline"],
-                "delta": record["delta"],
-                "relative_delta": record["relative_delta"],
-                "flagged": record["relative_delta"] > profile.get_path("attribution.flag_relative_delta"),
-                "n_tokens": record["n_tokens"],
+                "trace_id": trace_id,
+                "correct": correct[trace_id],
+                "f_input": scored.f_input,
+                "f_baseline": scored.f_baseline,
+                "delta": scored.delta,
+                "relative_delta": scored.relative_delta,
+                "flagged": scored.relative_delta > threshold,
+                "n_tokens": scored.n_tokens,
             }
         )
     table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -279,9 +334,9 @@ def score_segments(profile: Profile, kept: pd.DataFrame, segments: pd.DataFrame,
     return table
 
 
-def _important_set(scores: pd.DataFrame, selection: dict) -> set[int]:
-    flags = importance_flags(scores["norm_strength"], scores["consistency"], selection["tau"], selection["beta"])
-    return {int(i) for i in flags.index[flags["important"]]}
+def _important_set(values: list, selection: dict) -> set[int]:
+    table = segment_table(values, selection["tau"], selection["beta"], selection["aggregation"], "none")
+    return {int(i) for i in table.loc[table["important"], "segment"]}
 
 
 def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
@@ -297,11 +352,9 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
 
     settings, selection = profile["attribution"], profile["selection"]
     spec = settings.get("sensitivity") or {}
-    records = {
-        r["trace_id"]: r
-        for r in RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"]).records()
-        if not r.get("skipped")
-    }
+    records = scored_traces(
+        profile, RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"]).records()
+    )
     kept = services.kept_traces(profile)
     candidates = sorted(t for t in kept.loc[kept["correct"], "trace_id"] if t in records)
     n_traces = min(int(spec.get("n_traces", 0)), len(candidates))
@@ -321,18 +374,20 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
             "question": questions.loc[trace_id, "question"],
             "answer": questions.loc[trace_id, "answer"],
             "segments": by_trace[trace_id],
+            "answer_part": questions.loc[trace_id, "answer_part"],
         }
         record = attribution_record(model, tokenizer, baseline, dict(settings, n_steps=n_steps), trace)
         if record["skipped"]:  # out of memory at every setting: kept, so that a resume does not retry it
             store.append([{"trace_id": trace_id, "n_steps": n_steps, "skipped": record["skipped"]}])
             continue
+        other = ScoredTrace.from_record(record)
         store.append(
             [
                 {
                     "trace_id": trace_id,
                     "n_steps": n_steps,
-                    "relative_delta": record["relative_delta"],
-                    "segment_values": record["segment_values"],
+                    "relative_delta": other.relative_delta,
+                    "segment_values": record["token_attributions"],
                 }
             ]
         )
@@ -343,9 +398,9 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
         if record.get("skipped"):
             continue
         reference = records[record["trace_id"]]
-        ours = segment_scores(reference["segment_values"], aggregation=selection["aggregation"])
-        other = segment_scores(record["segment_values"], aggregation=selection["aggregation"])
-        important = [_important_set(s, selection) for s in (ours, other)]
+        ours = reference.scores
+        other = segment_table(record["segment_values"], selection["tau"], selection["beta"], selection["aggregation"])
+        important = [set(reference.important), _important_set(record["segment_values"], selection)]
         union = important[0] | important[1]
         rho = spearmanr(ours["norm_strength"], other["norm_strength"])[0] if len(ours) > 2 else float("nan")
         rows.append(
@@ -354,7 +409,7 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
                 "n_steps": record["n_steps"],
                 "profile_n_steps": settings["n_steps"],
                 "relative_delta": record["relative_delta"],
-                "profile_relative_delta": reference["relative_delta"],
+                "profile_relative_delta": reference.relative_delta,
                 "n_segments": len(ours),
                 "spearman_norm_strength": rho,
                 "max_norm_strength_change": float((ours["norm_strength"] - other["norm_strength"]).abs().max()),

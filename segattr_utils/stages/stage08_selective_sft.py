@@ -26,20 +26,12 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .. import dag, distributed, services
 from ..artifacts import RecordStore, read_json, write_json, write_table
 from ..config import Profile, find_project_root, save_profile
-from ..llm.training import (
-    TrainingExample,
-    TrainSettings,
-    build_char_masked_example,
-    build_training_example,
-    is_trained,
-    train_sft,
-)
+from ..llm.training import TrainingExample, TrainSettings, is_trained, train_sft
 from ..llm.variants import (
     SelectionSettings,
     TraceRecord,
@@ -49,11 +41,11 @@ from ..llm.variants import (
     variants_for,
 )
 from ..method.segmentation import segment
-from ..method.token_spans import build_attribution_sequence
 from ..progress import progress
 from ..run_log import log_timings, read_run_log
+from ..scored_trace import MASKS, training_example
 from . import StageResult, finish
-from .stage03_ig_attribution import attribute_traces, over_length_traces, skipped_traces
+from .stage03_ig_attribution import attribute_traces, over_length_traces, scored_traces, skipped_traces
 
 STAGE = dag.SELECTIVE_SFT
 SOURCES = services.SOURCES
@@ -177,15 +169,17 @@ def _keyword_list(profile: Profile, name: str | None) -> tuple[str, ...]:
 
 
 def load_trace_records(profile: Profile, source: str, keywords: str | None = None) -> list[TraceRecord]:
-    """The training traces of one source with IG per token and, where computed for that source, the
-    signals of stages 04 (confidence gain) and 05 (perplexity, entropy), the decision segment and
-    ground-truth kinds.
+    """The training traces of one source: the scored traces stored by the attribution (``self``: stage
+    03's record store; ``reference``: this stage's, attributed by the same
+    :func:`~segattr_utils.stages.stage03_ig_attribution.attribution_record`), used as stored (token ids,
+    attributions and offsets are not recomputed, and no tokenizer is loaded), joined by trace id and
+    segment with the world's ground-truth kinds, the decision segment and, where computed for that
+    source, the signals of stages 04 (confidence gain) and 05 (perplexity, entropy).
 
     ``keywords`` re-segments the traces with another keyword list (Table 7): token attributions do not
-    depend on segmentation, so the tokens of the attributed sequence are regrouped by the new spans.
+    depend on segmentation, so the stored tokens are regrouped by the new segment boundaries
+    (:meth:`~segattr_utils.scored_trace.ScoredTrace.regrouped`).
     """
-    settings = profile["attribution"]
-    tokenizer = services.load_role_tokenizer(profile, "student")
     if source == "self":
         kept = services.kept_traces(profile)
         kept = kept[kept["correct"]]
@@ -195,11 +189,8 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
             {
                 "trace_id": t["trace_id"],
                 "question_id": t["question_id"],
-                "question": t["question"],
-                "answer": t["answer"],
                 "segments": grouped[t["trace_id"]]["text"].tolist(),
                 "kinds": grouped[t["trace_id"]]["kind"].tolist(),
-                "answer_part": t["answer_part"],
             }
             for t in kept.to_dict("records")
         ]
@@ -214,62 +205,50 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
             f"{store_path} does not exist: run notebook 03 (self-generated traces) or "
             "attribute_reference_traces (reference traces) first"
         )
-    attributions = {r["trace_id"]: r for r in RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()}
-    over_length = over_length_traces(list(attributions.values()))
+    stored = RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()
+    over_length = over_length_traces(stored)
     if over_length:
         warnings.warn(
             f"{len(over_length)} {source} traces exceed attribution.max_length and were not attributed: no run "
             "learns from them (set attribution.max_length: null to attribute every trace, as the authors)",
             stacklevel=2,
         )
-    out_of_memory = (skipped_traces(list(attributions.values()))["cause"] == "out_of_memory").sum()
+    out_of_memory = (skipped_traces(stored)["cause"] == "out_of_memory").sum()
     if out_of_memory:
         warnings.warn(
             f"{out_of_memory} {source} traces ran out of memory in IG and were not attributed: no run learns from "
             "them (attribution.retry_skipped: true tries them again)",
             stacklevel=2,
         )
+    wanted = {t["trace_id"] for t in traces}
+    scored = scored_traces(profile, [r for r in stored if r["trace_id"] in wanted])
     # Table 7 re-segments the traces: the signals of stages 04-05 belong to the profile's own segments.
     signals = services.segment_signals(profile, source) if keywords is None else {}
     problems = services.world_problems(profile)
     records = []
     for trace in traces:
-        record = attributions.get(trace["trace_id"])
-        if record is None or record.get("skipped"):
+        trace_id = trace["trace_id"]
+        if trace_id not in scored:
             continue
-        prompt = services.prompt(tokenizer, trace["question"])
-        flat_values = np.concatenate([np.asarray(v, dtype=np.float64) for v in record["segment_values"]])
-        trace_start = record["segment_spans"][0][0]
-        segments = list(trace["segments"])
-        kinds = list(trace.get("kinds") or [None] * len(segments))
-        if keywords is not None:
-            segments = segment("".join(segments), _keyword_list(profile, keywords))
-            kinds = [None] * len(segments)
-        sequence = build_attribution_sequence(
-            tokenizer, prompt, segments, trace["answer"], suffix_template=settings["answer_suffix"]
-        )
-        if sequence.trace_span[0] != trace_start or sequence.trace_span[1] - trace_start != len(flat_values):
+        attributed = scored[trace_id]
+        if list(attributed.segments) != list(trace["segments"]):
             raise ValueError(
-                f"trace {trace['trace_id']}: its tokenisation no longer matches the attributed sequence; "
-                "rerun notebook 03"
+                f"trace {trace_id}: its attribution record holds other segments than the segment table; rerun "
+                f"the attribution of its store ({store_path.name})"
             )
-        values, offsets = [], []
-        for start, end in sequence.segment_spans:
-            values.append(flat_values[start - trace_start : end - trace_start])
-            offsets.append([(s - len(prompt), e - len(prompt)) for s, e in sequence.offsets[start:end]])
-        extra = signals.get(trace["trace_id"], {})
+        kinds = list(trace.get("kinds") or [None] * attributed.n_segments)
+        if keywords is not None:
+            attributed = attributed.regrouped(segment(attributed.reasoning, _keyword_list(profile, keywords)))
+            kinds = [None] * attributed.n_segments
         records.append(
             TraceRecord(
-                trace_id=trace["trace_id"],
-                question=trace["question"],
-                answer=trace["answer"],
-                segments=segments,
-                answer_part=trace["answer_part"],
-                token_values=values,
-                token_offsets=offsets,
+                trace_id=trace_id,
+                scored=attributed,
                 kinds=kinds,
-                decision_segment=_decision(problems.get(trace.get("question_id")), segments, trace["answer"]),
-                **extra,
+                decision_segment=_decision(
+                    problems.get(trace.get("question_id")), list(attributed.segments), attributed.gold_answer
+                ),
+                **signals.get(trace_id, {}),
             )
         )
     if not records:
@@ -291,19 +270,21 @@ def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
     store = RecordStore(store_path, key_fn=lambda r: r["trace_id"])
     records = attribute_traces(profile, traces, store, "integrated gradients (reference)", STAGE)
     threshold = profile.get_path("attribution.flag_relative_delta")
-    table = pd.DataFrame(
-        [
+    scored = scored_traces(profile, records)
+    rows = []
+    for r in records:
+        trace = scored.get(r["trace_id"])
+        rows.append(
             {
                 "trace_id": r["trace_id"],
                 "n_tokens": r["n_tokens"],
                 "skipped": r.get("skipped"),
-                "relative_delta": r.get("relative_delta"),
-                "delta": r.get("delta"),
-                "flagged": (r.get("relative_delta") or 0) > threshold,
+                "relative_delta": trace.relative_delta if trace else None,
+                "delta": trace.delta if trace else None,
+                "flagged": trace is not None and trace.relative_delta > threshold,
             }
-            for r in records
-        ]
-    )
+        )
+    table = pd.DataFrame(rows)
     write_table(STAGE.path(profile, "reference_completeness"), table)
     return table
 
@@ -323,31 +304,23 @@ def _decision(problem, segments: list[str], answer: str) -> int | None:
 def build_examples(
     tokenizer, records: list[TraceRecord], selections: list[TraceSelection], mode: str
 ) -> list[TrainingExample]:
-    """Training examples of one variant: the whole trace with a loss mask (``full``/``selective``,
-    Eq. 8/9) or the trace with unselected segments deleted (``pruned``)."""
+    """Training examples of one variant, each from its scored trace by
+    :func:`segattr_utils.scored_trace.training_example` with the student's prompt: the whole trace with a
+    loss mask (``full``/``selective``, Eq. 8/9; a token-level selection masks tokens, Table 2) or the
+    trace with unselected segments deleted (``pruned``)."""
+    if mode not in MASKS:
+        raise ValueError(f"unknown supervision mode {mode!r}")
     examples = []
     for record, selection in zip(records, selections):
-        prompt = services.prompt(tokenizer, record.question)
-        if mode == "full":
-            examples.append(build_training_example(tokenizer, prompt, record.segments, record.answer_part))
-        elif mode == "pruned":
-            kept = [record.segments[i] for i in sorted(selection.segments)]
-            # each kept segment keeps its own transition text, so the pruned trace still reads as paragraphs
-            examples.append(build_training_example(tokenizer, prompt, kept, record.answer_part))
-        elif mode == "selective" and not selection.tokens:
-            examples.append(
-                build_training_example(
-                    tokenizer, prompt, record.segments, record.answer_part, selected=sorted(selection.segments)
-                )
-            )
-        elif mode == "selective":
-            masks = selection.token_mask(record)
-            spans = [span for offsets, mask in zip(record.token_offsets, masks) for span, m in zip(offsets, mask) if m]
-            trace = "".join(record.segments)
-            spans = [(max(0, s), min(len(trace), e)) for s, e in spans]
-            examples.append(build_char_masked_example(tokenizer, prompt, trace, record.answer_part, spans))
-        else:
-            raise ValueError(f"unknown supervision mode {mode!r}")
+        example = training_example(
+            tokenizer,
+            record.scored,
+            mode,
+            segments=sorted(selection.segments),
+            token_masks=selection.token_mask(record) if mode == "selective" and selection.tokens else None,
+            prompt=services.prompt(tokenizer, record.question),
+        )
+        examples.append(TrainingExample(example["input_ids"], example["labels"]))
     return examples
 
 

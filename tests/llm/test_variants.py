@@ -14,13 +14,14 @@ import pytest
 from segattr_utils.llm.variants import (
     REGISTRY,
     SelectionSettings,
-    TraceRecord,
     TraceSelection,
     get_variant,
     register,
     selected_token_share,
     threshold_by_token_share,
 )
+
+from ..fixtures.scored import trace_record
 
 
 def record(values, trace_id="t0", **signals):
@@ -29,16 +30,7 @@ def record(values, trace_id="t0", **signals):
     for text, v in zip(segments, values):
         offsets.append([(cursor + 5 * j, cursor + 5 * j + 5) for j in range(len(v))])
         cursor += len(text)
-    return TraceRecord(
-        trace_id=trace_id,
-        question="q",
-        answer="1",
-        segments=segments,
-        answer_part="a",
-        token_values=[np.array(v, dtype=float) for v in values],
-        token_offsets=offsets,
-        **signals,
-    )
+    return trace_record(trace_id, "q", "1", segments, "a", values, offsets, **signals)
 
 
 # Five segments of 4 tokens each.
@@ -210,10 +202,10 @@ def test_registry_and_registration_errors():
 
 def test_trace_record_checks_lengths():
     with pytest.raises(ValueError, match="segments"):
-        TraceRecord("t", "q", "1", ["a", "b"], "x", [np.zeros(1)], [[(0, 1)]])
+        trace_record("t", "q", "1", ["a", "b"], "x", [[0.0]], [[(0, 1)]])
     with pytest.raises(ValueError, match="offsets"):
-        TraceRecord("t", "q", "1", ["a"], "x", [np.zeros(2)], [[(0, 1)]])
-    assert math.isclose(record(VALUES).scores()["strength"].iloc[1], 5.0)
+        trace_record("t", "q", "1", ["a"], "x", [[0.0, 0.0]], [[(0, 1)]])
+    assert math.isclose(record(VALUES).table(SelectionSettings())["strength"].iloc[1], 5.0)
 
 
 def test_signals_needed_is_the_union_of_the_needs_of_a_tables_variants():

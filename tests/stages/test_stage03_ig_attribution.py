@@ -37,6 +37,7 @@ TRACES = [
         "question": f"Start with {i}. Step 1: add 5.",
         "answer": str(i + 5),
         "segments": [f"Okay, so {i} + 5 = {i + 5}.", f"\n\nWait, let me check: {i} + 5 = {i + 5}."],
+        "answer_part": f"\n</think>\n\nThe final answer is \\boxed{{{i + 5}}}.",
     }
     for i in range(2, 7)
 ]
@@ -93,8 +94,8 @@ def test_attribution_in_two_launched_processes_equals_one_process_and_resumes(wo
     for ours, reference in zip(parallel, serial):
         assert ours["segment_spans"] == reference["segment_spans"]
         assert ours["f_input"] == pytest.approx(reference["f_input"], abs=1e-5)
-        flat_ours = [v for segment in ours["segment_values"] for v in segment]
-        flat_reference = [v for segment in reference["segment_values"] for v in segment]
+        flat_ours = [v for segment in ours["token_attributions"] for v in segment]
+        flat_reference = [v for segment in reference["token_attributions"] for v in segment]
         assert flat_ours == pytest.approx(flat_reference, abs=1e-5)
         # completeness (Eq. 3) holds in every process's record
         assert abs(ours["delta"]) <= 0.05 * abs(ours["f_input"] - ours["f_baseline"]) + 1e-4
@@ -149,13 +150,14 @@ def test_attribution_max_length_is_an_optional_cap_whose_skips_are_counted(world
     )
     assert record["skipped"] is None
     assert (
-        sum(len(v) for v in record["segment_values"]) == record["segment_spans"][-1][1] - record["segment_spans"][0][0]
+        sum(len(v) for v in record["token_attributions"])
+        == record["segment_spans"][-1][1] - record["segment_spans"][0][0]
     )
     assert pipeline.over_length_traces([record]) == []
     # a cap below the trace's length skips it, and the skip is counted
     capped = dict(world_profile["attribution"], max_length=record["n_tokens"] - 1)
     skipped = pipeline.attribution_record(model, tokenizer, baseline, capped, trace)
-    assert skipped["skipped"] and "segment_values" not in skipped
+    assert skipped["skipped"] and "token_attributions" not in skipped
     assert pipeline.over_length_traces([record, skipped]) == [trace["trace_id"]]
 
 
@@ -251,8 +253,8 @@ def test_out_of_memory_is_retried_down_the_ladder(world_profile, monkeypatch, ru
     assert record["out_of_memory_retries"] == len(expected_calls) - 1
     # the retried trace gets the attributions of an undisturbed run
     assert record["f_input"] == pytest.approx(reference["f_input"], abs=1e-6)
-    flat = [v for segment in record["segment_values"] for v in segment]
-    assert flat == pytest.approx([v for segment in reference["segment_values"] for v in segment], abs=1e-5)
+    flat = [v for segment in record["token_attributions"] for v in segment]
+    assert flat == pytest.approx([v for segment in reference["token_attributions"] for v in segment], abs=1e-5)
 
 
 def test_trace_out_of_memory_everywhere_is_skipped_and_not_retried_unless_asked(world_profile, tmp_path, monkeypatch):
@@ -432,3 +434,47 @@ def test_a_launch_started_by_hand_is_merged_by_the_next_notebook_run(profile, tm
     records = RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()
     assert [r["trace_id"] for r in records] == [t["trace_id"] for t in traces]
     assert rank_store_paths(store_path) == []
+
+
+def test_segment_scores_come_from_the_stored_scored_traces(world_profile, tmp_path):
+    """score_segments reads each record's scored trace: its columns are Eq. 3-7 computed by hand from the
+    stored attributions, selected_for_sft is important or first/last; a record without a scored trace
+    (an older store) is refused with the store to rebuild, before anything is written."""
+    import math
+
+    import pandas as pd
+
+    from segattr_utils import services
+
+    profile = load_profile("smoke")
+    profile.update({k: v for k, v in world_profile.items()})
+    profile["results_root"] = str(tmp_path / "results")
+    model, tokenizer = services.load_model(profile, "generator")
+    baseline = services.baseline_token(profile, tokenizer)
+    trace = dict(TRACES[0], segments=TRACES[0]["segments"] * 2, correct=True)
+    record = pipeline.attribution_record(model, tokenizer, baseline, profile["attribution"], trace)
+    kept = pd.DataFrame([{"trace_id": trace["trace_id"], "correct": True}])
+    segments = pd.DataFrame(
+        [{"trace_id": trace["trace_id"], "segment": i, "kind": f"k{i}"} for i in range(len(trace["segments"]))]
+    )
+    table = pipeline.score_segments(profile, kept, segments, [record])
+    values = record["token_attributions"]
+    strength = [sum(abs(v) for v in seg) / math.sqrt(len(seg)) for seg in values]
+    consistency = [abs(sum(seg)) / sum(abs(v) for v in seg) for seg in values]
+    norm = [s / sum(strength) for s in strength]
+    order = sorted(range(len(norm)), key=lambda i: -norm[i])
+    k_star = next(
+        k for k in range(1, len(norm) + 1) if sum(norm[i] for i in order[:k]) >= profile["selection"]["tau"] - 1e-9
+    )
+    important = [i in order[:k_star] and consistency[i] <= profile["selection"]["beta"] for i in range(len(norm))]
+    assert list(table.columns) == pipeline.SEGMENT_SCORE_COLUMNS
+    assert table["norm_strength"].tolist() == pytest.approx(norm) and table["consistency"].tolist() == pytest.approx(
+        consistency
+    )
+    assert table["important"].tolist() == important
+    assert table["selected_for_sft"].tolist() == [imp or i in (0, len(norm) - 1) for i, imp in enumerate(important)]
+    assert table["kind"].tolist() == ["k0", "k1", "k2", "k3"] and table["n_tokens"].tolist() == [len(v) for v in values]
+    older = {k: v for k, v in record.items() if k not in ("token_ids", "token_attributions", "token_offsets")}
+    older["segment_values"] = values
+    with pytest.raises(ValueError, match=r"q2:sample.*lacks token_ids, token_attributions.*rerun the attribution"):
+        pipeline.score_segments(profile, kept, segments, [older])

@@ -20,6 +20,8 @@ from segattr_utils.llm.training import build_char_masked_example, build_training
 from segattr_utils.stages import stage08_selective_sft as sft
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
+from ..fixtures.scored import trace_record
+
 CORPUS = [
     "Start with 12, then first add 3. Okay, so 12 + 3 = 15.\n\nWait, let me check 12 + 3 = 15 again.",
     "The final answer is \\boxed{15}.",
@@ -168,9 +170,9 @@ def test_the_registry_alone_drives_the_run_plan():
 
 def test_a_variant_names_the_signal_it_needs():
 
-    from segattr_utils.llm.variants import SelectionSettings, TraceRecord, get_variant
+    from segattr_utils.llm.variants import SelectionSettings, get_variant
 
-    record = TraceRecord("t", "q", "1", ["a", "b"], "x", [np.ones(1), np.ones(1)], [[(0, 1)], [(1, 2)]])
+    record = trace_record("t", "q", "1", ["a", "b"], "x", [[1.0], [1.0]], [[(0, 1)], [(1, 2)]])
     with pytest.raises(ValueError, match="needs 'confidence_delta' .*notebook 04"):
         get_variant("confidence_gain").selections([record], SelectionSettings())
 
@@ -388,12 +390,12 @@ def test_only_accelerates_main_process_writes_the_model(tmp_path, monkeypatch):
 
 
 def test_an_over_length_trace_is_kept_truncated_and_counted(tokenizer):
-    from segattr_utils.llm.variants import TraceRecord, TraceSelection
+    from segattr_utils.llm.variants import TraceSelection
 
     long_segments = SEGMENTS * 6
     records = [
-        TraceRecord("short", PROMPT_MSG, "15", SEGMENTS, ANSWER, [np.ones(1)] * 2, [[(0, 1)]] * 2),
-        TraceRecord("long", PROMPT_MSG, "15", long_segments, ANSWER, [np.ones(1)] * 12, [[(0, 1)]] * 12),
+        trace_record("short", PROMPT_MSG, "15", SEGMENTS, ANSWER, [[1.0]] * 2, [[(0, 1)]] * 2),
+        trace_record("long", PROMPT_MSG, "15", long_segments, ANSWER, [[1.0]] * 12, [[(0, 1)]] * 12),
     ]
     selections = [TraceSelection({0}), TraceSelection({0})]
     examples = sft.build_examples(tokenizer, records, selections, "selective")
@@ -620,3 +622,142 @@ def test_a_failed_training_process_names_its_log(profile, tmp_path, monkeypatch)
     assert load_profile(seen[0][1])["training"]["launcher"] == "processes"
     # the logs are kept for a look
     assert (sft.STAGE.path(two, "run_folders") / ".launch" / "process-1.log").read_text() == "threads 1\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 08 trains from the scored traces stage 03 stored
+
+
+def _old_path_tokens(tokenizer, profile, question, segments, answer, stored):
+    """Per segment, the token attributions and trace-relative character offsets of ``segments`` as
+    rebuilding the attributed sequence gives them (the tokenizer's own offsets of prompt + trace +
+    suffix, a token in the segment holding its first character)."""
+    from segattr_utils import services
+    from segattr_utils.method.token_spans import build_attribution_sequence
+
+    prompt = services.prompt(tokenizer, question)
+    sequence = build_attribution_sequence(
+        tokenizer, prompt, segments, answer, suffix_template=profile["attribution"]["answer_suffix"]
+    )
+    flat = [v for segment in stored["token_attributions"] for v in segment]
+    start = sequence.trace_span[0]
+    assert sequence.trace_span[1] - start == len(flat)
+    values = [flat[s - start : e - start] for s, e in sequence.segment_spans]
+    offsets = [
+        [(a - len(prompt), b - len(prompt)) for a, b in sequence.offsets[s:e]] for s, e in sequence.segment_spans
+    ]
+    return values, offsets
+
+
+def test_stage08_trains_from_stage03s_stored_scored_traces(profile, monkeypatch):
+    """load_trace_records reads stage 03's records as stored (no tokenizer is loaded; a tampered token id
+    or attribution is used as it is), gives the token attributions and offsets that rebuilding the
+    attributed sequence gives, regroups them for Table 7's keywords as re-attributing with the new
+    segments would, and the selective variant selects stage 03's selected_for_sft segments."""
+    from segattr_utils import dag, services
+    from segattr_utils.artifacts import RecordStore
+    from segattr_utils.method.segmentation import segment
+    from segattr_utils.stages import stage03_ig_attribution as stage03
+
+    monkeypatch.setattr(services, "world_problems", lambda profile: {})  # no stage-00 world here
+    scores = stage03.attribute_kept_traces(profile)
+    tokenizer = services.load_role_tokenizer(profile, "student")
+    store = RecordStore(dag.IG_ATTRIBUTION.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"])
+    stored = {r["trace_id"]: r for r in store.records()}
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("load_trace_records loaded a tokenizer")
+
+    monkeypatch.setattr(services, "load_role_tokenizer", no_tokenizer)
+    records = sft.load_trace_records(profile, "self")
+    kept = services.kept_traces(profile).set_index("trace_id")
+    texts = services.segment_texts(services.segment_table(profile))
+    assert [r.trace_id for r in records] == ["q0:correct", "q1:correct"]  # the correct kept traces
+    for record in records:
+        trace = kept.loc[record.trace_id]
+        values, offsets = _old_path_tokens(
+            tokenizer, profile, trace["question"], texts[record.trace_id], trace["answer"], stored[record.trace_id]
+        )
+        assert record.segments == texts[record.trace_id] and record.answer_part == trace["answer_part"]
+        assert [v.tolist() for v in record.token_values] == values
+        assert [list(o) for o in record.scored.token_offsets] == offsets
+        assert record.kinds == ["productive"] * record.n_segments
+        # ours = stage 03's selected_for_sft (important or always kept) at the profile's tau and beta
+        rows = scores[scores["trace_id"] == record.trace_id]
+        (selection,) = get_variant_selections("selective", [record], sft.selection_settings(profile))
+        assert selection.segments == set(rows.loc[rows["selected_for_sft"], "segment"])
+
+    # Table 7: the stored tokens regrouped by other segments equal re-attributing with them (the
+    # Retro-Search keywords, and a list with "Wait" alone, which merges q0's last two segments)
+    for keywords in ("retro_search", ["\n\nWait"]):
+        regrouped = sft.load_trace_records(profile, "self", keywords=keywords)
+        for record in regrouped:
+            trace = kept.loc[record.trace_id]
+            segments = segment("".join(texts[record.trace_id]), services.keywords_for(profile, keywords))
+            values, offsets = _old_path_tokens(
+                tokenizer, profile, trace["question"], segments, trace["answer"], stored[record.trace_id]
+            )
+            assert record.segments == segments and record.kinds == [None] * len(segments)
+            assert [v.tolist() for v in record.token_values] == values
+            assert [list(o) for o in record.scored.token_offsets] == offsets
+    assert [r.n_segments for r in regrouped] == [2, 1]
+
+    # a record is used as stored: a tampered token id and attribution come through unchanged
+    tampered = stored["q1:correct"]
+    tampered["token_ids"][0][0] = 7
+    tampered["token_attributions"][0][0] = 123.0
+    store.discard(["q1:correct"])
+    store.append([tampered])
+    (record,) = [r for r in sft.load_trace_records(profile, "self") if r.trace_id == "q1:correct"]
+    assert record.scored.token_ids[0][0] == 7 and record.token_values[0][0] == 123.0
+
+
+def get_variant_selections(name, records, settings):
+    from segattr_utils.llm.variants import get_variant
+
+    return get_variant(name).selections(records, settings)
+
+
+def test_build_examples_labels_equal_hand_built_masks(profile, monkeypatch):
+    """Every mode's example from a stored scored trace: selective labels = a hand-built mask over the
+    selected segments' characters, token-level labels = the chosen tokens' characters, pruned = the kept
+    segments' text, all from the tokenizer's own offsets of the trained text."""
+    from segattr_utils import services
+    from segattr_utils.llm.variants import TraceSelection
+    from segattr_utils.stages import stage03_ig_attribution as stage03
+
+    from ..conftest import hand_labels
+
+    monkeypatch.setattr(services, "world_problems", lambda profile: {})
+    stage03.attribute_kept_traces(profile)
+    tokenizer = services.load_role_tokenizer(profile, "student")
+    (record,) = [r for r in sft.load_trace_records(profile, "self") if r.trace_id == "q0:correct"]
+    prompt = services.prompt(tokenizer, record.question)
+    assert prompt == record.scored.prompt
+
+    (selective,) = sft.build_examples(tokenizer, [record], [TraceSelection({1})], "selective")
+    assert (selective.input_ids, selective.labels) == hand_labels(
+        tokenizer, prompt, record.segments, record.answer_part, {1}
+    )
+    (full,) = sft.build_examples(tokenizer, [record], [TraceSelection({1})], "full")
+    assert full.labels == hand_labels(tokenizer, prompt, record.segments, record.answer_part, {0, 1, 2})[1]
+
+    (pruned,) = sft.build_examples(tokenizer, [record], [TraceSelection({0, 2})], "pruned")
+    kept = [record.segments[0], record.segments[2]]
+    assert (pruned.input_ids, pruned.labels) == hand_labels(tokenizer, prompt, kept, record.answer_part, {0, 1})
+
+    # token level (Table 2): segment 2 whole and the 2nd and 4th tokens of segment 0
+    selection = TraceSelection({2}, {(0, 1), (0, 3)})
+    (tokens,) = sft.build_examples(tokenizer, [record], [selection], "selective")
+    trace = "".join(record.segments)
+    chosen = [record.scored.token_offsets[0][1], record.scored.token_offsets[0][3]]
+    chosen.append((len(record.segments[0]) + len(record.segments[1]), len(trace)))
+    encoded = tokenizer(prompt + trace + record.answer_part, add_special_tokens=False, return_offsets_mapping=True)
+    expected = []
+    for token, (first, _) in zip(encoded["input_ids"], encoded["offset_mapping"]):
+        position = first - len(prompt)
+        learned = position >= len(trace) or any(s <= position < e for s, e in chosen)
+        expected.append(token if learned else -100)
+    assert tokens.input_ids == encoded["input_ids"] + [tokenizer.eos_token_id]
+    assert tokens.labels == expected + [tokenizer.eos_token_id]
+    assert 0 < sum(label != -100 for label in tokens.labels) < len(tokens.labels)
