@@ -407,26 +407,51 @@ def launch_over_processes(
     """Work through ``items`` in ``processes`` processes on this machine: ``accelerate launch`` runs
     ``python -m segattr_utils.workers <job> --profile <file> --items <file> --store <store>`` in each (which
     calls :func:`share_of_this_process` and appends to its rank store), then the ranks' records are merged
-    into ``store`` in the order of ``items``. The profile and the items travel in files beside the store (a
-    profile changed in memory, e.g. by a notebook's parameters, reaches the processes as it is); the
-    launch's output goes to ``<store>.launch/launch.log``, whose end a failure shows."""
-    folder = store.path.with_suffix(".launch")
+    into ``store`` in the order of ``items`` (:func:`launch_items`). The profile travels in a file beside
+    the store (a profile changed in memory, e.g. by a notebook's parameters, reaches the processes as it
+    is)."""
+    folder = launch_folder(store)
     folder.mkdir(parents=True, exist_ok=True)
     save_profile(profile, folder / "profile.yaml")
+    launch_items(job, ["--profile", str(folder / "profile.yaml")], items, store, processes, threads, desc)
+
+
+def launch_folder(store: RecordStore) -> Path:
+    """The folder beside ``store`` that a launch's inputs and log live in while it runs."""
+    return store.path.with_suffix(".launch")
+
+
+def launch_items(
+    job: str,
+    arguments: Sequence[str],
+    items: list[dict],
+    store: RecordStore,
+    processes: int,
+    threads: int,
+    desc: str,
+    unit: str = "item",
+) -> None:
+    """``processes`` ranks of ``python -m segattr_utils.workers <job> <arguments> --items <file> --store
+    <store>`` under one ``accelerate launch``, each working through its share of ``items``
+    (:func:`share_of_this_process`) into its rank store; then the rank stores are merged into ``store`` in
+    the order of ``items`` and the launch folder (:func:`launch_folder`: the items, the launch's output in
+    ``launch.log``, whose end a failure shows) is removed. A killed launch keeps every rank's finished
+    records; the next call merges them first."""
+    folder = launch_folder(store)
+    folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         folder / "items.jsonl", "".join(json.dumps(item, sort_keys=True, default=json_default) + "\n" for item in items)
     )
-    arguments = ["--profile", str(folder / "profile.yaml"), "--items", str(folder / "items.jsonl")]
     launch_ranks(
         job,
-        [*arguments, "--store", str(store.path)],
+        [*arguments, "--items", str(folder / "items.jsonl"), "--store", str(store.path)],
         processes=processes,
         threads=threads,
         logs=folder,
         total=len(items),
         count_done=RankRecordCounter(store.path),  # leftover rank stores were merged before the launch
         desc=desc,
-        unit="item",
+        unit=unit,
     )
     merged = merge_rank_stores(store, [store.key_fn(item) for item in items])
     missing = [store.key_fn(item) for item in items if store.key_fn(item) not in store]

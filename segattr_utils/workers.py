@@ -13,7 +13,9 @@ library functions; this module only reads a job's command line and calls them. J
   (:func:`segattr_utils.stages.stage09_evaluation.generate_share`);
 - ``sft --runs NAME ...``: these SFT runs of notebook 08, one after another (what each process of the
   ``processes`` and ``per_gpu`` launchers and each rank of an ``accelerate`` launch runs;
-  :func:`segattr_utils.stages.stage08_selective_sft.train_named_runs`).
+  :func:`segattr_utils.stages.stage08_selective_sft.train_named_runs`);
+- ``score --settings S --items <items.jsonl> --store S``: this process's share of ``segattr score``'s traces
+  (:func:`segattr_utils.commands.score.score_share`); it takes the command's settings file, not a profile.
 
 A named item set (``kept``, ``self``, ...) is resolved from the profile, with its store; a JSONL file of
 items (what :func:`segattr_utils.distributed.launch_over_processes` writes) needs ``--store``. The next
@@ -42,7 +44,8 @@ class Job:
 
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[Profile, argparse.Namespace, argparse.ArgumentParser], int]
+    run: Callable[[Profile | None, argparse.Namespace, argparse.ArgumentParser], int]
+    needs_profile: bool = True
 
 
 def _item_arguments(sets: Sequence[str]) -> Callable[[argparse.ArgumentParser], None]:
@@ -125,6 +128,23 @@ def _sft(profile: Profile, args: argparse.Namespace, parser: argparse.ArgumentPa
     return 0
 
 
+def _score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--settings", required=True, help="the launch's settings file that `segattr score` wrote")
+    parser.add_argument("--items", required=True, help="the JSONL file of traces that `segattr score` wrote")
+    parser.add_argument("--store", required=True, help="the record store (records.jsonl of the --out folder)")
+
+
+def _score(profile: Profile | None, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from .commands import score
+    from .distributed import read_items
+
+    for option in ("settings", "items"):
+        if not Path(getattr(args, option)).is_file():
+            parser.error(f"--{option} {getattr(args, option)}: no such file")
+    score.score_share(Path(args.settings), read_items(args.items), Path(args.store))
+    return 0
+
+
 #: The jobs ``python -m segattr_utils.workers <job>`` runs.
 JOBS: dict[str, Job] = {
     "attribution": Job("this rank's share of IG (notebooks 03, 08)", _item_arguments(ATTRIBUTION_SETS), _attribution),
@@ -133,6 +153,7 @@ JOBS: dict[str, Job] = {
     ),
     "evaluation": Job("this rank's share of the models' generation (notebook 09)", _item_arguments(()), _evaluation),
     "sft": Job("these SFT runs, one after another (notebook 08)", _sft_arguments, _sft),
+    "score": Job("this rank's share of `segattr score`'s traces", _score_arguments, _score, needs_profile=False),
 }
 
 
@@ -144,7 +165,8 @@ def parser() -> argparse.ArgumentParser:
     jobs = top.add_subparsers(dest="job", required=True, metavar="<job>")
     for name, job in JOBS.items():
         sub = jobs.add_parser(name, help=job.help, description=job.help)
-        sub.add_argument("--profile", required=True, help="a profile name or YAML file")
+        if job.needs_profile:
+            sub.add_argument("--profile", required=True, help="a profile name or YAML file")
         job.add_arguments(sub)
         sub.set_defaults(job_parser=sub)  # a job's own usage line in its errors
     return top
@@ -159,12 +181,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(None if argv is None else list(argv))
-    job_parser = args.job_parser
-    try:
-        profile = load_profile(args.profile)
-    except (FileNotFoundError, ValueError) as error:
-        job_parser.error(f"--profile {args.profile}: {error}")
-    return JOBS[args.job].run(profile, args, job_parser)
+    job_parser, job = args.job_parser, JOBS[args.job]
+    profile = None
+    if job.needs_profile:
+        try:
+            profile = load_profile(args.profile)
+        except (FileNotFoundError, ValueError) as error:
+            job_parser.error(f"--profile {args.profile}: {error}")
+    return job.run(profile, args, job_parser)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,15 @@ scores only what is missing; changing --tau or --beta reuses the attributions.
 Over-length traces (an attributed sequence longer than --max-length, or than the model's positions)
 are skipped and listed, never truncated: IG needs the whole trace and the answer after it.
 
+Several GPUs: ``--processes N`` (or ``auto``, one per visible GPU) attributes the traces in N processes of
+one ``accelerate launch`` (the same path as notebook 03: each rank loads its own copy of the model on its
+GPU, takes every N-th trace of the list sorted longest first and appends to its own rank store; the ranks'
+records are then merged into records.jsonl in the file's order, so the tables do not depend on the split).
+A killed launch keeps every rank's finished traces; the next run merges them first. On several machines,
+start ``accelerate launch ... -m segattr_utils.workers score --settings ... --items ... --store ...`` on
+each (the files a ``--processes`` run leaves in ``--out/records.launch/`` when it fails), then run the same
+``segattr score`` command once more to merge.
+
 Example:
     segattr score --model models/R1-Distill-Qwen-7B --traces traces.jsonl --out scores/ --n-steps 50 \\
         --memory-budget 70 --activation-checkpointing auto --internal-batch-size auto
@@ -43,7 +52,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ..artifacts import RecordStore, fingerprint
+from .. import distributed
+from ..artifacts import RecordStore, atomic_write_text, fingerprint
 from ..method.attribution import FLAG_RELATIVE_DELTA
 from ..method.ig_plan import AUTO, IGSettings
 from ..method.importance import AGGREGATIONS
@@ -106,6 +116,20 @@ def _chunk(value: str) -> int | str:
 CHECKPOINTING = {"auto": AUTO, "on": True, "off": False}
 
 
+def _processes(value: str) -> int | str:
+    """``--processes``: ``auto`` or the text of an integer (checked by :func:`argument_problem`)."""
+    return _chunk(value)
+
+
+def resolve_processes(choice: int | str) -> int:
+    """The number of attribution processes: ``auto`` is one per visible CUDA GPU (one without a GPU)."""
+    if choice != AUTO:
+        return int(choice)
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="a model folder, or a hub id already in the local cache")
     parser.add_argument("--traces", required=True, help="R1 traces: JSONL with question, output, answer (and id)")
@@ -166,6 +190,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="attribute again the traces an earlier run in --out skipped for memory (default: keep them skipped)",
     )
+    parser.add_argument(
+        "--processes",
+        type=_processes,
+        default=1,
+        metavar="N|auto",
+        help="attribution processes, one GPU each, under accelerate launch (auto: one per visible GPU; default 1)",
+    )
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: CUDA when available)")
     parser.add_argument(
@@ -224,6 +255,11 @@ def argument_problem(args: argparse.Namespace) -> str | None:
         return f"--flag-relative-delta must be a finite number of at least 0, got {args.flag_relative_delta}"
     if args.max_length is not None and args.max_length < 1:
         return f"--max-length must be a positive number of tokens, got {args.max_length}"
+    processes = getattr(args, "processes", 1)
+    if processes != AUTO and not (isinstance(processes, int) and processes > 0):
+        return f"--processes must be 'auto' or a positive integer, got {processes!r}"
+    if processes != 1 and args.device not in (None, "cpu", "cuda"):
+        return f"--device {args.device} names one device; with --processes every process takes its own GPU"
     if args.output_index is not None and args.output_index < 0:
         return f"--output-index must be 0 or more (the first output is 0), got {args.output_index}"
     out = Path(args.out)
@@ -293,6 +329,66 @@ def score_one(model, tokenizer, trace: TraceInput, settings: dict) -> dict:
     return {"skipped": None, "scored": scored.to_record()}
 
 
+LAUNCH_SETTINGS = "settings.json"
+
+
+def launch_scoring(out: Path, settings: dict, todo: list[dict], store: RecordStore, processes: int) -> None:
+    """Score ``todo`` (items: ``key``, ``trace_id``, ``question``, ``output``, ``answer``) in ``processes``
+    ranks of one ``accelerate launch`` (:func:`segattr_utils.distributed.launch_items`, job ``score``), each
+    running :func:`score_share`; their records are merged into ``store`` in the order of ``todo``."""
+    import os
+
+    folder = distributed.launch_folder(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // processes)
+    launch = {"settings": settings, "threads": threads, "run_log": str(out / scores_dir.RUN_LOG)}
+    atomic_write_text(folder / LAUNCH_SETTINGS, json.dumps(launch, indent=1, sort_keys=True))
+    if not (out / scores_dir.RUN_LOG).exists():  # the header once, before the ranks append to it
+        atomic_write_text(out / scores_dir.RUN_LOG, "what,seconds\n")
+    distributed.launch_items(
+        "score",
+        ["--settings", str(folder / LAUNCH_SETTINGS)],
+        todo,
+        store,
+        processes,
+        threads,
+        "integrated gradients",
+        unit="trace",
+    )
+
+
+def score_share(settings_path: Path, items: list[dict], store_path: Path) -> int:
+    """This process's share of a ``--processes`` launch (a rank under ``accelerate launch``; all of the
+    items outside one): the traces that neither the store nor any rank store holds, dealt longest first
+    over the ranks (:func:`segattr_utils.distributed.share_of_this_process`), each record appended to this
+    rank's own store. Returns how many traces this rank scored."""
+    import torch
+
+    from ..llm.models import load_causal_lm
+
+    launch = json.loads(Path(settings_path).read_text(encoding="utf-8"))
+    settings = launch["settings"]
+    store = RecordStore(store_path, key_fn=lambda r: r["key"])
+    on_cpu = settings.get("device") == "cpu" or not torch.cuda.is_available()
+    state, mine, own = distributed.share_of_this_process(
+        items, store, cpu=on_cpu, weight=lambda item: len(item["output"])
+    )
+    if not mine:
+        return 0
+    torch.set_num_threads(int(launch["threads"]))
+    device = "cpu" if on_cpu else str(state.device)
+    model, tokenizer = load_causal_lm(settings["model"], dtype=settings["dtype"], device=device)
+    bar = progress(mine, desc=f"IG, rank {state.process_index}", unit="trace", disable=not state.is_local_main_process)
+    for item in bar:
+        trace = TraceInput(item["trace_id"], item["question"], item["output"], item["answer"])
+        started = time.perf_counter()
+        record = score_one(model, tokenizer, trace, settings)
+        own.append([{"key": item["key"], "trace_id": trace.trace_id, **record}])
+        what = f"{trace.trace_id}: " + ("integrated gradients" if record["skipped"] is None else record["skipped"])
+        append_seconds(launch["run_log"], what, time.perf_counter() - started)
+    return len(mine)
+
+
 def _ids(ids: list[str], limit: int = 10) -> str:
     return ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
@@ -322,6 +418,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_of(args, keywords, ig)
     store = RecordStore(out / scores_dir.RECORDS, key_fn=lambda r: r["key"])
     keys = {t.trace_id: record_key(t, settings) for t in traces}
+    # the finished traces of a killed --processes launch (or of ranks started by hand on several machines)
+    distributed.merge_rank_stores(store, [keys[t.trace_id] for t in traces])
     if args.retry_out_of_memory:
         wanted = {tuple(k) for k in keys.values()}
         memory = [r["key"] for r in store.records() if r["skipped"] == AttributionOutOfMemoryError.reason]
@@ -331,7 +429,24 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"segattr score: {len(traces)} traces, {len(traces) - len(todo)} already scored in {out}{invalid}", flush=True
     )
-    if todo:
+    processes = min(resolve_processes(args.processes), max(len(todo), 1))
+    if todo and processes > 1:
+        items = [
+            {
+                "key": keys[t.trace_id],
+                "trace_id": t.trace_id,
+                "question": t.question,
+                "output": t.output,
+                "answer": t.answer,
+            }
+            for t in todo
+        ]
+        try:
+            launch_scoring(out, dict(settings, device=args.device), items, store, processes)
+        except RuntimeError as error:
+            print(f"segattr score: {error}", file=sys.stderr)
+            return 1
+    elif todo:
         try:
             model, tokenizer = load_causal_lm(args.model, dtype=args.dtype, device=args.device)
         except ModelUnavailableError as error:

@@ -166,6 +166,43 @@ def test_interrupted_run_resumes_where_it_stopped(scored_dir, r1_model_dir, trac
         assert (out / table).read_bytes() == (scored_dir / table).read_bytes(), table
 
 
+def test_two_processes_score_what_one_process_scores(scored_dir, r1_model_dir, traces_file, tmp_path):
+    """``--processes 2`` runs two ranks under accelerate launch (on the CPU here): the same tables as the
+    one-process run (attributions up to float rounding: the ranks use one thread each), no launch folder
+    or rank store left behind, and a timing per scored trace in the run log."""
+    out = tmp_path / "scores"
+    assert _score(r1_model_dir, traces_file, out, "--processes", "2") == 0
+    assert not (out / "records.launch").exists()
+    assert sorted(p.name for p in out.glob("records*")) == ["records.jsonl"]
+    for table in ("traces.parquet", "segments.parquet"):
+        ours, one = pd.read_parquet(out / table), pd.read_parquet(scored_dir / table)
+        pd.testing.assert_frame_equal(ours, one, check_exact=False, rtol=1e-4, atol=1e-6)
+    assert (out / "skipped.csv").read_bytes() == (scored_dir / "skipped.csv").read_bytes()
+    logged = pd.read_csv(out / "run_log.csv")
+    assert sorted(logged["what"]) == sorted([f"{t}: integrated gradients" for t in SCORED] + ["long: over-length"])
+
+
+def test_a_killed_launch_keeps_what_its_ranks_finished(scored_dir, r1_model_dir, traces_file, tmp_path, counted):
+    """A rank store left by a killed launch (or by ranks started by hand on other machines) is merged on
+    the next run: its trace is not attributed again, and the tables are the uninterrupted run's bytes."""
+    from segattr_utils.distributed import rank_store_path
+
+    out = tmp_path / "scores"
+    shutil.copytree(scored_dir, out)
+    store = out / "records.jsonl"
+    lines = store.read_text().splitlines(keepends=True)
+    rank = [line for line in lines if json.loads(line)["trace_id"] == "double"]
+    store.write_text("".join(line for line in lines if line not in rank))
+    rank_store_path(store, 1).write_text("".join(rank))
+    for table in TABLES:
+        (out / table).unlink()
+    assert _score(r1_model_dir, traces_file, out) == 0
+    assert counted == {"ig": 0, "load": 0}
+    assert not rank_store_path(store, 1).exists()
+    for table in TABLES:
+        assert (out / table).read_bytes() == (scored_dir / table).read_bytes(), table
+
+
 def test_missing_model_folder_and_bad_trace_file(tmp_path, traces_file, capsys):
     missing = tmp_path / "models" / "no-such-model"
     assert _score(missing, traces_file, tmp_path / "out") == 2
@@ -219,6 +256,9 @@ def test_keyword_lists(tmp_path):
         (["--max-length", "0"], "--max-length must be a positive number of tokens"),
         (["--output-index", "-1"], "--output-index must be 0 or more"),
         (["--keywords", "none.txt"], "--keywords 'none.txt' is neither 'default', 'retro_search' nor an existing file"),
+        (["--processes", "0"], "--processes must be 'auto' or a positive integer, got 0"),
+        (["--processes", "two"], "--processes must be 'auto' or a positive integer, got 'two'"),
+        (["--processes", "2", "--device", "cuda:1"], "--device cuda:1 names one device; with --processes"),
     ],
 )
 def test_bad_arguments_are_refused_before_the_model_loads(tmp_path, traces_file, monkeypatch, capsys, extra, message):
