@@ -122,6 +122,35 @@ def load_role_tokenizer(profile: Profile, role: str):
     return load_tokenizer(model_path(profile, role))
 
 
+def upstream_profile(profile: Profile) -> Profile:
+    """The profile whose traces this one trains on: ``upstream`` (a profile name or YAML path; a relative
+    path is relative to the profile file that names it) when set, else ``profile`` itself.
+
+    A student profile (Table 1's other students, Table 8) fine-tunes another model on the main run's
+    traces: stages 01-03 of the upstream run wrote them, segmented and attributed them with the upstream's
+    generator and settings, and stage 08 reads them there (and attributes the reference traces into the
+    upstream's stage 08 folder when that has not happened yet: one IG pass serves every student)."""
+    name = profile.get("upstream")
+    if not name:
+        return profile
+    from .config import load_profile
+
+    upstream = load_profile(str(name))  # a relative YAML path was made absolute by load_profile
+    if upstream.get("upstream"):
+        raise ValueError(
+            f"profile {profile.name!r}: its upstream {upstream.name!r} names an upstream itself; point "
+            "upstream at the run that generated and attributed the traces"
+        )
+    if upstream.name == profile.name:
+        raise ValueError(f"profile {profile.name!r} names itself (or a profile of the same name) as its upstream")
+    if upstream["kind"] != profile["kind"]:
+        raise ValueError(
+            f"profile {profile.name!r} (kind {profile['kind']}) cannot train on the traces of {upstream.name!r} "
+            f"(kind {upstream['kind']})"
+        )
+    return upstream
+
+
 # ---------------------------------------------------------------------------------------------
 # Questions and prompts
 
@@ -167,9 +196,31 @@ def user_message(question: str) -> str:
     return question + world_lib.PROMPT_SUFFIX
 
 
+#: What the R1 format's assistant turn starts with: the opened thinking block.
+THINK_OPEN = "<think>\n"
+
+
+def opens_thinking(tokenizer) -> bool:
+    """Whether the chat template's generation prompt already opens a thinking block (R1-Distill:
+    ``<｜Assistant｜><think>\\n``); instruct templates (Qwen2.5-Instruct, Llama-3.1-Instruct) have none."""
+    with_prompt = chat_prompt(tokenizer, "")
+    without = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False)
+    added = with_prompt[len(without) :] if with_prompt.startswith(without) else with_prompt
+    return "<think>" in added
+
+
 def prompt(tokenizer, question: str) -> str:
-    """The templated prompt of a question (chat template with the generation prompt)."""
-    return chat_prompt(tokenizer, user_message(question))
+    """The templated prompt of a question: the chat template with the generation prompt, in the R1 format
+    (the trace follows the opened thinking block, closed by ``</think>`` before the answer).
+
+    A template whose generation prompt opens no thinking block (the instruct students of Table 1 and
+    Table 8) gets ``<think>\\n`` appended after it, as the authors train and evaluate those models: the
+    trace is the assistant message after the generation prompt and ``<think>\\n``, which belong to the
+    prompt and are never trained. ``<think>`` stays text in the student's own vocabulary (the authors add
+    it as a special token and resize the embeddings; a vocabulary change here would also change what the
+    base model is evaluated with)."""
+    text = chat_prompt(tokenizer, user_message(question))
+    return text if opens_thinking(tokenizer) else text + THINK_OPEN
 
 
 def keywords_for(profile: Profile, name: str | None = None) -> tuple[str, ...]:
