@@ -4,7 +4,8 @@ A profile names the models, data, sampling, attribution and selection settings o
 select one in their ``parameters`` cell; everything else reads its settings from the profile, never
 from constants in code. ``load_profile("tiny")`` reads the packaged file; ``load_profile(path)`` reads
 a user's own YAML (copy ``paper.yaml`` to run on other models or traces). A profile may name a
-``base`` profile whose values it overrides.
+``base`` profile whose values it overrides, and an ``upstream`` profile whose traces it trains on (a
+student profile: :func:`segattr_utils.services.upstream_profile`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,13 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
         raise ValueError(
             f"profile {path}: kind must be 'world' (tiny synthetic world) or 'hub' (real models), got {data['kind']!r}"
         )
+    upstream = data.get("upstream")
+    if upstream is not None:
+        if not isinstance(upstream, str) or not upstream.strip():
+            raise ValueError(f"profile {path}: upstream must name a profile (a name or a YAML path), got {upstream!r}")
+        if Path(upstream).suffix in (".yaml", ".yml") and not Path(upstream).is_absolute():
+            # relative to the profile file, and absolute from here on (a saved copy elsewhere reads the same)
+            data["upstream"] = str((path.parent / upstream).resolve())
     profile = Profile(data)
     profile.source_path = path.resolve()
     return profile

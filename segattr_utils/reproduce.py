@@ -293,14 +293,38 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: The notebooks a student profile runs (one with ``upstream``: it fine-tunes and evaluates another model on
+#: the traces its upstream run generated, segmented and attributed in notebooks 01-03).
+STUDENT_NOTEBOOKS = ("08", "09")
+
+
+def student_notebooks(profile, notebooks: list[Path], only: list[str] | None) -> list[Path]:
+    """The notebooks of ``notebooks`` that a profile runs: all of them, or for a profile with ``upstream``
+    :data:`STUDENT_NOTEBOOKS`. Naming another with ``--only`` under such a profile raises ``ValueError``."""
+    if not profile.get("upstream"):
+        return notebooks
+    others = [p.stem for p in notebooks if p.stem[:2] not in STUDENT_NOTEBOOKS]
+    if only and others:
+        raise ValueError(
+            f"profile {profile.name!r} trains on the traces of its upstream {profile['upstream']!r}: only notebooks "
+            f"{' and '.join(STUDENT_NOTEBOOKS)} run under it, not {', '.join(others)} (run those with "
+            f"--profile {profile['upstream']})"
+        )
+    return [p for p in notebooks if p.stem[:2] in STUDENT_NOTEBOOKS]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the notebooks as ``args`` (from :func:`add_arguments`) say; 0 when every notebook ran."""
     root = find_project_root()
     profile = load_profile(args.profile)
+    try:
+        notebooks = student_notebooks(profile, notebooks_in_order(root / "notebooks", args.only), args.only)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     out_root = results_dir(profile, root)
     if args.fresh:
         shutil.rmtree(out_root, ignore_errors=True)
-    notebooks = notebooks_in_order(root / "notebooks", args.only)
     if not notebooks:
         print("no notebooks found under notebooks/", file=sys.stderr)
         return 1

@@ -144,6 +144,35 @@ def load_role_tokenizer(profile: Profile, role: str):
     return load_tokenizer(model_path(profile, role))
 
 
+def upstream_profile(profile: Profile) -> Profile:
+    """The profile whose traces this one trains on: ``upstream`` (a profile name or YAML path; a relative
+    path is relative to the profile file that names it) when set, else ``profile`` itself.
+
+    A student profile (Table 1's other students, Table 8) fine-tunes another model on the main run's
+    traces: stages 01-03 of the upstream run wrote them, segmented and attributed them with the upstream's
+    generator and settings, and stage 08 reads them there (and attributes the reference traces into the
+    upstream's stage 08 folder when that has not happened yet: one IG pass serves every student)."""
+    name = profile.get("upstream")
+    if not name:
+        return profile
+    from .config import load_profile
+
+    upstream = load_profile(str(name))  # a relative YAML path was made absolute by load_profile
+    if upstream.get("upstream"):
+        raise ValueError(
+            f"profile {profile.name!r}: its upstream {upstream.name!r} names an upstream itself; point "
+            "upstream at the run that generated and attributed the traces"
+        )
+    if upstream.name == profile.name:
+        raise ValueError(f"profile {profile.name!r} names itself (or a profile of the same name) as its upstream")
+    if upstream["kind"] != profile["kind"]:
+        raise ValueError(
+            f"profile {profile.name!r} (kind {profile['kind']}) cannot train on the traces of {upstream.name!r} "
+            f"(kind {upstream['kind']})"
+        )
+    return upstream
+
+
 # ---------------------------------------------------------------------------------------------
 # Questions and prompts
 

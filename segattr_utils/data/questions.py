@@ -165,7 +165,29 @@ def r1_user_message(question: str) -> str:
     return question + PROMPT_SUFFIX
 
 
+#: What the R1 format's assistant turn starts with: the opened thinking block.
+THINK_OPEN = "<think>\n"
+
+
+def opens_thinking(tokenizer) -> bool:
+    """Whether the chat template's generation prompt already opens a thinking block (R1-Distill:
+    ``<｜Assistant｜><think>\\n``); instruct templates (Qwen2.5-Instruct, Llama-3.1-Instruct) have none."""
+    with_prompt = chat_prompt(tokenizer, "")
+    without = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False)
+    added = with_prompt[len(without) :] if with_prompt.startswith(without) else with_prompt
+    return "<think>" in added
+
+
 def r1_prompt(tokenizer, question: str) -> str:
     """The R1 prompt of a question: :func:`r1_user_message` in the tokenizer's chat template with the
-    generation prompt. Every prompt of the pipeline, ``segattr score`` and the library is built here."""
-    return chat_prompt(tokenizer, r1_user_message(question))
+    generation prompt, the trace following the opened thinking block (closed by ``</think>`` before the
+    answer). Every prompt of the pipeline, ``segattr score`` and the library is built here.
+
+    A template whose generation prompt opens no thinking block (the instruct students of Table 1 and
+    Table 8) gets ``<think>\\n`` appended after it, as the authors train and evaluate those models: the
+    trace is the assistant message after the generation prompt and ``<think>\\n``, which belong to the
+    prompt and are never trained. ``<think>`` stays text in the student's own vocabulary (the authors add
+    it as a special token and resize the embeddings; a vocabulary change here would also change what the
+    base model is evaluated with)."""
+    text = chat_prompt(tokenizer, r1_user_message(question))
+    return text if opens_thinking(tokenizer) else text + THINK_OPEN

@@ -127,15 +127,28 @@ def release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS (Llama-3.1 has no pad token; the
+    attention mask hides the padding either way)."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token: batches cannot be padded")
+    return int(pad)
+
+
 def left_padded_batch(tokenizer, prompts: Sequence[str], device) -> dict:
-    """Prompts tokenised as one left-padded batch (the generated tokens then line up on the right), on
-    ``device``; the tokenizer's own padding side is left as it was."""
-    side = tokenizer.padding_side
+    """Prompts tokenised as one left-padded batch (the generated tokens then line up on the right) with
+    :func:`pad_token_id`, on ``device``; the tokenizer's own padding side and pad token are left as they were."""
+    side, pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
+    if pad is None:
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_token_id(tokenizer))
     try:
         batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
     finally:
         tokenizer.padding_side = side
+        if pad is None:
+            tokenizer.pad_token = None
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -158,7 +171,7 @@ class HFGenerator:
         torch.manual_seed(seed)
         kwargs = dict(
             max_new_tokens=settings.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=pad_token_id(tokenizer),
             eos_token_id=tokenizer.eos_token_id,
             repetition_penalty=settings.repetition_penalty,
         )

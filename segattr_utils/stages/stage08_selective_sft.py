@@ -179,11 +179,30 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
     ``keywords`` re-segments the traces with another keyword list (Table 7): token attributions do not
     depend on segmentation, so the stored tokens are regrouped by the new segment boundaries
     (:meth:`~segattr_utils.scored_trace.ScoredTrace.regrouped`).
+
+    The traces, their attributions and signals are those of :func:`segattr_utils.services.upstream_profile`
+    (the profile itself, or the main run a student profile names as ``upstream``). Each record's token
+    offsets are character spans of the trace, which the student's own tokenizer maps onto its tokens
+    (:func:`build_examples`).
     """
+    owner = services.upstream_profile(profile)
+    stores = {
+        "self": dag.IG_ATTRIBUTION.path(owner, "attributions_store"),
+        "reference": STAGE.path(owner, "reference_attributions_store"),
+    }
+    if source not in stores:
+        raise ValueError(f"unknown supervision source {source!r}; use {SOURCES}")
+    store_path = stores[source]
+    if not store_path.exists():
+        of = f" of profile {owner.name!r} (this profile's upstream)" if owner is not profile else ""
+        raise FileNotFoundError(
+            f"{store_path} does not exist: run notebooks 01-03{of} (self-generated traces) or "
+            "attribute_reference_traces (reference traces) first"
+        )
     if source == "self":
-        kept = services.kept_traces(profile)
+        kept = services.kept_traces(owner)
         kept = kept[kept["correct"]]
-        segments_table = services.segment_table(profile)
+        segments_table = services.segment_table(owner)
         grouped = {t: g.sort_values("segment") for t, g in segments_table.groupby("trace_id")}
         traces = [
             {
@@ -194,17 +213,8 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
             }
             for t in kept.to_dict("records")
         ]
-        store_path = dag.IG_ATTRIBUTION.path(profile, "attributions_store")
-    elif source == "reference":
-        traces = services.reference_traces(profile).to_dict("records")
-        store_path = STAGE.path(profile, "reference_attributions_store")
     else:
-        raise ValueError(f"unknown supervision source {source!r}; use {SOURCES}")
-    if not store_path.exists():
-        raise FileNotFoundError(
-            f"{store_path} does not exist: run notebook 03 (self-generated traces) or "
-            "attribute_reference_traces (reference traces) first"
-        )
+        traces = services.reference_traces(owner).to_dict("records")
     stored = RecordStore(store_path, key_fn=lambda r: r["trace_id"]).records()
     over_length = over_length_traces(stored)
     if over_length:
@@ -223,8 +233,8 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
     wanted = {t["trace_id"] for t in traces}
     scored = scored_traces(profile, [r for r in stored if r["trace_id"] in wanted])
     # Table 7 re-segments the traces: the signals of stages 04-05 belong to the profile's own segments.
-    signals = services.segment_signals(profile, source) if keywords is None else {}
-    problems = services.world_problems(profile)
+    signals = services.segment_signals(owner, source) if keywords is None else {}
+    problems = services.world_problems(owner)
     records = []
     for trace in traces:
         trace_id = trace["trace_id"]
@@ -238,7 +248,7 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
             )
         kinds = list(trace.get("kinds") or [None] * attributed.n_segments)
         if keywords is not None:
-            attributed = attributed.regrouped(segment(attributed.reasoning, _keyword_list(profile, keywords)))
+            attributed = attributed.regrouped(segment(attributed.reasoning, _keyword_list(owner, keywords)))
             kinds = [None] * attributed.n_segments
         records.append(
             TraceRecord(
@@ -257,15 +267,22 @@ def load_trace_records(profile: Profile, source: str, keywords: str | None = Non
 
 
 def reference_traces_to_attribute(profile: Profile) -> tuple[list[dict], Path]:
-    """The reference traces of the training questions that this stage attributes, and their store."""
-    traces = services.reference_traces(profile).to_dict("records")
-    return traces, STAGE.path(profile, "reference_attributions_store")
+    """The reference traces of the training questions that this stage attributes, and their store (both
+    the upstream's, :func:`segattr_utils.services.upstream_profile`)."""
+    owner = services.upstream_profile(profile)
+    traces = services.reference_traces(owner).to_dict("records")
+    return traces, STAGE.path(owner, "reference_attributions_store")
 
 
 def attribute_reference_traces(profile: Profile) -> pd.DataFrame:
     """Token IG of the reference traces of the training questions (the world's correct teacher; LIMO's
     provided CoTs on the paper profile), with stage 03's settings; resumable, one record per trace in
-    ``reference_attributions.jsonl``. Returns and writes their completeness table."""
+    ``reference_attributions.jsonl``. Returns and writes their completeness table.
+
+    A student profile (``upstream`` set) attributes them with the upstream's generator and settings into
+    the upstream's folder, where the upstream's own notebook 08 finds them done (and every other student
+    too): no trace is attributed twice. Run the first such notebook 08 alone, or the upstream's first."""
+    profile = services.upstream_profile(profile)
     traces, store_path = reference_traces_to_attribute(profile)
     store = RecordStore(store_path, key_fn=lambda r: r["trace_id"])
     records = attribute_traces(profile, traces, store, "integrated gradients (reference)", STAGE)

@@ -598,6 +598,16 @@ def table1(profile: Profile, metrics: pd.DataFrame, overall: pd.DataFrame) -> pd
     return pd.DataFrame(rows).fillna("")
 
 
+def table8(profile: Profile, overall: pd.DataFrame) -> pd.DataFrame:
+    """Table 8 (App. E): the student without SFT, full-CoT and segment selective SFT on the first training
+    source, as overall greedy accuracy and length and sampled pass@1 and length (the layout of
+    :func:`comparison_table`; Table 1's runs, another student)."""
+    source = services.training_sources(profile)[0]
+    student = profile.get_path("models.student.id", None) or "student"
+    labels = {BASE: f"{student.split('/')[-1]} (no SFT)"}
+    return comparison_table(overall, [BASE, f"full__{source}", f"selective__{source}"], labels=labels)
+
+
 def table_settings(overall: pd.DataFrame, table: str, source: str) -> list[str]:
     """Settings of one of Tables 2-4/7: full-CoT SFT, the table's own variants, then ours."""
     tagged = overall[overall["tables"].fillna("").str.split(",").map(lambda t: table in t)]
@@ -703,15 +713,17 @@ def paper_comparison_rows(
         return f"{100 * (b / a - 1):+.1f}% ({a:.1f} → {b:.1f})" if a == a and b == b and a else "n/a"
 
     rows = []
+    # Table 8 (App. E) is Table 1's comparison on Llama-3.1-8B-Instruct
+    main = "8" if "8" in {str(t) for t in profile.get_path("training.tables", [])} else "1"
     statistics = {
-        "greedy_acc": "Table 1 · greedy accuracy, selective vs full",
-        "greedy_tokens": "Table 1 · greedy output length, selective vs full",
-        "pass@1": "Table 1 · sampled pass@1, selective vs full",
-        "sample_tokens": "Table 1 · sampled output length, selective vs full",
+        "greedy_acc": f"Table {main} · greedy accuracy, selective vs full",
+        "greedy_tokens": f"Table {main} · greedy output length, selective vs full",
+        "pass@1": f"Table {main} · sampled pass@1, selective vs full",
+        "sample_tokens": f"Table {main} · sampled output length, selective vs full",
     }
     for source in profile.get_path("training.sources"):
         for column, statistic in statistics.items():
-            value = paper(f"table1.{column}")
+            value = paper(f"table{main}.{column}")
             full, ours = mean(f"full__{source}", column), mean(f"selective__{source}", column)
             test = tests[(tests["metric"] == column) & (tests["b"] == f"selective__{source}")] if len(tests) else tests
             note = ""
@@ -845,8 +857,9 @@ def run(profile: Profile) -> StageResult:
     save_paper_table(profile, "table1_paired_tests", tests)
     tables["table1_paired_tests"] = tests
     source = profile.get_path("training.ablation_source")
+    planned = {str(t) for t in profile.get_path("training.tables", [])}
     rankings = {}
-    for table in ("2", "3", "4", "7"):
+    for table in [t for t in ("2", "3", "4", "7") if t in planned]:
         table_source = source if table != "7" else profile.get_path("training.table7_source", source)
         settings = table_settings(overall, table, table_source)
         like_for_like = on_seeds(overall, common_seeds(overall, settings))
@@ -871,8 +884,14 @@ def run(profile: Profile) -> StageResult:
     if len(shortening) > 2:
         save_paper_table(profile, "length_vs_share", shortening)
         tables["length_vs_share"] = shortening
+    if "8" in planned:
+        tables["table8"] = table8(profile, overall)
+        save_paper_table(profile, "table8", tables["table8"])
     tau, beta = profile.get_path("selection.tau"), profile.get_path("selection.beta")
-    points = fig5_points(overall, source, tau, beta, common_seeds(overall, table_settings(overall, "fig5", source)))
+    points = pd.DataFrame()
+    if "fig5" in planned:
+        seeds = common_seeds(overall, table_settings(overall, "fig5", source))
+        points = fig5_points(overall, source, tau, beta, seeds)
     saved = {}
     if len(points):
         save_paper_table(profile, "fig5", points)
