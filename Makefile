@@ -26,7 +26,7 @@ help:
 	@echo "                                           GPU-hours estimate -> results/benchmarks/"
 	@echo "make bench-sft-epochs                      what fewer SFT epochs cost on the tiny profile (after make reproduce)"
 	@echo "make gpu-hours                             the paper profile's GPU-hours per stage (an estimate) -> results/benchmarks/"
-	@echo "make gpu-checks                            the GPU checks of issue 12 (needs a GPU and make setup-gpu) -> results/gpu_checks.json"
+	@echo "make gpu-checks                            the GPU checks (needs a GPU and make setup-gpu) -> results/gpu_checks.json"
 	@echo "make lab                                   open JupyterLab on notebooks/"
 	@echo "make browser                               install Debian's chromium for the segment viewer's render test"
 

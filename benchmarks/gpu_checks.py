@@ -1,4 +1,4 @@
-"""GPU checks for the first GPU machine (issue 12, deliverable 7).
+"""GPU checks: what only a GPU machine can tell, run once on the first one lent.
 
 Run: ``python benchmarks/gpu_checks.py [--out results/gpu_checks.json] [--only NAME ...] [--quick]``
 (``make gpu-checks``). Every check is a small function in :data:`REGISTRY`; each runs on its own (an
@@ -12,7 +12,7 @@ tokenizer (byte-level BPE, Qwen2's split, R1's special tokens and chat template,
 ``add_special_tokens=True`` as R1-Distill's tokenizer does, filled to the model's vocabulary so that
 every sampled id decodes).
 
-Checks, in the order they run (the numbers are issue 12's):
+Checks, in the order they run:
 
 1. ``environment``: torch/CUDA versions, GPU name and memory, package versions, ``pip check``.
 2. ``sdpa_flash_gqa``: flash SDPA with GQA at 7B shapes (28 q / 4 kv heads, head dim 128, L = 16k,
@@ -46,6 +46,7 @@ import copy
 import importlib.util
 import itertools
 import json
+import math
 import platform
 import subprocess
 import sys
@@ -484,7 +485,7 @@ def question_prompts(tokenizer, n: int) -> list[str]:
 
 @check("vllm_engine_memory", needs=("cuda", "vllm"))
 def check_engine_memory(res: Resources) -> dict:
-    """Issue 12 check 4: the stages' path (``services.load_generator``: the engine, and only the tokenizer
+    """the stages' path (``services.load_generator``: the engine, and only the tokenizer
     beside it) starts with the paper profile's engine settings, generates, and ``close()`` frees the GPU
     so that a second engine starts (stage 09 evaluates one model after another)."""
     from segattr_utils.llm.generation import SamplingSettings, derive_seed
@@ -515,7 +516,7 @@ def check_engine_memory(res: Resources) -> dict:
 
 @check("vllm_seed_diversity", needs=("cuda", "vllm"), uses_engine=True)
 def check_seed_diversity(res: Resources) -> dict:
-    """Issue 12 check 3: K copies of one prompt with per-request seeds ``derive_seed(seed, tag, question,
+    """K copies of one prompt with per-request seeds ``derive_seed(seed, tag, question,
     sample)`` (what stage 01 sends) are K distinct samples; the same seeds again give the same samples;
     one shared seed gives K identical samples (vLLM seeds each request on its own: why the project
     derives one seed per request)."""
@@ -541,7 +542,7 @@ def check_seed_diversity(res: Resources) -> dict:
 
 @check("vllm_throughput", needs=("cuda", "vllm"), uses_engine=True)
 def check_throughput(res: Resources) -> dict:
-    """Issue 12 check 5: output tokens/s of the random 1.5B with 64 and with 2048 requests in one call
+    """output tokens/s of the random 1.5B with 64 and with 2048 requests in one call
     (256 tokens each, ignore_eos). ``LLM.generate`` is called directly: the project's generator has no
     ``ignore_eos`` (the stages stop at EOS)."""
     from vllm import SamplingParams
@@ -576,7 +577,7 @@ def check_throughput(res: Resources) -> dict:
 
 @check("prompt_token_ids", uses_engine=True)
 def check_prompt_token_ids(res: Resources) -> dict:
-    """Issue 12 check 7: the prompt ids the model sees equal ``apply_chat_template``'s (no doubled BOS).
+    """the prompt ids the model sees equal ``apply_chat_template``'s (no doubled BOS).
 
     Always: the ids of the project's HF paths (``add_special_tokens=False``) against the template's, and
     whether ``add_special_tokens=True`` (vLLM 0.30.0's default for a text prompt) doubles the BOS with an
@@ -728,7 +729,7 @@ def sft_flops_per_step(config: dict, length: int, batch: int) -> float:
 
 @check("sft_16k", full_needs=("cuda",))
 def check_sft(res: Resources) -> dict:
-    """Issue 12 check 6: 20 optimizer steps of the 1.5B (random weights) on 16k-token sequences, batch 2,
+    """20 optimizer steps of the 1.5B (random weights) on 16k-token sequences, batch 2,
     float32 master weights under bf16 autocast (TrainSettings' default precision), gradient checkpointing,
     through ``segattr_utils.llm.training.train_sft`` (TRL's SFTTrainer): peak memory, seconds per step and the
     achieved FLOP/s (compare with gpu_hours.py's SFT assumption)."""
@@ -848,9 +849,9 @@ def check_sft_fp32_master(res: Resources) -> dict:
 
 @check("ig_memory", full_needs=("cuda",))
 def check_ig_memory(res: Resources) -> dict:
-    """Issue 12 check 8: ``token_attributions`` (Eq. 2) with one path point per forward/backward pass
+    """``token_attributions`` (Eq. 2) with one path point per forward/backward pass
     (``internal_batch_size=1``) on the 7B config cut to 2 layers, at L = 2k and 4k (bf16): peak memory
-    and seconds, for issue 13's memory estimator. The engine needs J >= 2, so two points run; the
+    and seconds, for the memory estimator (:mod:`segattr_utils.method.ig_cost`). The engine needs J >= 2, so two points run; the
     peak is one point's, and seconds per point include half of the two no-grad passes F(x), F(x')."""
     from segattr_utils.method.attribution import token_attributions
 
@@ -882,6 +883,163 @@ def check_ig_memory(res: Resources) -> dict:
         finite &= bool(torch.isfinite(result.values).all())
     del model
     values["passed"] = finite
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# segattr score of a long trace, planned for the GPU
+
+
+def long_r1_output(tokenizer, n_tokens: int) -> str:
+    """An R1-format output (``<think>``, segments opened by transition words, ``</think>``, a boxed answer)
+    of about ``n_tokens`` tokens under ``tokenizer``."""
+    paragraphs = [
+        "Okay, let me compute 17 * 23 step by step.",
+        "Wait, 17 * 20 = 340 and 17 * 3 = 51, so 340 + 51 = 391.",
+        "Alternatively, 23 * 17 = 23 * 10 + 23 * 7 = 230 + 161 = 391.",
+        "Hmm, let me double-check by subtracting: 391 - 340 = 51, and 51 / 17 = 3.",
+    ]
+    body, length, i = [], 0, 0
+    while length < n_tokens:
+        paragraph = paragraphs[i % len(paragraphs)]
+        body.append(paragraph if i == 0 else "\n\n" + paragraph)
+        length += len(tokenizer(body[-1], add_special_tokens=False)["input_ids"])
+        i += 1
+    return "<think>\n" + "".join(body) + "\n</think>\n\nSo the product is \\boxed{391}."
+
+
+@check("score_long_trace", full_needs=("cuda",))
+def check_score_long_trace(res: Resources) -> dict:
+    """``score_trace`` (what ``segattr score`` runs per trace) of a 16k-token trace on the 7B config (28
+    layers, random bf16 weights) with ``internal_batch_size`` and ``activation_checkpointing`` ``auto``: one
+    plain path point needs ~85 GiB at this length, so the planner must checkpoint; the trace is scored, not
+    skipped, the settings it ran with are recorded, and the peak memory is compared with the estimator's.
+    ``--quick``: the quick 7B shapes at 512 tokens with a memory budget of half a plain point, which must
+    also make the planner checkpoint."""
+    from segattr_utils.method.ig_cost import estimate_ig_cost
+    from segattr_utils.scored_trace import score_trace
+
+    cuda = torch.cuda.is_available()
+    tokenizer = res.tokenizer()
+    length = 512 if res.quick else 16384
+    config = dict(res.shapes.generator)
+    dtype = res.shapes.dtype if cuda else torch.float32
+    model = random_causal_lm(config, dtype, device_name(), tokenizer)
+    output = long_r1_output(tokenizer, length)
+    plain = estimate_ig_cost(model.config, length, points_per_chunk=1, activation_checkpointing=False, dtype=dtype)
+    checkpointed = estimate_ig_cost(
+        model.config, length, points_per_chunk=1, activation_checkpointing=True, dtype=dtype
+    )
+    budget = plain.working_bytes / 2 / GIB if res.quick else None
+    reset_peak_memory()
+    started = time.perf_counter()
+    scored = score_trace(
+        model,
+        tokenizer,
+        "What is 17 * 23?",
+        output,
+        "391",
+        n_steps=4,
+        internal_batch_size="auto",
+        activation_checkpointing="auto",
+        memory_budget_gb=budget,
+        warn_relative_delta=None,
+    )
+    synchronize()
+    peak = peak_memory_gib()
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) / GIB
+    settings = scored.settings
+    values = {
+        "n_tokens": scored.n_tokens,
+        "segments": scored.n_segments,
+        "internal_batch_size": settings["internal_batch_size"],
+        "activation_checkpointing": settings["activation_checkpointing"],
+        "out_of_memory_retries": settings["out_of_memory_retries"],
+        "plain_point_predicted_gib": round(plain.working_bytes / GIB, 2),
+        "checkpointed_point_predicted_gib": round(checkpointed.working_bytes / GIB, 2),
+        "peak_above_weights_gib": None if peak is None else round(peak - weights, 2),
+        "seconds": round(time.perf_counter() - started, 1),
+        "relative_delta": scored.relative_delta,
+    }
+    finite = all(math.isfinite(v) for segment in scored.token_attributions for v in segment)
+    values["passed"] = bool(settings["activation_checkpointing"]) and finite and scored.n_tokens >= length
+    del model
+    return values
+
+
+# ---------------------------------------------------------------------------------------------
+# A chunked vLLM stage resumed after a killed worker
+
+
+@check("vllm_chunked_resume", needs=("cuda", "vllm"))
+def check_vllm_chunked_resume(res: Resources) -> dict:
+    """The stages' chunked generation (``run_generation_tasks``) over two data parallel workers with chunks
+    of 8 requests (128 requests): one worker is killed (SIGKILL) once the first chunk is stored. Every chunk stored before
+    the failure stays; a resume with fresh workers sends only the missing requests and ends with every
+    record. Sampled texts need not equal an uninterrupted run's (vLLM is not batch invariant by default)."""
+    from segattr_utils.artifacts import RecordStore
+    from segattr_utils.llm.generation import GenerationTask, SamplingSettings, VLLMGenerator, run_generation_tasks
+    from segattr_utils.llm.vllm_parallel import Devices, visible_devices
+    from segattr_utils.llm.vllm_worker import WorkerError
+
+    visible = visible_devices()
+    ids = visible.ids or ("0",)
+    groups = ids[:2] if len(ids) >= 2 else (ids[0], ids[0])
+    engine = {k: v for k, v in engine_profile().get_path("generation.vllm").items() if k != "data_parallel_size"}
+    engine = {k: v for k, v in engine.items() if k != "batch_invariant"} | {"tensor_parallel_size": 1}
+    if len(set(groups)) == 1:
+        engine["gpu_memory_utilization"] = 0.4  # two engines share the GPU
+    folder, tokenizer = res.student_folder(), res.tokenizer()
+    prompts = dict(enumerate(question_prompts(tokenizer, 64)))  # 8 chunks per worker: some still to run
+    sampled = SamplingSettings(temperature=0.6, top_p=1.0, max_new_tokens=res.shapes.vllm_max_tokens)
+    tasks = [GenerationTask("sample", {str(k): v for k, v in prompts.items()}, 2, sampled)]
+    total = 2 * len(prompts)
+    store = RecordStore(res.workdir / "chunked.jsonl")
+
+    def generator() -> VLLMGenerator:
+        return VLLMGenerator(
+            str(folder),
+            dtype="bfloat16",
+            tokenizer=tokenizer,
+            devices=Devices(tuple(groups), visible.memory_bytes),
+            chunk_requests=8,
+            data_parallel_size=2,
+            **engine,
+        )
+
+    first = generator()
+    append = store.append
+
+    def kill_after_first_chunk(records):
+        append(records)
+        victim = first.workers.workers[1].process
+        if victim.poll() is None:
+            victim.kill()
+
+    store.append = kill_after_first_chunk
+    failed = None
+    try:
+        run_generation_tasks(first, tasks, store, batch_size=8, seed=0)
+    except WorkerError as error:
+        failed = str(error).splitlines()[0]
+    finally:
+        first.close()
+    kept = len(RecordStore(store.path).records())
+    resumed = RecordStore(store.path)
+    second = generator()
+    try:
+        run_generation_tasks(second, tasks, resumed, batch_size=8, seed=0)
+    finally:
+        second.close()
+    keys = [tuple(r["key"]) for r in resumed.records()]
+    values = {
+        "requests": total,
+        "worker_error": failed,
+        "records_kept_after_kill": kept,
+        "records_after_resume": len(keys),
+        "distinct_keys": len(set(keys)),
+    }
+    values["passed"] = failed is not None and 8 <= kept < total and len(keys) == len(set(keys)) == total
     return values
 
 

@@ -1,4 +1,4 @@
-"""GPU-hours per stage of the paper profile, and the wall time on one 8-GPU node (issue 12).
+"""GPU-hours per stage of the paper profile, and the wall time on one 8-GPU node.
 
 An ESTIMATE, not a measurement: no GPU was available when it was written. It combines the paper
 profile's settings (``segattr_utils/profiles/paper.yaml``, read with ``load_profile("paper")``; the SFT
@@ -205,7 +205,7 @@ class Assumptions:
 
 ASSUMPTION_NOTES = {
     "limo_questions": "GAIR/LIMO's train split",
-    "reference_trace_tokens": "the issue's working value; LIMO's CoTs were not downloaded here",
+    "reference_trace_tokens": "a working value; LIMO's CoTs were not downloaded here",
     "prompt_tokens": "R1 chat template + a question; a guess",
     "answer_tokens": "the answer suffix after the trace; a guess",
     "sample_tokens": "LIMO keeps questions a strong model rarely solves, so long outputs; a guess",
@@ -234,7 +234,7 @@ ASSUMPTION_NOTES = {
     "reserve_gib_per_gpu": "a guess",
     "prefill_mfu": "a guess",
     "engine_start_s": "a guess for a 1.5-8B model; per engine, the DP engines of a model start at once",
-    "node_gpus": "one 8-GPU node (issue 12's target)",
+    "node_gpus": "one 8-GPU node (the target)",
 }
 
 

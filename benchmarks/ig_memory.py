@@ -1,4 +1,4 @@
-"""IG memory at Qwen2-7B's widths on the CPU, beside the estimator's prediction (issue 13, item 6).
+"""IG memory at Qwen2-7B's widths on the CPU, beside the estimator's prediction.
 
 Run by ``make bench`` as ``.venv/bin/python benchmarks/ig_memory.py --out results/benchmarks``. Writes
 

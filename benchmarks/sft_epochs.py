@@ -1,5 +1,5 @@
-"""Measurement: how many SFT epochs the tiny profile needs (issue: make the like-for-like reruns cheaper by
-training fewer epochs where the loss has flattened, measured, not by dropping seeds).
+"""Measurement: how many SFT epochs the tiny profile needs (the like-for-like reruns get cheaper by training
+fewer epochs where the loss has flattened, measured, not by dropping seeds).
 
 For full-CoT and segment selective SFT (Table 1's two rows) on one source and seed, a fresh student is
 trained for each epoch count with every other setting of ``training.sft`` unchanged (so the cosine

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-VLLM_CHECKS = ["vllm_engine_memory", "vllm_seed_diversity", "vllm_throughput", "prompt_token_ids", "vllm_data_parallel"]
+VLLM_CHECKS = [
+    "vllm_engine_memory",
+    "vllm_seed_diversity",
+    "vllm_throughput",
+    "prompt_token_ids",
+    "vllm_data_parallel",
+    "vllm_chunked_resume",
+]
 FAKES = Path(__file__).resolve().parent / "fakes"
 
 
@@ -40,11 +47,20 @@ def quick_rows(gpu_checks, tmp_path_factory):
 @pytest.mark.slow
 def test_quick_mode_runs_the_cpu_checks_and_skips_the_rest(gpu_checks, quick_rows):
     assert list(quick_rows) == [c.name for c in gpu_checks.REGISTRY]
-    for name in ("vllm_engine_memory", "vllm_seed_diversity", "vllm_throughput", "vllm_data_parallel"):
+    for name in (
+        "vllm_engine_memory",
+        "vllm_seed_diversity",
+        "vllm_throughput",
+        "vllm_data_parallel",
+        "vllm_chunked_resume",
+    ):
         assert quick_rows[name]["status"] == "skipped"
         assert "needs CUDA" in quick_rows[name]["error"]
-    for name in ("sdpa_flash_gqa", "prompt_token_ids", "sft_16k", "sft_fp32_master", "ig_memory"):
+    for name in ("sdpa_flash_gqa", "prompt_token_ids", "sft_16k", "sft_fp32_master", "ig_memory", "score_long_trace"):
         assert quick_rows[name]["status"] == "passed", quick_rows[name]
+    # the planner checkpointed the long trace under a budget of half a plain path point
+    scored = quick_rows["score_long_trace"]["values"]
+    assert scored["activation_checkpointing"] is True and scored["n_tokens"] >= 512
     assert quick_rows["environment"]["status"] in ("passed", "failed")  # pip check's verdict on this venv
     assert "pip_check" in quick_rows["environment"]["values"]
     assert quick_rows["sdpa_flash_gqa"]["values"]["flash"] == "not run: needs CUDA"
@@ -142,6 +158,10 @@ def test_vllm_checks_run_against_the_cpu_stand_in(gpu_checks, fake_vllm, monkeyp
     assert parallel["status"] == "passed", parallel
     assert parallel["values"]["dp2_exit_codes"] == [0, 0] and parallel["values"]["workers_on"] == ["0", "0"]
     assert parallel["values"]["identical_greedy_share"] == parallel["values"]["identical_sampled_share"] == 1.0
+    resumed = rows["vllm_chunked_resume"]
+    assert resumed["status"] == "passed", resumed
+    assert resumed["values"]["worker_error"] and "-9" in resumed["values"]["worker_error"]
+    assert 8 <= resumed["values"]["records_kept_after_kill"] < resumed["values"]["requests"] == 128
     engines = fake_vllm.ENGINES
     # check 4 starts and closes two engines; the shared engine of checks 3, 5, 7 is one more, closed before the
     # data parallel check, whose in-process engine is the fourth (its two workers' engines are in subprocesses)

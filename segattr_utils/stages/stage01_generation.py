@@ -12,7 +12,7 @@ records on the same GPU type and vLLM version: :mod:`segattr_utils.llm.generatio
 With ``data.traces`` in the profile the stage generates nothing: it reads the outputs of a trace file
 (:mod:`segattr_utils.data.traces`: validated, split at the last ``</think>``), grades them against their
 gold answers, and keeps the shortest correct and incorrect one of each question by the same rule
-(:func:`import_training_traces`; issue 14). The file's questions become the training questions
+(:func:`import_training_traces`). The file's questions become the training questions
 (``imported_questions``), and the outputs left out as invalid are listed (``rejected_outputs``).
 """
 

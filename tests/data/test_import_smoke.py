@@ -1,4 +1,4 @@
-"""Notebooks 00-07 on an imported trace file (issue 14): the smoke profile with ``data.traces`` pointing at
+"""Notebooks 00-07 on an imported trace file: the smoke profile with ``data.traces`` pointing at
 the R1-format file of ``tests/fixtures/r1_traces.py``, under nbval as ``make test-notebooks`` runs them.
 
 Notebook 00 still builds the smoke world and trains its model and tokenizer (the generator role the later

@@ -1,4 +1,4 @@
-"""Activation checkpointing in the IG engine (``segattr_utils.method.checkpointing``; issue 13, item 1).
+"""Activation checkpointing in the IG engine (``segattr_utils.method.checkpointing``).
 
 The reference is the engine's own plain run on the same model: recomputing a layer in the backward pass
 must not change the attributions (<= 1e-5 relative). That checkpointing really happened is checked

@@ -1,4 +1,4 @@
-"""IG for a model dispatched with ``device_map`` (issue 13, item 5), as far as a CPU-only machine allows.
+"""IG for a model dispatched with ``device_map``, as far as a CPU-only machine allows.
 
 A CPU has one torch device, so a model cannot be spread over two real devices here. What is tested:
 

@@ -1,4 +1,4 @@
-"""The IG cost estimator (``segattr_utils.method.ig_cost``; issue 13, item 2) against independent numbers:
+"""The IG cost estimator (``segattr_utils.method.ig_cost``) against independent numbers:
 
 - a hand calculation on a toy config, written out term by term from the table in the module docstring;
 - the parameter count of the model transformers builds from each config;
