@@ -97,9 +97,14 @@ class OverLengthError(ValueError):
 
 class AttributionOutOfMemoryError(ValueError):
     """Integrated gradients ran out of accelerator memory at every setting tried, down to one checkpointed
-    path point per pass (:func:`segattr_utils.method.ig_plan.out_of_memory_ladder`); the message lists them."""
+    path point per pass (:func:`segattr_utils.method.ig_plan.out_of_memory_ladder`); the message lists them,
+    ``n_tokens`` is the attributed sequence's length."""
 
     reason = "out_of_memory"
+
+    def __init__(self, message: str, n_tokens: int | None = None):
+        super().__init__(message)
+        self.n_tokens = n_tokens
 
 
 def segment_table(
@@ -427,26 +432,78 @@ def score_trace(
     predicted = last_boxed(answer_part)
     if predicted is None:
         raise TraceFormatError("no boxed answer", "the answer part after </think> has no \\boxed{} answer")
-    segments = segment(reasoning, keywords)
-    sequence = build_attribution_sequence(tokenizer, prompt, segments, gold_answer, suffix_template=answer_suffix)
-    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if max_length is not None and len(sequence) > max_length:
-        raise OverLengthError(len(sequence), max_length, "max_length")
-    if isinstance(positions, int) and len(sequence) > positions:
-        raise OverLengthError(len(sequence), positions, "the model's maximum positions")
     if baseline_token_id is None:
         baseline_token_id = tokenizer.pad_token_id  # App. C.4: the pad token (R1: pad = EOS)
+    scored, _ = attribute_segments(
+        model,
+        tokenizer,
+        question,
+        prompt,
+        segment(reasoning, keywords),
+        gold_answer,
+        answer_part,
+        baseline_token_id=baseline_token_id,
+        ig=ig_settings,
+        answer_suffix=answer_suffix,
+        max_length=max_length,
+        warn_relative_delta=warn_relative_delta,
+        settings={
+            "tau": tau,
+            "beta": beta,
+            "aggregation": aggregation,
+            "always_keep": always_keep,
+            "keywords": list(keywords),
+        },
+    )
+    return scored
+
+
+def attribute_segments(
+    model,
+    tokenizer,
+    question: str,
+    prompt: str,
+    segments: Sequence[str],
+    gold_answer: str,
+    answer_part: str,
+    *,
+    baseline_token_id: int | None,
+    ig: IGSettings,
+    answer_suffix: str = DEFAULT_ANSWER_SUFFIX,
+    max_length: int | None = None,
+    max_length_name: str = "max_length",
+    correct: bool | None = None,
+    settings: dict | None = None,
+    warn_relative_delta: float | None = None,
+) -> tuple[ScoredTrace, AttributionSequence]:
+    """The scored trace of ``segments`` after ``prompt`` (``question`` templated; Sec. 2.2-2.3), and the attributed sequence: one
+    tokenisation of ``prompt + segments + answer suffix`` (:func:`build_attribution_sequence`), IG of the gold
+    answer's log-probability (Eq. 1-2) through :func:`segattr_utils.method.ig_plan.attribute_sequence` (the
+    one attribution entry point: planned points per pass and checkpointing, the out-of-memory ladder), and the
+    segment scores. What ``score_trace`` and stage 03 share.
+
+    ``settings`` (selection and segmentation settings) are recorded with the IG settings and the ones the
+    run used. Raises :class:`OverLengthError` for a sequence longer than ``max_length`` (named
+    ``max_length_name`` in the message) or the model's positions, and :class:`AttributionOutOfMemoryError`
+    when no setting fits; neither truncates nor half-writes anything.
+    """
+    sequence = build_attribution_sequence(tokenizer, prompt, list(segments), gold_answer, suffix_template=answer_suffix)
+    positions = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if max_length is not None and len(sequence) > max_length:
+        raise OverLengthError(len(sequence), max_length, max_length_name)
+    if isinstance(positions, int) and len(sequence) > positions:
+        raise OverLengthError(len(sequence), positions, "the model's maximum positions")
     run = attribute_sequence(
         model,
         torch.tensor(sequence.input_ids),
         sequence.answer_span,
         baseline_token_id=baseline_token_id,
-        settings=ig_settings,
+        settings=ig,
         warn_relative_delta=warn_relative_delta,
     )
     if run.skipped:
-        raise AttributionOutOfMemoryError(run.skipped)
-    return ScoredTrace.from_sequence(
+        raise AttributionOutOfMemoryError(run.skipped, n_tokens=len(sequence))
+    scored = ScoredTrace.from_sequence(
         sequence,
         run.attribution,
         question=question,
@@ -454,19 +511,17 @@ def score_trace(
         prompt=prompt,
         segments=segments,
         answer_part=answer_part,
+        correct=correct,
         settings={
-            "n_steps": n_steps,
-            "method": method,
-            "tau": tau,
-            "beta": beta,
-            "aggregation": aggregation,
-            "always_keep": always_keep,
-            "keywords": list(keywords),
+            **(settings or {}),
+            "n_steps": ig.n_steps,
+            "method": ig.method,
             "baseline_token_id": baseline_token_id,
             "answer_suffix": answer_suffix,
             **run.settings_record(),
         },
     )
+    return scored, sequence
 
 
 def fit_length(example: TrainingExample, max_length: int | None, overlength: Overlength = "truncate"):

@@ -27,13 +27,12 @@ from .. import dag, distributed, services
 from ..artifacts import RecordStore, write_table
 from ..config import Profile
 from ..llm.models import free_accelerator_memory
-from ..method.ig_plan import IGSettings, attribute_sequence
-from ..method.token_spans import build_attribution_sequence
+from ..method.ig_plan import IGSettings
 from ..progress import progress
 from ..report import figures
 from ..report.paper_vs_run import comparison_row, paper
 from ..run_log import log_seconds
-from ..scored_trace import ScoredTrace, segment_table
+from ..scored_trace import AttributionOutOfMemoryError, OverLengthError, ScoredTrace, attribute_segments, segment_table
 from . import StageResult, finish
 
 STAGE = dag.IG_ATTRIBUTION
@@ -61,55 +60,41 @@ def attribution_record(model, tokenizer, baseline: int, settings: dict, trace: d
     tries it again on a later run). The record carries the settings that were used.
     """
     prompt = services.prompt(tokenizer, trace["question"])
-    gold = str(trace["answer"])
-    sequence = build_attribution_sequence(
-        tokenizer, prompt, list(trace["segments"]), gold, suffix_template=settings["answer_suffix"]
-    )
-    record = {"trace_id": trace["trace_id"], "n_tokens": len(sequence)}
-    cap = settings.get("max_length")
-    if cap is not None and len(sequence) > cap:
-        record["skipped"] = f"sequence of {len(sequence)} tokens exceeds attribution.max_length"
-        return record
-    # the stage records every trace's error and flags those over attribution.flag_relative_delta in its
-    # completeness table and histogram: no warning per trace in the executed notebook
     ig = IGSettings.from_mapping(settings)
-    run = attribute_sequence(
-        model,
-        torch.tensor(sequence.input_ids),
-        sequence.answer_span,
-        baseline_token_id=baseline,
-        settings=ig,
-        warn_relative_delta=None,
-    )
-    if run.skipped:
-        record["skipped"] = run.skipped
-        return record
-    scored = ScoredTrace.from_sequence(
-        sequence,
-        run.attribution,
-        question=trace["question"],
-        gold_answer=gold,
-        prompt=prompt,
-        segments=trace["segments"],
-        answer_part=trace["answer_part"],
-        correct=trace.get("correct"),
-        settings={
-            "n_steps": ig.n_steps,
-            "method": ig.method,
-            "baseline_token_id": baseline,
-            "answer_suffix": settings["answer_suffix"],
-        },
-    )
-    record.update(
-        {
-            "skipped": None,
-            **run.settings_record(),
-            **scored.to_record(),
-            "answer_span": list(sequence.answer_span),
-            "segment_spans": [list(s) for s in sequence.segment_spans],
-        }
-    )
-    return record
+    try:
+        # the stage records every trace's error and flags those over attribution.flag_relative_delta in its
+        # completeness table and histogram: no warning per trace in the executed notebook
+        scored, sequence = attribute_segments(
+            model,
+            tokenizer,
+            trace["question"],
+            prompt,
+            trace["segments"],
+            str(trace["answer"]),
+            trace["answer_part"],
+            baseline_token_id=baseline,
+            ig=ig,
+            answer_suffix=settings["answer_suffix"],
+            max_length=settings.get("max_length"),
+            max_length_name="attribution.max_length",
+            correct=trace.get("correct"),
+        )
+    except OverLengthError as error:
+        what = "attribution.max_length" if error.limit == settings.get("max_length") else "the model's positions"
+        reason = f"sequence of {error.n_tokens} tokens exceeds {what}"
+        return {"trace_id": trace["trace_id"], "n_tokens": error.n_tokens, "skipped": reason}
+    except AttributionOutOfMemoryError as error:
+        return {"trace_id": trace["trace_id"], "n_tokens": error.n_tokens, "skipped": str(error)}
+    run = ("internal_batch_size", "activation_checkpointing", "out_of_memory_retries")
+    return {
+        "trace_id": trace["trace_id"],
+        "n_tokens": scored.n_tokens,
+        "skipped": None,
+        **{key: scored.settings[key] for key in run},
+        **scored.to_record(),
+        "answer_span": list(sequence.answer_span),
+        "segment_spans": [list(s) for s in sequence.segment_spans],
+    }
 
 
 def scored_traces(profile: Profile, records: list[dict]) -> dict[str, ScoredTrace]:
