@@ -173,7 +173,9 @@ def opens_thinking(tokenizer) -> bool:
     """Whether the chat template's generation prompt already opens a thinking block (R1-Distill:
     ``<｜Assistant｜><think>\\n``); instruct templates (Qwen2.5-Instruct, Llama-3.1-Instruct) have none."""
     with_prompt = chat_prompt(tokenizer, "")
-    without = tokenizer.apply_chat_template([{"role": "user", "content": ""}], tokenize=False)
+    without = tokenizer.apply_chat_template(
+        [{"role": "user", "content": ""}], tokenize=False, add_generation_prompt=False
+    )
     added = with_prompt[len(without) :] if with_prompt.startswith(without) else with_prompt
     return "<think>" in added
 
