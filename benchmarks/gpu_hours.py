@@ -922,14 +922,14 @@ ONE_GPU_PASSES = {"attribution.processes": 1, "analysis.linguistics.processes": 
 BEFORE = {"generation.vllm.tensor_parallel_size": 4, "generation.vllm.data_parallel_size": 1}
 SCENARIOS: tuple[tuple[str, dict], ...] = (
     ("paper.yaml as it is", {}),
-    ("for comparison, the engines before: tensor_parallel_size: 4, data_parallel_size: 1", BEFORE),
+    ("for comparison, one engine of TP 4: tensor_parallel_size: 4, data_parallel_size: 1", BEFORE),
     (
         "for comparison, tensor_parallel_size: 2 for every model (4 engines)",
         {"generation.vllm.tensor_parallel_size": 2},
     ),
     (
         "for comparison, IG and stage 05 in one process on one GPU (attribution.processes: 1, "
-        "analysis.linguistics.processes: 1: before the accelerate launch)",
+        "analysis.linguistics.processes: 1)",
         ONE_GPU_PASSES,
     ),
     ("6 samples on AMC23/AIME24/AIME25 (32 in paper.yaml)", {"evaluation.benchmarks.*.n_samples": 6}),
