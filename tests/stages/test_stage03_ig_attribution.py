@@ -63,6 +63,7 @@ def world_profile(tmp_path_factory):
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     profile = load_profile("smoke")
+    profile["results_root"] = str(tmp_path_factory.mktemp("results"))  # run logs too, never the repo's results/
     profile["models"]["generator"]["local_path"] = str(folder)
     profile["attribution"].update(n_steps=8, internal_batch_size=4, method="gausslegendre")
     return profile
