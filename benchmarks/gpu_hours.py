@@ -782,11 +782,6 @@ def evaluation_request_counts(profile: Profile) -> tuple[int, int]:
     return greedy, sampled
 
 
-def evaluation_requests(profile: Profile) -> int:
-    """Outputs per evaluated model, greedy and sampled."""
-    return sum(evaluation_request_counts(profile))
-
-
 # Questions per benchmark as published (MATH-500, AMC 2023, AIME 2024/2025, GPQA-Diamond, Minerva Math,
 # OlympiadBench's English math split used by math-ai/olympiadbench).
 BENCHMARK_SIZES = {

@@ -69,10 +69,10 @@ def test_parameter_counts_match_the_published_models(gh):
 def test_evaluation_requests_by_hand(gh, paper):
     # greedy + n_samples per question: MATH500, AMC23, AIME24, AIME25, GPQA, Minerva, OlympiadBench
     by_hand = 500 * 7 + 40 * 33 + 30 * 33 + 30 * 33 + 198 * 7 + 272 * 7 + 675 * 7
-    assert gh.evaluation_requests(paper) == by_hand == 14_815
+    assert sum(gh.evaluation_request_counts(paper)) == by_hand == 14_815
     assert gh.evaluation_request_counts(paper) == (1_745, 13_070)  # 12% greedy, 88% sampled
     limited = gh.with_settings(paper, {"evaluation.limit": 100})
-    assert gh.evaluation_requests(limited) == 100 * 7 + 40 * 33 + 30 * 33 * 2 + 100 * 7 * 3
+    assert sum(gh.evaluation_request_counts(limited)) == 100 * 7 + 40 * 33 + 30 * 33 * 2 + 100 * 7 * 3
     assert paper.get_path("evaluation.limit") is None  # the scenarios never change the loaded profile
 
 

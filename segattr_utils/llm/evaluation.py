@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import RecordStore
-from .generation import GenerationTask, SamplingSettings, run_generation, run_generation_tasks, sample_jobs
+from .generation import GenerationTask, SamplingSettings, run_generation_tasks, sample_jobs
 from .grading import grade
 
 
@@ -25,39 +25,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - comb(n - c, k) / comb(n, k)
-
-
-def generate_and_grade(
-    generator,
-    prompts: dict[str, str],
-    answers: dict[str, str],
-    n_samples: int,
-    settings: SamplingSettings,
-    store: RecordStore,
-    batch_size: int,
-    seed: int,
-    tag: str,
-) -> pd.DataFrame:
-    """Generate (resumably) and grade ``n_samples`` outputs per prompt; one row per output."""
-    run_generation(generator, prompts, n_samples, settings, store, batch_size, seed, tag)
-    rows = []
-    for record in store.records():
-        if record["tag"] != tag or record["question_id"] not in prompts:
-            continue
-        verdict = grade(record["text"], answers[record["question_id"]])
-        rows.append(
-            {
-                "question_id": record["question_id"],
-                "tag": tag,
-                "sample": record["sample"],
-                "n_tokens": record["n_tokens"],
-                "finished": record["finished"],
-                "pred": verdict["pred"],
-                "correct": verdict["correct"],
-                "text": record["text"],
-            }
-        )
-    return pd.DataFrame(rows).sort_values(["question_id", "sample"]).reset_index(drop=True)
 
 
 def summarise_outputs(graded: pd.DataFrame, ks: Sequence[int] = (1,)) -> dict:

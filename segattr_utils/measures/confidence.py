@@ -53,7 +53,7 @@ import torch
 
 from ..llm.generation import SamplingSettings, left_padded_batch
 from ..llm.grading import grade
-from ..method.importance import GROUPS, IMPORTANT_GROUP, label_segments, segment_groups  # noqa: F401  (re-exported)
+from ..method.importance import GROUPS, label_segments, segment_groups  # noqa: F401  (re-exported)
 from .group_stats import compare_groups, describe
 from .trace_stats import trace_level_comparison
 

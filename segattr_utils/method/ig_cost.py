@@ -182,9 +182,6 @@ class Architecture:
             mlp = self.activation_saves * b * self.intermediate
         return norms + attention + mlp
 
-    def final_norm_bytes(self, b: int) -> int:
-        return 4 * self.hidden + 4 if self.family == "llama" else b * self.hidden + 8
-
     def linear_flops_per_token_per_layer(self) -> int:
         h, i = self.hidden, self.intermediate
         if self.family == "llama":
@@ -234,9 +231,6 @@ class IGCost:
     @property
     def seconds(self) -> float | None:
         return None if not self.flops_per_second else self.flops / self.flops_per_second
-
-    def seconds_at(self, flops_per_second: float) -> float:
-        return self.flops / flops_per_second
 
 
 def estimate_ig_cost(

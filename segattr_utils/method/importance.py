@@ -168,7 +168,6 @@ GROUPS: tuple[str, ...] = (
     "low strength, moderate consistency",
     "low strength, high consistency",
 )
-IMPORTANT_GROUP = GROUPS[0]
 
 
 def segment_groups(

@@ -65,11 +65,6 @@ def beyond_paper_marker() -> str:
     return paper("beyond_paper")
 
 
-def is_beyond_paper(row: dict) -> bool:
-    """Whether a comparison row measures something beyond the paper (:func:`beyond_paper_row`)."""
-    return str(row.get("paper")) == beyond_paper_marker()
-
-
 def write_stage_comparison(profile: Profile, stage: str, rows: Iterable[dict]) -> Path:
     """Replace ``stage``'s rows of the comparison and return the path of its CSV."""
     rows = list(rows)

@@ -525,7 +525,7 @@ def run(profile: Profile) -> StageResult:
     if len(over_length):
         warnings.warn(
             f"{len(over_length)} traces exceed attribution.max_length ({settings['max_length']} tokens) and were "
-            f"skipped, not truncated (IG needs the whole trace): {', '.join(over_length[:10])}"
+            f"skipped, not truncated (IG needs the whole trace): {', '.join(over_length['trace_id'].iloc[:10])}"
             f"{' ...' if len(over_length) > 10 else ''}; the authors attribute every trace (attribution.max_length: null)",
             stacklevel=2,
         )

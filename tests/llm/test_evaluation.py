@@ -1,4 +1,5 @@
-"""Tests for segattr_utils.llm.evaluation: the unbiased pass@k estimator and the output summary."""
+"""Tests for segattr_utils.llm.evaluation: the unbiased pass@k estimator, the output summary, and one
+model's evaluation (generated, graded in job order, resumed) with a stub generator."""
 
 from __future__ import annotations
 
@@ -139,9 +140,15 @@ def test_summarise_outputs_default_ks_and_unequal_samples():
 
 
 class _BoxedStub:
-    """Answers question q<i> with \\boxed{i} on even samples' batches and \\boxed{-1} otherwise."""
+    """Answers a prompt ending in i with \\boxed{i} at even positions of its batch and \\boxed{-1} at odd
+    ones; ``n_tokens`` is 5 + the position. Counts its batches and whether it was closed."""
+
+    def __init__(self):
+        self.batches = 0
+        self.closed = False
 
     def generate(self, prompts, settings, seed):
+        self.batches += 1
         out = []
         for position, prompt in enumerate(prompts):
             value = prompt.split()[-1] if position % 2 == 0 else "-1"
@@ -154,31 +161,55 @@ class _BoxedStub:
             )
         return out
 
+    def close(self):
+        self.closed = True
 
-def test_generate_and_grade_with_stub(tmp_path):
-    from segattr_utils.artifacts import RecordStore
-    from segattr_utils.llm.evaluation import generate_and_grade
+
+def test_evaluate_model_generates_grades_in_job_order_and_resumes(tmp_path):
+    from segattr_utils.llm.evaluation import Benchmark, evaluate_model
     from segattr_utils.llm.generation import SamplingSettings
 
-    prompts = {"q1": "Say 1", "q2": "Say 2"}
-    answers = {"q1": "1", "q2": "2.0"}
-    store = RecordStore(tmp_path / "eval.jsonl")
-    graded = generate_and_grade(
-        _BoxedStub(),
-        prompts,
-        answers,
-        n_samples=2,
-        settings=SamplingSettings(temperature=0),
-        store=store,
+    suites = [
+        Benchmark(
+            "A",
+            "math",
+            pd.DataFrame({"id": ["q1", "q2"], "question": ["Say 1", "Say 2"], "answer": ["1", "2.0"]}),
+            n_samples=2,
+        ),
+        Benchmark("B", "math", pd.DataFrame({"id": ["p1"], "question": ["Say 3"], "answer": ["3"]})),
+    ]
+    stub = _BoxedStub()
+    arguments = dict(
+        benchmarks=suites,
+        store_path=tmp_path / "eval.jsonl",
+        greedy=SamplingSettings(temperature=0),
+        sampled=SamplingSettings(temperature=0.6),
         batch_size=4,
         seed=0,
-        tag="greedy",
+        make_prompt=lambda tokenizer, question: question,
+        model_name="m",
     )
-    # one batch of 4 jobs: (q1,0) (q1,1) (q2,0) (q2,1) at positions 0..3
-    assert graded[["question_id", "sample"]].values.tolist() == [["q1", 0], ["q1", 1], ["q2", 0], ["q2", 1]]
-    assert graded["correct"].tolist() == [True, False, True, False]
-    assert graded["pred"].tolist() == ["1", "-1", "2", "-1"]
-    assert graded["n_tokens"].tolist() == [5, 6, 7, 8]
-    assert set(graded["tag"]) == {"greedy"}
-    summary = summarise_outputs(graded, ks=(1, 2))
+    graded = evaluate_model(lambda: (stub, None), **arguments)
+    # one batch per output set: greedy-A (q1,0) (q2,0); sample-A (q1,0) (q1,1) (q2,0) (q2,1); greedy-B (p1,0)
+    assert stub.batches == 3 and stub.closed
+    expected = [
+        ("A", "greedy", "q1", 0, True, 5),
+        ("A", "greedy", "q2", 0, False, 6),
+        ("A", "sample", "q1", 0, True, 5),
+        ("A", "sample", "q1", 1, False, 6),
+        ("A", "sample", "q2", 0, True, 7),  # "2" graded equal to "2.0"
+        ("A", "sample", "q2", 1, False, 8),
+        ("B", "greedy", "p1", 0, True, 5),
+    ]
+    columns = ["benchmark", "mode", "question_id", "sample", "correct", "n_tokens"]
+    assert [tuple(row) for row in graded[columns].itertuples(index=False)] == expected
+    assert set(graded["model"]) == {"m"} and set(graded["domain"]) == {"math"} and graded["finished"].all()
+    sampled = graded[graded["mode"] == "sample"].drop(columns=["benchmark"])
+    summary = summarise_outputs(sampled, ks=(1, 2))
     assert summary["accuracy"] == 0.5 and summary["pass@2"] == 1.0 and summary["mean_tokens"] == 6.5
+
+    # resumed: every output is stored, so the model is not even loaded, and the grades are the same
+    def no_load():
+        raise AssertionError("nothing is left to generate")
+
+    pd.testing.assert_frame_equal(evaluate_model(no_load, **arguments), graded)

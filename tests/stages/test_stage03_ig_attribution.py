@@ -63,6 +63,7 @@ def world_profile(tmp_path_factory):
     Qwen2ForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     profile = load_profile("smoke")
+    profile["results_root"] = str(tmp_path_factory.mktemp("results"))  # run logs too, never the repo's results/
     profile["models"]["generator"]["local_path"] = str(folder)
     profile["attribution"].update(n_steps=8, internal_batch_size=4, method="gausslegendre")
     return profile
@@ -345,17 +346,15 @@ def test_auto_settings_take_the_estimators_choice(world_profile, monkeypatch):
     )
 
 
-def test_stage_result_reports_skipped_traces_and_why(profile, monkeypatch):
-    """run() finishes despite a trace that does not fit, lists it in tables['skipped'] with its cause and
-    fails the check "every kept trace is attributed" (the notebook shows the table before the checks)."""
+def _attribution_lengths(profile) -> dict[str, int]:
+    """Each kept trace's attribution sequence length, tokenized here independently of the stage."""
     from segattr_utils import services
     from segattr_utils.method.token_spans import build_attribution_sequence
-    from segattr_utils.stages import stage03_ig_attribution as stage
 
     _, tokenizer = services.load_model(profile, "generator")
     segments = services.segment_texts(services.segment_table(profile))
     kept = services.kept_traces(profile).set_index("trace_id")
-    lengths = {
+    return {
         trace_id: len(
             build_attribution_sequence(
                 tokenizer,
@@ -367,6 +366,14 @@ def test_stage_result_reports_skipped_traces_and_why(profile, monkeypatch):
         )
         for trace_id in kept.index
     }
+
+
+def test_stage_result_reports_skipped_traces_and_why(profile, monkeypatch):
+    """run() finishes despite a trace that does not fit, lists it in tables['skipped'] with its cause and
+    fails the check "every kept trace is attributed" (the notebook shows the table before the checks)."""
+    from segattr_utils.stages import stage03_ig_attribution as stage
+
+    lengths = _attribution_lengths(profile)
     victim = max(lengths, key=lengths.get)
     assert sorted(lengths.values()).count(lengths[victim]) == 1
     monkeypatch.setattr(engine, "token_attributions", _oom_after(lambda c, k, n: n == lengths[victim], []))
@@ -378,6 +385,25 @@ def test_stage_result_reports_skipped_traces_and_why(profile, monkeypatch):
     assert list(skipped["cause"]) == ["out_of_memory"] and list(skipped["n_tokens"]) == [lengths[victim]]
     assert result.values["out_of_memory_skipped"] == 1 and result.values["over_length_skipped"] == 0
     assert result.failed_checks() == ["every kept trace is attributed"]
+
+
+def test_stage_warning_names_the_traces_over_attribution_max_length(profile):
+    """A cap of attribution.max_length below the longest trace skips that trace; run()'s warning names it
+    by its trace id, and the skip is counted as over length."""
+    from segattr_utils.stages import stage03_ig_attribution as stage
+
+    lengths = _attribution_lengths(profile)
+    victim = max(lengths, key=lengths.get)
+    assert sorted(lengths.values()).count(lengths[victim]) == 1
+    profile["attribution"]["max_length"] = lengths[victim] - 1
+
+    with pytest.warns(UserWarning, match="exceed attribution.max_length") as caught:
+        result = stage.run(profile)
+    (message,) = [str(w.message) for w in caught if "exceed attribution.max_length" in str(w.message)]
+    listed = message.split("(IG needs the whole trace): ", 1)[1].split(";", 1)[0]
+    assert listed == victim
+    assert list(result.tables["skipped"]["trace_id"]) == [victim]
+    assert result.values["over_length_skipped"] == 1 and result.values["out_of_memory_skipped"] == 0
 
 
 def test_notebook_08_warns_about_traces_skipped_out_of_memory(profile, monkeypatch):
