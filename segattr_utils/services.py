@@ -34,17 +34,10 @@ from . import world as world_lib
 from .artifacts import read_table
 from .config import Profile
 from .data.questions import load_hub_questions, r1_prompt, r1_user_message
-from .llm.generation import (
-    DEFAULT_CHUNK_REQUESTS,
-    SamplingSettings,
-    VLLMGenerator,
-    check_batch_invariant,
-    check_chunk_requests,
-    make_generator,
-    vllm_available,
-)
+from .llm.generation import SamplingSettings, VLLMGenerator, check_batch_invariant, make_generator, vllm_available
 from .llm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from .llm.variants import signals_needed
+from .llm.vllm_requests import DEFAULT_CHUNK_REQUESTS, check_chunk_requests
 from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
 
 ROLES = ("generator", "student", "judge")

@@ -7,7 +7,7 @@ store, so a resumed run generates only the records it lacks:
 - Hugging Face: fixed batches of jobs, each batch seeded from the run seed and its index (the rows of a
   batch are independent draws from one torch generator).
 - vLLM: the missing jobs of a stage go to the engine in chunks of ``generation.vllm_chunk_requests``
-  requests per engine (:func:`chunk_groups`), and each finished chunk's records are appended to the
+  requests per engine (:func:`~segattr_utils.llm.vllm_requests.chunk_groups`), and each finished chunk's records are appended to the
   store at once, so a crash loses at most the chunks in flight. Each request carries its own seed
   ``derive_seed(seed, tag, question_id, sample)``: vLLM seeds one generator per request from
   ``SamplingParams.seed``, so the K copies of a prompt under one shared seed would be K identical
@@ -51,7 +51,6 @@ import gc
 import hashlib
 import importlib.util
 import os
-from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -59,6 +58,15 @@ import torch
 
 from ..artifacts import RecordStore
 from ..progress import progress
+from .vllm_requests import (
+    DEFAULT_CHUNK_REQUESTS,
+    check_chunk_requests,
+    chunk_groups,
+    group_requests,
+    prompt_token_ids,
+    run_groups,
+    shutdown_engine,
+)
 
 
 @dataclass(frozen=True)
@@ -93,18 +101,8 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-#: Requests per engine per ``LLM.generate`` call when the profile does not say
-#: (``generation.vllm_chunk_requests``).
-DEFAULT_CHUNK_REQUESTS = 2048
 #: The environment variable that switches vLLM to batch invariant kernels.
 BATCH_INVARIANT_ENV = "VLLM_BATCH_INVARIANT"
-
-
-def check_chunk_requests(value) -> int:
-    """``generation.vllm_chunk_requests`` as a positive integer, or a one-line ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"generation.vllm_chunk_requests must be a positive integer, got {value!r}")
-    return value
 
 
 def check_batch_invariant(value) -> bool:
@@ -215,118 +213,6 @@ def sampling_kwargs(settings: SamplingSettings, seed: int) -> dict:
     }
 
 
-def prompt_token_ids(tokenizer, text: str) -> list[int]:
-    """The ids of a templated prompt as the Hugging Face paths encode it (:func:`left_padded_batch`):
-    ``add_special_tokens=False``, since the chat template already writes BOS. vLLM 0.30.0 would encode a
-    text prompt with ``add_special_tokens=True`` (``BaseRenderer.default_cmpl_tok_params``) and so give
-    R1-Distill's tokenizer (``add_bos_token: true``) a second BOS."""
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def group_requests(tokenizer, prompts: Sequence[str], params: Sequence[dict]) -> list[dict]:
-    """The requests of one call grouped by prompt, in order of first appearance: ``{"prompt": text,
-    "prompt_token_ids": ids, "requests": [{"index": position in the call, "params": SamplingParams
-    kwargs}, ...]}``. Each distinct prompt is encoded once (:func:`prompt_token_ids`), its ids kept as a
-    compact ``array('i')`` (a list of Python ints takes ~9x the memory) until its chunk goes to an engine
-    (:func:`sendable`)."""
-    groups: dict[str, dict] = {}
-    for index, (text, kwargs) in enumerate(zip(prompts, params)):
-        if text not in groups:
-            ids = array("i", prompt_token_ids(tokenizer, text))  # 4 bytes a token until its chunk is sent
-            groups[text] = {"prompt": text, "prompt_token_ids": ids, "requests": []}
-        groups[text]["requests"].append({"index": index, "params": kwargs})
-    return list(groups.values())
-
-
-def sendable(groups: Sequence[dict]) -> list[dict]:
-    """``groups`` with their prompt ids as lists of ints, as vLLM's token prompts and JSON take them (one
-    list per group: its requests share it)."""
-    return [{**group, "prompt_token_ids": list(group["prompt_token_ids"])} for group in groups]
-
-
-def group_work(group: dict) -> float:
-    """Expected work of a prompt group, to balance the engines: its prompt (prefilled once, shared by
-    prefix caching) and the most tokens each of its requests may decode."""
-    return len(group["prompt_token_ids"]) + sum(r["params"]["max_tokens"] for r in group["requests"])
-
-
-def chunk_groups(groups: Sequence[dict], chunk_requests: int) -> list[list[dict]]:
-    """``groups`` (:func:`group_requests`) cut, in order, into chunks of at most ``chunk_requests``
-    requests. A chunk holds whole prompt groups where they fit (the samples of a prompt share its prefix
-    cache within one engine call); a group of more than ``chunk_requests`` requests is split into pieces
-    that fill chunks of their own."""
-    check_chunk_requests(chunk_requests)
-    chunks: list[list[dict]] = []
-    current: list[dict] = []
-    size = 0
-    for group in groups:
-        requests = group["requests"]
-        if len(requests) > chunk_requests:
-            if current:
-                chunks.append(current)
-                current, size = [], 0
-            for start in range(0, len(requests), chunk_requests):
-                chunks.append([{**group, "requests": requests[start : start + chunk_requests]}])
-            continue
-        if size + len(requests) > chunk_requests:
-            chunks.append(current)
-            current, size = [], 0
-        current.append(group)
-        size += len(requests)
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def run_groups(llm, groups: Sequence[dict]) -> list[dict]:
-    """Every request of ``groups`` (one chunk) in ONE ``llm.generate`` call, each as a token prompt
-    ``{"prompt_token_ids": ids, "prompt": text}`` (vLLM 0.30.0's ``TokensPrompt``: the ids are used as
-    they are, the text spares the detokenisation) with its own ``SamplingParams``.
-
-    The requests go to the engine in call order (their ``index``), as the caller listed them. Returns
-    ``{"index", "text", "n_tokens", "finished"}`` per request, in that order. The in-process engine and
-    every data parallel worker run this function, so they send the same inputs."""
-    from vllm import SamplingParams
-
-    groups = sendable(groups)
-    requests = sorted(
-        ((group, request) for group in groups for request in group["requests"]), key=lambda gr: gr[1]["index"]
-    )
-    outputs = llm.generate(
-        [{"prompt_token_ids": g["prompt_token_ids"], "prompt": g["prompt"]} for g, _ in requests],
-        [SamplingParams(**r["params"]) for _, r in requests],
-        use_tqdm=False,
-    )
-    results = []
-    for (_, request), out in zip(requests, outputs):
-        completion = out.outputs[0]
-        results.append(
-            {
-                "index": request["index"],
-                "text": completion.text,
-                "n_tokens": len(completion.token_ids),
-                "finished": completion.finish_reason == "stop",
-            }
-        )
-    return results
-
-
-def shutdown_engine(llm) -> None:
-    """Shut a ``vllm.LLM`` down and free its GPU memory: stop the engine core (its worker processes in
-    vLLM's V1 engine) and tear down vLLM's model-parallel groups and distributed environment. The caller
-    then drops its reference and calls :func:`release_gpu_memory`."""
-    engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if hasattr(engine_core, "shutdown"):
-        engine_core.shutdown()
-    try:
-        from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
-    except ImportError:  # an older or newer vLLM without these helpers: collecting the engine must do
-        pass
-    else:
-        destroy_model_parallel()
-        destroy_distributed_environment()
-
-
 class VLLMGenerator:
     """Sampling with vLLM (paper profile on GPUs). Loaded lazily: vLLM is optional.
 
@@ -347,7 +233,7 @@ class VLLMGenerator:
     less host memory (module docstring).
 
     Prompts are sent as token ids, encoded by ``tokenizer`` (default: the model folder's) exactly as the
-    Hugging Face paths encode them (:func:`prompt_token_ids`: one BOS). Every request has its own seed;
+    Hugging Face paths encode them (:func:`~segattr_utils.llm.vllm_requests.prompt_token_ids`: one BOS). Every request has its own seed;
     :meth:`close` shuts the engine(s) down so that the next model fits on the GPUs.
     """
 
@@ -406,7 +292,7 @@ class VLLMGenerator:
         of at most ``chunk_requests`` requests finishes, its ``(i, {"text", "n_tokens", "finished"})``
         pairs; every request is yielded once.
 
-        One engine: the chunks (:func:`chunk_groups`, in call order) run one after the other. DP > 1:
+        One engine: the chunks (:func:`~segattr_utils.llm.vllm_requests.chunk_groups`, in call order) run one after the other. DP > 1:
         the prompt groups are split between the engines and each engine works through its own chunks
         (:meth:`~segattr_utils.llm.vllm_worker.WorkerPool.run_chunks`); a worker that dies loses its
         chunk in flight only: the other workers' chunks are still yielded before the error is raised.
@@ -434,7 +320,7 @@ class VLLMGenerator:
         return [by_index[i] for i in range(len(prompts))]
 
     def close(self) -> None:
-        """Shut the engine down and free its GPU memory (:func:`shutdown_engine`), or stop the data parallel
+        """Shut the engine down and free its GPU memory (:func:`~segattr_utils.llm.vllm_requests.shutdown_engine`), or stop the data parallel
         workers (each shuts its engine down and exits, which frees its GPUs). Idempotent."""
         if self.llm is not None:
             llm, self.llm = self.llm, None

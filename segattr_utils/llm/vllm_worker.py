@@ -10,8 +10,8 @@ The protocol, in the worker's folder of a temporary directory:
 1. the parent writes ``engine.json`` (model, dtype, ``vllm.LLM`` keyword arguments) and starts the worker;
    the worker builds its engine and writes ``ready``;
 2. per chunk the parent writes ``chunk-<n>.requests.jsonl`` (one prompt group per line:
-   :func:`~segattr_utils.llm.generation.group_requests`) and sends ``chunk-<n>`` on the worker's stdin;
-   the worker runs the chunk's requests in one engine call (:func:`~segattr_utils.llm.generation.run_groups`,
+   :func:`~segattr_utils.llm.vllm_requests.group_requests`) and sends ``chunk-<n>`` on the worker's stdin;
+   the worker runs the chunk's requests in one engine call (:func:`~segattr_utils.llm.vllm_requests.run_groups`,
    as the in-process engine does) and writes ``chunk-<n>.outputs.jsonl`` (one output per request, with its
    index in the call). The parent keeps :data:`CHUNKS_IN_FLIGHT` chunks queued per worker, so that an
    engine starts its next chunk as soon as one ends, reads every finished chunk at once and hands it to
@@ -38,6 +38,8 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+
+from .vllm_requests import chunk_groups, group_work, run_groups, sendable, shutdown_engine
 
 #: Seconds a worker is given to shut its engine down and exit after its stdin closes, then to die after
 #: SIGTERM; a busy worker (a call still running when the parent gave up) is stopped by the signal.
@@ -210,8 +212,6 @@ class WorkerPool:
     def _send(self, worker: Worker, chunk: list[dict]) -> str:
         self.chunks_sent += 1
         name = f"chunk-{self.chunks_sent}"
-        from .generation import sendable
-
         write_jsonl(worker.folder / f"{name}.requests.jsonl", sendable(chunk))
         worker.send(name)
         return name
@@ -219,13 +219,12 @@ class WorkerPool:
     def run_chunks(self, groups: Sequence[dict], chunk_requests: int) -> Iterator[list[dict]]:
         """Every request of ``groups``: yields ``[{"index", "text", "n_tokens", "finished"}]`` per finished
         chunk (in the order the chunks finish). Each worker gets its shard of the prompt groups cut into
-        chunks of at most ``chunk_requests`` requests (:func:`~segattr_utils.llm.generation.chunk_groups`)
+        chunks of at most ``chunk_requests`` requests (:func:`~segattr_utils.llm.vllm_requests.chunk_groups`)
         and works through them on its own: no worker waits for another between chunks.
 
         A worker that exits loses its chunk in flight (and is sent nothing more); the others finish the
         chunks they hold, which are yielded, and then :class:`WorkerError` is raised for the first worker
         that failed. Nothing a worker finished is lost to another's failure."""
-        from .generation import chunk_groups, group_work
         from .vllm_parallel import shard_groups
 
         if not self._stop.alive:
@@ -303,8 +302,6 @@ def serve(folder: Path, commands: Iterable[str]) -> None:
     """Build the engine of ``folder/engine.json``, announce ``ready``, answer every call named in
     ``commands`` (stdin), and shut the engine down when they end."""
     from vllm import LLM
-
-    from .generation import run_groups, shutdown_engine
 
     spec = json.loads((folder / "engine.json").read_text(encoding="utf-8"))
     llm = LLM(model=spec["model"], dtype=spec["dtype"], **spec["engine_kwargs"])

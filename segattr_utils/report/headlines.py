@@ -29,6 +29,7 @@ import pandas as pd
 from .. import dag
 from ..artifacts import read_json, read_table
 from ..config import Profile, results_dir
+from .tables import common_seeds, fig5_points, on_seeds, table_settings
 
 
 class Missing(Exception):
@@ -277,8 +278,6 @@ def _table1_p(source: str, column: str):
 def best_rows(a: Artifacts, table: str) -> pd.Series:
     """Greedy accuracy of each row of Table 2, 3 or 4 over the table's common seeds, best first (as stage 09
     ranks them: like for like, ties in the table's order)."""
-    from ..stages.stage09_evaluation import common_seeds, on_seeds, table_settings
-
     overall = a.overall()
     source = a.profile.get_path("training.ablation_source")
     settings = table_settings(overall, table, source)
@@ -323,8 +322,6 @@ def _ours_minus_best_other(table: str):
 
 def fig5_best(a: Artifacts, sweep: str) -> pd.Series:
     """The Fig. 5 point of ``sweep`` (``tau`` or ``beta``) with the highest sampled pass@1 (as stage 09)."""
-    from ..stages.stage09_evaluation import common_seeds, fig5_points, table_settings
-
     profile = a.profile
     overall, source = a.overall(), profile.get_path("training.ablation_source")
     points = fig5_points(

@@ -3,8 +3,8 @@ ranked by strength for correct and incorrect traces (Fig. 1 right-bottom, Sec. 3
 segment and the positional shares of App. A, the segment viewer's examples (Fig. 1 left), and, beyond
 the paper, the segment-level faithfulness of IG strength against the other measures (ERASER, RISE,
 AOPC on whole segments). Definitions in :mod:`segattr_utils.measures.position`,
-:mod:`segattr_utils.report.viewer`, :mod:`segattr_utils.measures.faithfulness` and
-:mod:`segattr_utils.measures.faithfulness_stats`.
+:mod:`segattr_utils.report.viewer`, :mod:`segattr_utils.measures.faithfulness`,
+:mod:`segattr_utils.measures.faithfulness_stats` and :mod:`segattr_utils.measures.faithfulness_run`.
 
 Artifacts in ``results/<profile>/06_distribution_position/``: ``cdf.csv`` (the averaged curves),
 ``cdf_summary.csv`` (share of segments holding ``analysis.cdf_mass``), ``decision_segments.parquet``,
@@ -12,10 +12,12 @@ Artifacts in ``results/<profile>/06_distribution_position/``: ``cdf.csv`` (the a
 
 - ``faithfulness.jsonl``: a :class:`RecordStore` with one record per trace (keyed by the trace id and a
   fingerprint of its text, scores and the settings its orders depend on; a resumed run skips it): the
-  orderings and their deletion and insertion curves (F after each step), the forward passes and seconds;
+  orderings and their deletion and insertion curves (F after each step) and the forward passes (data
+  only: the time taken goes to the stage's ``run_log.csv``, so equal data give equal bytes);
 - ``faithfulness.parquet``: one row per (trace, ordering) with every score of
-  :func:`~segattr_utils.measures.faithfulness.curve_metrics` (recomputed from the store's curves, so a
-  changed budget or gap needs no forward pass);
+  :func:`~segattr_utils.measures.faithfulness.curve_metrics` (recomputed from the store's curves by
+  :func:`~segattr_utils.measures.faithfulness_run.faithfulness_rows`, so a changed budget or gap needs no
+  forward pass);
 - ``faithfulness_summary.csv`` (one row per ordering), ``faithfulness_tests.csv`` (IG strength against
   each other ordering, trace-level Wilcoxon, Holm) and ``faithfulness_curves.csv`` (the mean curves).
 
@@ -25,36 +27,30 @@ and segment entropy (:func:`segattr_utils.services.segment_signals`).
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .. import dag, services
-from ..artifacts import RecordStore, fingerprint, read_table, write_table
+from ..artifacts import RecordStore, read_table, write_table
 from ..config import Profile
-from ..llm.generation import derive_seed
-from ..llm.variants import SIGNAL_SOURCES
-from ..measures.faithfulness import (
-    Curves,
-    budget_name,
-    budget_shares,
-    curve_metrics,
-    length_order,
-    metric_frame,
-    oracle_order,
-    ordering_curves,
-    random_order,
-    removal_curve_fractions,
-    segment_order,
+from ..measures.faithfulness_run import (
+    ORDERING_LABELS,
+    REFERENCE,
+    FaithfulnessSettings,
+    faithfulness_checks,
+    faithfulness_record,
+    faithfulness_tables,
+    ordering_test,
+    record_key,
+    select_traces,
+    settings_from_spec,
+    summary_value,
+    trace_items,
 )
-from ..measures.faithfulness_stats import TEST_COLUMNS, mean_curves, ordering_summary, paired_ordering_tests
 from ..measures.group_stats import MISSING_TEXT, format_p, readable
-from ..measures.linguistics import summed_entropy
 from ..measures.position import (
     curve_share_holding,
     decision_segment,
@@ -297,360 +293,89 @@ def _fmt(value) -> str:
 # ---------------------------------------------------------------------------------------------
 # Segment-level faithfulness (beyond the paper)
 
-#: The orderings compared, in display order. Each ranks a trace's segments most important first, in the
-#: direction in which its authors call a segment important (:func:`trace_orders`).
-ORDERING_LABELS = {
-    "ig": "IG strength (ours)",
-    "oracle": "ground-truth kinds (oracle)",
-    "random": "random",
-    "length": "longest first",
-    "perplexity": "segment perplexity",
-    "entropy": "segment entropy",
-    "confidence": "confidence gain",
-}
-#: The ordering tested against every other one.
-REFERENCE = "ig"
-#: The orderings by another measure and the per-segment signal each reads (stages 04-05).
-SIGNAL_ORDERINGS = {"perplexity": "removal_ppl_increase", "entropy": "entropy", "confidence": "confidence_delta"}
 FAITHFULNESS_SECTION = "beyond the paper: segment faithfulness (ERASER, RISE, AOPC)"
-
-
-@dataclass(frozen=True)
-class FaithfulnessSettings:
-    """``analysis.faithfulness``: ``enabled``; ``n_traces`` (None: every attributed correct trace with at
-    least 2 segments; N: a sample of N drawn with ``random_seed``); ``budgets`` (shares of the trace
-    tokens for comprehensiveness/sufficiency); ``aopc_steps`` (None: all); ``normalised_min_gap``
-    (nats); ``random_seed``; ``batch_size`` (masked sequences per forward pass); ``curve_grid_points``
-    (of the mean curves' token-fraction grid)."""
-
-    enabled: bool
-    n_traces: int | None
-    budgets: tuple[float, ...]
-    aopc_steps: int | None
-    normalised_min_gap: float
-    random_seed: int
-    batch_size: int
-    curve_grid_points: int
-
-
-def _int_setting(name: str, value, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = " or null" if allow_none else ""
-        raise ValueError(f"analysis.faithfulness.{name} must be an integer >= {minimum}{allowed}, got {value!r}")
-    return value
 
 
 def faithfulness_settings(profile: Profile) -> FaithfulnessSettings:
     """The validated ``analysis.faithfulness`` section; raises ``ValueError`` naming the bad setting."""
     spec = profile.get_path("analysis.faithfulness", None)
-    fields = FaithfulnessSettings.__dataclass_fields__
-    if not isinstance(spec, dict):
-        raise ValueError(f"the profile has no analysis.faithfulness section (settings: {', '.join(fields)})")
-    unknown, missing = sorted(set(spec) - set(fields)), [f for f in fields if f not in spec]
-    if unknown or missing:
-        raise ValueError(f"analysis.faithfulness: unknown settings {unknown}, missing settings {missing}")
-    if not isinstance(spec["enabled"], bool):
-        raise ValueError(f"analysis.faithfulness.enabled must be true or false, got {spec['enabled']!r}")
-    if not isinstance(spec["budgets"], (list, tuple)) or not spec["budgets"]:
-        raise ValueError(f"analysis.faithfulness.budgets must be a non-empty list, got {spec['budgets']!r}")
-    try:
-        budgets = tuple(budget_shares(spec["budgets"]))
-    except ValueError as error:
-        raise ValueError(f"analysis.faithfulness.budgets: {error}") from error
-    gap = spec["normalised_min_gap"]
-    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not (math.isfinite(gap) and gap >= 0):
-        raise ValueError(f"analysis.faithfulness.normalised_min_gap must be a number of nats >= 0, got {gap!r}")
-    return FaithfulnessSettings(
-        enabled=spec["enabled"],
-        n_traces=_int_setting("n_traces", spec["n_traces"], 1, allow_none=True),
-        budgets=budgets,
-        aopc_steps=_int_setting("aopc_steps", spec["aopc_steps"], 1, allow_none=True),
-        normalised_min_gap=float(gap),
-        random_seed=_int_setting("random_seed", spec["random_seed"], 0),
-        batch_size=_int_setting("batch_size", spec["batch_size"], 1),
-        curve_grid_points=_int_setting("curve_grid_points", spec["curve_grid_points"], 2),
-    )
-
-
-def sample_traces(trace_ids: Sequence[str], n: int | None, seed: int) -> list[str]:
-    """``n`` of ``trace_ids`` drawn without replacement with ``numpy.random.default_rng(seed)`` (all of
-    them when ``n`` is None or not smaller), sorted."""
-    ids = sorted(trace_ids)
-    if n is None or n >= len(ids):
-        return ids
-    chosen = np.random.default_rng(seed).permutation(len(ids))[:n]
-    return sorted(ids[i] for i in chosen)
-
-
-def _trace_signal(signals: dict, trace_id: str, name: str, n: int) -> list[float]:
-    values = signals.get(trace_id, {}).get(name)
-    if values is None:
-        raise ValueError(
-            f"trace {trace_id!r} has no {name!r}: run {SIGNAL_SOURCES[name]} before notebook 06's faithfulness "
-            "analysis (or set analysis.faithfulness.enabled: false)"
-        )
-    if len(values) != n:
-        raise ValueError(
-            f"trace {trace_id!r}: {len(values)} values of {name!r} for {n} segments; rerun notebooks 04-05"
-        )
-    return [float(v) for v in values]
+    return settings_from_spec(spec)
 
 
 def faithfulness_items(profile: Profile, scores: pd.DataFrame, settings: FaithfulnessSettings) -> tuple[list, dict]:
     """The traces whose orderings are measured, and counts of the traces left out.
 
     The attributed correct traces with at least 2 segments (with one, every ordering is the same), or
-    ``n_traces`` of them (:func:`sample_traces`). Each item holds what its orderings and its sequence
-    need: question, gold answer, segment texts, ground-truth kinds (world profiles), stage 03's
-    normalised strength and the signals of stages 04-05 per segment, and the ``fingerprint`` of all of
-    that with the settings the orders depend on (its record is recomputed when any of it changes).
+    ``n_traces`` of them (:func:`~segattr_utils.measures.faithfulness_run.sample_traces`). Each item holds
+    what its orderings and its sequence need: question, gold answer, segment texts, ground-truth kinds
+    (world profiles), stage 03's normalised strength and the signals of stages 04-05 per segment, and the
+    ``fingerprint`` of all of that with the settings the orders depend on (its record is recomputed when
+    any of it changes; :func:`~segattr_utils.measures.faithfulness_run.trace_items`).
     """
-    correct = scores[scores["correct"].astype(bool)] if len(scores) else scores
-    sizes = correct.groupby("trace_id").size() if len(correct) else pd.Series(dtype=int)
-    eligible = sorted(sizes[sizes >= 2].index)
-    chosen = sample_traces(eligible, settings.n_traces, settings.random_seed)
-    counts = {"correct": int(len(sizes)), "single_segment": int((sizes < 2).sum()), "measured": len(chosen)}
+    correct, chosen, counts = select_traces(scores, settings)
     if not chosen:
         return [], counts
     kept = services.kept_traces(profile).set_index("trace_id")
     segments = services.segment_table(profile)
-    segments = segments[segments["trace_id"].isin(set(chosen))]
-    by_trace = {tid: group.sort_values("segment") for tid, group in segments.groupby("trace_id")}
     world = services.world_ground_truth(profile) and "kind" in segments.columns
     signals = services.segment_signals(profile, "self")
     suffix = profile.get_path("attribution.answer_suffix")
     baseline = profile.get_path("attribution.baseline")
-    items = []
-    for tid in chosen:
-        strength = correct[correct["trace_id"] == tid].sort_values("segment")["norm_strength"].tolist()
-        texts = by_trace[tid]["text"].tolist() if tid in by_trace else []
-        if len(texts) != len(strength):
-            raise ValueError(f"trace {tid!r}: {len(texts)} segments in stage 02 but {len(strength)} scored in stage 03")
-        item = {
-            "trace_id": tid,
-            "question": kept.loc[tid, "question"],
-            "answer": str(kept.loc[tid, "answer"]),
-            "segments": texts,
-            "kinds": by_trace[tid]["kind"].tolist() if world else None,
-            "norm_strength": strength,
-            **{name: _trace_signal(signals, tid, name, len(texts)) for name in SIGNAL_ORDERINGS.values()},
-        }
-        item["fingerprint"] = fingerprint(item, suffix, baseline, settings.random_seed)
-        items.append(item)
+    items = trace_items(
+        correct,
+        chosen,
+        kept,
+        segments,
+        signals,
+        world=world,
+        suffix=suffix,
+        baseline=baseline,
+        seed=settings.random_seed,
+    )
     return items, counts
 
 
-def trace_orders(item: dict, lengths: Sequence[int], seed: int) -> dict[str, list[int]]:
-    """The orderings of one trace, each a permutation of its segments, most important first.
-
-    - ``ig``: normalised IG strength (Eq. 3-4, stage 03), highest first: the method's score;
-    - ``oracle`` (world profiles only): the ground-truth kinds, productive segments first and redundant
-      ones last (:func:`~segattr_utils.measures.faithfulness.oracle_order`);
-    - ``random``: a permutation seeded by ``seed`` and the trace id;
-    - ``length``: most tokens first (``lengths``: the segments' token counts in the sequence);
-    - ``perplexity``: removal perplexity increase (Cui et al., Sec. 4.4's "Segment Perplexity"), highest
-      first: the segment whose removal raises the output's perplexity most is the most important;
-    - ``entropy``: summed token entropy (Li et al., Sec. 4.4's "Segment Entropy",
-      :func:`~segattr_utils.measures.linguistics.summed_entropy`), highest first;
-    - ``confidence``: confidence gain Δ (Xu et al.; Sec. 3.1 finding 1, stage 04), highest first: the
-      segment after which the forced answer is most often correct, relative to before it.
-
-    These are the directions in which Table 3's baselines select segments (stage 08's variants); the
-    paper reports that IG-important segments have *lower* perplexity and entropy (Sec. 3.1), so these
-    orderings are not IG's in disguise. Ties keep trace order (``segment_order``).
-    """
-    orders = {"ig": segment_order(item["norm_strength"])}
-    if item.get("kinds") is not None:
-        orders["oracle"] = oracle_order(item["kinds"])
-    orders["random"] = random_order(len(lengths), derive_seed(seed, "faithfulness-random", item["trace_id"]))
-    orders["length"] = length_order(lengths)
-    orders["perplexity"] = segment_order(item["removal_ppl_increase"])
-    orders["entropy"] = segment_order(summed_entropy(item["entropy"], lengths))
-    orders["confidence"] = segment_order(item["confidence_delta"])
-    return orders
-
-
-def _record_key(record: dict) -> list:
-    return [record["trace_id"], record["fingerprint"]]
-
-
-def faithfulness_record(model, tokenizer, baseline: int, item: dict, settings: FaithfulnessSettings, suffix: str):
-    """The curves of every ordering of one trace (:func:`trace_orders`) on stage 03's sequence
-    ``prompt + trace + answer suffix`` with the IG baseline token: the record the store keeps."""
-    sequence = build_attribution_sequence(
+def trace_sequence(tokenizer, item: dict, suffix: str):
+    """Stage 03's sequence ``prompt + trace + answer suffix`` of one item."""
+    return build_attribution_sequence(
         tokenizer, services.prompt(tokenizer, item["question"]), list(item["segments"]), item["answer"], suffix
     )
-    lengths = [end - start for start, end in sequence.segment_spans]
-    orders = trace_orders(item, lengths, settings.random_seed)
-    started = time.perf_counter()
-    result = ordering_curves(model, sequence, orders, baseline, batch_size=settings.batch_size)
-    return {
-        "trace_id": item["trace_id"],
-        "fingerprint": item["fingerprint"],
-        "n_tokens": len(sequence),
-        "segment_lengths": lengths,
-        "orders": {name: curves.order for name, curves in result.curves.items()},
-        "deletion": {name: curves.deletion.tolist() for name, curves in result.curves.items()},
-        "insertion": {name: curves.insertion.tolist() for name, curves in result.curves.items()},
-        "n_forward": result.n_forward,
-        "seconds": round(time.perf_counter() - started, 4),
-    }
-
-
-def record_curves(record: dict) -> dict[str, Curves]:
-    """The :class:`~segattr_utils.measures.faithfulness.Curves` of each ordering of a stored record, in the
-    order of :data:`ORDERING_LABELS` (the store writes its keys sorted)."""
-    rank = {name: i for i, name in enumerate(ORDERING_LABELS)}
-    names = sorted(record["orders"], key=lambda name: (rank.get(name, len(rank)), name))
-    return {
-        name: Curves(
-            order=list(order),
-            fractions=removal_curve_fractions(record["segment_lengths"], order),
-            deletion=np.asarray(record["deletion"][name], dtype=np.float64),
-            insertion=np.asarray(record["insertion"][name], dtype=np.float64),
-        )
-        for name, order in ((name, record["orders"][name]) for name in names)
-    }
-
-
-def _row_columns(budgets: Sequence[float]) -> list[str]:
-    per_budget = [
-        f"{m}_{budget_name(b)}" for b in budgets for m in ("comprehensiveness", "sufficiency", "budget_share")
-    ]
-    head = [
-        "trace_id",
-        "ordering",
-        "n_segments",
-        "trace_tokens",
-        "forward_passes",
-        "trace_seconds",
-        "f_full",
-        "f_empty",
-    ]
-    areas = ["deletion_area", "insertion_area", "deletion_auc_normalised", "insertion_auc_normalised"]
-    return [*head, *areas, *per_budget, "aopc", "aopc_steps", "note"]
-
-
-def faithfulness_rows(records: Sequence[dict], settings: FaithfulnessSettings) -> pd.DataFrame:
-    """One row per (trace, ordering) of the stored records, with every score of ``curve_metrics`` at the
-    profile's budgets, AOPC steps and normalisation gap."""
-    rows = []
-    for record in records:
-        lengths = record["segment_lengths"]
-        for name, curves in record_curves(record).items():
-            metrics = curve_metrics(
-                lengths,
-                curves,
-                budgets=settings.budgets,
-                aopc_steps=settings.aopc_steps,
-                min_gap=settings.normalised_min_gap,
-            )
-            rows.append(
-                {
-                    "trace_id": record["trace_id"],
-                    "ordering": name,
-                    "n_segments": len(lengths),
-                    "trace_tokens": int(sum(lengths)),
-                    "forward_passes": record["n_forward"],
-                    "trace_seconds": record["seconds"],
-                    **metrics,
-                }
-            )
-    columns = _row_columns(settings.budgets)
-    return metric_frame(rows)[columns] if rows else pd.DataFrame(columns=columns)
 
 
 def measure_faithfulness(profile: Profile, scores: pd.DataFrame) -> dict:
     """The faithfulness analysis: the curves of every item (:func:`faithfulness_items`) not in the store
-    yet (the generator is loaded only then), then the per-trace rows, the summary per ordering, the
-    trace-level tests of IG strength against each other ordering and the mean curves, each written to
-    its artifact. Returns them with the settings, the counts and the records."""
+    yet (the generator is loaded only then; the time taken goes to the stage's run log), then the
+    per-trace rows, the summary per ordering, the trace-level tests of IG strength against each other
+    ordering and the mean curves (:func:`~segattr_utils.measures.faithfulness_run.faithfulness_tables`),
+    each written to its artifact. Returns them with the settings, the counts and the records."""
     settings = faithfulness_settings(profile)
     items, counts = faithfulness_items(profile, scores, settings)
-    store = RecordStore(STAGE.path(profile, "faithfulness_store"), key_fn=_record_key)
-    todo = [item for item in items if _record_key(item) not in store]
+    store = RecordStore(STAGE.path(profile, "faithfulness_store"), key_fn=record_key)
+    todo = [item for item in items if record_key(item) not in store]
     if todo:
         started = time.perf_counter()
         model, tokenizer = services.load_model(profile, "generator")
         baseline = services.baseline_token(profile, tokenizer)
         suffix = profile.get_path("attribution.answer_suffix")
+        per_trace = []
         for item in progress(todo, desc="faithfulness", unit="trace"):
-            store.append([faithfulness_record(model, tokenizer, baseline, item, settings, suffix)])
+            trace_started = time.perf_counter()
+            record = faithfulness_record(model, trace_sequence(tokenizer, item, suffix), item, baseline, settings)
+            per_trace.append(time.perf_counter() - trace_started)
+            store.append([record])
         log_seconds(profile, STAGE, f"faithfulness: {len(todo)} traces", time.perf_counter() - started)
-    wanted = {tuple(_record_key(item)) for item in items}
-    records = sorted((r for r in store.records() if tuple(_record_key(r)) in wanted), key=lambda r: r["trace_id"])
-    rows = faithfulness_rows(records, settings)
-    orderings = [name for name in ORDERING_LABELS if name in set(rows["ordering"])]
-    summary = ordering_summary(rows, orderings)
-    tests = paired_ordering_tests(rows, REFERENCE, seed=settings.random_seed) if len(rows) else _no_tests()
-    grid = np.linspace(0.0, 1.0, settings.curve_grid_points)
-    curves = mean_curves(_curve_dicts(records), grid, orderings)
+        log_seconds(profile, STAGE, f"faithfulness: median per trace of {len(todo)}", float(np.median(per_trace)))
+    wanted = {tuple(record_key(item)) for item in items}
+    records = sorted((r for r in store.records() if tuple(record_key(r)) in wanted), key=lambda r: r["trace_id"])
+    tables = faithfulness_tables(records, settings)
     for name, table in (
-        ("faithfulness", rows),
-        ("faithfulness_summary", summary),
-        ("faithfulness_tests", tests),
-        ("faithfulness_curves", curves),
+        ("faithfulness", tables["rows"]),
+        ("faithfulness_summary", tables["summary"]),
+        ("faithfulness_tests", tables["tests"]),
+        ("faithfulness_curves", tables["curves"]),
     ):
         write_table(STAGE.path(profile, name), table)
-    return {
-        "settings": settings,
-        "counts": counts,
-        "records": records,
-        "rows": rows,
-        "summary": summary,
-        "tests": tests,
-        "curves": curves,
-        "orderings": orderings,
-    }
-
-
-def _no_tests() -> pd.DataFrame:
-    return pd.DataFrame(columns=list(TEST_COLUMNS))
-
-
-def _curve_dicts(records: Sequence[dict]) -> list[dict]:
-    return [
-        {"ordering": name, "fractions": c.fractions, "deletion": c.deletion, "insertion": c.insertion}
-        for record in records
-        for name, c in record_curves(record).items()
-    ]
-
-
-def faithfulness_checks(result: dict) -> dict[str, bool]:
-    """Conditions the faithfulness artifacts must satisfy (the notebook's check cell asserts them)."""
-    rows, records = result["rows"], result["records"]
-    scores = [c for c in rows.columns if c.startswith(("deletion_area", "insertion_area", "compre", "suffi", "aopc"))]
-    per_trace = rows.groupby("trace_id")["ordering"].nunique() if len(rows) else pd.Series(dtype=int)
-    return {
-        "faithfulness: every selected trace has its curves": len(records) == result["counts"]["measured"],
-        "faithfulness: every trace has a row for every ordering": bool((per_trace == len(result["orderings"])).all()),
-        "faithfulness: no NaN among the per-trace scores in nats": bool(
-            np.isfinite(rows[scores].to_numpy(dtype=np.float64)).all()
-        ),
-        "faithfulness: every ordering of a trace starts and ends at the same F (F_0, F_n)": all(
-            _shared_end_points(record) for record in records
-        ),
-    }
-
-
-def _shared_end_points(record: dict) -> bool:
-    ends = {
-        (d[0], d[-1], record["insertion"][name][-1], record["insertion"][name][0])
-        for name, d in record["deletion"].items()
-    }
-    return len(ends) == 1 and all(a == c and b == e for a, b, c, e in ends)
-
-
-def _median(summary: pd.DataFrame, ordering: str, column: str):
-    row = summary[summary["ordering"] == ordering]
-    return None if row.empty or row[column].iloc[0] is None else float(row[column].iloc[0])
-
-
-def _test(tests: pd.DataFrame, metric: str, ordering: str) -> dict | None:
-    row = tests[(tests["metric"] == metric) & (tests["ordering"] == ordering)]
-    return None if row.empty else row.iloc[0].to_dict()
+    return {"settings": settings, "counts": counts, "records": records, **tables}
 
 
 def _test_note(test: dict, n_tests: int) -> str:
@@ -671,8 +396,11 @@ def faithfulness_comparison_rows(result: dict) -> list[dict]:
     n_tests = int(tests["p_value"].notna().sum()) if len(tests) else 0
     rows = []
     for metric, what in (("deletion_area", "deletion"), ("insertion_area", "insertion")):
-        ig, rnd = _median(summary, REFERENCE, f"{metric}_median"), _median(summary, "random", f"{metric}_median")
-        test = _test(tests, metric, "random")
+        ig, rnd = (
+            summary_value(summary, REFERENCE, f"{metric}_median"),
+            summary_value(summary, "random", f"{metric}_median"),
+        )
+        test = ordering_test(tests, metric, "random")
         run = MISSING_TEXT if ig is None or rnd is None else f"{ig:.3g} vs {rnd:.3g}"
         note = _test_note(test, n_tests) if test else "no trace measured"
         statistic = f"{what} area (nats, median over traces), IG strength vs random order"
@@ -696,10 +424,13 @@ def faithfulness_sentence(result: dict) -> str:
             f"No correct trace with two or more segments was measured ({counts['correct']} attributed correct "
             f"traces, {counts['single_segment']} with one segment): there is no faithfulness result."
         )
-    ig, rnd = _median(summary, REFERENCE, "deletion_area_median"), _median(summary, "random", "deletion_area_median")
-    test = _test(tests, "deletion_area", "random")
+    ig, rnd = (
+        summary_value(summary, REFERENCE, "deletion_area_median"),
+        summary_value(summary, "random", "deletion_area_median"),
+    )
+    test = ordering_test(tests, "deletion_area", "random")
     top = summary.loc[summary["deletion_area_median"].astype(float).idxmax()]
-    oracle = _median(summary, "oracle", "deletion_area_median")
+    oracle = summary_value(summary, "oracle", "deletion_area_median")
     oracle_text = f", the ground-truth oracle {oracle:.3g}" if oracle is not None else ""
     return (
         f"Over {int(summary['n_traces'].max())} correct traces, the median deletion area (the drop of the answer's "
@@ -718,7 +449,6 @@ def faithfulness_analysis(profile: Profile, scores: pd.DataFrame) -> dict:
     figure = figures.save(
         figures.faithfulness_curves(result["curves"], result["rows"], labels, REFERENCE), profile, "faithfulness"
     )
-    seconds = [r["seconds"] for r in result["records"]]
     passes = [r["n_forward"] for r in result["records"]]
     return {
         **result,
@@ -731,7 +461,6 @@ def faithfulness_analysis(profile: Profile, scores: pd.DataFrame) -> dict:
         "comparison": faithfulness_comparison_rows(result),
         "values": {
             "faithfulness_sentence": faithfulness_sentence(result),
-            "faithfulness_seconds_per_trace": float(np.median(seconds)) if seconds else None,
             "faithfulness_forward_passes_per_trace": float(np.mean(passes)) if passes else None,
             "faithfulness_counts": result["counts"],
         },

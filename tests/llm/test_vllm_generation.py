@@ -384,7 +384,7 @@ def test_chunked_generation_gives_the_records_of_one_call(fake_vllm, tmp_path):
 
 
 def test_a_group_larger_than_a_chunk_is_split():
-    from segattr_utils.llm.generation import chunk_groups
+    from segattr_utils.llm.vllm_requests import chunk_groups
 
     groups = [{"prompt": p, "requests": [{"index": i} for i in range(n)]} for p, n in (("a", 2), ("b", 5), ("c", 1))]
     chunks = chunk_groups(groups, 3)

@@ -6,6 +6,8 @@ a rerun recomputes nothing, and the whole stage writes its table, figure and bey
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,9 +17,11 @@ from segattr_utils import dag, services
 from segattr_utils.artifacts import RecordStore, read_table, write_table
 from segattr_utils.config import Profile
 from segattr_utils.llm.generation import derive_seed
+from segattr_utils.measures import faithfulness_run
 from segattr_utils.measures.faithfulness import random_order
 from segattr_utils.method.token_spans import build_attribution_sequence
 from segattr_utils.report.paper_vs_run import beyond_paper_marker
+from segattr_utils.run_log import read_run_log
 from segattr_utils.stages import stage06_distribution_position as stage
 
 from .conftest import QUESTIONS
@@ -181,7 +185,7 @@ def test_trace_orders_rank_in_each_measures_direction():
         "entropy": [0.9, 0.2, 0.5, 0.3],  # mean entropy; times tokens [1, 10, 2, 3]: [0.9, 2.0, 1.0, 0.9]
         "confidence_delta": [0.0, -0.1, 0.3, 0.3],
     }
-    orders = stage.trace_orders(item, [1, 10, 2, 3], seed=4)
+    orders = faithfulness_run.trace_orders(item, [1, 10, 2, 3], seed=4)
     assert list(orders) == ORDERINGS
     assert orders["ig"] == [2, 0, 1, 3]
     assert orders["oracle"] == [1, 3, 2, 0]  # productive, then verification, then the redundant repetition
@@ -193,19 +197,23 @@ def test_trace_orders_rank_in_each_measures_direction():
     # seeded by the trace id: other traces draw other permutations (6 segments, 8 traces)
     six = {**item, **{k: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6] for k in item if k not in ("trace_id", "kinds")}}
     draws = {
-        str(stage.trace_orders({**six, "trace_id": f"t{i}", "kinds": None}, [1] * 6, seed=4)["random"])
+        str(faithfulness_run.trace_orders({**six, "trace_id": f"t{i}", "kinds": None}, [1] * 6, seed=4)["random"])
         for i in range(8)
     }
     assert len(draws) > 1
-    assert "oracle" not in stage.trace_orders({**item, "kinds": None}, [1, 10, 2, 3], seed=4)
+    assert "oracle" not in faithfulness_run.trace_orders({**item, "kinds": None}, [1, 10, 2, 3], seed=4)
 
 
 def test_sample_traces_is_seeded_and_sorted():
     ids = [f"t{i}" for i in range(10)]
-    sample = stage.sample_traces(ids, 4, seed=1)
+    sample = faithfulness_run.sample_traces(ids, 4, seed=1)
     assert len(sample) == 4 and sample == sorted(sample) and set(sample) <= set(ids)
-    assert stage.sample_traces(ids, 4, seed=1) == sample
-    assert stage.sample_traces(ids, None, seed=1) == sorted(ids) == stage.sample_traces(ids, 20, seed=1)
+    assert faithfulness_run.sample_traces(ids, 4, seed=1) == sample
+    assert (
+        faithfulness_run.sample_traces(ids, None, seed=1)
+        == sorted(ids)
+        == faithfulness_run.sample_traces(ids, 20, seed=1)
+    )
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -220,7 +228,7 @@ def test_faithfulness_on_the_smoke_fixture(profile, monkeypatch):
 
     # artifacts: per-trace rows with the right columns and no NaN, one row per (trace, ordering)
     rows = read_table(dag.DISTRIBUTION_POSITION.path(profile, "faithfulness"))
-    assert list(rows.columns) == stage._row_columns((0.1, 0.2, 0.5))
+    assert list(rows.columns) == faithfulness_run.row_columns((0.1, 0.2, 0.5))
     assert len(rows) == 3 * len(ORDERINGS)
     assert rows.groupby("trace_id")["ordering"].apply(list).map(lambda o: o == ORDERINGS).all()
     scored = rows.drop(columns=["trace_id", "ordering", "note", "deletion_auc_normalised", "insertion_auc_normalised"])
@@ -240,7 +248,9 @@ def test_faithfulness_on_the_smoke_fixture(profile, monkeypatch):
     assert np.allclose(curves.loc[curves["fraction"] == 0, ["deletion_drop", "insertion_gain"]], 0.0)
 
     # the stored orders are the hand rankings; the curves' end points are plain forward passes
-    store = RecordStore(dag.DISTRIBUTION_POSITION.path(profile, "faithfulness_store"), key_fn=stage._record_key)
+    store = RecordStore(
+        dag.DISTRIBUTION_POSITION.path(profile, "faithfulness_store"), key_fn=faithfulness_run.record_key
+    )
     records = {r["trace_id"]: r for r in store.records()}
     assert set(records) == {"q0:correct", "q0:extra", "q1:extra"}
     model, tokenizer = services.load_model(profile, "generator")
@@ -273,8 +283,9 @@ def test_faithfulness_on_the_smoke_fixture(profile, monkeypatch):
             assert len(deletion) == len(insertion) == len(lengths) + 1
             assert deletion[0] == pytest.approx(manual_f(model, sequence.input_ids, sequence.answer_span), abs=1e-5)
             assert deletion[-1] == pytest.approx(manual_f(model, masked, sequence.answer_span), abs=1e-5)
-        assert record["n_forward"] <= 2 + 2 * (len(lengths) - 1) * len(ORDERINGS) and record["seconds"] > 0
-    assert all(stage.faithfulness_checks(result).values())
+        assert record["n_forward"] <= 2 + 2 * (len(lengths) - 1) * len(ORDERINGS)
+        assert "seconds" not in record  # data only: the time goes to the run log
+    assert all(faithfulness_run.faithfulness_checks(result).values())
 
     # a rerun computes nothing (the model is not even loaded) and writes the same rows
     monkeypatch.setattr(services, "load_model", lambda *a, **k: pytest.fail("a finished trace was recomputed"))
@@ -285,6 +296,37 @@ def test_faithfulness_on_the_smoke_fixture(profile, monkeypatch):
     assert "comprehensiveness_30" in other["rows"] and "comprehensiveness_10" not in other["rows"]
 
 
+def test_two_runs_from_scratch_write_the_same_bytes(reference_profile):
+    profile = reference_profile
+    write_artifacts(profile)
+    table = dag.DISTRIBUTION_POSITION.path(profile, "faithfulness")
+    store = dag.DISTRIBUTION_POSITION.path(profile, "faithfulness_store")
+    stage.run(profile)
+    first = table.read_bytes(), store.read_bytes()
+    table.unlink()
+    store.unlink()  # the second run measures every trace again
+    stage.run(profile)
+    assert (table.read_bytes(), store.read_bytes()) == first
+    assert not {"seconds", "trace_seconds"} & set(read_table(table).columns)
+    log = read_run_log(profile, dag.DISTRIBUTION_POSITION)
+    assert log["what"].str.startswith("faithfulness: ").sum() == 4  # both runs timed, in the run log
+
+
+def test_a_store_with_timed_records_is_read_as_before(profile, monkeypatch):
+    """Records that carry a wall-clock ``seconds`` field (stores written before records held data only)
+    are reused as they are: nothing is recomputed and the rows are the same."""
+    write_artifacts(profile)
+    scores = stage.load_scores(profile)
+    result = stage.measure_faithfulness(profile, scores)
+    path = dag.DISTRIBUTION_POSITION.path(profile, "faithfulness_store")
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    path.write_text("".join(json.dumps({**r, "seconds": 0.25 * i}) + "\n" for i, r in enumerate(lines)), "utf-8")
+    monkeypatch.setattr(services, "load_model", lambda *a, **k: pytest.fail("a stored trace was recomputed"))
+    again = stage.measure_faithfulness(profile, scores)
+    pd.testing.assert_frame_equal(again["rows"], result["rows"])
+    assert all(again[name].equals(result[name]) for name in ("summary", "tests", "curves"))
+
+
 def test_changed_signal_recomputes_only_that_trace(profile, monkeypatch):
     write_artifacts(profile)
     stage.measure_faithfulness(profile, stage.load_scores(profile))
@@ -292,7 +334,7 @@ def test_changed_signal_recomputes_only_that_trace(profile, monkeypatch):
     write_artifacts(profile, changed)
     measured = []
     original = stage.faithfulness_record
-    monkeypatch.setattr(stage, "faithfulness_record", lambda *a: measured.append(a[3]["trace_id"]) or original(*a))
+    monkeypatch.setattr(stage, "faithfulness_record", lambda *a: measured.append(a[2]["trace_id"]) or original(*a))
     result = stage.measure_faithfulness(profile, stage.load_scores(profile))
     assert measured == ["q1:extra"]
     record = next(r for r in result["records"] if r["trace_id"] == "q1:extra")
@@ -315,7 +357,7 @@ def test_no_measurable_trace_gives_empty_tables_and_a_sentence(profile):
     only_single = scores[scores["trace_id"].isin(["q1:correct", "q1:incorrect"])]
     result = stage.measure_faithfulness(profile, only_single)
     assert result["rows"].empty and result["summary"].empty and result["tests"].empty
-    assert list(result["rows"].columns) == stage._row_columns((0.1, 0.2, 0.5))
+    assert list(result["rows"].columns) == faithfulness_run.row_columns((0.1, 0.2, 0.5))
     assert "no faithfulness result" in stage.faithfulness_sentence(result)
     rows = stage.faithfulness_comparison_rows(result)
     assert all(r["paper"] == beyond_paper_marker() for r in rows) and all("n/a" in r["run"] for r in rows)
@@ -335,7 +377,9 @@ def test_the_whole_stage_with_and_without_faithfulness(reference_profile):
     assert beyond["statistic"].iloc[0].startswith("deletion area")
     sentence = result.values["faithfulness_sentence"]
     assert "3 correct traces" in sentence and "nats" in sentence
-    assert result.values["faithfulness_seconds_per_trace"] > 0
+    assert "faithfulness_seconds_per_trace" not in result.values
+    log = read_run_log(profile, dag.DISTRIBUTION_POSITION)  # the timings: in the run log, not in the data
+    assert log["what"].str.startswith("faithfulness: ").sum() == 2 and (log["seconds"] > 0).all()
     assert (result.comparison["paper"] != beyond_paper_marker()).sum() == 6  # the paper's own rows stay
 
     off = stage.run(with_faithfulness(profile, enabled=False))

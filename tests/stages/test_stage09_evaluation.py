@@ -15,6 +15,7 @@ import pytest
 
 from segattr_utils.config import load_profile
 from segattr_utils.data.questions import answer_text, multiple_choice_row
+from segattr_utils.report import tables
 from segattr_utils.stages import stage09_evaluation as ev
 
 CORPUS = [
@@ -115,7 +116,7 @@ def _paper_metrics(aime25: float = 23.3) -> pd.DataFrame:
     scores = {**R1_1P5B_GREEDY, "AIME25": aime25}
     return pd.DataFrame(
         [
-            {"model": ev.BASE, "benchmark": b, "domain": "in", "greedy_acc": v, "greedy_tokens": 1000.0}
+            {"model": tables.BASE, "benchmark": b, "domain": "in", "greedy_acc": v, "greedy_tokens": 1000.0}
             for b, v in scores.items()
         ]
     )
@@ -143,7 +144,7 @@ def test_table1_reports_aime25_beside_the_overall(tmp_path):
     profile["results_root"] = str(tmp_path)  # no runs: the base model only
     metrics = _paper_metrics()
     overall = ev.attach_runs(profile, ev.overall_metrics(metrics, profile.get_path("evaluation.overall")))
-    table = ev.table1(profile, metrics, overall)
+    table = tables.table1(profile, ev.attach_runs(profile, metrics), overall)
     columns = list(table.columns)
     assert columns.index("AIME25") > columns.index("Acc./Pass@1")
     assert all(columns.index(b) < columns.index("Acc./Pass@1") for b in R1_1P5B_GREEDY)
@@ -235,10 +236,10 @@ def test_paired_tests_use_the_metric_of_each_row():
 
 
 def test_format_mean_std():
-    assert ev.format_mean_std(45.123, 1.26, 3) == "45.1 ± 1.3"
-    assert ev.format_mean_std(45.123, float("nan"), 1) == "45.1"
-    assert ev.format_mean_std(float("nan"), 0, 3) == "n/a"
-    assert ev.format_mean_std(12345.6, 10.2, 3, 0) == "12346 ± 10"
+    assert tables.format_mean_std(45.123, 1.26, 3) == "45.1 ± 1.3"
+    assert tables.format_mean_std(45.123, float("nan"), 1) == "45.1"
+    assert tables.format_mean_std(float("nan"), 0, 3) == "n/a"
+    assert tables.format_mean_std(12345.6, 10.2, 3, 0) == "12346 ± 10"
 
 
 def test_multiple_choice_row_shuffles_with_a_fixed_seed():
@@ -362,20 +363,20 @@ def test_common_seeds_rank_every_row_on_the_same_seeds():
     )
     settings = ["full__self", "random__self", "selective__self", "never_trained__self"]
     # the single-seed variant restricts the table to seed 0; a setting without runs does not empty it
-    assert ev.common_seeds(overall, settings) == [0]
-    assert ev.common_seeds(overall, ["full__self", "selective__self"]) == [0, 1, 2]
-    assert ev.common_seeds(overall, ["nothing"]) == []
-    part = ev.on_seeds(overall, [0])
+    assert tables.common_seeds(overall, settings) == [0]
+    assert tables.common_seeds(overall, ["full__self", "selective__self"]) == [0, 1, 2]
+    assert tables.common_seeds(overall, ["nothing"]) == []
+    part = tables.on_seeds(overall, [0])
     assert sorted(part["model"]) == ["full__self__seed0", "random__self__seed0", "selective__self__seed0"]
-    table = ev.comparison_table(part, settings[:3])
+    table = tables.comparison_table(part, settings[:3])
     # like for like: ours is 50 on seed 0 (not its 3-seed mean 60), the variant 90, full 40
     assert list(table["Greedy Acc."]) == ["40.0", "90.0", "50.0"] and set(table["Seeds"]) == {1}
 
 
 def test_table_reference_is_ours_or_ig_pruning_in_table4():
-    assert ev.table_reference("2", ["full__self", "x__self", "selective__self"], "self") == "selective__self"
-    assert ev.table_reference("4", ["full__self", "pruned_ig__self"], "self") == "pruned_ig__self"
-    assert ev.table_reference("4", ["full__self", "pruned_entropy__self"], "self") == "full__self"
+    assert tables.table_reference("2", ["full__self", "x__self", "selective__self"], "self") == "selective__self"
+    assert tables.table_reference("4", ["full__self", "pruned_ig__self"], "self") == "pruned_ig__self"
+    assert tables.table_reference("4", ["full__self", "pruned_entropy__self"], "self") == "full__self"
 
 
 def test_ranking_tests_hand_computed_differences_and_holm():
@@ -402,11 +403,11 @@ def test_ranking_tests_hand_computed_differences_and_holm():
     assert by.loc[("full__self", "greedy_tokens"), "bootstrap_p_holm"] == 0.0
     # Holm: each corrected p is at least the raw p
     assert (tests["bootstrap_p_holm"] >= tests["bootstrap_p"] - 1e-12).all()
-    columns = ev.ranking_columns(tests, "rand__self")
+    columns = tables.ranking_columns(tests, "rand__self")
     assert columns["Δ acc. vs ref. [95% CI]"].startswith("+10.0 [")
     assert columns["Δ length vs ref. [95% CI]"] == "+10 [+10, +10]"
-    assert ev.ranking_columns(tests, "selective__self")["Δ acc. vs ref. [95% CI]"] == "reference"
-    table = ev.comparison_table(overall, settings, tests=tests)
+    assert tables.ranking_columns(tests, "selective__self")["Δ acc. vs ref. [95% CI]"] == "reference"
+    table = tables.comparison_table(overall, settings, tests=tests)
     assert list(table["Δ length vs ref. [95% CI]"]) == ["+70 [+70, +70]", "+10 [+10, +10]", "reference"]
     # no reference run: no tests rather than an error
     assert ev.ranking_tests(overall, graded, settings, "missing__self").empty
@@ -436,7 +437,7 @@ def test_fig5_points_average_the_given_seeds_with_their_spread():
         rows.append({"variant": "selective", "source": "self", "seed": seed, "overrides": '{"tau": 0.9}'})
         rows[-1].update(greedy_acc=acc, **{"pass@1": acc + 1}, greedy_tokens=100, sample_tokens=90, token_share=0.5)
     rows.append(dict(rows[0], seed=2, greedy_acc=99.0))  # a seed outside the given ones is left out
-    points = ev.fig5_points(pd.DataFrame(rows), "self", 0.7, 0.8, [0, 1])
+    points = tables.fig5_points(pd.DataFrame(rows), "self", 0.7, 0.8, [0, 1])
     point = points.set_index(["sweep", "value"]).loc[("tau", 0.9)]
     assert point["greedy_acc"] == pytest.approx(45.0) and point["seeds"] == 2
     assert point["greedy_acc_std"] == pytest.approx(np.std([40.0, 50.0], ddof=1))
