@@ -347,3 +347,40 @@ def test_notebooks_executed_by_run_papermill_hold_no_wall_clock_data(tmp_path, c
     assert [row["notebook"] for row in read_rows(out / "run_times.csv")] == ["00_ran"]
     assert run_papermill("smoke", [ran], out) == 0  # rerun: same results, same bytes
     assert (out / "00_ran" / "00_ran.ipynb").read_bytes() == first
+
+
+#: Files of a results folder that hold times by design: the run log of each stage and the notebooks' times.
+TIMING_FILES = {"run_log.csv", "run_times.csv"}
+
+
+@pytest.mark.slow
+def test_two_smoke_reproduces_of_notebooks_00_to_03_write_the_same_bytes(tmp_path):
+    """Equal data, equal bytes: ``python -m segattr_utils.reproduce`` of notebooks 00-03 on the smoke profile,
+    run twice from empty results into the same folder, writes byte-identical tables, record stores, JSON
+    summaries and executed notebooks (every file but the run logs; model weights are compared too)."""
+    import filecmp
+    import shutil
+    import subprocess
+    import sys
+
+    project = Path(__file__).resolve().parents[1]
+    profile = tmp_path / "smoke_bytes.yaml"
+    results = tmp_path / "results"
+    profile.write_text(f"base: smoke\nresults_root: {results}\n", encoding="utf-8")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "segattr_utils.reproduce", "--profile", str(profile)]
+    command += ["--only", "00", "01", "02", "03"]
+    runs = []
+    for attempt in ("first", "second"):
+        finished = subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        runs.append(results.rename(tmp_path / attempt))
+    first, second = runs
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.name not in TIMING_FILES)
+    assert {p.suffix for p in files} >= {".parquet", ".jsonl", ".json", ".ipynb", ".csv"}
+    assert files == sorted(
+        p.relative_to(second) for p in second.rglob("*") if p.is_file() and p.name not in TIMING_FILES
+    )
+    different = [str(p) for p in files if not filecmp.cmp(first / p, second / p, shallow=False)]
+    assert different == []
+    shutil.rmtree(first), shutil.rmtree(second)
