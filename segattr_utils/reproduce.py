@@ -228,6 +228,8 @@ def run_papermill(profile_name: str, notebooks: list[Path], out_root: Path) -> i
                 file=sys.stderr,
             )
             print(str(error)[-4000:], file=sys.stderr)
+            if output.exists():  # what failed and where, without the timings of the cells that ran
+                _strip_volatile_metadata(output, notebook.parent.parent)
             print(f"The partially executed notebook is at {output}", file=sys.stderr)
             return 1
         _strip_volatile_metadata(output, notebook.parent.parent)

@@ -14,6 +14,9 @@ from .config import Profile
 
 #: Keys of training summaries that are wall-clock measurements, not data.
 TIMING_KEYS = ("train_runtime", "train_seconds", "trainer_runtime", "seconds_per_step", "seconds")
+#: Keys of training summaries that say how the work was split over calls (a run resumed from a checkpoint
+#: trains only its remaining steps), not what was trained.
+SESSION_KEYS = ("steps_this_session",)
 
 
 def log_seconds(profile: Profile, stage: dag.Stage, what: str, seconds: float) -> Path:
@@ -35,8 +38,11 @@ def append_seconds(path: str | Path, what: str, seconds: float) -> Path:
 
 
 def log_timings(profile: Profile, stage: dag.Stage, what: str, summary: dict) -> dict:
-    """Move the wall-clock fields of ``summary`` (:data:`TIMING_KEYS`) into the run log; return the
-    summary without them."""
+    """Move the wall-clock fields of ``summary`` (:data:`TIMING_KEYS`) into the run log and drop its
+    session fields (:data:`SESSION_KEYS`); return the summary without them, the same for a resumed run
+    as for an uninterrupted one."""
+    for key in SESSION_KEYS:
+        summary.pop(key, None)
     for key in TIMING_KEYS:
         if key in summary:
             value = summary.pop(key)

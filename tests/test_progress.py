@@ -61,6 +61,7 @@ def test_quiet_environment_switches_the_libraries_and_keeps_other_warning_filter
     assert env[QUIET_ENV] == "1"
     assert env["HF_HUB_DISABLE_PROGRESS_BARS"] == env["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
     assert env["TRANSFORMERS_VERBOSITY"] == "error"
+    assert env["TQDM_DISABLE"] == "1"  # tqdm's default for bars made without disable= (other libraries')
     assert env["PYTHONWARNINGS"] == "error::ResourceWarning,ignore:IProgress not found:Warning"
     monkeypatch.setenv("PYTHONWARNINGS", env["PYTHONWARNINGS"])
     assert quiet_environment()["PYTHONWARNINGS"] == env["PYTHONWARNINGS"]  # not appended twice

@@ -2,6 +2,7 @@ import ast
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from segattr_utils.reproduce import (
     notebooks_in_order,
     record_run_time,
     run_nbval,
+    run_papermill,
 )
 
 
@@ -281,3 +283,104 @@ def test_kernels_get_a_fixed_hash_seed(monkeypatch):
     with kernel_environment():
         assert os.environ["PYTHONHASHSEED"] == "0"
     assert os.environ["PYTHONHASHSEED"] == "random"
+
+
+# ---------------------------------------------------------------------------------------------
+# Executed notebooks written by run_papermill: no wall-clock data
+
+#: What a wall-clock value looks like in an executed notebook: papermill's and nbclient's ISO timestamps,
+#: a progress bar's rate or elapsed time, the memory address of a default repr.
+WALL_CLOCK = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}|it/s|s/it|\[\d\d:\d\d<| at 0x[0-9a-f]+>")
+TIMING_KEYS = {"start_time", "end_time", "duration", "execution"}
+
+
+def _keys(value):
+    """Every dict key anywhere in a JSON value."""
+    if isinstance(value, dict):
+        return set(value) | {k for item in value.values() for k in _keys(item)}
+    if isinstance(value, list):
+        return {k for item in value for k in _keys(item)}
+    return set()
+
+
+def project_notebook(root, name, *sources):
+    """``root/notebooks/<name>.ipynb``: a parameters cell, then one code cell per source."""
+    path = root / "notebooks" / f"{name}.ipynb"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    notebook = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {
+            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+            "language_info": {"name": "python"},
+        },
+        "cells": [code_cell('PROFILE = "smoke"', tags=["parameters"]), *(code_cell(s) for s in sources)],
+    }
+    path.write_text(json.dumps(notebook), encoding="utf-8")
+    return path
+
+
+@pytest.mark.slow
+def test_notebooks_executed_by_run_papermill_hold_no_wall_clock_data(tmp_path, capfd):
+    """The executed notebooks that ``python -m segattr_utils.reproduce`` saves, a failed one too, hold no
+    timestamps, durations, progress-bar rates or memory addresses, so a rerun writes the same bytes; the
+    times are in ``run_times.csv``."""
+    root = tmp_path / "project"
+    cells = (
+        "from tqdm.auto import tqdm\nfor _ in tqdm(range(3)):\n    pass",  # a library's own bar
+        "class Thing:\n    pass\n\nThing()",
+        "import time\ntime.sleep(0.01)\nprint(PROFILE)",
+    )
+    ran = project_notebook(root, "00_ran", *cells)
+    failed = project_notebook(root, "01_failed", *cells, "raise ValueError('stops here')")
+    out = root / "results" / "smoke"
+    assert run_papermill("smoke", [ran], out) == 0
+    assert run_papermill("smoke", [failed], out) == 1
+    assert "stops here" in capfd.readouterr().err
+    first = (out / "00_ran" / "00_ran.ipynb").read_bytes()
+    for path in (out / "00_ran" / "00_ran.ipynb", out / "01_failed" / "01_failed.ipynb"):
+        text = path.read_text(encoding="utf-8")
+        assert not TIMING_KEYS & _keys(json.loads(text)), path.name
+        assert not WALL_CLOCK.search(text), (path.name, WALL_CLOCK.search(text))
+    assert "stops here" in (out / "01_failed" / "01_failed.ipynb").read_text(encoding="utf-8")
+    assert "smoke\\n" in first.decode("utf-8")
+    assert [row["notebook"] for row in read_rows(out / "run_times.csv")] == ["00_ran"]
+    assert run_papermill("smoke", [ran], out) == 0  # rerun: same results, same bytes
+    assert (out / "00_ran" / "00_ran.ipynb").read_bytes() == first
+
+
+#: Files of a results folder that hold times by design: the run log of each stage and the notebooks' times.
+TIMING_FILES = {"run_log.csv", "run_times.csv"}
+
+
+@pytest.mark.slow
+def test_two_smoke_reproduces_of_notebooks_00_to_03_write_the_same_bytes(tmp_path):
+    """Equal data, equal bytes: ``python -m segattr_utils.reproduce`` of notebooks 00-03 on the smoke profile,
+    run twice from empty results into the same folder, writes byte-identical tables, record stores, JSON
+    summaries and executed notebooks (every file but the run logs; model weights are compared too)."""
+    import filecmp
+    import shutil
+    import subprocess
+    import sys
+
+    project = Path(__file__).resolve().parents[1]
+    profile = tmp_path / "smoke_bytes.yaml"
+    results = tmp_path / "results"
+    profile.write_text(f"base: smoke\nresults_root: {results}\n", encoding="utf-8")
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "segattr_utils.reproduce", "--profile", str(profile)]
+    command += ["--only", "00", "01", "02", "03"]
+    runs = []
+    for attempt in ("first", "second"):
+        finished = subprocess.run(command, cwd=project, env=environment, capture_output=True, text=True)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+        runs.append(results.rename(tmp_path / attempt))
+    first, second = runs
+    files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file() and p.name not in TIMING_FILES)
+    assert {p.suffix for p in files} >= {".parquet", ".jsonl", ".json", ".ipynb", ".csv"}
+    assert files == sorted(
+        p.relative_to(second) for p in second.rglob("*") if p.is_file() and p.name not in TIMING_FILES
+    )
+    different = [str(p) for p in files if not filecmp.cmp(first / p, second / p, shallow=False)]
+    assert different == []
+    shutil.rmtree(first), shutil.rmtree(second)

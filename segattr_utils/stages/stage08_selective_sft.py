@@ -42,7 +42,7 @@ from ..llm.variants import (
 )
 from ..method.segmentation import segment
 from ..progress import progress
-from ..run_log import log_timings, read_run_log
+from ..run_log import log_timings
 from ..scored_trace import MASKS, training_example
 from . import StageResult, finish
 from .stage03_ig_attribution import attribute_traces, over_length_traces, scored_traces, skipped_traces
@@ -455,6 +455,7 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     stats = supervision_stats(records, selections, examples, variant.mode, stages[-1].max_length)
     started = time.time()
     stage_summaries = []
+    runtime, steps_now = 0.0, 0  # the trainer's seconds and steps of the stages trained by this call
     for index, stage_settings in enumerate(stages):
         # Two-stage schedule: stage 1 is full-CoT SFT for every variant (App. C.3).
         stage_examples = full_examples if len(stages) == 2 and index == 0 else examples
@@ -471,7 +472,10 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
             else None
         )
         summary = train_sft(model, tokenizer, stage_examples, stage_settings, out, seed=spec.seed, deepspeed=deepspeed)
-        write_json(out / "stage_summary.json", summary)
+        runtime += summary.get("train_runtime", float("nan"))
+        steps_now += summary.get("steps_this_session", summary["steps"])
+        # The stage's summary is data (steps, losses, settings); its seconds go to the run log.
+        write_json(out / "stage_summary.json", log_timings(profile, STAGE, f"{spec.name}: stage{index + 1}", summary))
         stage_summaries.append(summary)
     if not _is_main_process():
         return {}
@@ -487,7 +491,6 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
     shutil.rmtree(final_dir, ignore_errors=True)
     tmp_dir.rename(final_dir)
     steps = sum(s["steps"] for s in stage_summaries)
-    runtime = sum(s.get("train_runtime", float("nan")) for s in stage_summaries)
     summary = {
         "run": spec.name,
         "setting": spec.setting,
@@ -512,8 +515,8 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
         spec.name,
         {
             "train_seconds": time.time() - started,
-            "trainer_runtime": runtime,
-            "seconds_per_step": runtime / steps if steps else float("nan"),
+            "trainer_runtime": runtime if steps_now else float("nan"),
+            "seconds_per_step": runtime / steps_now if steps_now else float("nan"),
         },
     )
     write_json(summary_path, summary)
@@ -555,14 +558,48 @@ def train_all(profile: Profile, only: list[str] | None = None) -> pd.DataFrame:
         "per_gpu": _train_per_gpu,
         "accelerate": _launch_with_accelerate,
     }
-    summaries = trainers[launcher](profile, runs)
+    table = run_table(trainers[launcher](profile, runs))
+    write_table(STAGE.path(profile, "runs"), table)
+    return table
+
+
+#: The columns of ``runs.parquet`` in order (:func:`train_run`'s summary); the shares of the world's segment
+#: kinds (``chosen_share_<kind>``) follow, by name, then any other summary key, by name.
+RUN_COLUMNS = (
+    "run",
+    "setting",
+    "variant",
+    "label",
+    "mode",
+    "source",
+    "seed",
+    "tables",
+    "overrides",
+    "keywords",
+    "traces",
+    "segment_share",
+    "token_share",
+    "trained_tokens",
+    "sequence_tokens",
+    "truncated_traces",
+    "steps",
+    "final_loss",
+    "accelerate_launch",
+    "world_size",
+)
+
+
+def run_table(summaries: list[dict]) -> pd.DataFrame:
+    """The run summaries as ``runs.parquet``'s table, its columns in the order of :data:`RUN_COLUMNS`
+    whatever the order of each summary's keys (a summary read back from ``summary.json`` has them sorted,
+    one just trained has them as built): equal runs give equal bytes, fresh or resumed."""
     table = pd.DataFrame(summaries)
-    # A fixed column order: summaries read back from summary.json have sorted keys, fresh ones do not.
-    kind_columns = sorted(c for c in table.columns if c.startswith("chosen_share_"))
-    table = table[[c for c in table.columns if c not in kind_columns] + kind_columns]
+    declared = [c for c in RUN_COLUMNS if c in table.columns]
+    kinds = sorted(c for c in table.columns if c.startswith("chosen_share_"))
+    rest = sorted(c for c in table.columns if c not in declared and c not in kinds)
+    table = table[declared + kinds + rest]
     table["tables"] = table["tables"].map(lambda t: ",".join(t))
     table["overrides"] = table["overrides"].map(lambda o: json.dumps(o, sort_keys=True))
-    write_table(STAGE.path(profile, "runs"), table)
     return table
 
 
@@ -789,13 +826,8 @@ def run(profile: Profile) -> StageResult:
         )
     runs = train_all(profile)
     tables["runs"] = runs[["run", "mode", "token_share", "trained_tokens", "steps", "final_loss"]]
-    log = read_run_log(profile, STAGE)
-    per_step = log[log["what"].str.endswith(": seconds_per_step")].assign(
-        run=lambda t: t["what"].str.rsplit(":", n=1).str[0]
-    )
-    per_step = per_step.drop_duplicates("run", keep="last").merge(runs[["run", "mode"]], on="run")
-    if len(per_step):
-        tables["cost_per_step"] = per_step.groupby("mode")["seconds"].agg(["mean", "std", "count"])
+    # Wall-clock costs (each run's trainer seconds and seconds per step) are in the stage's run log,
+    # run_log.csv of 08_selective_sft/, not in these tables.
     return finish(
         profile,
         STAGE,

@@ -577,6 +577,35 @@ def test_runs_dealt_over_two_processes_train_what_one_process_trains(reference_p
     assert list(sft.train_all(two, only=wanted)["run"]) == wanted
 
 
+def test_a_resumed_train_all_rewrites_runs_parquet_byte_for_byte(reference_profile):
+    """Equal runs, equal bytes: the second call finds every run finished and reads its summary back from
+    ``summary.json`` (sorted keys), yet writes the same ``runs.parquet`` as the call that trained them, with
+    the columns in their declared order; no wall-clock value is in the table or in a run's summaries (the
+    seconds are in the stage's run log)."""
+    import json
+
+    profile = Profile({**reference_profile, "training": {**reference_profile["training"], "launcher": "inprocess"}})
+    wanted = ["full__reference__seed0", "selective__reference__seed0"]
+    path = sft.STAGE.path(profile, "runs")
+    fresh = sft.train_all(profile, only=wanted)
+    first = path.read_bytes()
+    assert list(fresh.columns[:3]) == ["run", "setting", "variant"] and list(fresh["run"]) == wanted
+    resumed = sft.train_all(profile, only=wanted)
+    assert path.read_bytes() == first
+    assert list(resumed.columns) == list(fresh.columns)
+    timing = {"train_runtime", "trainer_runtime", "train_seconds", "seconds_per_step", "steps_this_session"}
+    assert not timing & set(fresh.columns)
+    for run in wanted:
+        folder = sft.STAGE.path(profile, "run_folders") / run
+        for summary in [folder / "summary.json", *folder.glob("stage*/stage_summary.json")]:
+            assert not timing & set(json.loads(summary.read_text())), summary
+    from segattr_utils.run_log import read_run_log
+
+    log = read_run_log(profile, sft.STAGE)
+    for run in wanted:
+        assert {f"{run}: stage1: train_runtime", f"{run}: seconds_per_step"} <= set(log["what"])
+
+
 def test_a_run_under_accelerate_launch_on_the_cpu_trains_and_writes_its_model(reference_profile, tmp_path, monkeypatch):
     """training.launcher: accelerate, with a one-process CPU accelerate config started from notebooks/ (as
     under papermill): the run trains under accelerate launch (its summary says so), its main process writes
