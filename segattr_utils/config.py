@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .profile_schema import OMIT_UNSET, ProfileSchema, resolved_defaults
+from .profile_schema import OMIT_UNSET, ProfileSchema
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 REQUIRED_SECTIONS = (
@@ -213,12 +213,9 @@ def validate_profile(data: dict, chain: list[tuple[Path, dict]]) -> dict:
             raise ProfileError(f"profile {chain[0][0]} lacks required settings: {names}") from None
         raise ProfileError(_error_message(missing or errors, chain)) from None
     complete = _complete(data, schema)
-    for dotted, value in resolved_defaults(schema).items():
-        *parents, leaf = dotted.split(".")
-        node = complete
-        for part in parents:
-            node = node[part]
-        node[leaf] = copy.deepcopy(value)
+    training = complete["training"]
+    if training["ablation_source"] is None:  # read by stages 08-09 and the headlines: resolved here
+        training["ablation_source"] = training["sources"][0]
     return complete
 
 

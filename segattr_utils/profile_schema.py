@@ -470,21 +470,3 @@ class ProfileSchema(Section):
         if self.kind == "hub" and self.evaluation.benchmarks is None:
             raise ValueError("evaluation.benchmarks: a profile of kind hub needs its benchmarks")
         return self
-
-
-def resolved_defaults(schema: ProfileSchema) -> dict[str, Any]:
-    """The defaults that depend on other settings, by dotted name (the profile's values otherwise)."""
-    training = schema.training
-    ablation_source = training.ablation_source or training.sources[0]
-    dtype = "float32" if schema.kind == "world" else "bfloat16"
-    values = {
-        "training.ablation_seeds": training.main_seeds if training.ablation_seeds is None else training.ablation_seeds,
-        "training.ablation_source": ablation_source,
-        "training.table7_source": training.table7_source or ablation_source,
-    }
-    for role in ("generator", "student", "judge"):
-        spec = getattr(schema.models, role)
-        if spec is None:
-            continue
-        values[f"models.{role}.dtype"] = spec.dtype or dtype
-    return values

@@ -79,8 +79,8 @@ def model_path(profile: Profile, role: str) -> str:
 
 def _dtype(profile: Profile, role: str) -> str:
     if profile["kind"] == "world":
-        return profile.get_path("models.generator.dtype") if role != "judge" else "float32"
-    return profile.get_path(f"models.{role}.dtype")
+        return (profile.get_path("models.generator.dtype") or "float32") if role != "judge" else "float32"
+    return profile.get_path(f"models.{role}.dtype") or "bfloat16"  # null: the schema's hub default
 
 
 def load_model(
@@ -366,9 +366,9 @@ def table_sources(profile: Profile) -> dict[str, str]:
     ``training.ablation_source`` (default: the first source; the paper: LIMO's reference CoTs) for
     Tables 2-4 and Fig. 5, ``training.table7_source`` (default: the ablation source) for Table 7."""
     cfg = profile["training"]
-    ablation_source = cfg["ablation_source"]
+    ablation_source = cfg["ablation_source"] or training_sources(profile)[0]  # null: the first source
     tables = [str(t) for t in cfg["tables"] if str(t) != MAIN_TABLE]
-    return {t: cfg["table7_source"] if t == "7" else ablation_source for t in tables}
+    return {t: (cfg["table7_source"] or ablation_source) if t == "7" else ablation_source for t in tables}
 
 
 def planned_signals(profile: Profile) -> dict[str, frozenset[str]]:

@@ -94,7 +94,7 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     """
     cfg = profile["training"]
     main_seeds = [int(s) for s in cfg["main_seeds"]]
-    ablation_seeds = [int(s) for s in cfg["ablation_seeds"]]
+    ablation_seeds = [int(s) for s in (main_seeds if cfg["ablation_seeds"] is None else cfg["ablation_seeds"])]
     sources = services.training_sources(profile)
     source_of = services.table_sources(profile)
     tables = list(source_of)

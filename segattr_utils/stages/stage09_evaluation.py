@@ -860,7 +860,7 @@ def run(profile: Profile) -> StageResult:
     planned = {str(t) for t in profile.get_path("training.tables")}
     rankings = {}
     for table in [t for t in ("2", "3", "4", "7") if t in planned]:
-        table_source = source if table != "7" else profile.get_path("training.table7_source")
+        table_source = source if table != "7" else (profile.get_path("training.table7_source") or source)
         settings = table_settings(overall, table, table_source)
         like_for_like = on_seeds(overall, common_seeds(overall, settings))
         ranked = ranking_tests(like_for_like, overall_outputs, settings, table_reference(table, settings, table_source))
