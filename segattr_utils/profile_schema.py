@@ -206,7 +206,7 @@ class Vllm(OpenSection):
     gpu_memory_utilization: Share | None = optional("share of each GPU for weights + KV cache")
     enable_prefix_caching: bool | None = optional("share a prompt's KV cache between its requests")
     seed: int | None = optional("the engine's default seed")
-    batch_invariant: bool = Field(False, description="VLLM_BATCH_INVARIANT=1: logits independent of the batch")
+    batch_invariant: bool | None = optional("VLLM_BATCH_INVARIANT=1: logits independent of the batch (unset: false)")
 
 
 class Generation(Section):

@@ -128,7 +128,7 @@ def load_generator(
         target = str(path) if path is not None else model_path(profile, role)
         engine = dict(profile.get_path("generation.vllm"))
         chunk = check_chunk_requests(profile.get_path("generation.vllm_chunk_requests"))
-        check_batch_invariant(engine["batch_invariant"])
+        check_batch_invariant(engine.get("batch_invariant", False))  # an engine setting: unset is off
         tokenizer = load_tokenizer(target)
         generator = VLLMGenerator(
             target, dtype=_dtype(profile, role), tokenizer=tokenizer, chunk_requests=chunk, **engine

@@ -65,7 +65,7 @@ def test_import_profile_validates(tmp_path):
 FORMER_CODE_DEFAULTS = {
     "tiny": {
         "generation.vllm_chunk_requests": 2048,  # services: DEFAULT_CHUNK_REQUESTS
-        "generation.vllm.batch_invariant": False,  # services: engine.get("batch_invariant", False)
+        "generation.vllm": {},  # services: get_path("generation.vllm", {})
         "models.generator.device_map": None,  # stage 03: get_path(..., None)
         "training.gpus": None,
         "training.accelerate_config": None,
