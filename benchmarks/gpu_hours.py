@@ -346,7 +346,7 @@ def ig_checkpoint_from(profile: Profile, gpu: GPU, model_config: dict = architec
     (``segattr_utils.method.ig_cost``: the weights and one path point, less its margin of the memory, capped by
     ``attribution.memory_budget_gb``), as stage 03 decides per trace."""
     att = profile.get_path("attribution")
-    mode = att.get("activation_checkpointing", False)
+    mode = att["activation_checkpointing"]
     if mode is True:
         return 0.0
     if mode is False:
@@ -545,7 +545,7 @@ class Context:
 
     def processes(self, section: str) -> int:
         """``<section>.processes`` on the node: ``auto`` is one per GPU, as the code resolves it on 8 GPUs."""
-        value = self.profile.get_path(f"{section}.processes", 1)
+        value = self.profile.get_path(f"{section}.processes")
         return self.a.node_gpus if value == "auto" else min(int(value), self.a.node_gpus)
 
 
@@ -553,7 +553,7 @@ def engine_layout(profile: Profile, model: ModelShape, gpu: GPU, node_gpus: int)
     """(TP, DP) for ``model`` on one node of ``node_gpus`` x ``gpu``: ``generation.vllm``'s
     ``tensor_parallel_size`` / ``data_parallel_size`` (integers or ``auto``) through the code's own
     ``parallel_sizes``."""
-    vllm = profile.get_path("generation.vllm", {}) or {}
+    vllm = profile.get_path("generation.vllm")
     devices = Devices(tuple(str(i) for i in range(node_gpus)), gpu.memory_bytes)
     utilisation = float(vllm.get("gpu_memory_utilization", DEFAULT_UTILISATION))
     tp, dp = parallel_sizes(
@@ -751,7 +751,7 @@ def run_gpu_hours(ctx: Context, spec) -> float:
     else:
         n, length = ctx.load.n_correct, ctx.load.correct_length
     if get_variant(spec.variant).mode == "pruned":
-        length *= 1 - float(training.get("prune_token_share", 0.0))
+        length *= 1 - float(training["prune_token_share"])
     flops = sft_flops(R1_DISTILL_QWEN_1_5B, ctx.lengths(length), n, sft_epochs(ctx.profile), cap)
     return flops / ctx.calibration.sft_flops_per_s / HOUR
 
@@ -772,7 +772,7 @@ def evaluation_request_counts(profile: Profile) -> tuple[int, int]:
     ``evaluation.limit``) once greedily and ``n_samples`` times sampled (Sec. 4.1)."""
     from segattr_utils.stages.stage09_evaluation import benchmarks
 
-    limit = profile.get_path("evaluation.limit", None)
+    limit = profile.get_path("evaluation.limit")
     greedy = sampled = 0
     for bench in benchmarks(profile):
         questions = BENCHMARK_SIZES[bench["name"]]
@@ -841,7 +841,7 @@ def reference_signals(ctx: Context) -> list[Row]:
     """Stages 04 and 05 on the reference traces: Tables 3-4's confidence-gain, perplexity and entropy
     variants train on ``training.ablation_source: reference`` and need these signals, which stages 04 and
     05 measure on LIMO's 817 CoTs (``measured_sources``); stage 04 with the engine of its self traces."""
-    if ctx.profile.get_path("training.ablation_source", None) != "reference":
+    if ctx.profile.get_path("training.ablation_source") != "reference":
         return []
     load = ctx.load
     forced = vllm_row(

@@ -25,7 +25,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from .config import find_project_root, load_profile, results_dir
+from .config import ProfileError, find_project_root, load_profile, results_dir
 from .progress import quiet_environment
 
 
@@ -318,7 +318,11 @@ def student_notebooks(profile, notebooks: list[Path], only: list[str] | None) ->
 def run(args: argparse.Namespace) -> int:
     """Run the notebooks as ``args`` (from :func:`add_arguments`) say; 0 when every notebook ran."""
     root = find_project_root()
-    profile = load_profile(args.profile)
+    try:
+        profile = load_profile(args.profile)
+    except (ProfileError, FileNotFoundError) as error:  # the user's profile: one line, before any notebook
+        print(f"segattr reproduce: {error}", file=sys.stderr)
+        return 2
     try:
         notebooks = student_notebooks(profile, notebooks_in_order(root / "notebooks", args.only), args.only)
     except ValueError as error:

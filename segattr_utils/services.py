@@ -37,7 +37,7 @@ from .data.questions import load_hub_questions, r1_prompt, r1_user_message
 from .llm.generation import SamplingSettings, VLLMGenerator, check_batch_invariant, make_generator, vllm_available
 from .llm.models import load_causal_lm, load_tokenizer, resolve_model_path
 from .llm.variants import signals_needed
-from .llm.vllm_requests import DEFAULT_CHUNK_REQUESTS, check_chunk_requests
+from .llm.vllm_requests import check_chunk_requests
 from .method.segmentation import DEFAULT_KEYWORDS, RETRO_SEARCH_KEYWORDS, segment
 
 ROLES = ("generator", "student", "judge")
@@ -73,8 +73,8 @@ def model_path(profile: Profile, role: str) -> str:
 
 def _dtype(profile: Profile, role: str) -> str:
     if profile["kind"] == "world":
-        return profile.get_path("models.generator").get("dtype", "float32") if role != "judge" else "float32"
-    return profile.get_path(f"models.{role}").get("dtype", "bfloat16")
+        return (profile.get_path("models.generator.dtype") or "float32") if role != "judge" else "float32"
+    return profile.get_path(f"models.{role}.dtype") or "bfloat16"  # null: the schema's hub default
 
 
 def load_model(
@@ -120,9 +120,9 @@ def load_generator(
         backend = "vllm" if vllm_available() else "hf"
     if backend == "vllm":
         target = str(path) if path is not None else model_path(profile, role)
-        engine = dict(profile.get_path("generation.vllm", {}) or {})
-        chunk = check_chunk_requests(profile.get_path("generation.vllm_chunk_requests", DEFAULT_CHUNK_REQUESTS))
-        check_batch_invariant(engine.get("batch_invariant", False))
+        engine = dict(profile.get_path("generation.vllm"))
+        chunk = check_chunk_requests(profile.get_path("generation.vllm_chunk_requests"))
+        check_batch_invariant(engine.get("batch_invariant", False))  # an engine setting: unset is off
         tokenizer = load_tokenizer(target)
         generator = VLLMGenerator(
             target, dtype=_dtype(profile, role), tokenizer=tokenizer, chunk_requests=chunk, **engine
@@ -173,7 +173,7 @@ def upstream_profile(profile: Profile) -> Profile:
 def imported_traces(profile: Profile) -> dict | None:
     """The ``data.traces`` section when the profile reads traces one already has (stage 01 then grades and
     keeps them instead of generating; :mod:`segattr_utils.data.traces`), else None."""
-    return profile.get_path("data.traces", None) or None
+    return profile.get_path("data.traces") or None
 
 
 def world_ground_truth(profile: Profile) -> bool:
@@ -348,7 +348,7 @@ def _optional_table(path: Path) -> pd.DataFrame | None:
 
 def training_sources(profile: Profile) -> list[str]:
     """``training.sources``: the sources Table 1's runs train on (default: the self-generated traces)."""
-    sources = [str(s) for s in profile.get_path("training.sources", ["self"])]
+    sources = [str(s) for s in profile.get_path("training.sources")]
     unknown = set(sources) - set(SOURCES)
     if unknown:
         raise ValueError(f"training.sources holds unknown sources {sorted(unknown)}; use {SOURCES}")
@@ -359,10 +359,10 @@ def table_sources(profile: Profile) -> dict[str, str]:
     """The source that the runs of each other table of ``training.tables`` train on (Sec. 4.3-4.5):
     ``training.ablation_source`` (default: the first source; the paper: LIMO's reference CoTs) for
     Tables 2-4 and Fig. 5, ``training.table7_source`` (default: the ablation source) for Table 7."""
-    cfg = profile.get("training") or {}
-    ablation_source = cfg.get("ablation_source", training_sources(profile)[0])
-    tables = [str(t) for t in cfg.get("tables", []) if str(t) != MAIN_TABLE]
-    return {t: cfg.get("table7_source", ablation_source) if t == "7" else ablation_source for t in tables}
+    cfg = profile["training"]
+    ablation_source = cfg["ablation_source"] or training_sources(profile)[0]  # null: the first source
+    tables = [str(t) for t in cfg["tables"] if str(t) != MAIN_TABLE]
+    return {t: (cfg["table7_source"] or ablation_source) if t == "7" else ablation_source for t in tables}
 
 
 def planned_signals(profile: Profile) -> dict[str, frozenset[str]]:

@@ -14,7 +14,6 @@ from segattr_utils.config import (
     find_project_root,
     load_profile,
     results_dir,
-    stage_dir,
 )
 
 REQUIRED = ("name", "seed", "kind", "world", "models", "generation", "segmentation", "attribution", "selection")
@@ -145,7 +144,7 @@ def test_custom_yaml_chain_of_bases(tmp_path):
 
 
 def test_custom_yaml_without_base(tmp_path):
-    data = {k: _raw("tiny")[k] for k in REQUIRED}
+    data = dict(_raw("tiny"))  # every section: the schema has no defaults for most of them
     data["name"] = "standalone"
     profile = load_profile(_write(tmp_path / "standalone.yaml", data))
     assert profile.name == "standalone"
@@ -222,11 +221,9 @@ def test_find_project_root_search(tmp_path, monkeypatch):
         find_project_root(other)
 
 
-def test_results_and_stage_dirs(tmp_path, monkeypatch):
+def test_results_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("SEGATTR_ROOT", str(tmp_path))
     tiny = load_profile("tiny")
     assert results_dir(tiny) == tmp_path.resolve() / "results" / "tiny"
-    stage = stage_dir(tiny, "01_generation")
-    assert stage == tmp_path.resolve() / "results" / "tiny" / "01_generation" and stage.is_dir()
     custom = Profile(dict(tiny, results_root=str(tmp_path / "elsewhere")))
     assert results_dir(custom) == tmp_path / "elsewhere" / "tiny"

@@ -19,7 +19,7 @@ def world_suites(world: dict, seed: int) -> dict[str, list[Problem]]:
     """The tiny world's problem sets: ``pretrain``, ``train``, ``test_id``, ``test_ood`` (disjoint)."""
     arithmetic = Arithmetic.from_dict(world.get("arithmetic"))
     pretrain = make_problems(world["n_pretrain"], world["pretrain_ops"], seed, "pretrain", arithmetic=arithmetic)
-    if world.get("train_from_pretrain", False):
+    if world["train_from_pretrain"]:
         # Smoke profile only: the training questions are pretraining questions, so a model trained for
         # seconds has memorised some answers and every later stage sees correct and incorrect traces.
         train = [replace(p, id=f"train-{i:05d}", suite="train") for i, p in enumerate(pretrain[: world["n_train"]])]

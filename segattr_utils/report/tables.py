@@ -188,7 +188,7 @@ def table1(profile: Profile, metrics: pd.DataFrame, overall: pd.DataFrame) -> pd
     ``overall`` the per-model overall metrics with theirs (stage 09's ``per_model_table``)."""
     k_column = _k_column(overall)
     rows = []
-    sources = [s for s in profile.get_path("training.sources", ["self"])]
+    sources = [s for s in profile.get_path("training.sources")]
     in_overall = profile.get_path("evaluation.overall")
     bench_names = list(dict.fromkeys(metrics["benchmark"]))
     inside = [bench for bench in bench_names if bench in in_overall]

@@ -159,9 +159,9 @@ def gpu_package_rows(profile: Profile) -> list[dict]:
     (``optim: adamw_bnb_8bit``), each with the command that installs the version of the ``gpu`` extra."""
     import torch
 
-    backends = {profile.get_path("generation.backend", "hf"), profile.get_path("evaluation.backend", "hf")}
-    cfg = profile.get("training") or {}
-    optims = {cfg.get("sft", {}).get("optim")} | {stage.get("optim") for stage in (cfg.get("two_stage") or {}).values()}
+    backends = {profile.get_path("generation.backend"), profile.get_path("evaluation.backend")}
+    cfg = profile["training"]
+    optims = {cfg["sft"].get("optim")} | {stage.get("optim") for stage in (cfg.get("two_stage") or {}).values()}
     needed = {
         "vllm": "vllm" in backends or ("auto" in backends and torch.cuda.is_available()),
         "deepspeed": bool(cfg.get("deepspeed_config")),

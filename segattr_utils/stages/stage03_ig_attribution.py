@@ -167,7 +167,7 @@ def attribute_traces(
     processes, threads = attribution_processes(settings, profile["kind"])
     order = [t["trace_id"] for t in traces]
     distributed.merge_rank_stores(store, order)
-    if settings.get("retry_skipped", False):
+    if settings["retry_skipped"]:
         wanted = set(order)
         store.discard([r["trace_id"] for r in store.records() if r.get("skipped") and r["trace_id"] in wanted])
     todo = [t for t in traces if t["trace_id"] not in store]
@@ -208,7 +208,7 @@ def launch_attribution(
     of :mod:`segattr_utils.workers` (:func:`attribute_share`;
     :func:`segattr_utils.distributed.launch_over_processes`); their records are merged into ``store`` in
     the order of ``traces``."""
-    if profile.get_path("models.generator.device_map", None):
+    if profile.get_path("models.generator.device_map"):
         raise ValueError(
             "models.generator.device_map spreads one copy of the generator over every visible GPU; set "
             f"attribution.processes: 1 with it (got {processes})"
@@ -251,7 +251,7 @@ def kept_traces_to_attribute(profile: Profile) -> tuple[list[dict], Path]:
 
 def _kept_to_attribute(profile: Profile) -> pd.DataFrame:
     kept = services.kept_traces(profile)
-    return kept if profile["attribution"].get("attribute_incorrect", True) else kept[kept["correct"]]
+    return kept if profile["attribution"]["attribute_incorrect"] else kept[kept["correct"]]
 
 
 def attribute_kept_traces(profile: Profile) -> pd.DataFrame:
@@ -336,14 +336,14 @@ def ig_step_sensitivity(profile: Profile) -> pd.DataFrame:
     from scipy.stats import spearmanr
 
     settings, selection = profile["attribution"], profile["selection"]
-    spec = settings.get("sensitivity") or {}
+    spec = settings["sensitivity"] or {"n_traces": 0, "n_steps": []}  # null: off
     records = scored_traces(
         profile, RecordStore(STAGE.path(profile, "attributions_store"), key_fn=lambda r: r["trace_id"]).records()
     )
     kept = services.kept_traces(profile)
     candidates = sorted(t for t in kept.loc[kept["correct"], "trace_id"] if t in records)
-    n_traces = min(int(spec.get("n_traces", 0)), len(candidates))
-    if not n_traces or not spec.get("n_steps"):
+    n_traces = min(int(spec["n_traces"]), len(candidates))
+    if not n_traces or not spec["n_steps"]:
         return pd.DataFrame()
     chosen = sorted(random.Random(f"sensitivity:{profile['seed']}").sample(candidates, n_traces))
     by_trace = services.segment_texts(services.segment_table(profile))

@@ -94,7 +94,7 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     """
     cfg = profile["training"]
     main_seeds = [int(s) for s in cfg["main_seeds"]]
-    ablation_seeds = [int(s) for s in cfg.get("ablation_seeds", main_seeds)]
+    ablation_seeds = [int(s) for s in (main_seeds if cfg["ablation_seeds"] is None else cfg["ablation_seeds"])]
     sources = services.training_sources(profile)
     source_of = services.table_sources(profile)
     tables = list(source_of)
@@ -114,11 +114,11 @@ def plan_runs(profile: Profile) -> list[RunSpec]:
     sweeps = [v.name for v in variants_for("fig5") if v.mode != "full"]
     if "fig5" in tables:
         for name in sweeps:
-            for tau in cfg.get("tau_sweep", []):
+            for tau in cfg["tau_sweep"]:
                 runs += [
                     RunSpec(name, source_of["fig5"], seed, ("fig5",), (("tau", float(tau)),)) for seed in ablation_seeds
                 ]
-            for beta in cfg.get("beta_sweep", []):
+            for beta in cfg["beta_sweep"]:
                 runs += [
                     RunSpec(name, source_of["fig5"], seed, ("fig5",), (("beta", float(beta)),))
                     for seed in ablation_seeds
@@ -152,9 +152,9 @@ def selection_settings(profile: Profile, spec: RunSpec | None = None) -> Selecti
         beta=float(selection["beta"]),
         aggregation=selection["aggregation"],
         always_keep=selection["always_keep"],
-        random_segment_share=float(cfg.get("random_segment_share", 0.33)),
-        token_share=float(cfg.get("token_share", 0.45)),
-        prune_token_share=float(cfg.get("prune_token_share", 0.30)),
+        random_segment_share=float(cfg["random_segment_share"]),
+        token_share=float(cfg["token_share"]),
+        prune_token_share=float(cfg["prune_token_share"]),
         seed=int(spec.seed) if spec else 0,
     )
     return settings.with_overrides(**dict(spec.overrides)) if spec and spec.overrides else settings
@@ -418,7 +418,7 @@ def schedule(profile: Profile) -> list[TrainSettings]:
     (Qwen2.5-Instruct: full CoT first, then the variant's supervision)."""
     cfg = profile["training"]
     base = dict(cfg["sft"])
-    if cfg.get("schedule", "one_stage") == "one_stage":
+    if cfg["schedule"] == "one_stage":
         return [TrainSettings.from_dict(base)]
     if cfg["schedule"] != "two_stage":
         raise ValueError(f"training.schedule must be 'one_stage' or 'two_stage', got {cfg['schedule']!r}")
@@ -465,10 +465,10 @@ def train_run(profile: Profile, spec: RunSpec, records: list[TraceRecord]) -> di
             stage_summaries.append(read_json(out / "stage_summary.json"))
             continue
         model.train()
-        deepspeed = profile.get_path("training.deepspeed_config", None)
+        deepspeed = profile.get_path("training.deepspeed_config")
         deepspeed = (
             str(find_project_root() / deepspeed)
-            if deepspeed and profile.get_path("training.launcher", "") == "accelerate"
+            if deepspeed and profile.get_path("training.launcher") == "accelerate"
             else None
         )
         summary = train_sft(model, tokenizer, stage_examples, stage_settings, out, seed=spec.seed, deepspeed=deepspeed)
@@ -543,7 +543,7 @@ def train_all(profile: Profile, only: list[str] | None = None) -> pd.DataFrame:
     runs = plan_runs(profile)
     if only:
         runs = [r for r in runs if r.name in only or r.setting in only]
-    launcher = profile.get_path("training.launcher", "inprocess")
+    launcher = profile.get_path("training.launcher")
     if launcher not in LAUNCHERS:
         raise ValueError(f"training.launcher must be one of {', '.join(map(repr, LAUNCHERS))}, got {launcher!r}")
     if launcher == "per_gpu":
@@ -717,7 +717,7 @@ def visible_gpus(profile: Profile) -> list[str]:
     count = torch.cuda.device_count()
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = [d.strip() for d in listed.split(",")][:count] if listed else [str(i) for i in range(count)]
-    wanted = profile.get_path("training.gpus", None)
+    wanted = profile.get_path("training.gpus")
     return ids[: int(wanted)] if wanted else ids
 
 
@@ -762,7 +762,7 @@ def _train_per_gpu(profile: Profile, runs: list[RunSpec], poll_seconds: float = 
 def _accelerate_config(profile: Profile) -> Path:
     """``training.accelerate_config`` (relative to the project root), checked with the DeepSpeed file it
     names (:func:`segattr_utils.distributed.resolved_accelerate_config`)."""
-    name = profile.get_path("training.accelerate_config", None)
+    name = profile.get_path("training.accelerate_config")
     if not name:
         raise ValueError("training.launcher: accelerate needs training.accelerate_config (an accelerate config file)")
     config = find_project_root() / name

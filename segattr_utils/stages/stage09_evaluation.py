@@ -69,7 +69,7 @@ def benchmarks(profile: Profile) -> list[dict]:
 
 def benchmark_questions(profile: Profile, bench: dict) -> pd.DataFrame:
     """Questions of one benchmark (``id``, ``question``, ``answer``), at most ``evaluation.limit``."""
-    limit = profile.get_path("evaluation.limit", None)
+    limit = profile.get_path("evaluation.limit")
     if profile["kind"] == "world":
         questions = services.load_questions(profile, bench["suite"])
     else:
@@ -119,7 +119,7 @@ def evaluation_processes(profile: Profile) -> tuple[int, int]:
     (``generation.vllm.data_parallel_size``)."""
     cfg = profile["evaluation"]
     processes, threads = distributed.resolve_processes(cfg, profile["kind"], "evaluation")
-    backend = cfg.get("backend", "hf")
+    backend = cfg["backend"]
     if backend == "auto":
         backend = "vllm" if services.vllm_available() else "hf"
     if processes > 1 and backend != "hf":
@@ -135,7 +135,7 @@ def _evaluation_arguments(profile: Profile, entry: dict, device: str | None = No
     """What :func:`segattr_utils.llm.evaluation.generate_outputs` needs for one model (``entry`` of
     :func:`models_to_evaluate`): its loader, the benchmarks, its record store and the sampling settings."""
     cfg = profile["evaluation"]
-    backend = cfg.get("backend", "hf")
+    backend = cfg["backend"]
     return {
         "load": lambda: services.load_generator(profile, "student", backend, path=entry["path"], device=device),
         "benchmarks": evaluation_benchmarks(profile),
@@ -390,7 +390,7 @@ def family_tests(tests: list[dict]) -> pd.DataFrame:
 
 def per_model_table(profile: Profile, graded: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-benchmark metrics, per-model overall metrics over ``evaluation.overall`` with run descriptions)."""
-    ks = sorted({1, *[int(k) for k in profile.get_path("evaluation.ks", [1])]})
+    ks = sorted({1, *[int(k) for k in profile.get_path("evaluation.ks")]})
     metrics = benchmark_metrics(graded, ks)
     overall = attach_runs(profile, overall_metrics(metrics, profile.get_path("evaluation.overall")))
     return metrics, overall
@@ -472,7 +472,7 @@ def paper_comparison_rows(
 
     rows = []
     # Table 8 (App. E) is Table 1's comparison on Llama-3.1-8B-Instruct
-    main = "8" if "8" in {str(t) for t in profile.get_path("training.tables", [])} else "1"
+    main = "8" if "8" in {str(t) for t in profile.get_path("training.tables")} else "1"
     statistics = {
         "greedy_acc": f"Table {main} · greedy accuracy, selective vs full",
         "greedy_tokens": f"Table {main} · greedy output length, selective vs full",
@@ -615,10 +615,10 @@ def run(profile: Profile) -> StageResult:
     save_paper_table(profile, "table1_paired_tests", tests)
     tables["table1_paired_tests"] = tests
     source = profile.get_path("training.ablation_source")
-    planned = {str(t) for t in profile.get_path("training.tables", [])}
+    planned = {str(t) for t in profile.get_path("training.tables")}
     rankings = {}
     for table in [t for t in ("2", "3", "4", "7") if t in planned]:
-        table_source = source if table != "7" else profile.get_path("training.table7_source", source)
+        table_source = source if table != "7" else (profile.get_path("training.table7_source") or source)
         settings = table_settings(overall, table, table_source)
         like_for_like = on_seeds(overall, common_seeds(overall, settings))
         ranked = ranking_tests(like_for_like, overall_outputs, settings, table_reference(table, settings, table_source))

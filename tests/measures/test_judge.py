@@ -485,7 +485,7 @@ def _profile(tmp_path, name="smoke"):
 
 def test_segments_to_judge_builds_triples_groups_and_truth(tmp_path):
     from segattr_utils.artifacts import write_table
-    from segattr_utils.config import stage_dir
+    from segattr_utils.config import results_dir
     from segattr_utils.stages.stage07_truncation_judge import segments_to_judge
 
     profile = _profile(tmp_path)
@@ -529,8 +529,8 @@ def test_segments_to_judge_builds_triples_groups_and_truth(tmp_path):
             "important": [True, False, False, True],
         }
     )
-    write_table(stage_dir(profile, "02_segmentation") / "segments.parquet", segments)
-    write_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet", scores)
+    write_table((results_dir(profile) / "02_segmentation") / "segments.parquet", segments)
+    write_table((results_dir(profile) / "03_ig_attribution") / "segment_scores.parquet", scores)
     table = segments_to_judge(profile)
     assert table["trace_id"].tolist() == ["q:correct"] * 3  # correct traces only
     assert table["before"].tolist() == ["", texts[0], texts[1]]
@@ -542,7 +542,7 @@ def test_segments_to_judge_builds_triples_groups_and_truth(tmp_path):
 
 def test_judge_training_triples_come_from_pretraining_teacher_traces(tmp_path):
     from segattr_utils.artifacts import write_table
-    from segattr_utils.config import stage_dir
+    from segattr_utils.config import results_dir
     from segattr_utils.stages.stage07_truncation_judge import judge_training_triples
 
     profile = _profile(tmp_path)
@@ -559,7 +559,7 @@ def test_judge_training_triples_come_from_pretraining_teacher_traces(tmp_path):
             },
         ]
     )
-    write_table(stage_dir(profile, "00_world") / "teacher_traces.parquet", traces)
+    write_table((results_dir(profile) / "00_world") / "teacher_traces.parquet", traces)
     triples = judge_training_triples(profile)
     assert len(triples) == 6 and sum(label for _, label in triples) == 3
     for triple, label in triples:

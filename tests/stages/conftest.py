@@ -9,7 +9,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import write_table
-from segattr_utils.config import Profile, load_profile, stage_dir
+from segattr_utils.config import Profile, load_profile, results_dir
 from segattr_utils.world import Problem
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
@@ -114,9 +114,9 @@ def profile(tmp_path):
                     "kind": "productive",
                 }
             )
-    write_table(stage_dir(profile, "01_generation") / "kept_traces.parquet", pd.DataFrame(kept))
-    write_table(stage_dir(profile, "02_segmentation") / "segments.parquet", pd.DataFrame(segments))
-    write_table(stage_dir(profile, "03_ig_attribution") / "segment_scores.parquet", pd.DataFrame(scores))
+    write_table((results_dir(profile) / "01_generation") / "kept_traces.parquet", pd.DataFrame(kept))
+    write_table((results_dir(profile) / "02_segmentation") / "segments.parquet", pd.DataFrame(segments))
+    write_table((results_dir(profile) / "03_ig_attribution") / "segment_scores.parquet", pd.DataFrame(scores))
     return profile
 
 
@@ -141,6 +141,6 @@ def reference_profile(profile):
         }
         for qid, segments in REFERENCE.items()
     ]
-    write_table(stage_dir(derived, "00_world") / "questions.parquet", pd.DataFrame(questions))
-    write_table(stage_dir(derived, "00_world") / "teacher_traces.parquet", pd.DataFrame(teacher))
+    write_table((results_dir(derived) / "00_world") / "questions.parquet", pd.DataFrame(questions))
+    write_table((results_dir(derived) / "00_world") / "teacher_traces.parquet", pd.DataFrame(teacher))
     return derived

@@ -6,7 +6,7 @@ import pytest
 
 from segattr_utils import dag, services
 from segattr_utils.artifacts import read_table, write_table
-from segattr_utils.config import Profile, stage_dir
+from segattr_utils.config import Profile, results_dir
 from segattr_utils.stages import stage01_generation as generation
 from segattr_utils.stages.stage01_generation import keep_shortest_traces
 
@@ -88,7 +88,7 @@ class _Template:
 def test_a_generation_that_finishes_no_output_says_which_setting_to_raise(profile, monkeypatch):
     """Before: KeyError 'question_id' (the empty selection lost its columns). Now: the setting and its value."""
     write_table(
-        stage_dir(profile, "00_world") / "questions.parquet",
+        (results_dir(profile) / "00_world") / "questions.parquet",
         pd.DataFrame([{"id": "q0", "suite": "train", "question": "Start with 2, then first add 1.", "answer": "3"}]),
     )
     profile["generation"] = {**profile["generation"], "max_new_tokens": 7, "n_samples": 2, "backend": "hf"}

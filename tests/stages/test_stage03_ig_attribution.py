@@ -105,7 +105,8 @@ def test_attribution_in_two_launched_processes_equals_one_process_and_resumes(wo
 def test_a_failing_launch_raises_with_the_end_of_its_log(world_profile, tmp_path):
     profile = load_profile("smoke")
     profile.update({k: v for k, v in world_profile.items()})
-    profile["models"] = dict(world_profile["models"], generator=dict(local_path=str(tmp_path / "no-model-here")))
+    generator = dict(world_profile["models"]["generator"], local_path=str(tmp_path / "no-model-here"))
+    profile["models"] = dict(world_profile["models"], generator=generator)
     profile["attribution"] = dict(world_profile["attribution"], processes=2, threads_per_process=1)
     store = RecordStore(tmp_path / "store.jsonl", key_fn=lambda r: r["trace_id"])
     with pytest.raises(

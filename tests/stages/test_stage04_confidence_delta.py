@@ -11,7 +11,7 @@ import pandas as pd
 
 from segattr_utils import dag
 from segattr_utils.artifacts import RecordStore, read_table
-from segattr_utils.config import stage_dir
+from segattr_utils.config import results_dir
 from segattr_utils.stages import stage04_confidence_delta as confidence_delta
 
 from .conftest import QUESTIONS, REFERENCE
@@ -28,7 +28,7 @@ def test_confidence_stage_columns_rows_and_resume(profile):
     q0 = table[table["trace_id"] == "q0:correct"]
     assert q0["confidence_after"].iloc[:-1].tolist() == q0["confidence_before"].iloc[1:].tolist()
 
-    store = stage_dir(profile, "04_confidence_delta") / "forced_answers.jsonl"
+    store = (results_dir(profile) / "04_confidence_delta") / "forced_answers.jsonl"
     lines = store.read_text().splitlines()
     assert len(lines) == 4 + 2  # prefixes 0..3 of q0 and 0..1 of q1
     n_samples = profile.get_path("analysis.confidence.n_samples")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segattr_utils.config import Profile, load_profile
+from segattr_utils.config import Profile, load_profile, validate_profile
 from segattr_utils.llm.training import build_char_masked_example, build_training_example, tokenize_with_offsets
 from segattr_utils.stages import stage08_selective_sft as sft
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
@@ -99,9 +99,10 @@ def test_plan_runs_counts_and_names():
     tau_run = next(r for r in runs if r.overrides == (("tau", 0.9),))
     assert tau_run.setting == "selective__self__tau0.9" and sft.run_label(tau_run) == "Segment Selective SFT (τ = 0.9)"
     assert len(sft.plan_runs(_profile(tables=[], sources=["self"], main_seeds=[5]))) == 2
-    # without ablation_seeds, the variants take the main seeds
+    # without ablation_seeds, the variants take the main seeds (the schema's default)
     unset = _profile(tables=["2"], sources=["self"], main_seeds=[4, 7])
     del unset["training"]["ablation_seeds"]
+    unset = Profile(validate_profile(dict(unset), [(unset.source_path, {})]))
     assert {r.seed for r in sft.plan_runs(unset) if r.variant == "random_segments"} == {4, 7}
     with pytest.raises(ValueError, match="sources"):
         sft.plan_runs(_profile(sources=["self", "web"]))

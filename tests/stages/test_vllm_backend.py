@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from segattr_utils import services
-from segattr_utils.config import stage_dir
+from segattr_utils.config import results_dir
 from segattr_utils.llm import vllm_parallel
 from segattr_utils.llm.evaluation import Benchmark
 from segattr_utils.stages import stage01_generation, stage09_evaluation
@@ -62,7 +62,7 @@ def test_stage04_forced_answers_with_one_engine_call_and_resume(vllm_profile, fa
     assert len({p.seed for p in params}) == len(params)  # the n copies of a prefix are independent draws
     assert engine.llm_engine.engine_core.shutdown_calls == 1
     # a resumed run generates only the missing prefixes and gives the uninterrupted run's table
-    store = stage_dir(vllm_profile, "04_confidence_delta") / "forced_answers.jsonl"
+    store = (results_dir(vllm_profile) / "04_confidence_delta") / "forced_answers.jsonl"
     lines = store.read_text().splitlines()
     store.write_text("\n".join(lines[:2]) + "\n")
     resumed = confidence_delta.segment_confidence(vllm_profile)
@@ -80,7 +80,7 @@ def test_stage04_in_chunks_keeps_finished_prefixes_after_a_crash(vllm_profile, f
     n = vllm_profile.get_path("analysis.confidence.n_samples")
     assert n >= 2
     table = confidence_delta.segment_confidence(vllm_profile)  # the default chunk holds every request
-    store = stage_dir(vllm_profile, "04_confidence_delta") / "forced_answers.jsonl"
+    store = (results_dir(vllm_profile) / "04_confidence_delta") / "forced_answers.jsonl"
     lines = sorted(store.read_text().splitlines())
     assert len(lines) == 6 and len(fake_vllm.ENGINES[0].calls) == 1
     store.unlink()
