@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed-stamp
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup setup-gpu browser reproduce robustness test lint format test-unit test-notebooks test-import test-dry-run bench bench-ig bench-sft bench-sft-epochs bench-ig-memory gpu-hours gpu-checks lab clean-results help
+.PHONY: setup setup-gpu browser reproduce robustness test test-fast lint format test-unit test-unit-fast test-notebooks test-import test-dry-run bench bench-ig bench-sft bench-sft-epochs bench-ig-memory gpu-hours gpu-checks lab clean-results help
 
 help:
 	@echo "make setup-gpu                             the paper profile's GPU packages (vLLM, DeepSpeed, bitsandbytes)"
@@ -20,7 +20,9 @@ help:
 	@echo "make test                                  lint + unit tests + every notebook on the smoke profile (nbval)"
 	@echo "                                           + notebooks 00-07 on an imported trace file (test-import)"
 	@echo "                                           + the paper profile's notebooks on local stand-ins (test-dry-run)"
-	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks"
+	@echo "make test-fast                             lint + the unit tests without the slow ones (no notebooks): the quick loop"
+	@echo "make lint                                  ruff check + ruff format --check on segattr_utils, tests, benchmarks;"
+	@echo "                                           mypy on segattr_utils (settings in pyproject.toml [tool.mypy])"
 	@echo "make format                                ruff check --fix + ruff format on the same folders"
 	@echo "make bench                                 IG engine, IG memory at 7B widths vs the estimator, SFT step cost,"
 	@echo "                                           GPU-hours estimate -> results/benchmarks/"
@@ -65,11 +67,16 @@ robustness: $(STAMP)
 
 test: lint test-unit test-notebooks test-import test-dry-run
 
+# The quick loop while editing: lint (with the type check) and the unit tests, less the pipeline passes
+# (test-notebooks, test-import, test-dry-run) and the tests marked slow (each is still in make test).
+test-fast: lint test-unit-fast
+
 LINT_PATHS := segattr_utils tests benchmarks
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 # Fixes first (import sorting, pyupgrade), then the formatter, so the result passes `make lint`;
 # violations ruff cannot fix are listed and left for a person.
@@ -79,6 +86,9 @@ format: $(STAMP)
 
 test-unit: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not dry_run and not import_smoke" tests
+
+test-unit-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not dry_run and not import_smoke and not slow" tests
 
 # notebooks 00-09 on the paper profile with local stand-ins (tiny models, LIMO and benchmark files, a fake
 # vLLM, accelerate on the CPU); see tests/dry_run/test_paper_dry_run.py

@@ -80,33 +80,15 @@ R1_TRACES = [
 def r1_model_dir(tmp_path_factory):
     """A folder with a tiny random Qwen2 and a BPE tokenizer with the R1 chat template (pad = EOS, as in
     R1-Distill; the config names no pad token, so its embedding row is an ordinary, non-zero one)."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+    from .fixtures.tiny_models import save_model_folder, tiny_qwen2
 
     corpus = [r["question"] + "\n" + r["output"] for r in R1_TRACES]
     corpus.append("Please reason step by step, and put your final answer within \\boxed{}.")
     tokenizer = build_bpe_tokenizer(corpus * 3, vocab_size=400)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=1024,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            initializer_range=0.1,
-        )
-    )
-    folder = tmp_path_factory.mktemp("tiny-r1") / "model"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    model = tiny_qwen2(tokenizer=tokenizer, max_position_embeddings=1024, initializer_range=0.1)
+    return save_model_folder(tmp_path_factory.mktemp("tiny-r1") / "model", model, tokenizer)
 
 
 @pytest.fixture

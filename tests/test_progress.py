@@ -96,23 +96,14 @@ def test_quiet_libraries_switches_off_transformers_and_datasets_bars(monkeypatch
 @pytest.mark.slow
 def test_quiet_training_prints_nothing_and_warns_nothing(monkeypatch, tmp_path, capsys, restore_library_state):
     """train_sft under the switch: no bar, no log dicts, no HTML table, no deprecation or pin_memory warning."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from segattr_utils.llm.training import TrainingExample, TrainSettings, train_sft
     from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
+    from .fixtures.tiny_models import tiny_qwen2
+
     monkeypatch.setenv(QUIET_ENV, "1")
     tok = build_bpe_tokenizer(["12 + 3 = 15", "4 * 5 = 20", "7 - 2 = 5"] * 10, vocab_size=300)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-    )
-    model = Qwen2ForCausalLM(config)
+    model = tiny_qwen2(len(tok), seed=None, hidden_size=16, num_hidden_layers=1, max_position_embeddings=64)
     ids = tok("12 + 3 = 15", add_special_tokens=False)["input_ids"]
     settings = TrainSettings(epochs=2, batch_size=4, save_steps=1000, logging_steps=1, learning_rate=1e-3)
     with warnings.catch_warnings(record=True) as caught:

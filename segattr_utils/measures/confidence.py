@@ -240,7 +240,7 @@ def sample_continuations(
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=device)
         stop = AnswerCloses(tokenizer, lead_in) if lead_in is not None else None
-        ends = [None] * logits.shape[0]  # where a row closed its answer's box
+        ends: list[int | None] = [None] * logits.shape[0]  # where a row closed its answer's box
         tokens = []
         for step in range(settings.max_new_tokens):
             if settings.greedy:

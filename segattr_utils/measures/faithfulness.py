@@ -104,7 +104,7 @@ class CurveSet(NamedTuple):
 # --------------------------------------------------------------------------- validation helpers
 
 
-def _lengths(segment_lengths: Sequence[int]) -> np.ndarray:
+def _lengths(segment_lengths: Sequence[int] | np.ndarray) -> np.ndarray:
     lengths = np.asarray(list(segment_lengths))
     if lengths.ndim != 1 or lengths.size == 0:
         raise ValueError("segment_lengths must be a non-empty 1-D sequence of token counts")
@@ -119,7 +119,7 @@ def _lengths(segment_lengths: Sequence[int]) -> np.ndarray:
     return lengths.astype(np.int64)
 
 
-def _permutation(order: Sequence[int], n: int) -> list[int]:
+def _permutation(order: Sequence[int] | np.ndarray, n: int) -> list[int]:
     values = list(order)
     if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
         raise ValueError(f"order must hold segment indices (ints), got {values!r}")
@@ -129,7 +129,7 @@ def _permutation(order: Sequence[int], n: int) -> list[int]:
     return values
 
 
-def _curve(name: str, values: Sequence[float]) -> np.ndarray:
+def _curve(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
     array = np.asarray(list(values), dtype=np.float64)
     if array.ndim != 1 or array.size < 2:
         raise ValueError(f"{name} must be a 1-D sequence of at least 2 points (k = 0 .. n)")
@@ -138,7 +138,7 @@ def _curve(name: str, values: Sequence[float]) -> np.ndarray:
     return array
 
 
-def _fractions(fractions: Sequence[float], n_points: int) -> np.ndarray:
+def _fractions(fractions: Sequence[float] | np.ndarray, n_points: int) -> np.ndarray:
     x = _curve("fractions", fractions)
     if x.size != n_points:
         raise ValueError(f"fractions has {x.size} points but the curve has {n_points}")
@@ -190,7 +190,9 @@ def budget_name(share: float) -> str:
 # --------------------------------------------------------------------------- metrics on a curve
 
 
-def removal_curve_fractions(segment_lengths: Sequence[int], order: Sequence[int]) -> np.ndarray:
+def removal_curve_fractions(
+    segment_lengths: Sequence[int] | np.ndarray, order: Sequence[int] | np.ndarray
+) -> np.ndarray:
     """x_0 .. x_n: the fraction of the trace's tokens removed after k = 0 .. n deletion steps.
 
     ``x_k = sum_{j < k} len(order[j]) / sum_i len(i)``, so ``x_0 = 0`` and ``x_n = 1`` exactly. The
@@ -204,7 +206,7 @@ def removal_curve_fractions(segment_lengths: Sequence[int], order: Sequence[int]
     return x
 
 
-def deletion_area(fractions: Sequence[float], f_values: Sequence[float]) -> float:
+def deletion_area(fractions: Sequence[float] | np.ndarray, f_values: Sequence[float] | np.ndarray) -> float:
     """Area between F_0 and the deletion curve on the token-fraction axis, in nats; **higher = more
     faithful**.
 
@@ -224,7 +226,7 @@ def deletion_area(fractions: Sequence[float], f_values: Sequence[float]) -> floa
     return _trapezoid(_fractions(fractions, y.size), y[0] - y)
 
 
-def insertion_area(fractions: Sequence[float], g_values: Sequence[float]) -> float:
+def insertion_area(fractions: Sequence[float] | np.ndarray, g_values: Sequence[float] | np.ndarray) -> float:
     """Area between the insertion curve and its start G_0 on the token-fraction axis, in nats;
     **higher = more faithful**.
 
@@ -253,7 +255,7 @@ def _normalised_area(fractions, values, *, kind: str, min_gap: float) -> Score:
 
 
 def normalised_deletion_auc(
-    fractions: Sequence[float], f_values: Sequence[float], *, min_gap: float = DEFAULT_MIN_GAP
+    fractions: Sequence[float] | np.ndarray, f_values: Sequence[float] | np.ndarray, *, min_gap: float = DEFAULT_MIN_GAP
 ) -> Score:
     """The deletion area divided by the trace's total drop; **higher = more faithful**. Secondary to
     :func:`deletion_area`.
@@ -274,7 +276,7 @@ def normalised_deletion_auc(
 
 
 def normalised_insertion_auc(
-    fractions: Sequence[float], g_values: Sequence[float], *, min_gap: float = DEFAULT_MIN_GAP
+    fractions: Sequence[float] | np.ndarray, g_values: Sequence[float] | np.ndarray, *, min_gap: float = DEFAULT_MIN_GAP
 ) -> Score:
     """The insertion area divided by the trace's total recovery; **higher = more faithful**.
 
@@ -307,7 +309,9 @@ def sufficiency(f_full: float, f_kept_only: float) -> float:
     return float(f_full) - float(f_kept_only)
 
 
-def segments_within_budget(segment_lengths: Sequence[int], order: Sequence[int], share: float) -> list[int]:
+def segments_within_budget(
+    segment_lengths: Sequence[int] | np.ndarray, order: Sequence[int] | np.ndarray, share: float
+) -> list[int]:
     """The top-ranked segments that fit in ``share`` of the trace's tokens, in rank order.
 
     Rule: walk ``order`` and take segments while the cumulative token count stays ``<= share * total``
@@ -326,7 +330,7 @@ def segments_within_budget(segment_lengths: Sequence[int], order: Sequence[int],
     return ranked[:k]
 
 
-def aopc(f_values: Sequence[float], k: int | None = None) -> float:
+def aopc(f_values: Sequence[float] | np.ndarray, k: int | None = None) -> float:
     """Area over the perturbation curve of a deletion curve: ``(1/K) sum_{k=1..K} (F_0 - F_k)``.
 
     F_0 .. F_n is the deletion curve (most important segments removed first); ``k`` is K, the number of
@@ -376,7 +380,7 @@ def curve_metrics(
     steps = lengths.size if steps is None else min(steps, lengths.size)
     dele = normalised_deletion_auc(fractions, deletion, min_gap=min_gap)
     ins = normalised_insertion_auc(fractions, insertion, min_gap=min_gap)
-    row = {
+    row: dict[str, object] = {
         "f_full": float(deletion[0]),
         "f_empty": float(deletion[-1]),
         "deletion_area": deletion_area(fractions, deletion),
@@ -399,7 +403,7 @@ def curve_metrics(
 # --------------------------------------------------------------------------- orders
 
 
-def _finite_scores(scores: Sequence[float], name: str) -> np.ndarray:
+def _finite_scores(scores: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     array = np.asarray(list(scores), dtype=np.float64)
     if array.ndim != 1 or array.size == 0:
         raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers")
@@ -408,7 +412,7 @@ def _finite_scores(scores: Sequence[float], name: str) -> np.ndarray:
     return array
 
 
-def segment_order(scores: Sequence[float], *, descending: bool = True) -> list[int]:
+def segment_order(scores: Sequence[float] | np.ndarray, *, descending: bool = True) -> list[int]:
     """Segment indices ranked by ``scores`` (highest first unless ``descending=False``); equal scores
     keep the lower segment index first, in both directions."""
     s = _finite_scores(scores, "scores")

@@ -183,7 +183,9 @@ def paired_ordering_tests(
     return pd.DataFrame(out, columns=list(TEST_COLUMNS))
 
 
-def curve_on_grid(fractions: Sequence[float], values: Sequence[float], grid: Sequence[float]) -> np.ndarray:
+def curve_on_grid(
+    fractions: Sequence[float] | np.ndarray, values: Sequence[float] | np.ndarray, grid: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """A curve given at the token fractions x_0 .. x_n (non-decreasing, 0 to 1), linearly interpolated at
     ``grid``. Where segments of 0 tokens repeat a fraction the curve takes its last value there (the
     state once all of them are removed)."""

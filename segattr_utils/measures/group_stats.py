@@ -22,7 +22,7 @@ TEST_NAME = "two-sided Mann-Whitney U"
 MISSING_TEXT = "n/a (see note)"
 
 
-def _finite(name: str, values: Sequence[float]) -> np.ndarray:
+def _finite(name: str, values: Sequence[float] | np.ndarray) -> np.ndarray:
     array = np.asarray(list(values), dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D sequence of numbers")
@@ -31,7 +31,7 @@ def _finite(name: str, values: Sequence[float]) -> np.ndarray:
     return array
 
 
-def describe(values: Sequence[float]) -> dict:
+def describe(values: Sequence[float] | np.ndarray) -> dict:
     """``n``, ``mean``, ``sem`` and ``median`` of one group (``None`` for the statistics an empty or
     single-value group does not have)."""
     array = _finite("values", values)

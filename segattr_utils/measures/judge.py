@@ -471,7 +471,7 @@ def balanced_triples(labelled: Sequence[tuple[Triple, int]], n: int, seed: int) 
                 f"no {'truncated' if label else 'complete'} segments among the teacher traces: "
                 "cannot build balanced judge training data"
             )
-        picked = []
+        picked: list[tuple[Triple, int]] = []
         while len(picked) < count:
             shuffled = pool[:]
             rng.shuffle(shuffled)

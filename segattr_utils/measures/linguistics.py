@@ -88,7 +88,7 @@ def span_means(per_token: np.ndarray, spans: Sequence[tuple[int, int]]) -> list[
     return means
 
 
-def perplexity(nll: Sequence[float]) -> float:
+def perplexity(nll: Sequence[float] | np.ndarray) -> float:
     """exp(mean NLL) of a set of tokens."""
     values = np.asarray(list(nll), dtype=np.float64)
     if values.size == 0:

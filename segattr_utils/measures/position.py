@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,9 @@ def cumulative_strength(norm_strength: Sequence[float]) -> np.ndarray:
     return np.cumsum(np.sort(strength)[::-1]) / total
 
 
-def cdf_at(cumulative: Sequence[float], fractions: Sequence[float], interpolation: str = "linear") -> np.ndarray:
+def cdf_at(
+    cumulative: Sequence[float] | np.ndarray, fractions: Sequence[float] | np.ndarray, interpolation: str = "linear"
+) -> np.ndarray:
     """F(x) at each fraction x in [0, 1] of a trace's segments, from c_1..c_n (c_0 = 0): linear
     interpolation between the points (k/n, c_k), or the step function c_⌊x·n⌋ (``"step"``)."""
     c = np.concatenate([[0.0], np.asarray(list(cumulative), dtype=np.float64)])
@@ -161,7 +164,9 @@ def positional_shares(labelled: pd.DataFrame, decisions: Mapping[str, int | None
     if missing:
         raise ValueError(f"the segment table lacks {sorted(missing)}")
     table = labelled[labelled["trace_id"].map(lambda t: decisions.get(t) is not None)].copy()
-    table["position"] = [relative_position(s, decisions[t]) for t, s in zip(table["trace_id"], table["segment"])]
+    table["position"] = [
+        relative_position(s, cast(int, decisions[t])) for t, s in zip(table["trace_id"], table["segment"])
+    ]
     unimportant = ~table["important"]
     selectors = {
         "important": table["important"],

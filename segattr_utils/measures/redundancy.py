@@ -50,7 +50,7 @@ def matched_unimportant(table: pd.DataFrame, measure: str, reference: str = "uni
     return result
 
 
-def precision_recall(predicted: Sequence[bool], truth: Sequence[bool]) -> dict:
+def precision_recall(predicted: Sequence[bool] | np.ndarray, truth: Sequence[bool] | np.ndarray) -> dict:
     """``tp``, ``predicted``, ``actual``, ``precision`` and ``recall`` (None where a denominator is 0)."""
     predicted, truth = np.asarray(list(predicted), dtype=bool), np.asarray(list(truth), dtype=bool)
     if predicted.shape != truth.shape:

@@ -588,7 +588,7 @@ def seed_question_bootstrap(
     seeds_b = set(cells.loc[b].index.get_level_values("seed"))
     seeds_used = _sorted(seeds_a & seeds_b)
     only_a, only_b = _sorted(seeds_a - seeds_b), _sorted(seeds_b - seeds_a)
-    result = {
+    result: dict[str, object] = {
         "estimate": None,
         "ci_low": None,
         "ci_high": None,

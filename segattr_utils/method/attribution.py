@@ -48,6 +48,7 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from captum.attr import IntegratedGradients, LayerIntegratedGradients
@@ -165,8 +166,9 @@ def frozen_eval(model: nn.Module) -> Iterator[nn.Module]:
 
 def split_causal_lm(model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
     """(input embedding, backbone returning hidden states, LM head) of a Hugging Face causal LM."""
-    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    hf: Any = model  # Hugging Face's accessors, not nn.Module's
+    embedding = hf.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    head = hf.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     backbone = getattr(model, "base_model", None)
     if embedding is None or head is None or backbone is None or backbone is model:
         raise TypeError(
@@ -320,7 +322,8 @@ def token_attributions(
     embedding, backbone, head = split_causal_lm(model)
     if baseline_token_id is None:
         baseline_token_id = _default_baseline_token(model)
-    vocab_size = embedding.weight.shape[0] if hasattr(embedding, "weight") else None
+    weight = getattr(embedding, "weight", None)
+    vocab_size = weight.shape[0] if weight is not None else None
     if (
         not isinstance(baseline_token_id, int)
         or baseline_token_id < 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import torch
 from torch import nn
@@ -46,7 +47,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         if isinstance(module, nn.ModuleList) and (expected is None or len(module) == expected)
     ]
     if len(found) == 1:
-        return backbone.get_submodule(found[0])
+        return cast(nn.ModuleList, backbone.get_submodule(found[0]))
     raise TypeError(
         f"cannot find the decoder layers of {type(model).__name__}: no ModuleList named "
         f"{' / '.join(LAYER_LIST_NAMES)} with config.num_hidden_layers = {expected} entries "

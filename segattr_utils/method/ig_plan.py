@@ -26,7 +26,7 @@ import math
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -114,7 +114,7 @@ def plan_ig(model, n_tokens: int, answer_tokens: int, settings: IGSettings) -> t
     chunk = chunk if chunk == AUTO else min(chunk, n_steps)
     checkpointing = settings.activation_checkpointing
     if chunk != AUTO and checkpointing != AUTO:
-        return chunk, checkpointing
+        return cast(int, chunk), cast(bool, checkpointing)
     device = engine.execution_device(model.get_input_embeddings()) or torch.device("cpu")
     budget = None if settings.memory_budget_gb is None else int(settings.memory_budget_gb * 2**30)
     available = available_memory(device, budget)
@@ -135,7 +135,9 @@ def plan_ig(model, n_tokens: int, answer_tokens: int, settings: IGSettings) -> t
         warnings.warn(f"attribution settings 'auto': {error}; using the most frugal setting", stacklevel=2)
         choice = None
     if choice is None:
-        return (1 if chunk == AUTO else chunk), (True if checkpointing == AUTO else checkpointing)
+        return (1 if chunk == AUTO else cast(int, chunk)), (
+            True if checkpointing == AUTO else cast(bool, checkpointing)
+        )
     return choice.points_per_chunk, choice.activation_checkpointing
 
 

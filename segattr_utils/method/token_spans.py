@@ -117,7 +117,7 @@ def tokenize_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[i
             "are found without re-tokenising prefixes"
         )
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(encoded["input_ids"]), [tuple(map(int, o)) for o in encoded["offset_mapping"]]
+    return list(encoded["input_ids"]), [(int(start), int(end)) for start, end in encoded["offset_mapping"]]
 
 
 def build_attribution_sequence(

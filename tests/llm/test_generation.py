@@ -14,7 +14,6 @@ import json
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.llm import generation
@@ -27,6 +26,8 @@ from segattr_utils.llm.generation import (
     sample_jobs,
 )
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.tiny_models import tiny_qwen2
 
 # ----------------------------------------------------------------------------------------------
 # derive_seed / SamplingSettings
@@ -250,20 +251,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_model(tokenizer):
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.2,
-    )
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_qwen2(tokenizer=tokenizer, initializer_range=0.2).eval()
 
 
 BATCH_PROMPTS = ["Start with 7.", "Okay, so 7 + 5 = 12. Then 12 * 3 = 36.\n\nWait, let me check", "Step 2"]

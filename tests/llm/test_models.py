@@ -13,12 +13,14 @@ import json
 import pandas as pd
 import pytest
 import torch
-from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import PreTrainedTokenizerFast
 
 from segattr_utils.data.questions import chat_prompt, load_hub_questions
 from segattr_utils.llm.models import ModelUnavailableError, load_causal_lm, load_tokenizer, resolve_model_path
 from segattr_utils.llm.training import build_training_example
 from segattr_utils.world.tokenizer import EOS, build_bpe_tokenizer
+
+from ..fixtures.tiny_models import save_model_folder, tiny_qwen2
 
 HUB_MODEL = "deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"
 
@@ -55,23 +57,8 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def saved_model(tokenizer, tmp_path_factory):
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = Qwen2ForCausalLM(config).eval()
-    folder = tmp_path_factory.mktemp("tiny-model")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model, folder
+    model = tiny_qwen2(tokenizer=tokenizer).eval()
+    return model, save_model_folder(tmp_path_factory.mktemp("tiny-model"), model, tokenizer)
 
 
 # ----------------------------------------------------------------------------------------------

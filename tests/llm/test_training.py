@@ -20,11 +20,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import Qwen2Config, Qwen2ForCausalLM
 from trl import SFTConfig, SFTTrainer
 
 from segattr_utils.method.masking import selective_labels
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.tiny_models import tiny_qwen2 as make_tiny_qwen2
 
 IGNORE = -100
 
@@ -104,21 +105,15 @@ def build_rows(tokenizer, selection):
 
 
 def tiny_model(tokenizer, seed=0):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+    return make_tiny_qwen2(
+        tokenizer=tokenizer,
+        seed=seed,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=512,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         initializer_range=0.1,
-    )
-    return Qwen2ForCausalLM(config).float()
+    ).float()
 
 
 def make_trainer(tmp_path, tokenizer, rows, *, max_length=2048, batch_size=2, model=None):

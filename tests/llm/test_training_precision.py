@@ -18,7 +18,6 @@ import copy
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.config import load_profile
 from segattr_utils.llm.training import (
@@ -31,6 +30,8 @@ from segattr_utils.llm.training import (
 from segattr_utils.stages.stage08_selective_sft import schedule
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
+from ..fixtures.tiny_models import tiny_qwen2
+
 LR = 1e-5
 TEXT = "What is 12 + 30? Let me add the tens first. 10 + 30 = 40. Then 2 more gives 42. So \\boxed{42}."
 
@@ -41,22 +42,16 @@ def tokenizer():
 
 
 def tiny_model(tokenizer, dtype=torch.float32):
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
+    model = tiny_qwen2(
+        tokenizer=tokenizer,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=128,
         pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         initializer_range=0.1,
         tie_word_embeddings=False,
     )
-    return Qwen2ForCausalLM(config).to(dtype)
+    return model.to(dtype)
 
 
 def one_step_settings(**overrides) -> TrainSettings:

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.llm.generation import HFGenerator, SamplingSettings
 from segattr_utils.measures.confidence import (
@@ -34,6 +33,8 @@ from segattr_utils.measures.confidence import (
 )
 from segattr_utils.measures.group_stats import compare_groups, describe, format_p, readable
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.tiny_models import tiny_qwen2
 
 LEAD_IN = "\n</think>\n\nThe final answer is \\boxed{"
 
@@ -92,20 +93,7 @@ def tokenizer():
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.2,
-    )
-    return Qwen2ForCausalLM(config).eval()
+    return tiny_qwen2(tokenizer=tokenizer, initializer_range=0.2).eval()
 
 
 PROMPTS = ["Start with 7.", "Okay, so 7 + 5 = 12. Then 12 * 3 = 36.\n\nWait, let me check", "Then"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from segattr_utils.config import load_profile
 from segattr_utils.llm.generation import HFGenerator, SamplingSettings
@@ -25,6 +25,8 @@ from segattr_utils.measures.confidence import (
 )
 from segattr_utils.stages.stage04_confidence_delta import confidence_settings
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.tiny_models import tiny_qwen2
 
 LEAD_IN = load_profile("paper")["analysis"]["confidence"]["answer_lead_in"]  # "...\\boxed{"
 ANSWER = "\\frac{31415926535897932384}{10000000000000000000}"
@@ -75,20 +77,13 @@ class ScriptedLM(Qwen2ForCausalLM):
 
 
 def scripted_model(tokenizer, prompt: str, text: str) -> ScriptedLM:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
+    model = tiny_qwen2(
+        tokenizer=tokenizer,
+        model_class=ScriptedLM,
         hidden_size=16,
-        intermediate_size=32,
         num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-    )
-    model = ScriptedLM(config).eval()
+    ).eval()
     model.start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
     model.script = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     model.calls = 0

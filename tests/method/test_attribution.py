@@ -22,7 +22,6 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
-    Qwen2Config,
     Qwen2ForCausalLM,
 )
 
@@ -33,6 +32,8 @@ from segattr_utils.method.attribution import (
     token_attributions,
 )
 from segattr_utils.method.quadrature import quadrature_rule
+
+from ..fixtures.tiny_models import tiny_qwen2 as make_tiny_qwen2
 
 VOCAB = 128
 MAX_POS = 64
@@ -50,10 +51,6 @@ INIT_RANGE = 0.1
 
 def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
     kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=MAX_POS,
@@ -61,8 +58,7 @@ def tiny_qwen2(seed: int = 0, **overrides) -> Qwen2ForCausalLM:
         pad_token_id=None,
     )
     kwargs.update(overrides)
-    torch.manual_seed(seed)
-    return Qwen2ForCausalLM(Qwen2Config(**kwargs)).float().eval()
+    return make_tiny_qwen2(VOCAB, seed=seed, **kwargs).float().eval()
 
 
 def tiny_llama(seed: int = 1) -> LlamaForCausalLM:

@@ -18,27 +18,28 @@ import types
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 from segattr_utils.method.attribution import answer_log_prob, execution_device, token_attributions
+
+from ..fixtures.tiny_models import tiny_qwen2 as make_tiny_qwen2
 
 VOCAB, LENGTH, SPAN, BASELINE = 128, 28, (23, 28), 3
 
 
 def tiny_qwen2() -> Qwen2ForCausalLM:
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        initializer_range=0.1,
-        pad_token_id=None,
+    return (
+        make_tiny_qwen2(
+            VOCAB,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            initializer_range=0.1,
+            pad_token_id=None,
+        )
+        .float()
+        .eval()
     )
-    return Qwen2ForCausalLM(config).float().eval()
 
 
 @pytest.fixture(scope="module")

@@ -3,15 +3,18 @@ same with the paper's ablation source (reference traces of hand-made world quest
 
 from __future__ import annotations
 
+import shutil
+
 import pandas as pd
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import write_table
 from segattr_utils.config import Profile, load_profile, results_dir
 from segattr_utils.world import Problem
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.tiny_models import save_model_folder, tiny_qwen2
 
 TRACES = {
     "q0:correct": [
@@ -35,29 +38,24 @@ REFERENCE = {
 }
 
 
-@pytest.fixture()
-def profile(tmp_path):
+@pytest.fixture(scope="session")
+def _model_template(tmp_path_factory):
+    """The tiny random Qwen2 and BPE tokenizer of the stage tests, built and saved once, and torch's RNG
+    state after the model's draws; each test's ``profile`` gets its own copy of the folder and that state."""
     corpus = (
         [q for q, _ in QUESTIONS.values()] + ["".join(s) for s in TRACES.values()] + ["The final answer is \\boxed{6}."]
     )
     tokenizer = build_bpe_tokenizer(corpus * 3, vocab_size=300)
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(
-        Qwen2Config(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            max_position_embeddings=512,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-    )
+    model = tiny_qwen2(tokenizer=tokenizer, num_hidden_layers=1, max_position_embeddings=512)
+    return save_model_folder(tmp_path_factory.mktemp("stage-model") / "model", model, tokenizer), torch.get_rng_state()
+
+
+@pytest.fixture()
+def profile(tmp_path, _model_template):
+    template, rng_state = _model_template
     model_dir = tmp_path / "model"
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    shutil.copytree(template, model_dir)
+    torch.set_rng_state(rng_state)  # as if this test had seeded torch and drawn the model itself
     base = load_profile("smoke")
     profile = Profile(
         {

@@ -13,7 +13,6 @@ import sys
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from segattr_utils.artifacts import RecordStore
 from segattr_utils.config import load_profile, save_profile
@@ -22,6 +21,8 @@ from segattr_utils.method import attribution as engine
 from segattr_utils.method import ig_plan
 from segattr_utils.stages import stage03_ig_attribution as pipeline
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.tiny_models import save_model_folder, tiny_qwen2
 
 CORPUS = [
     "Start with 7. Step 1: add 5. Step 2: multiply by 3. Please reason step by step, and put your final "
@@ -46,22 +47,8 @@ TRACES = [
 @pytest.fixture(scope="module")
 def world_profile(tmp_path_factory):
     tokenizer = build_bpe_tokenizer(CORPUS, vocab_size=320)
-    torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     # no pad_token_id in the config: Qwen2 would zero the pad row, a degenerate IG baseline
-    folder = tmp_path_factory.mktemp("generator")
-    Qwen2ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = save_model_folder(tmp_path_factory.mktemp("generator"), tiny_qwen2(tokenizer=tokenizer), tokenizer)
     profile = load_profile("smoke")
     profile["results_root"] = str(tmp_path_factory.mktemp("results"))  # run logs too, never the repo's results/
     profile["models"]["generator"]["local_path"] = str(folder)

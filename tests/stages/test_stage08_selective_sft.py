@@ -126,21 +126,12 @@ def test_two_stage_schedule():
 
 
 def test_stop_after_epoch_ends_training_early(tmp_path):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     from segattr_utils.llm.training import TrainingExample, TrainSettings, train_sft
 
+    from ..fixtures.tiny_models import tiny_qwen2
+
     tok = build_bpe_tokenizer(CORPUS, vocab_size=300)
-    config = Qwen2Config(
-        vocab_size=len(tok),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-    )
-    model = Qwen2ForCausalLM(config)
+    model = tiny_qwen2(len(tok), seed=None, hidden_size=16, num_hidden_layers=1, max_position_embeddings=64)
     ids = tok("12 + 3 = 15", add_special_tokens=False)["input_ids"]
     examples = [TrainingExample(ids, ids)] * 8
     settings = TrainSettings(
