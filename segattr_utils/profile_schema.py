@@ -444,7 +444,9 @@ class ProfileSchema(Section):
     upstream: str | None = Field(None, description="the profile whose traces this one trains on (a student)")
     results_root: str | None = Field(None, description="folder of results/<name>/; null: the project's results/")
     world: World | None = Field(description="the synthetic world (kind world); null for hub profiles")
-    data: Data = Field(default_factory=Data, description="training questions and imported traces")
+    data: Data = Field(
+        default_factory=lambda: Data.model_validate({}), description="training questions and imported traces"
+    )
     models: Models
     generation: Generation
     segmentation: Segmentation

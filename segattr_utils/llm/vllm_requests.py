@@ -126,8 +126,9 @@ def shutdown_engine(llm) -> None:
     vLLM's V1 engine) and tear down vLLM's model-parallel groups and distributed environment. The caller
     then drops its reference and calls :func:`~segattr_utils.llm.generation.release_gpu_memory`."""
     engine_core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-    if hasattr(engine_core, "shutdown"):
-        engine_core.shutdown()
+    shutdown = getattr(engine_core, "shutdown", None)
+    if shutdown is not None:
+        shutdown()
     try:
         from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
     except ImportError:  # an older or newer vLLM without these helpers: collecting the engine must do

@@ -77,11 +77,14 @@ class FaithfulnessSettings:
     curve_grid_points: int
 
 
-def _int_setting(name: str, value, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
+def _optional_int_setting(name: str, value, minimum: int) -> int | None:
+    """``value`` as an integer >= ``minimum``, or None; else a ``ValueError`` naming the setting."""
+    return None if value is None else _int_setting(name, value, minimum, allowed=" or null")
+
+
+def _int_setting(name: str, value, minimum: int, allowed: str = "") -> int:
+    """``value`` as an integer >= ``minimum``; else a ``ValueError`` naming the setting."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = " or null" if allow_none else ""
         raise ValueError(f"analysis.faithfulness.{name} must be an integer >= {minimum}{allowed}, got {value!r}")
     return value
 
@@ -108,9 +111,9 @@ def settings_from_spec(spec) -> FaithfulnessSettings:
         raise ValueError(f"analysis.faithfulness.normalised_min_gap must be a number of nats >= 0, got {gap!r}")
     return FaithfulnessSettings(
         enabled=spec["enabled"],
-        n_traces=_int_setting("n_traces", spec["n_traces"], 1, allow_none=True),
+        n_traces=_optional_int_setting("n_traces", spec["n_traces"], 1),
         budgets=budgets,
-        aopc_steps=_int_setting("aopc_steps", spec["aopc_steps"], 1, allow_none=True),
+        aopc_steps=_optional_int_setting("aopc_steps", spec["aopc_steps"], 1),
         normalised_min_gap=float(gap),
         random_seed=_int_setting("random_seed", spec["random_seed"], 0),
         batch_size=_int_setting("batch_size", spec["batch_size"], 1),

@@ -202,7 +202,7 @@ def curve_on_grid(
 
 
 def mean_curves(
-    curves: Iterable[Mapping], grid: Sequence[float], orderings: Sequence[str] | None = None
+    curves: Iterable[Mapping], grid: Sequence[float] | np.ndarray, orderings: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """The mean deletion drop F_0 - F(x) and insertion gain G(x) - G_0 (nats) over traces at each grid
     point x, per ordering.
