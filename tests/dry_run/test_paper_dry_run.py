@@ -90,8 +90,10 @@ def test_every_generation_went_through_vllm_with_the_profiles_engine_settings(dr
     engine_settings = profile.get_path("generation.vllm")
     assert starts, "no vLLM engine was started"
     # tensor_parallel_size / data_parallel_size: auto, resolved without GPUs: TP 1, one engine in the kernel
-    # (DP is the project's own worker count, never a vllm.LLM argument); the other settings as they are
-    resolved = {k: v for k, v in engine_settings.items() if k != "data_parallel_size"} | {"tensor_parallel_size": 1}
+    # (DP is the project's own worker count and batch_invariant sets VLLM_BATCH_INVARIANT for the engine
+    # processes: neither is a vllm.LLM argument); the other settings as they are
+    own = {"data_parallel_size", "batch_invariant"}
+    resolved = {k: v for k, v in engine_settings.items() if k not in own} | {"tensor_parallel_size": 1}
     for start in starts:
         assert start["engine_kwargs"] == resolved
     models = Counter(Path(e["model"]).name for e in starts)
