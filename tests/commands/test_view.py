@@ -13,10 +13,7 @@ import html
 import html.parser
 import json
 import math
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +24,8 @@ from segattr_utils import cli
 from segattr_utils.commands import scores_dir, view
 from segattr_utils.report import viewer
 from segattr_utils.scored_trace import ScoredTrace
+
+from ..fixtures.chromium import run_chromium
 
 SETTINGS = {
     "flag_relative_delta": 0.05,
@@ -396,34 +395,9 @@ def test_a_failed_run_leaves_no_half_written_folder(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # 300 traces in headless Chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-REQUIRE_CHROMIUM = os.environ.get("SEGATTR_REQUIRE_CHROMIUM") == "1"
-NO_CHROMIUM = "no chromium browser on PATH (Debian, as root: `make browser`, i.e. apt-get install chromium)"
-
 
 def _dump_dom(tmp_path: Path, url: str) -> str:
-    if CHROMIUM is None:
-        if REQUIRE_CHROMIUM:
-            pytest.fail(f"SEGATTR_REQUIRE_CHROMIUM=1 (CI) but {NO_CHROMIUM}")
-        pytest.skip(f"{NO_CHROMIUM}; SEGATTR_REQUIRE_CHROMIUM=1 fails instead of skipping")
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",  # root in a container has no usable sandbox
-        "--disable-gpu",
-        "--disable-dev-shm-usage",  # a container's small /dev/shm crashes the renderer otherwise
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--dump-dom",
-        url,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    return run_chromium(tmp_path, url, "--dump-dom").stdout
 
 
 # Clicks the "share" header twice and the "id" header once, keeping the row order after each click.

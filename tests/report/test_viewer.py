@@ -8,10 +8,7 @@ from __future__ import annotations
 import html.parser
 import itertools
 import json
-import os
-import shutil
 import struct
-import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,6 +32,8 @@ from segattr_utils.report.viewer import (
     write_html,
 )
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
+
+from ..fixtures.chromium import run_chromium
 
 SEGMENTS = [
     "Okay, so 2 + 1 = 3 & <b>not bold</b>.",
@@ -390,43 +389,12 @@ def test_figure_height_is_bounded_for_a_300_segment_trace(tmp_path):
     assert height < 1500, height  # a 186-segment trace used to give 19,000 pixels
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-REQUIRE_CHROMIUM = os.environ.get("SEGATTR_REQUIRE_CHROMIUM") == "1"
-NO_CHROMIUM = "no chromium browser on PATH (Debian, as root: `make browser`, i.e. apt-get install chromium)"
-
-
-def _chromium(tmp_path: Path, url: str, *options: str) -> subprocess.CompletedProcess:
-    if CHROMIUM is None:
-        if REQUIRE_CHROMIUM:
-            pytest.fail(f"SEGATTR_REQUIRE_CHROMIUM=1 (CI) but {NO_CHROMIUM}")
-        pytest.skip(f"{NO_CHROMIUM}; SEGATTR_REQUIRE_CHROMIUM=1 fails instead of skipping")
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",  # root in a container has no usable sandbox
-        "--disable-gpu",
-        "--disable-dev-shm-usage",  # a container's small /dev/shm crashes the renderer otherwise
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,1000",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        *options,
-        url,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
-
-
 def _render_report(tmp_path: Path, page: Path, script: str) -> dict:
     """Load ``page`` with ``script`` injected in headless Chromium and return what it wrote into
     ``<pre id="render-check">`` (JSON) after layout."""
     checked = tmp_path / f"checked-{page.name}"
     checked.write_text(page.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
-    result = _chromium(tmp_path, checked.as_uri(), "--dump-dom")
+    result = run_chromium(tmp_path, checked.as_uri(), "--dump-dom")
     start = result.stdout.index('<pre id="render-check">') + len('<pre id="render-check">')
     return json.loads(html.unescape(result.stdout[start : result.stdout.index("</pre>", start)]))
 
@@ -516,7 +484,7 @@ def test_200_segment_trace_in_headless_chromium(tmp_path):
     assert report["collapsedHeight"] < report["expandedHeight"] - 30 * len(collapsed)
     assert report["collapsedHeight"] < 400 + 90 * (200 - len(collapsed)) + 40 * len(runs)
     shot = tmp_path / "long.png"
-    _chromium(tmp_path, page.as_uri(), f"--screenshot={shot}")
+    run_chromium(tmp_path, page.as_uri(), f"--screenshot={shot}")
     with shot.open("rb") as handle:
         header = handle.read(24)
     assert header[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", header[16:24]) == (1280, 1000)
