@@ -336,11 +336,20 @@ def _corpus() -> list[str]:
 
 
 def _save_model(folder: Path, tokenizer, architecture: str, seed: int) -> None:
-    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
-    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "qwen3": (Qwen3Config, Qwen3ForCausalLM)}[
-        architecture
-    ]
+    config_class, model_class = {
+        "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+        "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+        "llama": (LlamaConfig, LlamaForCausalLM),
+    }[architecture]
     # No pad_token_id in the config, as in the published R1-Distill configs: a padding index would get a zero
     # embedding, and the pad token is IG's baseline (the tokenizer's pad token is EOS).
     config = config_class(

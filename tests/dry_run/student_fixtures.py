@@ -21,13 +21,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import yaml
 
 from segattr_utils.config import load_profile
 from segattr_utils.world.tokenizer import build_bpe_tokenizer
 
-from .fixtures import R1_DISTILL_CHAT_TEMPLATE, R1_SPECIAL_TOKENS, THINK_TOKENS, TINY_SHAPES, _corpus
+from .fixtures import R1_DISTILL_CHAT_TEMPLATE, R1_SPECIAL_TOKENS, THINK_TOKENS, _corpus, _save_model
 
 #: Qwen2.5-Instruct's ChatML layout with its default system message; the generation prompt is the bare
 #: assistant header (no thinking block).
@@ -110,25 +109,6 @@ def _tokenizers() -> dict:
     return {"student-r1-7b": r1, "student-qwen25-instruct": qwen, "student-llama31-instruct": llama}
 
 
-def _save(folder: Path, tokenizer, architecture: str, seed: int) -> None:
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    config_class, model_class = {"qwen2": (Qwen2Config, Qwen2ForCausalLM), "llama": (LlamaConfig, LlamaForCausalLM)}[
-        architecture
-    ]
-    config = config_class(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        **TINY_SHAPES,
-    )
-    torch.manual_seed(seed)
-    model_class(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
 def build_student_models(folder: Path) -> dict[str, Path]:
     """The students' tiny random models with their tokenizers, by stand-in name."""
     tokenizers = _tokenizers()
@@ -136,7 +116,7 @@ def build_student_models(folder: Path) -> dict[str, Path]:
     paths = {}
     for seed, (name, tokenizer) in enumerate(tokenizers.items(), start=11):
         paths[name] = folder / name
-        _save(paths[name], tokenizer, architectures[name], seed)
+        _save_model(paths[name], tokenizer, architectures[name], seed)
     return paths
 
 
